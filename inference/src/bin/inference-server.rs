@@ -1,0 +1,173 @@
+//! `inference-server --models models/ --listen 127.0.0.1:8000`
+//!
+//! Serves every `<name>/<version>/model.onnx` under `--models` over the Open Inference
+//! Protocol REST API, each version in its own batching pool.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use inference::server::{DEFAULT_MAX_BODY_BYTES, InferenceServer, ServerOptions};
+use inference::{ModelRepository, PoolConfig};
+
+// Requests allocate many small, short-lived buffers across threads (parsed tensors go to a
+// worker thread and outputs come back): mimalloc's thread-local free lists handle that
+// pattern markedly faster than glibc malloc (measured with loadtests/bench_inference.sh).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "inference-server",
+    version,
+    about = "Serve an ONNX model repository over the Open Inference Protocol (KServe v2 REST)",
+    after_help = "The ONNX Runtime library is taken from ORT_DYLIB_PATH, else from .ort/lib/ \
+                  (scripts/setup.sh fetches it).\nLog level: RUST_LOG (default: info)."
+)]
+struct Args {
+    /// Model repository: <name>/<version>/model.onnx
+    #[arg(long, default_value = "models")]
+    models: PathBuf,
+    /// Address to listen on (HTTP/1.1 and HTTP/2 prior knowledge)
+    #[arg(long, default_value = "127.0.0.1:8000")]
+    listen: SocketAddr,
+    /// Worker threads (each with its own ORT session) per model version
+    #[arg(long, default_value_t = 1)]
+    instances: usize,
+    /// Most rows per ORT run; 1 disables dynamic batching
+    #[arg(long, default_value_t = 32)]
+    max_batch: usize,
+    /// Longest a batch waits for more requests, in microseconds
+    #[arg(long, default_value_t = 250)]
+    max_delay_us: u64,
+    /// Queued requests per model version before new ones get 503
+    #[arg(long, default_value_t = 1024)]
+    queue_capacity: usize,
+    /// ONNX Runtime intra-op threads per session
+    #[arg(long, default_value_t = 1)]
+    intra_threads: usize,
+    /// Pass NaN and infinity in float inputs to the model instead of answering 400
+    #[arg(long)]
+    allow_non_finite: bool,
+    /// Largest request body accepted, in bytes (larger: 413)
+    #[arg(long, default_value_t = DEFAULT_MAX_BODY_BYTES)]
+    max_body_bytes: usize,
+    /// Threads for network I/O (default: one per core)
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("inference-server: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> Result<(), String> {
+    let config = PoolConfig {
+        instances: args.instances,
+        max_batch: args.max_batch,
+        max_delay: Duration::from_micros(args.max_delay_us),
+        queue_capacity: args.queue_capacity,
+        intra_threads: args.intra_threads,
+        reject_non_finite: !args.allow_non_finite,
+    };
+    config.validate()?;
+    inference::runtime::environment()?;
+
+    let repo = ModelRepository::load(&args.models, &config).map_err(|errors| {
+        let lines: Vec<String> = errors.iter().map(|e| format!("  {e}")).collect();
+        format!("{} model(s) failed to load:\n{}", errors.len(), lines.join("\n"))
+    })?;
+    for (name, version, pool) in repo.iter() {
+        let meta = pool.metadata();
+        let inputs: Vec<String> = meta.inputs.iter().map(ToString::to_string).collect();
+        tracing::info!(
+            "loaded {name}/{version}: inputs [{}], batching {}",
+            inputs.join("; "),
+            if meta.batchable && config.max_batch > 1 {
+                "on"
+            } else {
+                "off"
+            }
+        );
+    }
+
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    // One I/O thread: a current-thread runtime skips work-stealing bookkeeping entirely.
+    let runtime = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+    }
+    .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+
+    let server = InferenceServer::new(
+        Arc::new(repo),
+        ServerOptions {
+            max_body_bytes: args.max_body_bytes,
+        },
+    );
+    runtime.block_on(async {
+        let listener = inference::server::bind(args.listen).await?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        tracing::info!(
+            "serving {} on http://{addr} (Open Inference Protocol v2)",
+            args.models.display()
+        );
+        server.clone().serve(listener, shutdown_signal()).await;
+        Ok::<(), String>(())
+    })?;
+    for (name, version, pool) in server.repository().iter() {
+        let s = pool.stats();
+        if s.requests + s.rejected > 0 {
+            tracing::info!(
+                "{name}/{version}: {} requests, {} rows in {} ORT runs ({:.1} rows/run), {} refused (queue full), {} failed",
+                s.requests,
+                s.rows,
+                s.batches,
+                s.rows as f64 / s.batches.max(1) as f64,
+                s.rejected,
+                s.failed
+            );
+        }
+    }
+    // Dropping the repository drains every pool's queue before the process exits.
+    drop(server);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing the SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

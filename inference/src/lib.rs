@@ -1,0 +1,27 @@
+//! ONNX Runtime model pools with dynamic batching, and the Open Inference Protocol around
+//! them. The gateway (`proxy/`) embeds the pools in-process; the `inference-server` binary
+//! serves them over HTTP for deployments that put models on their own machines.
+//!
+//! - [`runtime`]: finds and loads the ONNX Runtime library, once per process.
+//! - [`model`]: a model's signature from its graph; request checks against it.
+//! - [`pool`]: per-model-version worker threads, bounded queue, dynamic batching.
+//! - [`batch`]: stacking requests into a batch and splitting the outputs back.
+//! - [`repository`]: the `<name>/<version>/model.onnx` layout on disk.
+//! - [`protocol`]: Open Inference Protocol paths, JSON and binary bodies.
+//! - [`server`]: the hyper server behind `inference-server`.
+
+pub mod batch;
+pub mod error;
+pub mod model;
+pub mod pool;
+pub mod protocol;
+pub mod repository;
+pub mod runtime;
+pub mod server;
+pub mod tensor;
+
+pub use error::InferError;
+pub use model::{LoadError, ModelMetadata, NamedTensor, TensorSpec};
+pub use pool::{Pool, PoolConfig, Runner};
+pub use repository::ModelRepository;
+pub use tensor::{DataType, Tensor, TensorData};

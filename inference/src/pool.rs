@@ -1,0 +1,449 @@
+//! A pool serves one model version: a bounded queue in front of a few worker threads, each
+//! owning an ORT session, each stacking whatever requests are waiting into one ORT run.
+//!
+//! Why this shape:
+//! - Workers are plain OS threads, not async tasks: `session.run` blocks for as long as the
+//!   model takes, and a blocked async runtime stops all network I/O with it.
+//! - The queue is bounded (`queue_capacity` requests). When it is full the request is refused
+//!   at once with [`InferError::Overloaded`] (503 + `Retry-After`): memory stays bounded and
+//!   callers learn about overload immediately instead of timing out.
+//! - Dynamic batching: a worker that picks up a request waits at most `max_delay` for more,
+//!   up to `max_batch` rows, and runs them as one ORT call. Small models spend most of a call
+//!   in fixed overhead, so one call of 32 rows costs little more than one call of 1 row.
+//!   Only requests of the same pool meet in a batch, so models never mix.
+//! - A failing batch (ORT error, or a panic in our code) fails exactly the requests in that
+//!   batch; the worker carries on with the next one.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError};
+use ort::session::Session;
+use ort::value::{TensorRef, ValueType};
+use tokio::sync::oneshot;
+
+use crate::batch;
+use crate::error::InferError;
+use crate::model::{self, CheckedInputs, LoadError, ModelMetadata, NamedTensor};
+use crate::tensor::{Tensor, TensorData};
+use crate::with_tensor_data;
+
+/// How a pool runs. The defaults suit small CPU models such as the bundled ones.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolConfig {
+    /// Worker threads, each with its own ORT session.
+    pub instances: usize,
+    /// Most rows stacked into one ORT run. 1 turns batching off.
+    pub max_batch: usize,
+    /// Longest a worker holds a batch open waiting for more requests. This is the latency a
+    /// lone request pays at low load; 250 µs is a few times one small-model run.
+    pub max_delay: Duration,
+    /// Requests waiting for a worker before new ones are refused with 503.
+    pub queue_capacity: usize,
+    /// ORT intra-op threads per session (1: the graph runs on the worker thread itself).
+    pub intra_threads: usize,
+    /// Refuse NaN and infinity in float inputs (400) instead of passing them to the model.
+    pub reject_non_finite: bool,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            instances: 1,
+            max_batch: 32,
+            max_delay: Duration::from_micros(250),
+            queue_capacity: 1024,
+            intra_threads: 1,
+            reject_non_finite: true,
+        }
+    }
+}
+
+impl PoolConfig {
+    /// Every field must be usable; the message names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        let mut errors = Vec::new();
+        if self.instances == 0 {
+            errors.push("instances must be at least 1");
+        }
+        if self.max_batch == 0 {
+            errors.push("max_batch must be at least 1");
+        }
+        if self.queue_capacity == 0 {
+            errors.push("queue_capacity must be at least 1");
+        }
+        if self.intra_threads == 0 {
+            errors.push("intra_threads must be at least 1");
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors.join("; "))
+        }
+    }
+}
+
+/// Runs one batch. [`OrtRunner`] is the real one; tests substitute runners that block or
+/// panic to exercise the pool's overload and failure paths deterministically.
+pub trait Runner: Send + 'static {
+    /// `inputs` are in the model's input order; outputs must be in its output order.
+    fn run(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, String>;
+}
+
+/// Counters for metrics and benchmarks. Monotonic; read with [`Pool::stats`].
+#[derive(Debug, Default)]
+pub struct PoolStats {
+    pub requests: AtomicU64,
+    pub rows: AtomicU64,
+    pub batches: AtomicU64,
+    pub rejected: AtomicU64,
+    pub failed: AtomicU64,
+    /// Requests whose caller had gone (timed out, disconnected) before a worker reached them.
+    pub abandoned: AtomicU64,
+}
+
+/// A snapshot of [`PoolStats`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    pub requests: u64,
+    pub rows: u64,
+    pub batches: u64,
+    pub rejected: u64,
+    pub failed: u64,
+    pub abandoned: u64,
+}
+
+type Reply = oneshot::Sender<Result<Vec<Tensor>, InferError>>;
+
+struct Job {
+    inputs: Vec<Tensor>,
+    rows: usize,
+    reply: Reply,
+}
+
+/// A model version being served. Dropping the pool lets the workers finish every queued
+/// request, then joins them.
+pub struct Pool {
+    meta: Arc<ModelMetadata>,
+    config: PoolConfig,
+    label: String,
+    tx: Option<Sender<Job>>,
+    stats: Arc<PoolStats>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+impl Pool {
+    /// Loads `path` into `config.instances` ORT sessions and starts their workers.
+    pub fn load(name: &str, version: &str, path: &Path, config: PoolConfig) -> Result<Pool, LoadError> {
+        let fail = |reason: String| LoadError {
+            model: format!("{name}/{version}"),
+            path: path.to_path_buf(),
+            reason,
+        };
+        config.validate().map_err(fail)?;
+        let mut meta = None;
+        let mut runners: Vec<Box<dyn Runner>> = Vec::with_capacity(config.instances);
+        for _ in 0..config.instances {
+            let session = model::open_session(path, config.intra_threads).map_err(fail)?;
+            if meta.is_none() {
+                meta = Some(model::metadata_from_session(&session, name, version).map_err(fail)?);
+            }
+            runners.push(Box::new(OrtRunner::new(session)));
+        }
+        let meta = meta.expect("instances >= 1 was validated");
+        Ok(Pool::with_runners(meta, config, runners))
+    }
+
+    /// A pool over any runners: one worker thread per runner.
+    pub fn with_runners(meta: ModelMetadata, config: PoolConfig, runners: Vec<Box<dyn Runner>>) -> Pool {
+        let meta = Arc::new(meta);
+        let label = format!("{}/{}", meta.name, meta.version);
+        let (tx, rx) = crossbeam_channel::bounded::<Job>(config.queue_capacity.max(1));
+        let stats = Arc::new(PoolStats::default());
+        let workers = runners
+            .into_iter()
+            .enumerate()
+            .map(|(i, runner)| {
+                let worker = Worker {
+                    rx: rx.clone(),
+                    runner,
+                    meta: meta.clone(),
+                    max_batch: config.max_batch.max(1),
+                    max_delay: config.max_delay,
+                    stats: stats.clone(),
+                };
+                std::thread::Builder::new()
+                    .name(format!("infer-{label}-{i}"))
+                    .spawn(move || worker.run())
+                    .expect("spawning an inference worker thread")
+            })
+            .collect();
+        Pool {
+            meta,
+            config,
+            label,
+            tx: Some(tx),
+            stats,
+            workers,
+        }
+    }
+
+    pub fn metadata(&self) -> &ModelMetadata {
+        &self.meta
+    }
+
+    pub fn config(&self) -> &PoolConfig {
+        &self.config
+    }
+
+    /// Requests waiting for a worker right now.
+    pub fn queue_depth(&self) -> usize {
+        self.tx.as_ref().map_or(0, Sender::len)
+    }
+
+    pub fn stats(&self) -> StatsSnapshot {
+        let s = &self.stats;
+        StatsSnapshot {
+            requests: s.requests.load(Ordering::Relaxed),
+            rows: s.rows.load(Ordering::Relaxed),
+            batches: s.batches.load(Ordering::Relaxed),
+            rejected: s.rejected.load(Ordering::Relaxed),
+            failed: s.failed.load(Ordering::Relaxed),
+            abandoned: s.abandoned.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Checks, queues and awaits one request. Outputs come back in the model's output order.
+    pub async fn infer(&self, inputs: Vec<NamedTensor>) -> Result<Vec<Tensor>, InferError> {
+        let checked = self.meta.check_inputs(inputs, self.config.reject_non_finite)?;
+        self.submit(checked)?.await.map_err(|_| {
+            InferError::Internal(format!("the worker for {} stopped before answering", self.label))
+        })?
+    }
+
+    /// Queues checked inputs without waiting: fails at once with `Overloaded` when the queue
+    /// is full. Dropping the returned receiver abandons the request (it will not be run).
+    pub fn submit(
+        &self,
+        checked: CheckedInputs,
+    ) -> Result<oneshot::Receiver<Result<Vec<Tensor>, InferError>>, InferError> {
+        let CheckedInputs { tensors, rows } = checked;
+        let Some(tx) = &self.tx else {
+            return Err(InferError::NotReady(format!(
+                "model {} is shutting down",
+                self.label
+            )));
+        };
+        let (reply, rx) = oneshot::channel();
+        match tx.try_send(Job {
+            inputs: tensors,
+            rows,
+            reply,
+        }) {
+            Ok(()) => Ok(rx),
+            Err(TrySendError::Full(_)) => {
+                self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                Err(InferError::Overloaded {
+                    model: self.label.clone(),
+                    capacity: self.config.queue_capacity,
+                })
+            }
+            Err(TrySendError::Disconnected(_)) => Err(InferError::NotReady(format!(
+                "model {} is shutting down",
+                self.label
+            ))),
+        }
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        // Closing the queue lets each worker drain what was accepted, then exit.
+        self.tx.take();
+        for worker in self.workers.drain(..) {
+            let _ = worker.join();
+        }
+    }
+}
+
+struct Worker {
+    rx: Receiver<Job>,
+    runner: Box<dyn Runner>,
+    meta: Arc<ModelMetadata>,
+    max_batch: usize,
+    max_delay: Duration,
+    stats: Arc<PoolStats>,
+}
+
+impl Worker {
+    fn run(mut self) {
+        // A request that did not fit the previous batch opens the next one, so nothing is
+        // reordered behind requests that arrived later.
+        let mut carry: Option<Job> = None;
+        loop {
+            let first = match carry.take() {
+                Some(job) => job,
+                None => match self.rx.recv() {
+                    Ok(job) => job,
+                    Err(_) => return, // queue closed and drained
+                },
+            };
+            let mut rows = first.rows;
+            let mut batch = vec![first];
+            if self.meta.batchable {
+                let deadline = Instant::now() + self.max_delay;
+                while rows < self.max_batch {
+                    let next = match self.rx.try_recv() {
+                        Ok(job) => job,
+                        Err(TryRecvError::Disconnected) => break,
+                        Err(TryRecvError::Empty) if self.max_delay.is_zero() => break,
+                        Err(TryRecvError::Empty) => match self.rx.recv_deadline(deadline) {
+                            Ok(job) => job,
+                            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+                        },
+                    };
+                    if rows + next.rows > self.max_batch || !batch::compatible(&batch[0].inputs, &next.inputs)
+                    {
+                        carry = Some(next);
+                        break;
+                    }
+                    rows += next.rows;
+                    batch.push(next);
+                }
+            }
+            self.run_batch(batch);
+        }
+    }
+
+    fn run_batch(&mut self, batch: Vec<Job>) {
+        let stats = &self.stats;
+        let before = batch.len();
+        let batch: Vec<Job> = batch.into_iter().filter(|job| !job.reply.is_closed()).collect();
+        stats
+            .abandoned
+            .fetch_add((before - batch.len()) as u64, Ordering::Relaxed);
+        if batch.is_empty() {
+            return;
+        }
+        let rows: Vec<usize> = batch.iter().map(|job| job.rows).collect();
+        stats.requests.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        stats
+            .rows
+            .fetch_add(rows.iter().sum::<usize>() as u64, Ordering::Relaxed);
+        stats.batches.fetch_add(1, Ordering::Relaxed);
+
+        let runner = &mut self.runner;
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            if batch.len() == 1 {
+                let outputs = runner.run(&batch[0].inputs)?;
+                return batch::split(outputs, &rows);
+            }
+            let inputs: Vec<&[Tensor]> = batch.iter().map(|job| job.inputs.as_slice()).collect();
+            let stacked = batch::stack(&inputs)?;
+            let outputs = runner.run(&stacked)?;
+            batch::split(outputs, &rows)
+        }));
+        let failure = match outcome {
+            Ok(Ok(per_request)) => {
+                for (job, outputs) in batch.into_iter().zip(per_request) {
+                    let _ = job.reply.send(Ok(outputs));
+                }
+                return;
+            }
+            Ok(Err(reason)) => reason,
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".to_string());
+                format!("worker panicked: {what}")
+            }
+        };
+        tracing::error!(
+            model = %self.meta.name,
+            version = %self.meta.version,
+            requests = batch.len(),
+            "batch failed: {failure}"
+        );
+        stats.failed.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        for job in batch {
+            let _ = job.reply.send(Err(InferError::Internal(failure.clone())));
+        }
+    }
+}
+
+/// Runs batches through an ONNX Runtime session, copying nothing on the way in.
+pub struct OrtRunner {
+    session: Session,
+    input_names: Vec<String>,
+    output_names: Vec<String>,
+}
+
+impl OrtRunner {
+    pub fn new(session: Session) -> OrtRunner {
+        let input_names = session.inputs().iter().map(|o| o.name().to_string()).collect();
+        let output_names = session.outputs().iter().map(|o| o.name().to_string()).collect();
+        OrtRunner {
+            session,
+            input_names,
+            output_names,
+        }
+    }
+}
+
+impl Runner for OrtRunner {
+    fn run(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, String> {
+        let mut values = Vec::with_capacity(inputs.len());
+        for (name, tensor) in self.input_names.iter().zip(inputs) {
+            let shape = tensor.shape();
+            let value: ort::session::SessionInputValue<'_> = with_tensor_data!(tensor.data(), v => {
+                TensorRef::from_array_view((shape, v.as_slice())).map_err(|e| e.to_string())?.into()
+            });
+            values.push((name.as_str(), value));
+        }
+        let outputs = self.session.run(values).map_err(|e| e.to_string())?;
+        let mut result = Vec::with_capacity(self.output_names.len());
+        for name in &self.output_names {
+            let value = outputs
+                .get(name.as_str())
+                .ok_or_else(|| format!("ONNX Runtime returned no output {name:?}"))?;
+            result.push(extract(name, value)?);
+        }
+        Ok(result)
+    }
+}
+
+fn extract(name: &str, value: &ort::value::DynValue) -> Result<Tensor, String> {
+    let ValueType::Tensor { ty, .. } = value.dtype() else {
+        return Err(format!("output {name:?} is not a tensor"));
+    };
+    macro_rules! typed {
+        ($t:ty, $var:ident) => {{
+            let (shape, data) = value.try_extract_tensor::<$t>().map_err(|e| e.to_string())?;
+            let shape: Vec<usize> = shape.iter().map(|&d| d.max(0) as usize).collect();
+            Tensor::new(shape, TensorData::$var(data.to_vec()))
+        }};
+    }
+    use ort::value::TensorElementType as T;
+    match ty {
+        T::Bool => typed!(bool, Bool),
+        T::Uint8 => typed!(u8, U8),
+        T::Uint16 => typed!(u16, U16),
+        T::Uint32 => typed!(u32, U32),
+        T::Uint64 => typed!(u64, U64),
+        T::Int8 => typed!(i8, I8),
+        T::Int16 => typed!(i16, I16),
+        T::Int32 => typed!(i32, I32),
+        T::Int64 => typed!(i64, I64),
+        T::Float32 => typed!(f32, F32),
+        T::Float64 => typed!(f64, F64),
+        other => Err(format!(
+            "output {name:?} has element type {other}, which cannot be served"
+        )),
+    }
+}

@@ -1,0 +1,396 @@
+//! Turning an Open Inference Protocol request body into typed tensors, and outputs back into
+//! a response body — JSON, or JSON plus raw tensors (the binary tensor data extension that
+//! `tritonclient` uses by default).
+//!
+//! Binary extension, in short: the request carries `Inference-Header-Content-Length: N`; the
+//! first N bytes of the body are the JSON header, the rest are the inputs' raw little-endian
+//! bytes, one after another, in the order of the inputs that declare
+//! `parameters.binary_data_size`. Outputs asked for with `parameters.binary_data: true` (or
+//! all of them with the request parameter `binary_data_output: true`) come back the same way.
+
+use crate::error::InferError;
+use crate::model::{ModelMetadata, NamedTensor};
+use crate::protocol::json::{BinarySize, DataRef, InputJson, OutputJson, RequestJson, ResponseJson, Scalar};
+use crate::tensor::{DataType, Tensor, TensorData, element_count};
+
+/// The header naming the JSON part's length in a binary-extension body.
+pub const HEADER_LENGTH: &str = "inference-header-content-length";
+
+/// A decoded inference request.
+#[derive(Debug)]
+pub struct InferRequest {
+    pub id: Option<String>,
+    pub inputs: Vec<NamedTensor>,
+    /// Outputs asked for by name (empty: all of them), each with its own binary choice.
+    pub outputs: Vec<(String, Option<bool>)>,
+    /// `parameters.binary_data_output`: the binary choice for outputs that do not make one.
+    pub binary_output: bool,
+}
+
+/// An encoded response body. `json_len` is set when binary tensors follow the JSON.
+#[derive(Debug)]
+pub struct EncodedResponse {
+    pub body: Vec<u8>,
+    pub json_len: Option<usize>,
+}
+
+/// Decodes a request body. `header_length` is the `Inference-Header-Content-Length` value.
+pub fn decode_request(body: &[u8], header_length: Option<&str>) -> Result<InferRequest, InferError> {
+    let (json, mut binary) = match header_length {
+        None => (body, &[][..]),
+        Some(value) => {
+            let n: usize = value.trim().parse().map_err(|_| {
+                InferError::bad_request(format!(
+                    "Inference-Header-Content-Length {value:?} is not a byte count"
+                ))
+            })?;
+            if n > body.len() {
+                return Err(InferError::bad_request(format!(
+                    "Inference-Header-Content-Length is {n} but the body has only {} bytes",
+                    body.len()
+                )));
+            }
+            body.split_at(n)
+        }
+    };
+    let request: RequestJson = serde_json::from_slice(json)
+        .map_err(|e| InferError::bad_request(format!("invalid inference request JSON: {e}")))?;
+    let RequestJson {
+        id,
+        parameters,
+        inputs,
+        outputs,
+    } = request;
+    if inputs.is_empty() {
+        return Err(InferError::bad_request("the request has no inputs"));
+    }
+    let mut decoded = Vec::with_capacity(inputs.len());
+    for input in inputs {
+        decoded.push(decode_input(input, &mut binary)?);
+    }
+    if !binary.is_empty() {
+        return Err(InferError::bad_request(format!(
+            "{} bytes of binary data follow the JSON header but no input claims them",
+            binary.len()
+        )));
+    }
+    Ok(InferRequest {
+        id,
+        inputs: decoded,
+        outputs: outputs
+            .unwrap_or_default()
+            .into_iter()
+            .map(|o| (o.name, o.parameters.and_then(|p| p.binary_data)))
+            .collect(),
+        binary_output: parameters.and_then(|p| p.binary_data_output).unwrap_or(false),
+    })
+}
+
+fn decode_input(input: InputJson, binary: &mut &[u8]) -> Result<NamedTensor, InferError> {
+    let InputJson {
+        name,
+        shape,
+        datatype,
+        parameters,
+        data,
+    } = input;
+    let dtype =
+        DataType::parse(&datatype).map_err(|e| InferError::bad_request(format!("input {name:?}: {e}")))?;
+    let shape: Vec<usize> = shape
+        .iter()
+        .map(|&d| usize::try_from(d))
+        .collect::<Result<_, _>>()
+        .map_err(|_| {
+            InferError::bad_request(format!(
+                "input {name:?}: shape {shape:?} has a negative dimension"
+            ))
+        })?;
+    let count = element_count(&shape)
+        .ok_or_else(|| InferError::bad_request(format!("input {name:?}: shape {shape:?} is too large")))?;
+    let binary_size = parameters.and_then(|p| p.binary_data_size);
+    let data = match (data, binary_size) {
+        (Some(_), Some(_)) => {
+            return Err(InferError::bad_request(format!(
+                "input {name:?} has both `data` and `binary_data_size`; give one"
+            )));
+        }
+        (None, None) => {
+            return Err(InferError::bad_request(format!("input {name:?} has no `data`")));
+        }
+        (Some(flat), None) => {
+            if flat.0.len() != count {
+                return Err(InferError::bad_request(format!(
+                    "input {name:?}: shape {shape:?} needs {count} elements but `data` has {}",
+                    flat.0.len()
+                )));
+            }
+            from_scalars(&name, dtype, &flat.0)?
+        }
+        (None, Some(size)) => {
+            let want = count.saturating_mul(dtype.size());
+            if size as usize != want {
+                return Err(InferError::bad_request(format!(
+                    "input {name:?}: binary_data_size is {size} but shape {shape:?} of {dtype} needs {want} bytes"
+                )));
+            }
+            if binary.len() < want {
+                return Err(InferError::bad_request(format!(
+                    "input {name:?}: needs {want} bytes of binary data but only {} remain in the body",
+                    binary.len()
+                )));
+            }
+            let (bytes, rest) = binary.split_at(want);
+            *binary = rest;
+            from_le_bytes(&name, dtype, bytes)?
+        }
+    };
+    let tensor =
+        Tensor::new(shape, data).map_err(|e| InferError::bad_request(format!("input {name:?}: {e}")))?;
+    Ok(NamedTensor { name, tensor })
+}
+
+/// Converts JSON scalars to `dtype`, refusing anything that would change a value's meaning
+/// (a fraction into an integer, an out-of-range integer, a number into BOOL).
+fn from_scalars(name: &str, dtype: DataType, scalars: &[Scalar]) -> Result<TensorData, InferError> {
+    let bad = |i: usize| {
+        InferError::bad_request(format!(
+            "input {name:?}: element {i} ({}) is not a valid {dtype}",
+            scalars[i]
+        ))
+    };
+    macro_rules! ints {
+        ($t:ty, $var:ident) => {{
+            let mut out = Vec::with_capacity(scalars.len());
+            for (i, s) in scalars.iter().enumerate() {
+                let v: Option<$t> = match *s {
+                    Scalar::Int(x) => <$t>::try_from(x).ok(),
+                    Scalar::UInt(x) => <$t>::try_from(x).ok(),
+                    Scalar::Float(x) if x.fract() == 0.0 && x.abs() < 1e19 => <$t>::try_from(x as i128).ok(),
+                    _ => None,
+                };
+                out.push(v.ok_or_else(|| bad(i))?);
+            }
+            TensorData::$var(out)
+        }};
+    }
+    macro_rules! floats {
+        ($t:ty, $var:ident) => {{
+            let mut out = Vec::with_capacity(scalars.len());
+            for (i, s) in scalars.iter().enumerate() {
+                out.push(match *s {
+                    Scalar::Int(x) => x as $t,
+                    Scalar::UInt(x) => x as $t,
+                    Scalar::Float(x) => x as $t,
+                    Scalar::Bool(_) => return Err(bad(i)),
+                });
+            }
+            TensorData::$var(out)
+        }};
+    }
+    Ok(match dtype {
+        DataType::Bool => {
+            let mut out = Vec::with_capacity(scalars.len());
+            for (i, s) in scalars.iter().enumerate() {
+                match *s {
+                    Scalar::Bool(b) => out.push(b),
+                    _ => return Err(bad(i)),
+                }
+            }
+            TensorData::Bool(out)
+        }
+        DataType::U8 => ints!(u8, U8),
+        DataType::U16 => ints!(u16, U16),
+        DataType::U32 => ints!(u32, U32),
+        DataType::U64 => ints!(u64, U64),
+        DataType::I8 => ints!(i8, I8),
+        DataType::I16 => ints!(i16, I16),
+        DataType::I32 => ints!(i32, I32),
+        DataType::I64 => ints!(i64, I64),
+        DataType::F32 => floats!(f32, F32),
+        DataType::F64 => floats!(f64, F64),
+    })
+}
+
+fn from_le_bytes(name: &str, dtype: DataType, bytes: &[u8]) -> Result<TensorData, InferError> {
+    macro_rules! le {
+        ($t:ty, $var:ident) => {
+            TensorData::$var(
+                bytes
+                    .chunks_exact(size_of::<$t>())
+                    .map(|c| <$t>::from_le_bytes(c.try_into().expect("chunk of the type's size")))
+                    .collect(),
+            )
+        };
+    }
+    Ok(match dtype {
+        DataType::Bool => {
+            if let Some(i) = bytes.iter().position(|&b| b > 1) {
+                return Err(InferError::bad_request(format!(
+                    "input {name:?}: BOOL element {i} is byte {}, not 0 or 1",
+                    bytes[i]
+                )));
+            }
+            TensorData::Bool(bytes.iter().map(|&b| b == 1).collect())
+        }
+        DataType::U8 => TensorData::U8(bytes.to_vec()),
+        DataType::U16 => le!(u16, U16),
+        DataType::U32 => le!(u32, U32),
+        DataType::U64 => le!(u64, U64),
+        DataType::I8 => TensorData::I8(bytes.iter().map(|&b| b as i8).collect()),
+        DataType::I16 => le!(i16, I16),
+        DataType::I32 => le!(i32, I32),
+        DataType::I64 => le!(i64, I64),
+        DataType::F32 => le!(f32, F32),
+        DataType::F64 => le!(f64, F64),
+    })
+}
+
+fn to_le_bytes(data: &TensorData, out: &mut Vec<u8>) {
+    macro_rules! le {
+        ($v:expr) => {
+            for x in $v {
+                out.extend_from_slice(&x.to_le_bytes());
+            }
+        };
+    }
+    match data {
+        TensorData::Bool(v) => out.extend(v.iter().map(|&b| b as u8)),
+        TensorData::U8(v) => out.extend_from_slice(v),
+        TensorData::I8(v) => out.extend(v.iter().map(|&b| b as u8)),
+        TensorData::U16(v) => le!(v),
+        TensorData::U32(v) => le!(v),
+        TensorData::U64(v) => le!(v),
+        TensorData::I16(v) => le!(v),
+        TensorData::I32(v) => le!(v),
+        TensorData::I64(v) => le!(v),
+        TensorData::F32(v) => le!(v),
+        TensorData::F64(v) => le!(v),
+    }
+}
+
+/// Which outputs to return and whether each goes binary, checked against the model before
+/// any inference is done (an unknown output name is the caller's mistake: 400).
+pub fn select_outputs(
+    meta: &ModelMetadata,
+    request: &InferRequest,
+) -> Result<Vec<(usize, bool)>, InferError> {
+    if request.outputs.is_empty() {
+        return Ok((0..meta.outputs.len())
+            .map(|i| (i, request.binary_output))
+            .collect());
+    }
+    request
+        .outputs
+        .iter()
+        .map(|(name, binary)| Ok((meta.output_index(name)?, binary.unwrap_or(request.binary_output))))
+        .collect()
+}
+
+/// Encodes the selected outputs as the response body.
+pub fn encode_response(
+    meta: &ModelMetadata,
+    id: &str,
+    selected: &[(usize, bool)],
+    outputs: &[Tensor],
+) -> EncodedResponse {
+    let mut binary = Vec::new();
+    let mut json_outputs = Vec::with_capacity(selected.len());
+    for &(index, as_binary) in selected {
+        let tensor = &outputs[index];
+        let spec = &meta.outputs[index];
+        let (parameters, data) = if as_binary {
+            let start = binary.len();
+            to_le_bytes(tensor.data(), &mut binary);
+            (
+                Some(BinarySize {
+                    binary_data_size: binary.len() - start,
+                }),
+                None,
+            )
+        } else {
+            (None, Some(DataRef(tensor.data())))
+        };
+        json_outputs.push(OutputJson {
+            name: &spec.name,
+            datatype: tensor.dtype().as_str(),
+            shape: tensor.shape(),
+            parameters,
+            data,
+        });
+    }
+    let response = ResponseJson {
+        model_name: &meta.name,
+        model_version: &meta.version,
+        id,
+        outputs: json_outputs,
+    };
+    let mut body = serde_json::to_vec(&response).expect("response types always serialize");
+    if binary.is_empty() && selected.iter().all(|&(_, b)| !b) {
+        return EncodedResponse { body, json_len: None };
+    }
+    let json_len = body.len();
+    body.extend_from_slice(&binary);
+    EncodedResponse {
+        body,
+        json_len: Some(json_len),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode(body: &str) -> Result<InferRequest, InferError> {
+        decode_request(body.as_bytes(), None)
+    }
+
+    #[test]
+    fn json_conversions() {
+        let r =
+            decode(r#"{"inputs":[{"name":"x","shape":[2,2],"datatype":"INT32","data":[[1,2],[3.0,-4]]}]}"#)
+                .unwrap();
+        assert_eq!(r.inputs[0].tensor.data(), &TensorData::I32(vec![1, 2, 3, -4]));
+        let r =
+            decode(r#"{"inputs":[{"name":"x","shape":[3],"datatype":"FP64","data":[1,2.5,-3]}]}"#).unwrap();
+        assert_eq!(r.inputs[0].tensor.data(), &TensorData::F64(vec![1.0, 2.5, -3.0]));
+        let r = decode(r#"{"inputs":[{"name":"x","shape":[1],"datatype":"BOOL","data":[true]}]}"#).unwrap();
+        assert_eq!(r.inputs[0].tensor.data(), &TensorData::Bool(vec![true]));
+    }
+
+    #[test]
+    fn values_that_do_not_fit_are_refused() {
+        for (datatype, data, want) in [
+            ("INT32", "[1.5]", "element 0 (1.5) is not a valid INT32"),
+            ("INT8", "[300]", "element 0 (300) is not a valid INT8"),
+            ("UINT8", "[-1]", "element 0 (-1) is not a valid UINT8"),
+            ("BOOL", "[1]", "element 0 (1) is not a valid BOOL"),
+            ("FP32", "[true]", "element 0 (true) is not a valid FP32"),
+        ] {
+            let body =
+                format!(r#"{{"inputs":[{{"name":"x","shape":[1],"datatype":"{datatype}","data":{data}}}]}}"#);
+            let err = decode(&body).unwrap_err();
+            assert!(err.to_string().contains(want), "{err} should contain {want}");
+        }
+    }
+
+    #[test]
+    fn binary_inputs_and_outputs_round_trip() {
+        let header = r#"{"inputs":[{"name":"x","shape":[2],"datatype":"FP32","parameters":{"binary_data_size":8}},{"name":"y","shape":[1],"datatype":"INT64","parameters":{"binary_data_size":8}}],"outputs":[{"name":"y","parameters":{"binary_data":true}}]}"#;
+        let mut body = header.as_bytes().to_vec();
+        body.extend_from_slice(&1.5f32.to_le_bytes());
+        body.extend_from_slice(&(-2.0f32).to_le_bytes());
+        body.extend_from_slice(&7i64.to_le_bytes());
+        let r = decode_request(&body, Some(&header.len().to_string())).unwrap();
+        assert_eq!(r.inputs[0].tensor.data(), &TensorData::F32(vec![1.5, -2.0]));
+        assert_eq!(r.inputs[1].tensor.data(), &TensorData::I64(vec![7]));
+        assert_eq!(r.outputs, vec![("y".to_string(), Some(true))]);
+
+        // Short and surplus binary data are both errors.
+        let short = decode_request(&body[..body.len() - 1], Some(&header.len().to_string())).unwrap_err();
+        assert!(short.to_string().contains("only 7 remain"), "{short}");
+        let mut long = body.clone();
+        long.push(0);
+        let surplus = decode_request(&long, Some(&header.len().to_string())).unwrap_err();
+        assert!(surplus.to_string().contains("no input claims them"), "{surplus}");
+    }
+}

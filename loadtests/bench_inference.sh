@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# inference-server against the peer most ML teams start with (FastAPI + uvicorn +
+# onnxruntime), same model, same single core, same load; then the pool on its own with
+# dynamic batching off and on.
+#
+#   loadtests/bench_inference.sh            15 s per measurement
+#   loadtests/bench_inference.sh --short    3 s per measurement (what CI runs)
+#   loadtests/bench_inference.sh --strict   exit 1 when a target is missed
+#
+# Each server runs pinned to core 0 with one thread for request handling; wrk runs on core 1
+# with 64 connections. CPU µs/request comes from the server's /proc/<pid>/stat, which is
+# steadier than requests/s on a shared machine. Figures go to stdout and
+# loadtests/results/inference-<time>.md.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+DURATION=15
+STRICT=0
+for a in "$@"; do
+  case "$a" in
+    --short) DURATION=3 ;;
+    --strict) STRICT=1 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    *) die "unknown argument $a (see --help)" ;;
+  esac
+done
+CONNS=64
+MODEL=breast-cancer
+VERSION=1
+BODY="$ROOT/models/example.json"
+
+"$ROOT/scripts/setup.sh" --python
+ensure_tools wrk
+say "building inference-server (release)"
+(cd "$ROOT" && cargo build --release --quiet -p inference --bin inference-server)
+
+PIDS=()
+cleanup() { for p in "${PIDS[@]:-}"; do [ -n "$p" ] && stop_pid "$p"; done; }
+trap cleanup EXIT
+
+measure() { # name pid url
+  local name="$1" pid="$2" url="$3"
+  say "$name: warm-up"
+  run_wrk "$pid" "$url" "$BODY" 2s "$CONNS" >/dev/null
+  say "$name: measuring for ${DURATION}s at $CONNS connections"
+  run_wrk "$pid" "$url" "$BODY" "${DURATION}s" "$CONNS"
+}
+
+# --- ours: one I/O thread, one pool worker, both on core 0 ---
+PORT_OURS=18000
+taskset -c "$SERVER_CPU" "$ROOT/target/release/inference-server" --models "$ROOT/models" \
+  --listen "127.0.0.1:$PORT_OURS" --threads 1 --instances 1 --max-batch 32 >"$RESULTS/.ours.log" 2>&1 &
+OURS=$!; PIDS+=("$OURS")
+wait_port "127.0.0.1:$PORT_OURS" || die "inference-server did not start: $(cat "$RESULTS/.ours.log")"
+read -r O_RPS O_P50 O_P99 O_CPU O_ERR < <(measure inference-server "$OURS" "http://127.0.0.1:$PORT_OURS/v2/models/$MODEL/versions/$VERSION/infer")
+stop_pid "$OURS"
+
+# --- the peer: FastAPI + uvicorn[standard], 1 worker, onnxruntime with 1 intra-op thread ---
+PORT_PEER=18001
+(cd "$ROOT/loadtests/peers" && exec taskset -c "$SERVER_CPU" "$ROOT/.venv/bin/python" fastapi_server.py \
+  --model "$ROOT/models/$MODEL/$VERSION/model.onnx" --name "$MODEL" --port "$PORT_PEER") >"$RESULTS/.peer.log" 2>&1 &
+PEER=$!; PIDS+=("$PEER")
+wait_port "127.0.0.1:$PORT_PEER" 60 || die "the FastAPI peer did not start: $(cat "$RESULTS/.peer.log")"
+read -r P_RPS P_P50 P_P99 P_CPU P_ERR < <(measure fastapi "$PEER" "http://127.0.0.1:$PORT_PEER/v2/models/$MODEL/versions/$VERSION/infer")
+stop_pid "$PEER"
+
+# --- the pool alone: max_batch 1 vs 32 at 64 requests in flight, on core 0 ---
+say "pool benchmark (max_batch 1 vs 32)"
+POOL_OUT="$(cd "$ROOT" && taskset -c "$SERVER_CPU" cargo bench --quiet -p inference --bench pool_batching -- --seconds "$DURATION" --concurrency 64)"
+SPEEDUP="$(echo "$POOL_OUT" | awk '/^BATCHING_SPEEDUP/ {print $2}')"
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }'; }
+RPS_RATIO="$(ratio "$O_RPS" "$P_RPS")"
+P99_RATIO="$(awk -v a="$O_P99" -v b="$P_P99" 'BEGIN { printf "%.3f", (b > 0 ? a / b : 0) }')"
+CPU_RATIO="$(ratio "$P_CPU" "$O_CPU")"
+check() { awk -v v="$1" -v op="$2" -v t="$3" 'BEGIN { ok = (op == ">=" ? v >= t : v <= t); print (ok ? "met" : "MISSED") }'; }
+T1="$(check "$RPS_RATIO" '>=' 10)"; T2="$(check "$P99_RATIO" '<=' 0.2)"; T3="$(check "${SPEEDUP:-0}" '>=' 3)"
+
+REPORT="$RESULTS/inference-$(date -u +%Y%m%dT%H%M%SZ).md"
+{
+  echo "## inference-server vs FastAPI + uvicorn + onnxruntime"
+  echo
+  echo "Model $MODEL/$VERSION, one JSON row per request, $CONNS connections, ${DURATION} s, server on core $SERVER_CPU, wrk on core $CLIENT_CPU ($(date -u +%F), $(nproc) cores: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs))."
+  echo
+  echo "| server | requests/s | p50 | p99 | CPU µs/request | errors |"
+  echo "| --- | ---: | ---: | ---: | ---: | ---: |"
+  printf '| inference-server | %s | %.2f ms | %.2f ms | %s | %s |\n' "$O_RPS" "$(ratio "$O_P50" 1000)" "$(ratio "$O_P99" 1000)" "$O_CPU" "$O_ERR"
+  printf '| FastAPI + uvicorn | %s | %.2f ms | %.2f ms | %s | %s |\n' "$P_RPS" "$(ratio "$P_P50" 1000)" "$(ratio "$P_P99" 1000)" "$P_CPU" "$P_ERR"
+  echo
+  echo "- requests/s: ${RPS_RATIO}× the peer (target ≥ 10×: $T1)"
+  echo "- p99: ${P99_RATIO} of the peer's (target ≤ 0.2: $T2)"
+  echo "- CPU per request: the peer spends ${CPU_RATIO}× ours"
+  echo
+  echo "## Pool alone: dynamic batching"
+  echo
+  echo '```'
+  echo "$POOL_OUT"
+  echo '```'
+  echo
+  echo "- batching speed-up: ${SPEEDUP}× (target ≥ 3×: $T3)"
+} | tee "$REPORT"
+say "report written to ${REPORT#"$ROOT"/}"
+
+if [ "$O_ERR" != 0 ] || [ "$P_ERR" != 0 ]; then say "warning: some requests failed (errors column)"; fi
+if [ "$STRICT" = 1 ] && { [ "$T1" != met ] || [ "$T2" != met ] || [ "$T3" != met ]; }; then
+  die "a target was missed (see above)"
+fi

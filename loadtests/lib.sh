@@ -1,0 +1,95 @@
+# Shared by the load-test scripts: pinning, wrk runs, CPU accounting, waiting for ports.
+# Sourced, not run.
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+RESULTS="$ROOT/loadtests/results"
+mkdir -p "$RESULTS"
+
+say() { printf '[bench] %s\n' "$*" >&2; }
+die() { printf '[bench] error: %s\n' "$*" >&2; exit 1; }
+
+# Server on core 0, load generator on core 1: they never compete for the same core, and
+# every server measured gets exactly one core.
+SERVER_CPU=0
+CLIENT_CPU=1
+if [ "$(nproc)" -lt 2 ]; then
+  say "warning: only $(nproc) core; server and load generator will share it"
+  CLIENT_CPU=0
+fi
+
+ensure_tools() {
+  for tool in "$@"; do
+    command -v "$tool" >/dev/null 2>&1 && continue
+    local pkg="$tool"
+    [ "$tool" = h2load ] && pkg=nghttp2-client
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+      say "installing $pkg"
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$pkg" >/dev/null 2>&1 \
+        || { apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$pkg" >/dev/null; } \
+        || die "could not install $pkg"
+    else
+      die "$tool is missing: install it (Debian: apt-get install $pkg)"
+    fi
+  done
+}
+
+# wait_port HOST:PORT [seconds]: until a TCP connect succeeds.
+wait_port() {
+  local addr="$1" limit="${2:-30}" i=0
+  while ! (exec 3<>"/dev/tcp/${addr%:*}/${addr##*:}") 2>/dev/null; do
+    i=$((i + 1)); [ "$i" -gt $((limit * 10)) ] && return 1
+    sleep 0.1
+  done
+}
+
+# CPU time (user + system) of a process and its threads, in clock ticks.
+cpu_ticks() {
+  awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"
+}
+
+CLK_TCK="$(getconf CLK_TCK)"
+
+# The wrk script reports exact figures from wrk's own histogram.
+WRK_LUA="$RESULTS/.report.lua"
+cat > "$WRK_LUA" <<'LUA'
+local body_file = os.getenv("WRK_BODY")
+if body_file then
+  local f = assert(io.open(body_file, "rb"))
+  wrk.body = f:read("*a")
+  f:close()
+  wrk.method = "POST"
+  wrk.headers["Content-Type"] = "application/json"
+end
+local key = os.getenv("WRK_API_KEY")
+if key then wrk.headers["x-api-key"] = key end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("RESULT requests=%d duration_us=%d p50_us=%d p99_us=%d socket_errors=%d non2xx=%d\n",
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
+    e.connect + e.read + e.write + e.timeout, e.status))
+end
+LUA
+
+# run_wrk PID URL BODY_FILE DURATION CONNECTIONS [extra wrk args...]
+# Prints: rps p50_us p99_us cpu_us_per_request errors
+run_wrk() {
+  local pid="$1" url="$2" body="$3" duration="$4" conns="$5"; shift 5
+  local before after out
+  before="$(cpu_ticks "$pid")"
+  out="$(WRK_BODY="$body" taskset -c "$CLIENT_CPU" wrk -t1 -c"$conns" -d"$duration" -s "$WRK_LUA" "$@" "$url")"
+  after="$(cpu_ticks "$pid")"
+  echo "$out" | grep '^RESULT' | sed 's/RESULT //' | awk -v ticks="$((after - before))" -v hz="$CLK_TCK" '{
+    for (i = 1; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
+    rps = v["requests"] / (v["duration_us"] / 1e6)
+    cpu = ticks * 1e6 / hz / (v["requests"] > 0 ? v["requests"] : 1)
+    printf "%.0f %d %d %.1f %d\n", rps, v["p50_us"], v["p99_us"], cpu, v["socket_errors"] + v["non2xx"]
+  }'
+}
+
+# stop_pid PID: TERM, then KILL if it lingers.
+stop_pid() {
+  local pid="$1"
+  kill "$pid" 2>/dev/null || return 0
+  for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+  kill -9 "$pid" 2>/dev/null || true
+}

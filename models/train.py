@@ -1,0 +1,243 @@
+#!/usr/bin/env python3
+"""Train the bundled models, export them to ONNX and record how good they are.
+
+Everything here is deterministic: the data ships inside scikit-learn (no download), the
+split and every estimator take a fixed seed, and BLAS runs on one thread so that float
+sums happen in the same order on every machine. Re-running this script rewrites the same
+`.onnx` files byte for byte; `--check` re-trains into a temporary folder and fails if any
+committed file differs.
+
+Outputs, per model version `models/<name>/<version>/`:
+  model.onnx       tensor outputs `label` (int64) and `probabilities` (float32), no ZipMap
+  metadata.json    algorithm, hyper-parameters, split, seed, held-out accuracy
+And `models/testdata/<name>-<version>.json`: held-out rows with the outputs Python's
+onnxruntime gives for them, which the Rust tests compare against (tolerance 1e-5).
+"""
+
+import os
+
+# Must be set before numpy loads BLAS: one thread means one summation order.
+for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[var] = "1"
+
+import argparse
+import filecmp
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import sklearn
+import skl2onnx
+from skl2onnx import to_onnx
+from skl2onnx.common.data_types import FloatTensorType
+from sklearn.datasets import load_breast_cancer, load_digits
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import train_test_split
+from sklearn.neural_network import MLPClassifier
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+SEED = 20261122
+TEST_SIZE = 0.25
+# The ONNX opset is pinned so that a newer skl2onnx cannot silently change the graph.
+TARGET_OPSET = {"": 17, "ai.onnx.ml": 3}
+# Rows per test-vector file: enough to cover both classes and several batch shapes.
+TEST_VECTOR_ROWS = 24
+
+
+def datasets():
+    cancer = load_breast_cancer()
+    digits = load_digits()
+    return {
+        "breast-cancer": (cancer.data, cancer.target, "load_breast_cancer"),
+        "digits": (digits.data, digits.target, "load_digits"),
+    }
+
+
+# (model name, version, role, estimator factory, human description)
+MODELS = [
+    (
+        "breast-cancer",
+        1,
+        "stable",
+        lambda: make_pipeline(
+            StandardScaler(),
+            MLPClassifier(hidden_layer_sizes=(32, 16), alpha=1e-3, max_iter=600, random_state=SEED),
+        ),
+        "StandardScaler + MLP (32, 16), relu, adam, alpha=1e-3",
+    ),
+    (
+        "breast-cancer",
+        2,
+        "canary",
+        lambda: make_pipeline(StandardScaler(), LogisticRegression(C=0.5, max_iter=2000)),
+        "StandardScaler + logistic regression, C=0.5",
+    ),
+    (
+        "breast-cancer",
+        3,
+        "shadow candidate",
+        lambda: RandomForestClassifier(n_estimators=60, max_depth=6, random_state=SEED),
+        "random forest, 60 trees, max_depth=6",
+    ),
+    (
+        "digits",
+        1,
+        "stable",
+        lambda: make_pipeline(
+            StandardScaler(),
+            MLPClassifier(hidden_layer_sizes=(64,), alpha=1e-3, max_iter=600, random_state=SEED),
+        ),
+        "StandardScaler + MLP (64), relu, adam, alpha=1e-3",
+    ),
+]
+
+
+def final_step(estimator):
+    return estimator.steps[-1][1] if hasattr(estimator, "steps") else estimator
+
+
+def export(estimator, n_features):
+    # zipmap=False gives plain tensors (`label`, `probabilities`) instead of a list of maps,
+    # which is what the Open Inference Protocol can carry.
+    onx = to_onnx(
+        estimator,
+        initial_types=[("input", FloatTensorType([None, n_features]))],
+        options={type(final_step(estimator)): {"zipmap": False}},
+        target_opset=TARGET_OPSET,
+    )
+    # skl2onnx names the graph and outputs from Python object ids in some versions; pin
+    # everything that could vary between runs.
+    onx.graph.name = "model"
+    onx.producer_name = "models/train.py"
+    onx.producer_version = f"skl2onnx {skl2onnx.__version__}, scikit-learn {sklearn.__version__}"
+    outputs = [o.name for o in onx.graph.output]
+    if outputs != ["label", "probabilities"]:
+        raise SystemExit(f"unexpected ONNX outputs {outputs}; expected ['label', 'probabilities']")
+    return onx
+
+
+def train_all(out: Path):
+    data = datasets()
+    summary = []
+    for name, version, role, factory, description in MODELS:
+        x, y, loader = data[name]
+        x_train, x_test, y_train, y_test = train_test_split(
+            x, y, test_size=TEST_SIZE, random_state=SEED, stratify=y
+        )
+        est = factory().fit(x_train, y_train)
+        onx = export(est, x.shape[1])
+        vdir = out / name / str(version)
+        vdir.mkdir(parents=True, exist_ok=True)
+        (vdir / "model.onnx").write_bytes(onx.SerializeToString())
+
+        # Accuracy is measured on what will actually be served: the ONNX graph under
+        # onnxruntime, not the scikit-learn object.
+        sess = ort.InferenceSession(str(vdir / "model.onnx"), providers=["CPUExecutionProvider"])
+        x_test32 = x_test.astype(np.float32)
+        label, proba = sess.run(None, {"input": x_test32})
+        onnx_acc = float((label == y_test).mean())
+        sk_acc = float(est.score(x_test, y_test))
+        agree = float((label == est.predict(x_test)).mean())
+        meta = {
+            "name": name,
+            "version": version,
+            "role": role,
+            "algorithm": description,
+            "dataset": f"sklearn.datasets.{loader}() ({x.shape[0]} rows, {x.shape[1]} features, "
+            f"{len(np.unique(y))} classes)",
+            "split": f"train_test_split(test_size={TEST_SIZE}, random_state={SEED}, stratify=y)",
+            "train_rows": int(x_train.shape[0]),
+            "test_rows": int(x_test.shape[0]),
+            "seed": SEED,
+            "heldout_accuracy_onnx": round(onnx_acc, 4),
+            "heldout_accuracy_sklearn": round(sk_acc, 4),
+            "onnx_sklearn_label_agreement": round(agree, 4),
+            "input": {"name": "input", "datatype": "FP32", "shape": [-1, int(x.shape[1])]},
+            "outputs": ["label (INT64, [-1])", f"probabilities (FP32, [-1, {proba.shape[1]}])"],
+            "versions": {
+                "scikit-learn": sklearn.__version__,
+                "skl2onnx": skl2onnx.__version__,
+                "onnxruntime": ort.__version__,
+                "numpy": np.__version__,
+            },
+        }
+        (vdir / "metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+        rows = x_test32[:TEST_VECTOR_ROWS]
+        t_label, t_proba = sess.run(None, {"input": rows})
+        vectors = {
+            "model": name,
+            "version": version,
+            "input": {"name": "input", "shape": list(rows.shape), "data": rows.tolist()},
+            "expected": {"label": t_label.tolist(), "probabilities": t_proba.tolist()},
+            "tolerance": 1e-5,
+        }
+        tdir = out / "testdata"
+        tdir.mkdir(parents=True, exist_ok=True)
+        (tdir / f"{name}-{version}.json").write_text(json.dumps(vectors) + "\n")
+        summary.append(meta)
+        print(f"{name}/{version} ({role}): {description}: held-out accuracy {onnx_acc:.4f}")
+
+    # The example request used in README.md and by curl: one held-out breast-cancer row.
+    x, y, _ = data["breast-cancer"]
+    _, x_test, _, _ = train_test_split(x, y, test_size=TEST_SIZE, random_state=SEED, stratify=y)
+    row = x_test[0].astype(np.float32)
+    example = {"inputs": [{"name": "input", "shape": [1, 30], "datatype": "FP32", "data": row.tolist()}]}
+    (out / "example.json").write_text(json.dumps(example) + "\n")
+    write_table(out, summary)
+
+
+def write_table(out: Path, summary):
+    lines = [
+        "| model | version | role | algorithm | held-out accuracy (ONNX) | test rows |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for m in summary:
+        lines.append(
+            f"| {m['name']} | {m['version']} | {m['role']} | {m['algorithm']} | "
+            f"{m['heldout_accuracy_onnx']:.4f} | {m['test_rows']} |"
+        )
+    (out / "ACCURACY.md").write_text(
+        "# Held-out accuracy of the bundled models\n\n"
+        "Generated by `models/train.py`; do not edit by hand. Split: "
+        f"`train_test_split(test_size={TEST_SIZE}, random_state={SEED}, stratify=y)`.\n\n"
+        + "\n".join(lines)
+        + "\n"
+    )
+
+
+GENERATED = ["ACCURACY.md", "example.json"]
+
+
+def generated_files(root: Path):
+    files = list(GENERATED)
+    for name, version, *_ in MODELS:
+        files += [f"{name}/{version}/model.onnx", f"{name}/{version}/metadata.json", f"testdata/{name}-{version}.json"]
+    return files
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent, help="model repository to write")
+    ap.add_argument("--check", action="store_true", help="re-train into a temp folder and compare with --out")
+    args = ap.parse_args()
+    if not args.check:
+        train_all(args.out)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        train_all(Path(tmp))
+        differ = [f for f in generated_files(args.out) if not (args.out / f).exists() or not filecmp.cmp(args.out / f, Path(tmp) / f, shallow=False)]
+        if differ:
+            print("re-training does not reproduce: " + ", ".join(differ), file=sys.stderr)
+            sys.exit(1)
+        print("re-training reproduces every committed file")
+
+
+if __name__ == "__main__":
+    main()
