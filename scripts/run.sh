@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Runs the server on the bundled models after doing whatever set-up the machine lacks.
-# Extra arguments go to the server (see --help).
+# Runs the gateway on the default routes.yaml (bundled models; a development certificate and
+# API key are made on the first run and the key is printed once), after doing whatever
+# set-up the machine lacks. Extra arguments go to `gateway run` (see --help).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 scripts/setup.sh
-cargo build --release -p inference --bin inference-server
-exec target/release/inference-server --models models --listen 127.0.0.1:8000 "$@"
+echo "[run] building the gateway (release; the first build takes several minutes)" >&2
+cargo build --release -p proxy --bin gateway
+exec target/release/gateway run --config routes.yaml "$@"

@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
 # The project's test command (README, and CI through .ci/run): set-up, lint, every test, the
-# standard-client check, the models' reproducibility, and the benchmarks' short mode.
+# shipped configs, standard clients, the models' reproducibility, and the benchmarks' short
+# mode.
 #
 #   scripts/test.sh           everything
-#   scripts/test.sh --quick   skip the short benchmarks (no release build)
+#   scripts/test.sh --quick   skip the short benchmarks
+#
+# Tests run in release mode: the benchmarks need release binaries anyway, so one build of
+# pingora serves both (a debug build would double the compile time on 2 cores).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 QUICK=0
 [ "${1:-}" = "--quick" ] && QUICK=1
 
-step() { printf '\n=== %s\n' "$*"; }
+step() { printf '\n=== %s (%s)\n' "$*" "$(date +%T)"; }
 
 step "set-up (ONNX Runtime, cmake, Python virtualenv)"
 scripts/setup.sh --python
@@ -19,14 +23,20 @@ step "cargo fmt --check"
 cargo fmt --all --check
 
 step "cargo clippy -D warnings"
-cargo clippy --workspace --all-targets --quiet -- -D warnings
+cargo clippy --workspace --all-targets --release --quiet -- -D warnings
 
 step "cargo test"
-cargo test --workspace
+cargo test --workspace --release
+
+step "gateway check on every config in the repository"
+cargo build --release --quiet -p proxy -p inference --bins
+configs=$(git ls-files '*.yaml' '*.yml' | grep -v -E '^(certs|models|deploy/k8s|loadtests/peers)/' | xargs -r grep -l '^routes:' || true)
+[ -n "$configs" ] || { echo "no gateway configs found" >&2; exit 1; }
+# shellcheck disable=SC2086
+target/release/gateway check $configs
 
 step "standard clients against inference-server (tritonclient.http, curl)"
-cargo build --quiet -p inference --bin inference-server
-scripts/client_compat.sh
+scripts/client_compat.sh target/release/inference-server
 
 step "models/train.py reproduces the committed models"
 .venv/bin/python models/train.py --check
@@ -34,5 +44,6 @@ step "models/train.py reproduces the committed models"
 if [ "$QUICK" = 0 ]; then
   step "benchmarks, short mode (figures are reported, not asserted: CI machines are noisy)"
   loadtests/bench_inference.sh --short
+  loadtests/bench_gateway.sh --short
 fi
 step "all checks passed"

@@ -192,7 +192,8 @@ impl InferenceServer {
         let selected = protocol::select_outputs(pool.metadata(), &request)?;
         let id = request.id.clone().unwrap_or_else(|| request_id.to_string());
         let outputs = pool.infer(request.inputs).await?;
-        let encoded = protocol::encode_response(pool.metadata(), &id, &selected, &outputs);
+        let meta = pool.metadata();
+        let encoded = protocol::encode_response(meta, &meta.name, &meta.version, &id, &selected, &outputs);
         Ok(encoded_response(encoded))
     }
 }

@@ -1,7 +1,237 @@
-//! The gateway binary. Built in the gateway issue; until then `scripts/run.sh` serves the
-//! models with `inference-server`.
+//! `gateway`: run the gateway, check a config, manage API keys.
 
-fn main() {
-    eprintln!("gateway: not built yet; run scripts/run.sh to serve the models with inference-server");
-    std::process::exit(2);
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+// Many small allocations cross threads (parsed tensors go to pool workers and back):
+// mimalloc handles that faster than glibc malloc (measured with loadtests/).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(
+    name = "gateway",
+    version,
+    about = "HTTPS gateway for ML models: API keys, rate limits, canary splits, in-process ONNX Runtime pools",
+    after_help = "Config reference: routes.yaml (commented). Logs: RUST_LOG (default info)."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve: client HTTPS listener, admin listener, every pool of the config.
+    ///
+    /// On the first run with the default config, a development CA and a localhost
+    /// certificate are made in certs/ (trust certs/ca.crt), and one development API key is
+    /// made and printed once.
+    Run {
+        #[arg(long, short, default_value = "routes.yaml")]
+        config: PathBuf,
+    },
+    /// Validate config files: every problem with line and column (exit 1), or a summary of
+    /// routes, weights and shadows. Loads each local model to prove that it loads.
+    Check {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Manage API keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Make a new random key: printed once, stored only as its SHA-256 digest.
+    Add {
+        /// Who the key belongs to (shown in logs and access records)
+        #[arg(long)]
+        tenant: String,
+        /// Rate-limit tier (a name under rate_limits.tiers; default: the default quota)
+        #[arg(long, default_value = "default")]
+        tier: String,
+        /// The config whose auth.keys_file receives the key
+        #[arg(long, short, default_value = "routes.yaml")]
+        config: PathBuf,
+        /// Write to this keys file instead of the config's
+        #[arg(long)]
+        keys_file: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // Access-log lines go through a background writer so that logging never blocks a
+    // request on a slow terminal or pipe.
+    let (writer, _guard) = tracing_appender::non_blocking(std::io::stderr());
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,pingora=warn".into()),
+        )
+        .with_writer(writer)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let result = match cli.command {
+        Command::Run { config } => run(&config),
+        Command::Check { files } => check(&files),
+        Command::Keys {
+            command:
+                KeysCommand::Add {
+                    tenant,
+                    tier,
+                    config,
+                    keys_file,
+                },
+        } => add_key(&config, keys_file, &tenant, &tier),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("gateway: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(config: &Path) -> Result<(), String> {
+    inference::runtime::environment()?;
+    let (snapshot, first) = proxy::server::prepare(config)?;
+    if let Some(ca) = &first.dev_ca {
+        println!(
+            "made a development CA and a certificate for localhost; trust {}",
+            ca.display()
+        );
+    }
+    let cacert = snapshot
+        .config
+        .tls_cert
+        .parent()
+        .map(|d| d.join("ca.crt"))
+        .unwrap_or_default();
+    if let Some((key, id, file)) = &first.dev_key {
+        println!(
+            "\nmade development API key {id} for tenant \"dev\" (only its SHA-256 is kept, in {}).\n\
+             It is shown this once:\n\n    {key}\n\nTry:\n    curl --cacert {} -H \"x-api-key: {key}\" \\\n        https://localhost:{}/v2/models/{}/infer -d @example.json\n",
+            file.display(),
+            cacert.display(),
+            snapshot.config.https.port(),
+            snapshot
+                .config
+                .routes
+                .keys()
+                .next()
+                .map_or("MODEL", String::as_str),
+        );
+    }
+    print!("{}", snapshot.config.summary());
+    let shadowed: Vec<&str> = snapshot
+        .config
+        .routes
+        .values()
+        .filter(|r| !r.shadows.is_empty())
+        .map(|r| r.model.as_str())
+        .collect();
+    if !shadowed.is_empty() {
+        tracing::warn!(
+            "shadows are configured for {} and validated, but this build does not mirror traffic to them yet",
+            shadowed.join(", ")
+        );
+    }
+    let built = proxy::server::build(snapshot)?;
+    // pingora binds its listeners once running: announce "serving" when the port answers.
+    let (https, admin) = (built.https, built.admin);
+    std::thread::spawn(move || {
+        let mut probe = https;
+        if probe.ip().is_unspecified() {
+            probe.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        for _ in 0..600 {
+            if std::net::TcpStream::connect(probe).is_ok() {
+                println!("serving https://{https} (admin: http://{admin}/metrics)");
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        eprintln!("gateway: the https listener on {https} did not come up within 30 s");
+    });
+    built.run(Box::new(pingora::server::UnixShutdownSignalWatch));
+    println!("stopped");
+    Ok(())
+}
+
+fn check(files: &[PathBuf]) -> Result<(), String> {
+    inference::runtime::environment()?;
+    let mut failed = 0;
+    for file in files {
+        let result = proxy::config::load(file).and_then(proxy::state::Snapshot::build);
+        match result {
+            Ok(snapshot) => {
+                println!("{}: ok", file.display());
+                print!("{}", snapshot.config.summary());
+                if snapshot.config.keys.is_none() {
+                    println!(
+                        "  (keys file {} will be created on first run)",
+                        snapshot.config.keys_file.display()
+                    );
+                }
+                if !snapshot.config.tls_cert.exists() {
+                    println!("  (a development certificate will be made on first run)");
+                }
+            }
+            Err(errors) => {
+                failed += 1;
+                eprintln!("{}: {}", file.display(), proxy::server::format_errors(&errors));
+            }
+        }
+    }
+    if failed > 0 {
+        Err(format!("{failed} of {} config file(s) are invalid", files.len()))
+    } else {
+        Ok(())
+    }
+}
+
+fn add_key(config: &Path, keys_file: Option<PathBuf>, tenant: &str, tier: &str) -> Result<(), String> {
+    // Only auth.keys_file and the tier names are needed: read them without validating the
+    // rest, so keys can be managed even while another part of the config is being fixed.
+    let text = std::fs::read_to_string(config).unwrap_or_default();
+    let value: serde_yaml::Value = serde_yaml::from_str(&text).unwrap_or_default();
+    let file = match keys_file {
+        Some(f) => f,
+        None => {
+            let rel = value
+                .get("auth")
+                .and_then(|a| a.get("keys_file"))
+                .and_then(|f| f.as_str())
+                .ok_or_else(|| format!("{} has no auth.keys_file; pass --keys-file", config.display()))?;
+            config.parent().unwrap_or(Path::new(".")).join(rel)
+        }
+    };
+    let tiers: Vec<String> = value
+        .get("rate_limits")
+        .and_then(|r| r.get("tiers"))
+        .and_then(|t| t.as_mapping())
+        .map(|m| m.keys().filter_map(|k| k.as_str().map(str::to_string)).collect())
+        .unwrap_or_default();
+    if tier != "default" && !tiers.iter().any(|t| t == tier) {
+        return Err(format!(
+            "tier {tier:?} is not defined under rate_limits.tiers in {} (defined: default{})",
+            config.display(),
+            tiers.iter().map(|t| format!(", {t}")).collect::<String>()
+        ));
+    }
+    let (key, id) = proxy::keys::add_key(&file, tenant, tier)?;
+    eprintln!(
+        "added key {id} for tenant {tenant:?} (tier {tier}) to {}; it is shown this once:",
+        file.display()
+    );
+    println!("{key}");
+    Ok(())
 }

@@ -286,9 +286,12 @@ pub fn select_outputs(
         .collect()
 }
 
-/// Encodes the selected outputs as the response body.
+/// Encodes the selected outputs as the response body. `model_name` and `model_version` are
+/// what the caller asked for (a gateway answers with the public name it routed).
 pub fn encode_response(
     meta: &ModelMetadata,
+    model_name: &str,
+    model_version: &str,
     id: &str,
     selected: &[(usize, bool)],
     outputs: &[Tensor],
@@ -319,8 +322,8 @@ pub fn encode_response(
         });
     }
     let response = ResponseJson {
-        model_name: &meta.name,
-        model_version: &meta.version,
+        model_name,
+        model_version,
         id,
         outputs: json_outputs,
     };

@@ -1,0 +1,143 @@
+//! The admin listener (default 127.0.0.1:9901, never the public port): Prometheus metrics,
+//! liveness and readiness, and the routes in force — for operators and their tooling.
+//!
+//! - `GET /metrics`  Prometheus text format
+//! - `GET /healthz`  200 while the process serves
+//! - `GET /readyz`   200 when every route's stable pool can serve; 503 and the reasons if not
+//! - `GET /config`   the routes, weights, stickiness, shadows and pools in force (no keys)
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use serde_json::json;
+
+use crate::config::{PoolSpec, Sticky};
+use crate::metrics::Metrics;
+use crate::ratelimit::RateLimiters;
+use crate::state::{Backend, Snapshot};
+
+pub struct Admin {
+    pub state: Arc<ArcSwap<Snapshot>>,
+    pub metrics: Arc<Metrics>,
+    pub limiters: Arc<RateLimiters>,
+}
+
+fn reply(status: u16, content_type: &str, body: Vec<u8>) -> http::Response<Vec<u8>> {
+    http::Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .header("content-length", body.len())
+        .body(body)
+        .expect("static parts are valid")
+}
+
+impl Admin {
+    /// Gauges are read at scrape time rather than kept up to date on every request.
+    fn refresh_gauges(&self, snap: &Snapshot) {
+        for (name, backend) in &snap.pools {
+            match backend {
+                Backend::Local(p) => self
+                    .metrics
+                    .queue_depth
+                    .with_label_values(&[name])
+                    .set(p.queue_depth() as i64),
+                Backend::Remote(r) => self
+                    .metrics
+                    .healthy_endpoints
+                    .with_label_values(&[name])
+                    .set(r.healthy_endpoints() as i64),
+            }
+        }
+        self.metrics
+            .tracked_clients
+            .with_label_values(&["all"])
+            .set(self.limiters.tracked() as i64);
+    }
+
+    fn readiness(snap: &Snapshot) -> Vec<String> {
+        snap.config
+            .routes
+            .values()
+            .filter_map(|route| match snap.pools.get(&route.stable) {
+                Some(Backend::Remote(r)) if r.healthy_endpoints() == 0 => Some(format!(
+                    "route {}: stable pool {} has no healthy endpoint",
+                    route.model, r.name
+                )),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn config_json(snap: &Snapshot) -> serde_json::Value {
+        let routes: Vec<serde_json::Value> = snap
+            .config
+            .routes
+            .values()
+            .map(|r| {
+                json!({
+                    "model": r.model,
+                    "stable": r.stable,
+                    "canary": r.canary.as_ref().map(|c| json!({"pool": c.pool, "weight": c.weight})),
+                    "sticky": match &r.sticky { Sticky::None => json!("none"), Sticky::ApiKey => json!("api_key"), Sticky::Header(h) => json!({"header": h}) },
+                    "shadows": r.shadows.iter().map(|s| json!({"pool": s.pool, "percent": s.percent})).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        let pools: serde_json::Map<String, serde_json::Value> = snap
+            .config
+            .pools
+            .iter()
+            .map(|(name, spec)| {
+                let v = match (spec, snap.pools.get(name)) {
+                    (PoolSpec::Local(l), _) => json!({"kind": "local", "model": l.model, "version": l.version, "instances": l.pool.instances, "max_batch": l.pool.max_batch}),
+                    (PoolSpec::Http(h), Some(Backend::Remote(r))) => json!({"kind": "http", "model": h.model, "version": h.version, "endpoints": h.endpoints.iter().map(|e| e.to_string()).collect::<Vec<_>>(), "healthy_endpoints": r.healthy_endpoints()}),
+                    (PoolSpec::Http(h), _) => json!({"kind": "http", "model": h.model, "version": h.version}),
+                };
+                (name.clone(), v)
+            })
+            .collect();
+        json!({"file": snap.config.file.display().to_string(), "routes": routes, "pools": pools, "keys": snap.keys.len()})
+    }
+}
+
+#[async_trait]
+impl ServeHttp for Admin {
+    async fn response(&self, session: &mut ServerSession) -> http::Response<Vec<u8>> {
+        let snap = self.state.load_full();
+        let path = session.req_header().uri.path().to_string();
+        match path.as_str() {
+            "/metrics" => {
+                self.refresh_gauges(&snap);
+                reply(200, "text/plain; version=0.0.4", self.metrics.render())
+            }
+            "/healthz" => reply(200, "application/json", br#"{"live":true}"#.to_vec()),
+            "/readyz" => {
+                let problems = Self::readiness(&snap);
+                let status = if problems.is_empty() { 200 } else { 503 };
+                reply(
+                    status,
+                    "application/json",
+                    json!({"ready": problems.is_empty(), "problems": problems})
+                        .to_string()
+                        .into_bytes(),
+                )
+            }
+            "/config" => reply(
+                200,
+                "application/json",
+                Self::config_json(&snap).to_string().into_bytes(),
+            ),
+            _ => reply(
+                404,
+                "application/json",
+                inference::error::error_body(&format!(
+                    "no admin route for {path}; try /metrics, /healthz, /readyz, /config"
+                ))
+                .into_bytes(),
+            ),
+        }
+    }
+}

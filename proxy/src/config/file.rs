@@ -1,0 +1,305 @@
+//! `routes.yaml` as written by operators: plain serde types, every struct closed with
+//! `deny_unknown_fields` so that a misspelt key is an error, not a silently ignored line.
+//! Numbers that have a valid range are read wide (i64) so that the validator, not serde,
+//! reports them — with the range and the place in the file.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub listen: ListenFile,
+    pub tls: TlsFile,
+    pub auth: AuthFile,
+    #[serde(default)]
+    pub rate_limits: RateLimitsFile,
+    #[serde(default)]
+    pub limits: LimitsFile,
+    #[serde(default)]
+    pub server: ServerFile,
+    /// Where `local` pools find `<model>/<version>/model.onnx`, relative to this file.
+    #[serde(default = "default_models_dir")]
+    pub models_dir: String,
+    pub pools: BTreeMap<String, PoolFile>,
+    pub routes: Vec<RouteFile>,
+}
+
+fn default_models_dir() -> String {
+    "models".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenFile {
+    #[serde(default = "default_https")]
+    pub https: String,
+    #[serde(default = "default_admin")]
+    pub admin: String,
+}
+
+fn default_https() -> String {
+    "0.0.0.0:8443".into()
+}
+
+fn default_admin() -> String {
+    "127.0.0.1:9901".into()
+}
+
+impl Default for ListenFile {
+    fn default() -> Self {
+        ListenFile {
+            https: default_https(),
+            admin: default_admin(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFile {
+    pub cert: String,
+    pub key: String,
+    /// When both files are missing, make a development CA and a `localhost` certificate.
+    #[serde(default)]
+    pub generate_dev_cert: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthFile {
+    pub keys_file: String,
+    /// When the keys file is missing, create it with one development key (printed once).
+    #[serde(default)]
+    pub create_dev_key: bool,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateFile {
+    pub per_second: i64,
+    pub burst: i64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitsFile {
+    /// Per API key, for keys whose tier has no entry in `tiers`.
+    #[serde(default = "default_rate")]
+    pub default: RateFile,
+    #[serde(default)]
+    pub tiers: BTreeMap<String, RateFile>,
+    /// Per client IP, for the paths that need no key (health, metadata).
+    #[serde(default = "default_ip_rate")]
+    pub per_ip: RateFile,
+    /// Most clients (keys or IPs) whose limiter state is kept; the least recently seen are
+    /// forgotten beyond this, so memory stays bounded whatever the traffic.
+    #[serde(default = "default_tracked")]
+    pub max_tracked_clients: i64,
+}
+
+fn default_rate() -> RateFile {
+    RateFile {
+        per_second: 200,
+        burst: 400,
+    }
+}
+
+fn default_ip_rate() -> RateFile {
+    RateFile {
+        per_second: 50,
+        burst: 100,
+    }
+}
+
+fn default_tracked() -> i64 {
+    100_000
+}
+
+impl Default for RateLimitsFile {
+    fn default() -> Self {
+        RateLimitsFile {
+            default: default_rate(),
+            tiers: BTreeMap::new(),
+            per_ip: default_ip_rate(),
+            max_tracked_clients: default_tracked(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsFile {
+    #[serde(default = "default_body")]
+    pub max_body_bytes: i64,
+    #[serde(default = "default_header")]
+    pub max_header_bytes: i64,
+}
+
+fn default_body() -> i64 {
+    4 << 20
+}
+
+fn default_header() -> i64 {
+    16 << 10
+}
+
+impl Default for LimitsFile {
+    fn default() -> Self {
+        LimitsFile {
+            max_body_bytes: default_body(),
+            max_header_bytes: default_header(),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerFile {
+    /// Threads for network I/O (default: one per core).
+    #[serde(default)]
+    pub threads: Option<i64>,
+    /// One access-log line per request on stderr (off: metrics only).
+    #[serde(default = "default_true")]
+    pub access_log: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// `{local: {...}}` or `{http: {...}}`: exactly one of the two (checked by the validator).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolFile {
+    /// In-process ONNX Runtime pool: no network hop.
+    #[serde(default)]
+    pub local: Option<LocalPoolFile>,
+    /// Remote Open Inference Protocol servers (inference-server, Triton).
+    #[serde(default)]
+    pub http: Option<HttpPoolFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalPoolFile {
+    pub model: String,
+    pub version: i64,
+    #[serde(default = "one")]
+    pub instances: i64,
+    #[serde(default = "default_max_batch")]
+    pub max_batch: i64,
+    #[serde(default = "default_max_delay")]
+    pub max_delay_us: i64,
+    #[serde(default = "default_queue")]
+    pub queue_capacity: i64,
+}
+
+fn one() -> i64 {
+    1
+}
+
+fn default_max_batch() -> i64 {
+    32
+}
+
+fn default_max_delay() -> i64 {
+    250
+}
+
+fn default_queue() -> i64 {
+    1024
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpPoolFile {
+    /// `host:port` of each server; requests go round-robin over the healthy ones.
+    pub endpoints: Vec<String>,
+    pub model: String,
+    pub version: i64,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_ms: i64,
+    /// Longest wait for the upstream's answer once the request is sent.
+    #[serde(default = "default_timeout")]
+    pub timeout_ms: i64,
+    #[serde(default)]
+    pub health_check: HealthCheckFile,
+}
+
+fn default_connect_timeout() -> i64 {
+    200
+}
+
+fn default_timeout() -> i64 {
+    2000
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckFile {
+    #[serde(default = "default_hc_interval")]
+    pub interval_ms: i64,
+    #[serde(default = "default_hc_path")]
+    pub path: String,
+}
+
+fn default_hc_interval() -> i64 {
+    1000
+}
+
+fn default_hc_path() -> String {
+    "/v2/health/ready".into()
+}
+
+impl Default for HealthCheckFile {
+    fn default() -> Self {
+        HealthCheckFile {
+            interval_ms: default_hc_interval(),
+            path: default_hc_path(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteFile {
+    /// The public model name: `POST /v2/models/<model>/infer`.
+    pub model: String,
+    pub stable: String,
+    #[serde(default)]
+    pub canary: Option<CanaryFile>,
+    #[serde(default)]
+    pub sticky: Option<StickyFile>,
+    /// Mixed into the sticky hash; change it to reshuffle which clients get the canary.
+    #[serde(default)]
+    pub salt: Option<String>,
+    #[serde(default)]
+    pub shadows: Vec<ShadowFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CanaryFile {
+    pub pool: String,
+    /// Percent of traffic, 0–100.
+    pub weight: i64,
+}
+
+/// `sticky: api_key`, `sticky: none`, or `sticky: {header: x-user-id}`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum StickyFile {
+    Named(String),
+    Header { header: String },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShadowFile {
+    pub pool: String,
+    /// Percent of the route's requests copied to this pool, 0–100.
+    pub percent: i64,
+}

@@ -1,0 +1,706 @@
+//! `routes.yaml` in two layers: [`file`] is what operators write (serde, closed structs);
+//! [`Config`] is what the gateway runs on, produced by [`parse`], which checks everything it
+//! can without loading models and reports *every* problem at once, each with its line and
+//! column. A file that fails is never used: the caller keeps what it had.
+
+pub mod file;
+pub mod locate;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::num::NonZeroU32;
+use std::path::{Path as FsPath, PathBuf};
+use std::time::Duration;
+
+use inference::PoolConfig;
+
+use crate::keys::KeyStore;
+use file::{FileConfig, RateFile, StickyFile};
+pub use locate::Path;
+
+/// A problem in a config file, with where it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    /// Dotted path to the value (`routes[0].canary.weight`); empty for file-level errors.
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let (Some(l), Some(c)) = (self.line, self.column) {
+            write!(f, ":{l}:{c}")?;
+        }
+        if self.path.is_empty() {
+            write!(f, ": {}", self.message)
+        } else {
+            write!(f, ": {}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// Collects errors against one source file, locating each.
+pub struct Errors<'a> {
+    file: &'a FsPath,
+    source: &'a str,
+    pub list: Vec<ConfigError>,
+}
+
+impl<'a> Errors<'a> {
+    pub fn new(file: &'a FsPath, source: &'a str) -> Self {
+        Errors {
+            file,
+            source,
+            list: Vec::new(),
+        }
+    }
+
+    pub fn add(&mut self, path: &Path, message: impl Into<String>) {
+        let (line, column) =
+            locate::locate(self.source, path).map_or((None, None), |(l, c)| (Some(l), Some(c)));
+        self.list.push(ConfigError {
+            file: self.file.to_path_buf(),
+            line,
+            column,
+            path: path.to_string(),
+            message: message.into(),
+        });
+    }
+}
+
+/// A serde_yaml error (syntax, wrong type, unknown field) as a located [`ConfigError`].
+pub fn yaml_error(file: &FsPath, e: &serde_yaml::Error) -> ConfigError {
+    let location = e.location();
+    // serde_yaml prefixes its message with the path and suffixes the position; keep the text.
+    let message = e.to_string();
+    let message = match message.rsplit_once(" at line ") {
+        Some((head, _)) => head.to_string(),
+        None => message,
+    };
+    ConfigError {
+        file: file.to_path_buf(),
+        line: location.as_ref().map(|l| l.line()),
+        column: location.as_ref().map(|l| l.column()),
+        path: String::new(),
+        message,
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rate {
+    pub per_second: NonZeroU32,
+    pub burst: NonZeroU32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RateLimits {
+    pub default: Rate,
+    pub tiers: BTreeMap<String, Rate>,
+    pub per_ip: Rate,
+    pub max_tracked_clients: usize,
+}
+
+impl RateLimits {
+    /// The quota for a key's tier (`default` when the tier has no entry of its own).
+    pub fn for_tier(&self, tier: &str) -> Rate {
+        self.tiers.get(tier).copied().unwrap_or(self.default)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub max_body_bytes: usize,
+    pub max_header_bytes: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalSpec {
+    pub model: String,
+    pub version: u64,
+    pub path: PathBuf,
+    pub pool: PoolConfig,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpSpec {
+    pub endpoints: Vec<SocketAddr>,
+    pub model: String,
+    pub version: u64,
+    pub connect_timeout: Duration,
+    pub timeout: Duration,
+    pub health_interval: Duration,
+    pub health_path: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PoolSpec {
+    Local(LocalSpec),
+    Http(HttpSpec),
+}
+
+impl PoolSpec {
+    pub fn model(&self) -> &str {
+        match self {
+            PoolSpec::Local(l) => &l.model,
+            PoolSpec::Http(h) => &h.model,
+        }
+    }
+
+    pub fn version(&self) -> u64 {
+        match self {
+            PoolSpec::Local(l) => l.version,
+            PoolSpec::Http(h) => h.version,
+        }
+    }
+}
+
+/// How a client keeps its variant while the canary weight changes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Sticky {
+    /// Every request is split independently.
+    None,
+    /// By API key: a client keeps its variant.
+    ApiKey,
+    /// By the value of this (lower-case) header; requests without it are split independently.
+    Header(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Canary {
+    pub pool: String,
+    /// Percent of traffic, 0–100.
+    pub weight: u8,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Shadow {
+    pub pool: String,
+    pub percent: u8,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    /// Position in the file's `routes` list, for error messages.
+    pub index: usize,
+    pub model: String,
+    pub stable: String,
+    pub canary: Option<Canary>,
+    pub sticky: Sticky,
+    pub salt: String,
+    pub shadows: Vec<Shadow>,
+}
+
+/// A validated config: every reference resolves, every number is in range, every file that
+/// must exist does (or will be generated, where the file allows it).
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub file: PathBuf,
+    pub source: String,
+    pub https: SocketAddr,
+    pub admin: SocketAddr,
+    pub tls_cert: PathBuf,
+    pub tls_key: PathBuf,
+    pub generate_dev_cert: bool,
+    pub keys_file: PathBuf,
+    pub create_dev_key: bool,
+    /// The keys file's contents, or `None` when it is yet to be created.
+    pub keys: Option<KeyStore>,
+    pub rate_limits: RateLimits,
+    pub limits: Limits,
+    pub threads: usize,
+    pub access_log: bool,
+    pub pools: BTreeMap<String, PoolSpec>,
+    pub routes: BTreeMap<String, Route>,
+}
+
+/// Reads and validates a config file.
+pub fn load(file: &FsPath) -> Result<Config, Vec<ConfigError>> {
+    let source = std::fs::read_to_string(file).map_err(|e| {
+        vec![ConfigError {
+            file: file.to_path_buf(),
+            line: None,
+            column: None,
+            path: String::new(),
+            message: format!("cannot read: {e}"),
+        }]
+    })?;
+    parse(file, &source)
+}
+
+/// Validates config text; `file` names it in errors and anchors relative paths.
+pub fn parse(file: &FsPath, source: &str) -> Result<Config, Vec<ConfigError>> {
+    let parsed: FileConfig = serde_yaml::from_str(source).map_err(|e| vec![yaml_error(file, &e)])?;
+    // Relative paths are relative to the config file (as given, so messages stay short).
+    let base = file.parent().map(FsPath::to_path_buf).unwrap_or_default();
+    let mut errors = Errors::new(file, source);
+    let root = Path::root();
+    let relative = |p: &str| -> PathBuf {
+        let p = PathBuf::from(p);
+        if p.is_absolute() { p } else { base.join(p) }
+    };
+
+    let FileConfig {
+        listen,
+        tls,
+        auth,
+        rate_limits,
+        limits,
+        server,
+        models_dir,
+        pools,
+        routes,
+    } = parsed;
+
+    let mut socket = |value: &str, path: Path| -> SocketAddr {
+        value.parse().unwrap_or_else(|_| {
+            errors.add(&path, format!("{value:?} is not an address such as 0.0.0.0:8443"));
+            SocketAddr::from(([0, 0, 0, 0], 0))
+        })
+    };
+    let https = socket(&listen.https, root.key("listen").key("https"));
+    let admin = socket(&listen.admin, root.key("listen").key("admin"));
+
+    // TLS files: both readable, or both absent and allowed to be generated.
+    let tls_cert = relative(&tls.cert);
+    let tls_key = relative(&tls.key);
+    match (tls_cert.exists(), tls_key.exists()) {
+        (true, true) => {
+            for (p, key) in [(&tls_cert, "cert"), (&tls_key, "key")] {
+                if let Err(e) = std::fs::read(p) {
+                    errors.add(
+                        &root.key("tls").key(key),
+                        format!("cannot read {}: {e}", p.display()),
+                    );
+                }
+            }
+        }
+        (false, false) if tls.generate_dev_cert => {}
+        (false, false) => errors.add(
+            &root.key("tls"),
+            format!(
+                "{} and {} do not exist (set generate_dev_cert: true to make development ones)",
+                tls_cert.display(),
+                tls_key.display()
+            ),
+        ),
+        (true, false) => errors.add(
+            &root.key("tls").key("key"),
+            format!("{} does not exist", tls_key.display()),
+        ),
+        (false, true) => errors.add(
+            &root.key("tls").key("cert"),
+            format!("{} does not exist", tls_cert.display()),
+        ),
+    }
+
+    let mut rate = |r: RateFile, path: Path| -> Rate {
+        let mut field = |v: i64, name: &str| {
+            NonZeroU32::new(u32::try_from(v).unwrap_or(0)).unwrap_or_else(|| {
+                errors.add(
+                    &path.key(name),
+                    format!("must be between 1 and {}, got {v}", u32::MAX),
+                );
+                NonZeroU32::MIN
+            })
+        };
+        Rate {
+            per_second: field(r.per_second, "per_second"),
+            burst: field(r.burst, "burst"),
+        }
+    };
+    let rl = root.key("rate_limits");
+    let default_rate = rate(rate_limits.default, rl.key("default"));
+    let per_ip = rate(rate_limits.per_ip, rl.key("per_ip"));
+    let tiers: BTreeMap<String, Rate> = rate_limits
+        .tiers
+        .into_iter()
+        .map(|(k, v)| {
+            let r = rate(v, rl.key("tiers").key(&k));
+            (k, r)
+        })
+        .collect();
+    let max_tracked_clients = positive(
+        &mut errors,
+        rate_limits.max_tracked_clients,
+        1,
+        100_000_000,
+        &rl.key("max_tracked_clients"),
+    );
+    let rate_limits = RateLimits {
+        default: default_rate,
+        tiers,
+        per_ip,
+        max_tracked_clients,
+    };
+
+    let lim = root.key("limits");
+    let limits = Limits {
+        max_body_bytes: positive(
+            &mut errors,
+            limits.max_body_bytes,
+            1,
+            1 << 30,
+            &lim.key("max_body_bytes"),
+        ),
+        max_header_bytes: positive(
+            &mut errors,
+            limits.max_header_bytes,
+            256,
+            1 << 20,
+            &lim.key("max_header_bytes"),
+        ),
+    };
+    let threads = match server.threads {
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        Some(t) => positive(&mut errors, t, 1, 1024, &root.key("server").key("threads")),
+    };
+
+    // Keys: readable and well-formed, or absent and allowed to be created.
+    let keys_file = relative(&auth.keys_file);
+    let keys = if keys_file.exists() {
+        match KeyStore::load(&keys_file) {
+            Ok(store) => {
+                for key in store.keys() {
+                    if key.tier != "default" && !rate_limits.tiers.contains_key(&key.tier) {
+                        errors.add(
+                            &root.key("auth").key("keys_file"),
+                            format!(
+                                "key {} in {} has tier {:?}, which rate_limits.tiers does not define",
+                                key.id,
+                                keys_file.display(),
+                                key.tier
+                            ),
+                        );
+                    }
+                }
+                Some(store)
+            }
+            Err(e) => {
+                errors.list.extend(e);
+                None
+            }
+        }
+    } else {
+        if !auth.create_dev_key {
+            errors.add(
+                &root.key("auth").key("keys_file"),
+                format!(
+                    "{} does not exist (create keys with `gateway keys add --tenant NAME`, or set create_dev_key: true)",
+                    keys_file.display()
+                ),
+            );
+        }
+        None
+    };
+
+    let models_dir = relative(&models_dir);
+    let mut pool_specs = BTreeMap::new();
+    for (name, pool) in pools {
+        let path = root.key("pools").key(&name);
+        if !valid_name(&name) {
+            errors.add(&path, "pool names may use letters, digits, '-', '_' and '.'");
+        }
+        let spec = match (pool.local, pool.http) {
+            (Some(_), Some(_)) | (None, None) => {
+                errors.add(&path, "must have exactly one of `local` or `http`");
+                continue;
+            }
+            (Some(l), None) => {
+                let p = path.key("local");
+                let version = positive(&mut errors, l.version, 1, u32::MAX as i64, &p.key("version")) as u64;
+                let file = models_dir
+                    .join(&l.model)
+                    .join(version.to_string())
+                    .join("model.onnx");
+                if !file.is_file() {
+                    errors.add(
+                        &p.key("model"),
+                        format!(
+                            "no model file {} (models_dir is {})",
+                            file.display(),
+                            models_dir.display()
+                        ),
+                    );
+                }
+                PoolSpec::Local(LocalSpec {
+                    model: l.model,
+                    version,
+                    path: file,
+                    pool: PoolConfig {
+                        instances: positive(&mut errors, l.instances, 1, 256, &p.key("instances")),
+                        max_batch: positive(&mut errors, l.max_batch, 1, 65_536, &p.key("max_batch")),
+                        max_delay: Duration::from_micros(positive(
+                            &mut errors,
+                            l.max_delay_us,
+                            0,
+                            1_000_000,
+                            &p.key("max_delay_us"),
+                        ) as u64),
+                        queue_capacity: positive(
+                            &mut errors,
+                            l.queue_capacity,
+                            1,
+                            1 << 20,
+                            &p.key("queue_capacity"),
+                        ),
+                        intra_threads: 1,
+                        reject_non_finite: true,
+                    },
+                })
+            }
+            (None, Some(h)) => {
+                let p = path.key("http");
+                if h.endpoints.is_empty() {
+                    errors.add(&p.key("endpoints"), "needs at least one host:port");
+                }
+                let mut endpoints = Vec::new();
+                for (i, e) in h.endpoints.iter().enumerate() {
+                    match e.to_socket_addrs().map(|mut a| a.next()) {
+                        Ok(Some(addr)) => endpoints.push(addr),
+                        _ => errors.add(
+                            &p.key("endpoints").index(i),
+                            format!("{e:?} is not a reachable host:port"),
+                        ),
+                    }
+                }
+                let ms = |errors: &mut Errors, v: i64, min: i64, key: &str| {
+                    Duration::from_millis(positive(errors, v, min, 600_000, &p.key(key)) as u64)
+                };
+                let connect_timeout = ms(&mut errors, h.connect_timeout_ms, 1, "connect_timeout_ms");
+                let timeout = ms(&mut errors, h.timeout_ms, 1, "timeout_ms");
+                let hc = p.key("health_check");
+                let health_interval = Duration::from_millis(positive(
+                    &mut errors,
+                    h.health_check.interval_ms,
+                    10,
+                    3_600_000,
+                    &hc.key("interval_ms"),
+                ) as u64);
+                if !h.health_check.path.starts_with('/') {
+                    errors.add(&hc.key("path"), "must start with '/'");
+                }
+                PoolSpec::Http(HttpSpec {
+                    endpoints,
+                    model: h.model,
+                    version: positive(&mut errors, h.version, 1, u32::MAX as i64, &p.key("version")) as u64,
+                    connect_timeout,
+                    timeout,
+                    health_interval,
+                    health_path: h.health_check.path,
+                })
+            }
+        };
+        pool_specs.insert(name, spec);
+    }
+
+    let mut route_map = BTreeMap::new();
+    for (i, r) in routes.into_iter().enumerate() {
+        let path = root.key("routes").index(i);
+        let file::RouteFile {
+            model,
+            stable,
+            canary,
+            sticky,
+            salt,
+            shadows,
+        } = r;
+        if !valid_name(&model) {
+            errors.add(
+                &path.key("model"),
+                "model names may use letters, digits, '-', '_' and '.'",
+            );
+        }
+        if route_map.contains_key(&model) {
+            errors.add(
+                &path.key("model"),
+                format!("a route for {model:?} is already defined"),
+            );
+        }
+        let pool_ref = |errors: &mut Errors, name: &str, at: Path| {
+            if !pool_specs.contains_key(name) {
+                let known: Vec<&str> = pool_specs.keys().map(String::as_str).collect();
+                errors.add(
+                    &at,
+                    format!("no pool named {name:?} (pools: {})", known.join(", ")),
+                );
+            }
+        };
+        pool_ref(&mut errors, &stable, path.key("stable"));
+        let canary = canary.map(|c| {
+            pool_ref(&mut errors, &c.pool, path.key("canary").key("pool"));
+            if c.pool == stable {
+                errors.add(
+                    &path.key("canary").key("pool"),
+                    "the canary pool is the stable pool",
+                );
+            }
+            Canary {
+                pool: c.pool,
+                weight: percent(&mut errors, c.weight, &path.key("canary").key("weight")),
+            }
+        });
+        let shadows = shadows
+            .into_iter()
+            .enumerate()
+            .map(|(j, s)| {
+                let at = path.key("shadows").index(j);
+                pool_ref(&mut errors, &s.pool, at.key("pool"));
+                Shadow {
+                    pool: s.pool,
+                    percent: percent(&mut errors, s.percent, &at.key("percent")),
+                }
+            })
+            .collect();
+        let sticky = match sticky {
+            None => Sticky::None,
+            Some(StickyFile::Named(n)) if n == "none" => Sticky::None,
+            Some(StickyFile::Named(n)) if n == "api_key" => Sticky::ApiKey,
+            Some(StickyFile::Named(n)) => {
+                errors.add(
+                    &path.key("sticky"),
+                    format!("{n:?} is not one of: none, api_key, {{header: NAME}}"),
+                );
+                Sticky::None
+            }
+            Some(StickyFile::Header { header }) => {
+                if header.is_empty()
+                    || !header
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                {
+                    errors.add(
+                        &path.key("sticky").key("header"),
+                        format!("{header:?} is not a header name"),
+                    );
+                }
+                Sticky::Header(header.to_ascii_lowercase())
+            }
+        };
+        let salt = salt.unwrap_or_else(|| model.clone());
+        route_map.insert(
+            model.clone(),
+            Route {
+                index: i,
+                model,
+                stable,
+                canary,
+                sticky,
+                salt,
+                shadows,
+            },
+        );
+    }
+    if route_map.is_empty() {
+        errors.add(&root.key("routes"), "needs at least one route");
+    }
+
+    if !errors.list.is_empty() {
+        return Err(errors.list);
+    }
+    Ok(Config {
+        file: file.to_path_buf(),
+        source: source.to_string(),
+        https,
+        admin,
+        tls_cert,
+        tls_key,
+        generate_dev_cert: tls.generate_dev_cert,
+        keys_file,
+        create_dev_key: auth.create_dev_key,
+        keys,
+        rate_limits,
+        limits,
+        threads,
+        access_log: server.access_log,
+        pools: pool_specs,
+        routes: route_map,
+    })
+}
+
+fn positive(errors: &mut Errors, v: i64, min: i64, max: i64, path: &Path) -> usize {
+    if v < min || v > max {
+        errors.add(path, format!("must be between {min} and {max}, got {v}"));
+        return min.max(0) as usize;
+    }
+    v as usize
+}
+
+fn percent(errors: &mut Errors, v: i64, path: &Path) -> u8 {
+    if !(0..=100).contains(&v) {
+        errors.add(path, format!("must be between 0 and 100, got {v}"));
+        return 0;
+    }
+    v as u8
+}
+
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+impl Config {
+    /// A human summary for `gateway check`: routes, weights, stickiness, shadows, pools.
+    pub fn summary(&self) -> String {
+        let mut out = String::new();
+        out.push_str(&format!(
+            "listen: https://{} (admin http://{})\n",
+            self.https, self.admin
+        ));
+        out.push_str("routes:\n");
+        for route in self.routes.values() {
+            let Route {
+                index: _,
+                model,
+                stable,
+                canary,
+                sticky,
+                salt: _,
+                shadows,
+            } = route;
+            let pool = |name: &str| {
+                self.pools.get(name).map_or_else(
+                    || name.to_string(),
+                    |p| match p {
+                        PoolSpec::Local(l) => format!("{name} (local {}/{})", l.model, l.version),
+                        PoolSpec::Http(h) => format!(
+                            "{name} (http {}/{}, {} endpoint(s))",
+                            h.model,
+                            h.version,
+                            h.endpoints.len()
+                        ),
+                    },
+                )
+            };
+            let (stable_pct, canary_txt) = match canary {
+                Some(c) => (
+                    100 - c.weight as u32,
+                    format!(", canary {}% -> {}", c.weight, pool(&c.pool)),
+                ),
+                None => (100, String::new()),
+            };
+            let sticky = match sticky {
+                Sticky::None => "per request".to_string(),
+                Sticky::ApiKey => "sticky by API key".to_string(),
+                Sticky::Header(h) => format!("sticky by header {h}"),
+            };
+            out.push_str(&format!(
+                "  {model}: stable {stable_pct}% -> {}{canary_txt}; {sticky}\n",
+                pool(stable)
+            ));
+            for s in shadows {
+                out.push_str(&format!("    shadow {}% -> {}\n", s.percent, pool(&s.pool)));
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,207 @@
+//! Table tests over bad configs: every problem is reported, each with its line and column.
+
+use std::path::PathBuf;
+
+use rstest::rstest;
+
+use super::*;
+
+fn models() -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../models")
+        .display()
+        .to_string()
+}
+
+/// A valid config; each case below breaks one thing in it.
+fn base() -> String {
+    format!(
+        "tls: {{cert: nowhere/server.crt, key: nowhere/server.key, generate_dev_cert: true}}
+auth: {{keys_file: nowhere/keys.yaml, create_dev_key: true}}
+models_dir: {}
+pools:
+  a: {{local: {{model: breast-cancer, version: 1}}}}
+  b: {{local: {{model: breast-cancer, version: 2}}}}
+routes:
+  - model: m
+    stable: a
+    canary: {{pool: b, weight: 10}}
+    shadows: [{{pool: b, percent: 50}}]
+",
+        models()
+    )
+}
+
+fn errors(text: &str) -> Vec<ConfigError> {
+    parse(&PathBuf::from("t.yaml"), text).err().unwrap_or_default()
+}
+
+#[test]
+fn the_base_config_is_valid() {
+    let config = parse(&PathBuf::from("t.yaml"), &base()).unwrap();
+    let route = &config.routes["m"];
+    assert_eq!(route.canary.as_ref().unwrap().weight, 10);
+    assert_eq!(route.salt, "m");
+    assert_eq!(config.https.port(), 8443);
+    assert!(
+        config
+            .summary()
+            .contains("canary 10% -> b (local breast-cancer/2)"),
+        "{}",
+        config.summary()
+    );
+}
+
+#[rstest]
+#[case::weight_over_100(
+    "weight: 10",
+    "weight: 150",
+    10,
+    31,
+    "routes[0].canary.weight: must be between 0 and 100, got 150"
+)]
+#[case::negative_percent(
+    "percent: 50",
+    "percent: -1",
+    11,
+    34,
+    "routes[0].shadows[0].percent: must be between 0 and 100, got -1"
+)]
+#[case::unknown_stable(
+    "stable: a",
+    "stable: zz",
+    9,
+    13,
+    "routes[0].stable: no pool named \"zz\" (pools: a, b)"
+)]
+#[case::unknown_canary(
+    "pool: b, weight",
+    "pool: q, weight",
+    10,
+    20,
+    "routes[0].canary.pool: no pool named \"q\""
+)]
+#[case::canary_is_stable(
+    "pool: b, weight",
+    "pool: a, weight",
+    10,
+    20,
+    "the canary pool is the stable pool"
+)]
+#[case::missing_model_file("version: 2}", "version: 9}", 6, 22, "pools.b.local.model: no model file")]
+#[case::bad_version(
+    "version: 1}",
+    "version: 0}",
+    5,
+    46,
+    "pools.a.local.version: must be between 1 and"
+)]
+#[case::bad_sticky(
+    "    shadows",
+    "    sticky: sometimes\n    shadows",
+    11,
+    13,
+    "routes[0].sticky: \"sometimes\" is not one of"
+)]
+#[case::bad_listen(
+    "tls:",
+    "listen: {https: \"nope\"}\ntls:",
+    1,
+    17,
+    "listen.https: \"nope\" is not an address"
+)]
+fn one_problem_located(
+    #[case] from: &str,
+    #[case] to: &str,
+    #[case] line: usize,
+    #[case] column: usize,
+    #[case] message: &str,
+) {
+    let text = base().replacen(from, to, 1);
+    let errs = errors(&text);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    let e = &errs[0];
+    let shown = e.to_string();
+    assert!(shown.contains(message), "{shown} should contain {message}");
+    assert_eq!((e.line, e.column), (Some(line), Some(column)), "{shown}");
+    assert!(shown.starts_with(&format!("t.yaml:{line}:{column}: ")), "{shown}");
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let text = base()
+        .replace("weight: 10", "weight: 101")
+        .replace("percent: 50", "percent: 500")
+        .replace("stable: a", "stable: nope");
+    let errs = errors(&text);
+    assert_eq!(errs.len(), 3, "{errs:?}");
+}
+
+#[rstest]
+#[case::unknown_field("    stable: a", "    stable: a\n    wieght: 5", "unknown field `wieght`")]
+#[case::wrong_type("weight: 10", "weight: lots", "invalid type")]
+#[case::syntax("routes:", "routes: [", "")]
+#[case::both_pool_kinds(
+    "a: {local",
+    "a: {http: {endpoints: [], model: x, version: 1}, local",
+    "exactly one of `local` or `http`"
+)]
+fn parse_errors_have_a_position(#[case] from: &str, #[case] to: &str, #[case] message: &str) {
+    let errs = errors(&base().replacen(from, to, 1));
+    assert!(!errs.is_empty());
+    assert!(errs[0].to_string().contains(message), "{}", errs[0]);
+    assert!(errs[0].line.is_some(), "{}", errs[0]);
+}
+
+#[test]
+fn missing_files_are_errors_unless_they_will_be_made() {
+    let text = base()
+        .replace(", generate_dev_cert: true", "")
+        .replace(", create_dev_key: true", "");
+    let errs = errors(&text);
+    let shown: Vec<String> = errs.iter().map(ToString::to_string).collect();
+    assert!(
+        shown
+            .iter()
+            .any(|e| e.contains("do not exist (set generate_dev_cert: true")),
+        "{shown:?}"
+    );
+    assert!(shown.iter().any(|e| e.contains("gateway keys add")), "{shown:?}");
+}
+
+#[test]
+fn http_pools_are_checked() {
+    let text = base().replace(
+        "  b: {local: {model: breast-cancer, version: 2}}",
+        "  b: {http: {endpoints: [\"not an address\"], model: breast-cancer, version: 2, timeout_ms: 0, health_check: {path: ready}}}",
+    );
+    let shown: Vec<String> = errors(&text).iter().map(ToString::to_string).collect();
+    assert!(shown.iter().any(|e| e.contains("pools.b.http.endpoints[0]: \"not an address\" is not a reachable host:port")), "{shown:?}");
+    assert!(
+        shown
+            .iter()
+            .any(|e| e.contains("pools.b.http.timeout_ms: must be between 1")),
+        "{shown:?}"
+    );
+    assert!(
+        shown
+            .iter()
+            .any(|e| e.contains("pools.b.http.health_check.path: must start with '/'")),
+        "{shown:?}"
+    );
+}
+
+#[test]
+fn the_shipped_routes_yaml_is_valid() {
+    let file = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../routes.yaml");
+    let config = load(&file).unwrap_or_else(|e| panic!("{e:?}"));
+    let cancer = &config.routes["breast-cancer"];
+    assert_eq!(cancer.canary.as_ref().map(|c| c.weight), Some(10));
+    assert_eq!(cancer.sticky, Sticky::ApiKey);
+    assert_eq!(cancer.shadows.len(), 1);
+    assert!(config.routes["digits"].canary.is_none());
+    assert_eq!(
+        (config.https.port(), config.admin.to_string().as_str()),
+        (8443, "127.0.0.1:9901")
+    );
+}

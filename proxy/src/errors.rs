@@ -1,0 +1,166 @@
+//! One error type for everything the gateway can refuse or fail with, and one map from error
+//! to status. Inference errors keep the statuses and messages `inference-server` gives, so a
+//! client sees the same answer through the gateway as from the server itself.
+
+use std::time::Duration;
+
+use inference::InferError;
+
+use crate::ratelimit::Decision;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum GatewayError {
+    /// Anything the inference path refuses (400, 404, 405, 413, 503) or fails with (500).
+    #[error(transparent)]
+    Infer(#[from] InferError),
+    #[error("missing API key: send `Authorization: Bearer <key>` or `x-api-key: <key>`")]
+    MissingKey,
+    #[error("invalid API key")]
+    UnknownKey,
+    #[error("API key {0} is disabled")]
+    DisabledKey(String),
+    #[error("rate limit exceeded ({} requests/s, bursts of {}); retry in {} s", .0.per_second, .0.limit, .0.retry_after_secs)]
+    RateLimited(Decision),
+    #[error("request headers are larger than the limit of {limit} bytes")]
+    HeadersTooLarge { limit: usize },
+    /// A header the gateway reads has a value it cannot use (`x-canary: maybe`).
+    #[error("{0}")]
+    BadHeader(String),
+    #[error("no healthy endpoint in pool {pool}")]
+    NoHealthyUpstream { pool: String },
+    #[error("upstream of pool {pool} failed: {reason}")]
+    BadGateway { pool: String, reason: String },
+    #[error("upstream of pool {pool} did not answer within {timeout_ms} ms")]
+    GatewayTimeout { pool: String, timeout_ms: u128 },
+}
+
+impl GatewayError {
+    pub fn status(&self) -> u16 {
+        match self {
+            GatewayError::Infer(e) => e.status(),
+            GatewayError::MissingKey | GatewayError::UnknownKey => 401,
+            GatewayError::DisabledKey(_) => 403,
+            GatewayError::RateLimited(_) => 429,
+            GatewayError::HeadersTooLarge { .. } => 431,
+            GatewayError::BadHeader(_) => 400,
+            GatewayError::NoHealthyUpstream { .. } => 503,
+            GatewayError::BadGateway { .. } => 502,
+            GatewayError::GatewayTimeout { .. } => 504,
+        }
+    }
+
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            GatewayError::Infer(e) => e.retry_after(),
+            GatewayError::RateLimited(d) => Some(Duration::from_secs(d.retry_after_secs.max(1))),
+            GatewayError::NoHealthyUpstream { .. } => Some(Duration::from_secs(1)),
+            _ => None,
+        }
+    }
+
+    /// Headers the status calls for, besides `Retry-After`.
+    pub fn headers(&self) -> Vec<(&'static str, String)> {
+        match self {
+            GatewayError::MissingKey => vec![("www-authenticate", "Bearer realm=\"gateway\"".into())],
+            GatewayError::UnknownKey => {
+                vec![(
+                    "www-authenticate",
+                    "Bearer realm=\"gateway\", error=\"invalid_token\"".into(),
+                )]
+            }
+            GatewayError::Infer(InferError::MethodNotAllowed { allowed, .. }) => {
+                vec![("allow", allowed.to_string())]
+            }
+            GatewayError::RateLimited(d) => d.headers().to_vec(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// `{"error": "..."}`.
+    pub fn body(&self) -> String {
+        inference::error::error_body(&self.to_string())
+    }
+
+    /// A short, fixed label for metrics (never a message, never a key).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            GatewayError::Infer(InferError::BadRequest(_)) => "bad_request",
+            GatewayError::Infer(InferError::NotFound(_)) => "not_found",
+            GatewayError::Infer(InferError::MethodNotAllowed { .. }) => "method_not_allowed",
+            GatewayError::Infer(InferError::PayloadTooLarge { .. }) => "payload_too_large",
+            GatewayError::Infer(InferError::Overloaded { .. }) => "overloaded",
+            GatewayError::Infer(InferError::NotReady(_)) => "not_ready",
+            GatewayError::Infer(InferError::Internal(_)) => "internal",
+            GatewayError::MissingKey => "missing_key",
+            GatewayError::UnknownKey => "unknown_key",
+            GatewayError::DisabledKey(_) => "disabled_key",
+            GatewayError::RateLimited(_) => "rate_limited",
+            GatewayError::HeadersTooLarge { .. } => "headers_too_large",
+            GatewayError::BadHeader(_) => "bad_header",
+            GatewayError::NoHealthyUpstream { .. } => "no_healthy_upstream",
+            GatewayError::BadGateway { .. } => "bad_gateway",
+            GatewayError::GatewayTimeout { .. } => "gateway_timeout",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_status_map() {
+        let decision = Decision {
+            allowed: false,
+            limit: 4,
+            remaining: 0,
+            reset_secs: 2,
+            retry_after_secs: 2,
+            per_second: 2,
+        };
+        let cases: Vec<(GatewayError, u16)> = vec![
+            (InferError::bad_request("x").into(), 400),
+            (InferError::NotFound("m".into()).into(), 404),
+            (InferError::PayloadTooLarge { limit: 1 }.into(), 413),
+            (GatewayError::MissingKey, 401),
+            (GatewayError::UnknownKey, 401),
+            (GatewayError::DisabledKey("key_1".into()), 403),
+            (GatewayError::RateLimited(decision), 429),
+            (GatewayError::HeadersTooLarge { limit: 10 }, 431),
+            (GatewayError::NoHealthyUpstream { pool: "p".into() }, 503),
+            (
+                GatewayError::BadGateway {
+                    pool: "p".into(),
+                    reason: "refused".into(),
+                },
+                502,
+            ),
+            (
+                GatewayError::GatewayTimeout {
+                    pool: "p".into(),
+                    timeout_ms: 5,
+                },
+                504,
+            ),
+        ];
+        for (e, status) in cases {
+            assert_eq!(e.status(), status, "{e}");
+            let body: serde_json::Value = serde_json::from_str(&e.body()).unwrap();
+            assert_eq!(body["error"], e.to_string());
+        }
+        let limited = GatewayError::RateLimited(decision);
+        assert_eq!(limited.retry_after(), Some(Duration::from_secs(2)));
+        assert!(
+            limited
+                .headers()
+                .iter()
+                .any(|(k, v)| *k == "ratelimit-limit" && v == "4")
+        );
+        assert!(
+            GatewayError::MissingKey
+                .headers()
+                .iter()
+                .any(|(k, _)| *k == "www-authenticate")
+        );
+    }
+}

@@ -1,0 +1,23 @@
+//! The gateway: one HTTPS endpoint in front of model pools. API keys, rate limits, weighted
+//! and header-driven canary splits, local (in-process ONNX Runtime) and remote pools.
+//!
+//! Request flow (see DESIGN.md): [`limits`] → [`auth`] → [`ratelimit`] → snapshot
+//! ([`state`]) → [`split`] → local pool or [`remote`] pool → [`metrics`]. The pingora glue is
+//! [`service`]; [`server`] assembles listeners and background upkeep.
+
+pub mod admin;
+pub mod auth;
+pub mod config;
+pub mod errors;
+pub mod keys;
+pub mod limits;
+pub mod maintenance;
+pub mod metrics;
+pub mod ratelimit;
+pub mod remote;
+pub mod server;
+pub mod service;
+pub mod simple;
+pub mod split;
+pub mod state;
+pub mod tls;

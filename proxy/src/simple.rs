@@ -1,0 +1,304 @@
+//! The simple JSON endpoint, for clients that do not speak the Open Inference Protocol:
+//!
+//! ```text
+//! POST /predict/{model}   {"features": [f1, f2, ...]}        one row
+//!                         {"features": [[...], [...]]}        several rows
+//! → {"prediction": 1, "confidence": 0.97, "model_version": "1"}
+//! → {"predictions": [{"prediction": 1, "confidence": 0.97}, ...], "model_version": "1"}
+//! ```
+//!
+//! It fits models with one float input `[-1, F]` and a class output: `prediction` is the
+//! `label` output (or the first integer output) and `confidence` the largest value of the
+//! `probabilities` output (or the first float output with one row per input), when there is
+//! one. The same conversion serves local pools and remote ones.
+
+use inference::{DataType, InferError, ModelMetadata, NamedTensor, Tensor, TensorData, TensorSpec};
+use serde::Deserialize;
+use serde_json::json;
+
+/// The request, flattened.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Features {
+    pub values: Vec<f64>,
+    pub rows: usize,
+    pub cols: usize,
+    /// `features` was one flat row (answer with one object, not a list).
+    pub single: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Body {
+    features: serde_json::Value,
+}
+
+pub fn parse(body: &[u8]) -> Result<Features, InferError> {
+    let body: Body = serde_json::from_slice(body).map_err(|e| {
+        InferError::bad_request(format!(
+            "invalid JSON: {e}; expected {{\"features\": [numbers]}} or {{\"features\": [[numbers], ...]}}"
+        ))
+    })?;
+    let not_numbers = || {
+        InferError::bad_request(
+            "`features` must be a list of numbers, or a list of such lists of equal length",
+        )
+    };
+    let number = |v: &serde_json::Value| v.as_f64().ok_or_else(not_numbers);
+    let list = body.features.as_array().ok_or_else(not_numbers)?;
+    if list.is_empty() {
+        return Err(InferError::bad_request("`features` is empty"));
+    }
+    if list[0].is_array() {
+        let cols = list[0].as_array().map_or(0, Vec::len);
+        let mut values = Vec::with_capacity(list.len() * cols);
+        for row in list {
+            let row = row.as_array().ok_or_else(not_numbers)?;
+            if row.len() != cols {
+                return Err(not_numbers());
+            }
+            for v in row {
+                values.push(number(v)?);
+            }
+        }
+        Ok(Features {
+            values,
+            rows: list.len(),
+            cols,
+            single: false,
+        })
+    } else {
+        let values = list.iter().map(number).collect::<Result<Vec<_>, _>>()?;
+        Ok(Features {
+            cols: values.len(),
+            values,
+            rows: 1,
+            single: true,
+        })
+    }
+}
+
+/// The one float input the endpoint can feed, or why the model does not fit.
+fn input_spec(meta: &ModelMetadata) -> Result<&TensorSpec, InferError> {
+    match meta.inputs.as_slice() {
+        [spec] if spec.datatype.is_float() && spec.shape.len() == 2 => Ok(spec),
+        _ => Err(InferError::bad_request(format!(
+            "model {} does not take one float input of shape [-1, F]; use /v2/models/{}/infer",
+            meta.name, meta.name
+        ))),
+    }
+}
+
+/// The request as the model's input tensor.
+pub fn to_inputs(meta: &ModelMetadata, f: &Features) -> Result<Vec<NamedTensor>, InferError> {
+    let spec = input_spec(meta)?;
+    let want = spec.shape[1];
+    if want >= 0 && want as usize != f.cols {
+        return Err(InferError::bad_request(format!(
+            "model {} takes {want} features per row, got {}",
+            meta.name, f.cols
+        )));
+    }
+    let data = match spec.datatype {
+        DataType::F32 => TensorData::F32(f.values.iter().map(|&v| v as f32).collect()),
+        _ => TensorData::F64(f.values.clone()),
+    };
+    let tensor = Tensor::new(vec![f.rows, f.cols], data).map_err(InferError::BadRequest)?;
+    Ok(vec![NamedTensor {
+        name: spec.name.clone(),
+        tensor,
+    }])
+}
+
+/// The request as an Open Inference Protocol JSON body, for remote pools.
+pub fn to_oip_body(meta: &ModelMetadata, f: &Features) -> Result<Vec<u8>, InferError> {
+    // The same checks as for a local pool, so both answer a bad request alike.
+    to_inputs(meta, f)?;
+    let spec = &meta.inputs[0];
+    Ok(serde_json::to_vec(&json!({
+        "inputs": [{"name": spec.name, "shape": [f.rows, f.cols], "datatype": spec.datatype.as_str(), "data": f.values}]
+    }))
+    .expect("serializable"))
+}
+
+fn as_f64(data: &TensorData) -> Option<Vec<f64>> {
+    Some(match data {
+        TensorData::F32(v) => v.iter().map(|&x| x as f64).collect(),
+        TensorData::F64(v) => v.clone(),
+        _ => return None,
+    })
+}
+
+fn as_i64(data: &TensorData) -> Option<Vec<i64>> {
+    Some(match data {
+        TensorData::I64(v) => v.clone(),
+        TensorData::I32(v) => v.iter().map(|&x| x as i64).collect(),
+        TensorData::U8(v) => v.iter().map(|&x| x as i64).collect(),
+        TensorData::Bool(v) => v.iter().map(|&x| x as i64).collect(),
+        _ => return None,
+    })
+}
+
+/// Builds the answer from named outputs.
+pub fn respond(
+    outputs: &[(String, Tensor)],
+    f: &Features,
+    model_version: &str,
+) -> Result<Vec<u8>, InferError> {
+    let label = outputs
+        .iter()
+        .find(|(n, _)| n == "label")
+        .or_else(|| outputs.iter().find(|(_, t)| as_i64(t.data()).is_some()))
+        .and_then(|(_, t)| as_i64(t.data()).filter(|v| v.len() == f.rows));
+    let probabilities = outputs
+        .iter()
+        .find(|(n, _)| n == "probabilities")
+        .or_else(|| {
+            outputs
+                .iter()
+                .find(|(_, t)| as_f64(t.data()).is_some() && t.shape().first() == Some(&f.rows))
+        })
+        .and_then(|(_, t)| as_f64(t.data()).filter(|v| !v.is_empty() && v.len() % f.rows == 0));
+    let per_row = probabilities.as_ref().map(|p| p.len() / f.rows);
+    let mut rows = Vec::with_capacity(f.rows);
+    for i in 0..f.rows {
+        let row_probs = probabilities
+            .as_ref()
+            .zip(per_row)
+            .map(|(p, n)| &p[i * n..(i + 1) * n]);
+        let confidence = row_probs.map(|r| r.iter().copied().fold(f64::NEG_INFINITY, f64::max));
+        let prediction = match (&label, row_probs) {
+            (Some(l), _) => json!(l[i]),
+            // No label output: the most probable class.
+            (None, Some(r)) => json!(
+                r.iter()
+                    .enumerate()
+                    .fold((0, f64::NEG_INFINITY), |best, (j, &x)| if x > best.1 {
+                        (j, x)
+                    } else {
+                        best
+                    })
+                    .0
+            ),
+            (None, None) => {
+                return Err(InferError::Internal(
+                    "the model gives neither a label nor probabilities".into(),
+                ));
+            }
+        };
+        rows.push(json!({"prediction": prediction, "confidence": confidence}));
+    }
+    let body = if f.single {
+        let mut one = rows.pop().expect("one row");
+        one["model_version"] = json!(model_version);
+        one
+    } else {
+        json!({"predictions": rows, "model_version": model_version})
+    };
+    Ok(serde_json::to_vec(&body).expect("serializable"))
+}
+
+/// The same answer from a remote server's Open Inference Protocol JSON response.
+pub fn respond_from_oip(body: &[u8], f: &Features, model_version: &str) -> Result<Vec<u8>, InferError> {
+    let v: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| InferError::Internal(format!("upstream answered with invalid JSON: {e}")))?;
+    let mut outputs = Vec::new();
+    for o in v["outputs"].as_array().into_iter().flatten() {
+        let name = o["name"].as_str().unwrap_or_default().to_string();
+        let shape: Vec<usize> = o["shape"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|d| d.as_u64())
+            .map(|d| d as usize)
+            .collect();
+        let data = o["data"].as_array().cloned().unwrap_or_default();
+        let tensor_data = if data.iter().all(|x| x.is_i64() || x.is_u64())
+            && o["datatype"].as_str().is_some_and(|d| d.contains("INT"))
+        {
+            TensorData::I64(data.iter().filter_map(|x| x.as_i64()).collect())
+        } else {
+            TensorData::F64(data.iter().filter_map(|x| x.as_f64()).collect())
+        };
+        if let Ok(t) = Tensor::new(shape, tensor_data) {
+            outputs.push((name, t));
+        }
+    }
+    respond(&outputs, f, model_version)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta() -> ModelMetadata {
+        ModelMetadata {
+            name: "m".into(),
+            version: "1".into(),
+            platform: "test",
+            inputs: vec![TensorSpec {
+                name: "input".into(),
+                datatype: DataType::F32,
+                shape: vec![-1, 2],
+            }],
+            outputs: vec![],
+            batchable: true,
+        }
+    }
+
+    #[test]
+    fn one_row_and_many_rows() {
+        let one = parse(br#"{"features": [1, 2.5]}"#).unwrap();
+        assert_eq!((one.rows, one.cols, one.single), (1, 2, true));
+        let many = parse(br#"{"features": [[1, 2], [3, 4], [5, 6]]}"#).unwrap();
+        assert_eq!((many.rows, many.cols, many.single), (3, 2, false));
+        let inputs = to_inputs(&meta(), &many).unwrap();
+        assert_eq!(inputs[0].tensor.shape(), &[3, 2]);
+    }
+
+    #[test]
+    fn bad_bodies() {
+        for (body, want) in [
+            (&br#"{"features": []}"#[..], "empty"),
+            (br#"{"features": [[1, 2], [3]]}"#, "equal length"),
+            (br#"{"features": ["a"]}"#, "list of numbers"),
+            (br#"{"inputs": []}"#, "expected {\"features\""),
+            (br#"nope"#, "invalid JSON"),
+        ] {
+            let err = parse(body).unwrap_err();
+            assert!(err.to_string().contains(want), "{err}");
+        }
+        let three = parse(br#"{"features": [1, 2, 3]}"#).unwrap();
+        assert!(
+            to_inputs(&meta(), &three)
+                .unwrap_err()
+                .to_string()
+                .contains("takes 2 features per row, got 3")
+        );
+    }
+
+    #[test]
+    fn answers_carry_label_and_confidence() {
+        let f = parse(br#"{"features": [[1, 2], [3, 4]]}"#).unwrap();
+        let outputs = vec![
+            (
+                "label".to_string(),
+                Tensor::new(vec![2], TensorData::I64(vec![1, 0])).unwrap(),
+            ),
+            (
+                "probabilities".to_string(),
+                Tensor::new(vec![2, 2], TensorData::F32(vec![0.25, 0.75, 0.9, 0.1])).unwrap(),
+            ),
+        ];
+        let v: serde_json::Value = serde_json::from_slice(&respond(&outputs, &f, "3").unwrap()).unwrap();
+        assert_eq!(
+            v,
+            json!({"predictions": [{"prediction": 1, "confidence": 0.75}, {"prediction": 0, "confidence": 0.8999999761581421}], "model_version": "3"})
+        );
+        let oip = json!({"outputs": [
+            {"name": "label", "datatype": "INT64", "shape": [2], "data": [1, 0]},
+            {"name": "probabilities", "datatype": "FP32", "shape": [2, 2], "data": [0.25, 0.75, 0.9, 0.1]}]});
+        let v2: serde_json::Value =
+            serde_json::from_slice(&respond_from_oip(oip.to_string().as_bytes(), &f, "3").unwrap()).unwrap();
+        assert_eq!(v2["predictions"][0], json!({"prediction": 1, "confidence": 0.75}));
+    }
+}

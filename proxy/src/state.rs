@@ -1,0 +1,114 @@
+//! What one request sees from start to end: a [`Snapshot`] of the validated config with its
+//! pools and keys, swapped as a whole (arc-swap) so that a reload never lands half-way
+//! through a request.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use inference::{ModelMetadata, Pool};
+
+use crate::config::{Config, ConfigError, Errors, Path, PoolSpec, Route};
+use crate::keys::KeyStore;
+use crate::remote::RemotePool;
+
+/// Where a pool's requests go.
+#[derive(Clone)]
+pub enum Backend {
+    /// In-process ONNX Runtime pool.
+    Local(Arc<Pool>),
+    /// Remote Open Inference Protocol servers.
+    Remote(Arc<RemotePool>),
+}
+
+impl Backend {
+    /// The model signature, when known (remote pools learn it from the upstream).
+    pub fn metadata(&self) -> Option<Arc<ModelMetadata>> {
+        match self {
+            Backend::Local(p) => Some(Arc::new(p.metadata().clone())),
+            Backend::Remote(r) => r.metadata(),
+        }
+    }
+}
+
+pub struct Snapshot {
+    pub config: Config,
+    pub pools: BTreeMap<String, Backend>,
+    pub keys: KeyStore,
+}
+
+impl Snapshot {
+    /// Loads every pool (models into ONNX Runtime, load balancers for remote pools) and
+    /// checks what can only be checked then: that a route's variants take the same inputs.
+    pub fn build(config: Config) -> Result<Snapshot, Vec<ConfigError>> {
+        let mut errors = Errors::new(&config.file, &config.source);
+        let mut pools = BTreeMap::new();
+        for (name, spec) in &config.pools {
+            match spec {
+                PoolSpec::Local(l) => {
+                    match Pool::load(&l.model, &l.version.to_string(), &l.path, l.pool.clone()) {
+                        Ok(pool) => {
+                            pools.insert(name.clone(), Backend::Local(Arc::new(pool)));
+                        }
+                        Err(e) => errors.add(
+                            &Path::root().key("pools").key(name).key("local").key("model"),
+                            e.to_string(),
+                        ),
+                    }
+                }
+                PoolSpec::Http(h) => match RemotePool::new(name, h.clone()) {
+                    Ok(pool) => {
+                        pools.insert(name.clone(), Backend::Remote(Arc::new(pool)));
+                    }
+                    Err(e) => errors.add(&Path::root().key("pools").key(name).key("http"), e),
+                },
+            }
+        }
+        for route in config.routes.values() {
+            check_variants_agree(route, &pools, &mut errors);
+        }
+        if !errors.list.is_empty() {
+            return Err(errors.list);
+        }
+        let keys = config.keys.clone().unwrap_or_default();
+        Ok(Snapshot { config, pools, keys })
+    }
+
+    pub fn route(&self, model: &str) -> Option<&Route> {
+        self.config.routes.get(model)
+    }
+}
+
+/// A canary or shadow that takes other inputs than the stable pool would fail every request
+/// it gets; refuse the config instead (local pools only: remote signatures are learnt later).
+fn check_variants_agree(route: &Route, pools: &BTreeMap<String, Backend>, errors: &mut Errors) {
+    let signature = |name: &str| match pools.get(name) {
+        Some(Backend::Local(p)) => Some(p.metadata().inputs.clone()),
+        _ => None,
+    };
+    let Some(stable) = signature(&route.stable) else {
+        return;
+    };
+    let others = route
+        .canary
+        .iter()
+        .map(|c| &c.pool)
+        .chain(route.shadows.iter().map(|s| &s.pool));
+    for other in others {
+        if let Some(inputs) = signature(other)
+            && inputs != stable
+        {
+            let describe = |specs: &[inference::TensorSpec]| {
+                specs.iter().map(|s| s.to_string()).collect::<Vec<_>>().join("; ")
+            };
+            errors.add(
+                &Path::root().key("routes").index(route.index),
+                format!(
+                    "pool {other:?} takes [{}] but the stable pool {:?} takes [{}]",
+                    describe(&inputs),
+                    route.stable,
+                    describe(&stable)
+                ),
+            );
+        }
+    }
+}

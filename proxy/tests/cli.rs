@@ -1,0 +1,266 @@
+//! The `gateway` binary as operators use it: check, keys add, and the first run of the
+//! default config (dev certificate and key made, printed once; clear errors, never panics).
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn gateway() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_gateway"))
+}
+
+#[test]
+fn help_names_every_command() {
+    let out = gateway().arg("--help").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    for word in ["run", "check", "keys"] {
+        assert!(text.contains(word), "{text}");
+    }
+    let keys = gateway().args(["keys", "add", "--help"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&keys.stdout).contains("--tenant"));
+}
+
+#[test]
+fn check_accepts_the_shipped_config_and_summarises_it() {
+    let out = gateway()
+        .arg("check")
+        .arg(repo().join("routes.yaml"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains(
+            "breast-cancer: stable 90% -> cancer-v1 (local breast-cancer/1), canary 10% -> cancer-v2"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("shadow 100% -> cancer-v3"), "{text}");
+    assert!(text.contains("digits: stable 100% -> digits-v1"), "{text}");
+}
+
+#[test]
+fn check_reports_every_error_with_line_and_column() {
+    let dir = temp_dir("check");
+    let text = std::fs::read_to_string(repo().join("routes.yaml"))
+        .unwrap()
+        .replace(
+            "models_dir: models",
+            &format!("models_dir: {}", repo().join("models").display()),
+        )
+        .replace("weight: 10}", "weight: 140}")
+        .replace("stable: digits-v1", "stable: digits-v9");
+    let file = dir.join("bad.yaml");
+    std::fs::write(&file, &text).unwrap();
+    let out = gateway().arg("check").arg(&file).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let line_of = |needle: &str| text.lines().position(|l| l.contains(needle)).unwrap() + 1;
+    assert!(err.contains("2 problem(s)"), "{err}");
+    assert!(
+        err.contains(&format!("bad.yaml:{}:", line_of("weight: 140"))),
+        "{err}"
+    );
+    assert!(
+        err.contains("routes[0].canary.weight: must be between 0 and 100, got 140"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("bad.yaml:{}:", line_of("stable: digits-v9"))),
+        "{err}"
+    );
+    assert!(
+        err.contains("routes[1].stable: no pool named \"digits-v9\""),
+        "{err}"
+    );
+}
+
+#[test]
+fn keys_add_prints_the_key_once_and_stores_its_digest() {
+    let dir = temp_dir("keys");
+    let file = dir.join("keys.yaml");
+    let config = dir.join("routes.yaml");
+    std::fs::write(
+        &config,
+        "auth: {keys_file: keys.yaml}\nrate_limits: {tiers: {batch: {per_second: 1, burst: 1}}}\n",
+    )
+    .unwrap();
+    let out = gateway()
+        .args(["keys", "add", "--tenant", "acme", "--tier", "batch", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let key = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(key.starts_with("gwk_"), "{key}");
+    let stored = std::fs::read_to_string(&file).unwrap();
+    assert!(!stored.contains(&key));
+    assert!(stored.contains(&hex::encode(proxy::keys::digest(&key))));
+    assert!(
+        stored.contains("tenant: acme") && stored.contains("tier: batch"),
+        "{stored}"
+    );
+
+    let bad = gateway()
+        .args(["keys", "add", "--tenant", "acme", "--tier", "gold", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("tier \"gold\" is not defined"));
+}
+
+/// A copy of the shipped config with free ports and an absolute models path.
+fn default_config_copy() -> (std::path::PathBuf, u16, u16) {
+    let dir = temp_dir("first-run");
+    let (https, admin) = (free_port(), free_port());
+    let text = std::fs::read_to_string(repo().join("routes.yaml"))
+        .unwrap()
+        .replace("0.0.0.0:8443", &format!("127.0.0.1:{https}"))
+        .replace("127.0.0.1:9901", &format!("127.0.0.1:{admin}"))
+        .replace(
+            "models_dir: models",
+            &format!("models_dir: {}", repo().join("models").display()),
+        );
+    let file = dir.join("routes.yaml");
+    std::fs::write(&file, text).unwrap();
+    (file, https, admin)
+}
+
+/// Runs `gateway run` until it says it is serving; returns the child and what it printed.
+fn run_until_serving(config: &std::path::Path) -> (std::process::Child, String) {
+    let mut child = gateway()
+        .arg("run")
+        .arg("--config")
+        .arg(config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut printed = String::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+            printed.push_str(&line);
+            printed.push('\n');
+            if line.starts_with("serving https://") {
+                return (child, printed);
+            }
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("gateway did not start:\n{printed}");
+}
+
+fn stop(mut child: std::process::Child) -> std::process::ExitStatus {
+    // SIGTERM: graceful shutdown.
+    Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("gateway did not stop on SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn first_run_makes_a_dev_certificate_and_key_and_prints_the_key_once() {
+    let (config, https, _) = default_config_copy();
+    let dir = config.parent().unwrap().to_path_buf();
+    let (child, printed) = run_until_serving(&config);
+    assert!(printed.contains("trust"), "{printed}");
+    assert!(dir.join("certs/ca.crt").exists() && dir.join("certs/server.key").exists());
+    let key = printed
+        .split_whitespace()
+        .find(|w| w.starts_with("gwk_"))
+        .expect("the dev key is printed")
+        .to_string();
+    assert!(printed.contains("curl --cacert"), "{printed}");
+
+    // The printed key works, over TLS verified against the printed CA.
+    let tls = client_tls(&dir.join("certs/ca.crt"));
+    let addr = format!("127.0.0.1:{https}").parse().unwrap();
+    let mut conn = connect(addr, &tls, Proto::H1).await;
+    let r = conn
+        .send(
+            "POST",
+            "/v2/models/breast-cancer/infer",
+            &[("x-api-key", &key)],
+            example(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert!(r.header("x-model-variant").is_some() && r.header("x-model-version").is_some());
+    assert!(stop(child).success());
+
+    // Second run: nothing new is made, no key is printed.
+    let (child, printed) = run_until_serving(&config);
+    assert!(!printed.contains("gwk_"), "{printed}");
+    assert!(!printed.contains("made a development CA"), "{printed}");
+    assert!(stop(child).success());
+}
+
+#[test]
+fn start_up_problems_are_clear_errors() {
+    // A broken certificate.
+    let (config, _, _) = default_config_copy();
+    let dir = config.parent().unwrap();
+    std::fs::create_dir_all(dir.join("certs")).unwrap();
+    std::fs::write(dir.join("certs/server.crt"), "garbage").unwrap();
+    std::fs::write(dir.join("certs/server.key"), "garbage").unwrap();
+    let out = gateway()
+        .arg("run")
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("server.crt") && !err.contains("panicked"), "{err}");
+
+    // A port already taken.
+    let (config, https, _) = default_config_copy();
+    let _taken = std::net::TcpListener::bind(("127.0.0.1", https)).unwrap();
+    let out = gateway()
+        .arg("run")
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("address is in use"), "{err}");
+
+    // A missing config.
+    let out = gateway()
+        .args(["run", "--config", "/nonexistent/routes.yaml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read"));
+}

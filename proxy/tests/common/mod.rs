@@ -1,0 +1,424 @@
+//! Test harness: a real gateway (pingora, rustls, real model pools) on ephemeral ports in
+//! this process, with its own temporary certificates, keys and config; a TLS client that
+//! speaks HTTP/1.1 or HTTP/2; a real `inference-server` for remote pools.
+#![allow(dead_code)] // each test binary uses a different part of this module
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::HeaderMap;
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+pub fn example() -> String {
+    std::fs::read_to_string(repo().join("models/example.json")).unwrap()
+}
+
+/// A port no other test in this process has been given. (Another process could still take
+/// it between this check and the bind; the gateway then fails to start with a clear error.)
+pub fn free_port() -> u16 {
+    static USED: OnceLock<Mutex<HashSet<u16>>> = OnceLock::new();
+    let used = USED.get_or_init(Default::default);
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if used.lock().unwrap().insert(port) {
+            return port;
+        }
+    }
+}
+
+pub fn temp_dir(tag: &str) -> PathBuf {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("gw-test-{tag}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Keys made for a test gateway.
+pub struct Keys {
+    pub dev: String,
+    pub batch: String,
+    pub disabled: String,
+}
+
+/// A running gateway. Stops (gracefully) when dropped.
+pub struct Gateway {
+    pub https: SocketAddr,
+    pub admin: SocketAddr,
+    pub dir: PathBuf,
+    pub keys: Keys,
+    pub tls: Arc<rustls::ClientConfig>,
+    handle: proxy::server::ShutdownHandle,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Starts a gateway whose config is `body` (everything but listen/tls/auth/models_dir,
+/// which the harness fills in).
+pub fn start(body: &str) -> Gateway {
+    let dir = temp_dir("gw");
+    let https: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    proxy::tls::ensure_dev_cert(&dir.join("server.crt"), &dir.join("server.key")).unwrap();
+    let keys_file = dir.join("api-keys.yaml");
+    let (dev, _) = proxy::keys::add_key(&keys_file, "dev", "default").unwrap();
+    let (batch, _) = proxy::keys::add_key(&keys_file, "bulk", "batch").unwrap();
+    let (disabled, _) = proxy::keys::add_key(&keys_file, "gone", "default").unwrap();
+    let digest = hex::encode(proxy::keys::digest(&disabled));
+    let text = std::fs::read_to_string(&keys_file).unwrap();
+    // Disable the third key: its entry is the one with its digest.
+    let mut out = String::new();
+    let mut in_disabled = false;
+    for line in text.lines() {
+        if line.contains(&digest) {
+            in_disabled = true;
+        }
+        if in_disabled && line.trim() == "disabled: false" {
+            out.push_str(&line.replace("false", "true"));
+            in_disabled = false;
+        } else {
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    std::fs::write(&keys_file, out).unwrap();
+
+    // The harness makes a key of tier "batch": configs that say nothing of rate limits get it.
+    let tiers = if body.contains("rate_limits:") {
+        ""
+    } else {
+        "rate_limits: {tiers: {batch: {per_second: 2000, burst: 4000}}}\n"
+    };
+    let config = format!(
+        "listen: {{https: \"{https}\", admin: \"{admin}\"}}\n\
+         tls: {{cert: server.crt, key: server.key}}\n\
+         auth: {{keys_file: api-keys.yaml}}\n\
+         models_dir: {}\n\
+         server: {{threads: 2, access_log: false}}\n{tiers}{body}",
+        repo().join("models").display()
+    );
+    let config_path = dir.join("routes.yaml");
+    std::fs::write(&config_path, config).unwrap();
+    let (snapshot, _) = proxy::server::prepare(&config_path).unwrap_or_else(|e| panic!("{e}"));
+    let built = proxy::server::build(snapshot).unwrap_or_else(|e| panic!("{e}"));
+    let (shutdown, handle) = proxy::server::manual_shutdown();
+    let thread = std::thread::spawn(move || built.run(Box::new(shutdown)));
+    wait_for(https);
+    wait_for(admin);
+    Gateway {
+        https,
+        admin,
+        tls: client_tls(&dir.join("ca.crt")),
+        dir,
+        keys: Keys { dev, batch, disabled },
+        handle,
+        thread: Some(thread),
+    }
+}
+
+pub fn wait_for(addr: SocketAddr) {
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(addr).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    panic!("nothing listens on {addr}");
+}
+
+impl Gateway {
+    pub fn stop(mut self) {
+        self.handle.shutdown();
+        if let Some(t) = self.thread.take() {
+            t.join().expect("gateway thread panicked");
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.handle.shutdown();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A client config that trusts the gateway's development CA, with TLS 1.2 and 1.3.
+pub fn client_tls(ca: &Path) -> Arc<rustls::ClientConfig> {
+    client_tls_versions(ca, &[&rustls::version::TLS12, &rustls::version::TLS13])
+}
+
+pub fn client_tls_versions(
+    ca: &Path,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(ca).unwrap();
+    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config =
+        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_protocol_versions(versions)
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    Arc::new(config)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Proto {
+    H1,
+    H2,
+}
+
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    /// The protocol ALPN settled on.
+    pub alpn: Option<Vec<u8>>,
+    pub tls_version: Option<rustls::ProtocolVersion>,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    pub fn error(&self) -> String {
+        self.json()["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error in {:?}", self.body))
+            .to_string()
+    }
+}
+
+/// An HTTP/1.1 or HTTP/2 connection over TLS to the gateway.
+pub enum Conn {
+    H1(hyper::client::conn::http1::SendRequest<Full<Bytes>>),
+    H2(hyper::client::conn::http2::SendRequest<Full<Bytes>>),
+}
+
+pub struct Connection {
+    conn: Conn,
+    pub alpn: Option<Vec<u8>>,
+    pub tls_version: Option<rustls::ProtocolVersion>,
+    authority: String,
+}
+
+pub async fn connect(addr: SocketAddr, tls: &Arc<rustls::ClientConfig>, proto: Proto) -> Connection {
+    let mut config = (**tls).clone();
+    config.alpn_protocols = match proto {
+        Proto::H1 => vec![b"http/1.1".to_vec()],
+        Proto::H2 => vec![b"h2".to_vec()],
+    };
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.set_nodelay(true).unwrap();
+    let stream = TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .expect("TLS handshake");
+    let (_, session) = stream.get_ref();
+    let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
+    let tls_version = session.protocol_version();
+    let io = hyper_util::rt::TokioIo::new(stream);
+    let conn = match proto {
+        Proto::H1 => {
+            let (send, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+            tokio::spawn(conn);
+            Conn::H1(send)
+        }
+        Proto::H2 => {
+            let (send, conn) =
+                hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+                    .await
+                    .unwrap();
+            tokio::spawn(conn);
+            Conn::H2(send)
+        }
+    };
+    Connection {
+        conn,
+        alpn,
+        tls_version,
+        authority: format!("localhost:{}", addr.port()),
+    }
+}
+
+impl Connection {
+    /// The HTTP/2 request sender, which can be cloned to run requests concurrently.
+    pub fn h2_sender(&self) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
+        match &self.conn {
+            Conn::H2(s) => s.clone(),
+            Conn::H1(_) => panic!("not an HTTP/2 connection"),
+        }
+    }
+
+    pub async fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> Reply {
+        let uri = match &self.conn {
+            Conn::H1(_) => path.to_string(),
+            Conn::H2(_) => format!("https://{}{path}", self.authority),
+        };
+        let mut builder = hyper::Request::builder().method(method).uri(uri);
+        if matches!(self.conn, Conn::H1(_)) {
+            builder = builder.header("host", &self.authority);
+        }
+        for (k, v) in headers {
+            builder = builder.header(*k, *v);
+        }
+        let request = builder.body(Full::new(body.into())).unwrap();
+        let response = match &mut self.conn {
+            Conn::H1(s) => {
+                s.ready().await.unwrap();
+                s.send_request(request).await.unwrap()
+            }
+            Conn::H2(s) => {
+                s.ready().await.unwrap();
+                s.send_request(request).await.unwrap()
+            }
+        };
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        Reply {
+            status,
+            headers,
+            body,
+            alpn: self.alpn.clone(),
+            tls_version: self.tls_version,
+        }
+    }
+}
+
+/// One request on a fresh connection.
+pub async fn send(
+    g: &Gateway,
+    proto: Proto,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Reply {
+    connect(g.https, &g.tls, proto)
+        .await
+        .send(method, path, headers, body)
+        .await
+}
+
+pub async fn infer(g: &Gateway, proto: Proto, key: &str, model: &str, extra: &[(&str, &str)]) -> Reply {
+    let mut headers = vec![("x-api-key", key), ("content-type", "application/json")];
+    headers.extend_from_slice(extra);
+    send(
+        g,
+        proto,
+        "POST",
+        &format!("/v2/models/{model}/infer"),
+        &headers,
+        example(),
+    )
+    .await
+}
+
+/// The local-pool part of most test configs.
+pub const LOCAL_POOLS: &str = "\
+pools:
+  cancer-v1: {local: {model: breast-cancer, version: 1}}
+  cancer-v2: {local: {model: breast-cancer, version: 2}}
+  digits-v1: {local: {model: digits, version: 1}}
+";
+
+/// A real `inference-server` on an ephemeral port, in its own runtime thread.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Upstream {
+    pub fn start() -> Upstream {
+        Self::start_on(free_port())
+    }
+
+    pub fn start_on(port: u16) -> Upstream {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let repo = inference::ModelRepository::load(
+                    &repo().join("models"),
+                    &inference::PoolConfig::default(),
+                )
+                .unwrap();
+                let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+                ready_tx.send(listener.local_addr().unwrap()).unwrap();
+                let server = inference::server::InferenceServer::new(Arc::new(repo), Default::default());
+                server
+                    .serve(listener, async move {
+                        let _ = rx.await;
+                    })
+                    .await;
+            });
+        });
+        let addr = ready_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("inference-server started");
+        Upstream {
+            addr,
+            stop: Some(tx),
+            thread: Some(thread),
+        }
+    }
+
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            t.join().expect("upstream thread panicked");
+        }
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
