@@ -12,7 +12,7 @@ pub fn check_headers(req: &RequestHeader, max: usize) -> Result<(), GatewayError
         .iter()
         .map(|(k, v)| k.as_str().len() + v.len() + 4)
         .sum::<usize>()
-        + req.uri.to_string().len();
+        + req.uri.path_and_query().map_or(1, |p| p.as_str().len());
     if size > max {
         return Err(GatewayError::HeadersTooLarge { limit: max });
     }

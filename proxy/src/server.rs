@@ -141,6 +141,7 @@ pub fn build(snapshot: Snapshot) -> Result<GatewayServer, String> {
         state: state.clone(),
         limiters: limiters.clone(),
         metrics: metrics.clone(),
+        connector: pingora::connectors::http::Connector::new(None),
     };
     let mut proxy = pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "gateway");
     proxy.add_tls_with_settings(&https.to_string(), None, tls);

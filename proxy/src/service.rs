@@ -1,11 +1,10 @@
 //! The gateway's `ProxyHttp`: each phase hands its work to one module, so `request_filter`
 //! reads like the request flow in DESIGN.md.
 //!
-//! Local pools are answered inside `request_filter` (no upstream: the response is written
-//! there and pingora's proxy phases are skipped). Remote pools continue into pingora's
-//! proxy phases: `upstream_peer` picks an endpoint, `upstream_request_filter` rewrites the
-//! path to the pool's model and version, `fail_to_connect` allows one retry on a connect
-//! failure, and `fail_to_proxy` turns upstream failures into 502/503/504 JSON errors.
+//! Every request is answered inside `request_filter`: local pools in-process, remote pools
+//! through [`remote::forward`] (pingora's load balancer, connector and connection pool), so
+//! pingora's streaming proxy phases are never entered and every answer — success or error —
+//! leaves through the same writer with the same headers.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,8 +13,10 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
+use http::HeaderName;
+use inference::InferError;
 use inference::protocol::{self, Endpoint, ModelRef};
-use inference::{InferError, ModelMetadata};
+use pingora::connectors::http::Connector;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
@@ -27,8 +28,8 @@ use crate::keys::KeyInfo;
 use crate::limits;
 use crate::metrics::Metrics;
 use crate::ratelimit::{Decision, RateLimiters};
-use crate::remote::RemotePool;
-use crate::simple::{self, Features};
+use crate::remote;
+use crate::simple;
 use crate::split::{self, Variant};
 use crate::state::{Backend, Snapshot};
 
@@ -36,6 +37,8 @@ pub struct Gateway {
     pub state: Arc<ArcSwap<Snapshot>>,
     pub limiters: Arc<RateLimiters>,
     pub metrics: Arc<Metrics>,
+    /// Upstream connections for remote pools, kept alive between requests.
+    pub connector: Connector,
 }
 
 /// Per-request state, shared by the phases.
@@ -50,38 +53,10 @@ pub struct Ctx {
     model_version: Option<String>,
     key: Option<Arc<KeyInfo>>,
     rate: Option<Decision>,
-    remote: Option<RemoteCall>,
+    /// The endpoint a remote pool's request went to, for the access log.
+    upstream: Option<SocketAddr>,
     error: Option<GatewayError>,
     status: u16,
-}
-
-/// A request on its way to a remote pool.
-struct RemoteCall {
-    pool: Arc<RemotePool>,
-    path: String,
-    /// The endpoint of the current attempt.
-    endpoint: Option<SocketAddr>,
-    retried: bool,
-    body_seen: usize,
-    body_limit: usize,
-    simple: Option<SimpleRemote>,
-}
-
-/// The simple JSON endpoint over a remote pool: bodies are converted both ways.
-struct SimpleRemote {
-    meta: Arc<ModelMetadata>,
-    request: BytesMut,
-    features: Option<Features>,
-    upstream_status: u16,
-    response: BytesMut,
-}
-
-/// What `request_filter` decided.
-enum Flow {
-    /// A response has been written.
-    Done,
-    /// Continue to the remote pool in `ctx.remote`.
-    Proxy,
 }
 
 /// The kinds of request the gateway serves, from the path.
@@ -104,7 +79,7 @@ impl Gateway {
         session: &mut Session,
         ctx: &mut Ctx,
         snap: &Arc<Snapshot>,
-    ) -> Result<Flow, GatewayError> {
+    ) -> Result<(), GatewayError> {
         // 1. Size limits on what has been read so far: the headers.
         limits::check_headers(session.req_header(), snap.config.limits.max_header_bytes)?;
 
@@ -274,7 +249,7 @@ impl Gateway {
                             .await;
                     }
                 }
-                Ok(Flow::Done)
+                Ok(())
             }
             (Backend::Remote(pool), kind) => {
                 if pool.select(None).is_none() {
@@ -282,57 +257,82 @@ impl Gateway {
                         pool: pool.name.clone(),
                     });
                 }
-                let declared = content_length(session.req_header());
-                if declared.is_some_and(|n| n > limit) {
-                    return Err(InferError::PayloadTooLarge { limit }.into());
-                }
-                let (path, simple) = match kind {
-                    Kind::Infer => (pool.upstream_path("/infer"), None),
-                    Kind::Metadata => (pool.upstream_path(""), None),
-                    Kind::Ready => (pool.upstream_path("/ready"), None),
-                    Kind::Config => (pool.upstream_path("/config"), None),
-                    Kind::Simple => {
-                        let meta = pool.metadata().ok_or_else(|| {
-                            InferError::NotReady(format!(
-                                "pool {} has not yet learnt the model's signature from its upstream",
-                                pool.name
-                            ))
-                        })?;
-                        let simple = SimpleRemote {
-                            meta,
-                            request: BytesMut::new(),
-                            features: None,
-                            upstream_status: 0,
-                            response: BytesMut::new(),
-                        };
-                        (pool.upstream_path("/infer"), Some(simple))
-                    }
+                let (method, path) = match kind {
+                    Kind::Infer | Kind::Simple => ("POST", pool.upstream_path("/infer")),
+                    Kind::Metadata => ("GET", pool.upstream_path("")),
+                    Kind::Ready => ("GET", pool.upstream_path("/ready")),
+                    Kind::Config => ("GET", pool.upstream_path("/config")),
                 };
-                ctx.remote = Some(RemoteCall {
-                    pool,
-                    path,
-                    endpoint: None,
-                    retried: false,
-                    body_seen: 0,
-                    body_limit: limit,
-                    simple,
-                });
-                Ok(Flow::Proxy)
+                let body = if method == "POST" {
+                    read_body(session, limit).await?
+                } else {
+                    Bytes::new()
+                };
+                let headers = &session.req_header().headers;
+                let header_str = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+                let mut features = None;
+                let body = if kind == Kind::Simple {
+                    let meta = pool.metadata().ok_or_else(|| {
+                        InferError::NotReady(format!(
+                            "pool {} has not yet learnt the model's signature from its upstream",
+                            pool.name
+                        ))
+                    })?;
+                    let f = simple::parse(&body)?;
+                    let oip = simple::to_oip_body(&meta, &f)?;
+                    features = Some(f);
+                    Bytes::from(oip)
+                } else {
+                    body
+                };
+                let out = remote::Outbound {
+                    method,
+                    path: &path,
+                    body,
+                    request_id: &ctx.request_id,
+                    content_type: if kind == Kind::Simple {
+                        Some("application/json")
+                    } else {
+                        header_str("content-type")
+                    },
+                    header_length: if kind == Kind::Simple {
+                        None
+                    } else {
+                        header_str(protocol::HEADER_LENGTH)
+                    },
+                    max_response_bytes: limit.max(1 << 20),
+                };
+                let answer = remote::forward(&pool, &self.connector, &out).await?;
+                ctx.upstream = Some(answer.endpoint);
+                let version = spec.version().to_string();
+                let (body, content_type) = match (&features, answer.status) {
+                    (Some(f), 200) => (
+                        Bytes::from(simple::respond_from_oip(&answer.body, f, &version)?),
+                        "application/json".to_string(),
+                    ),
+                    // Upstream errors are already {"error": ...}: passed on unchanged, status included.
+                    _ => (
+                        answer.body,
+                        answer.content_type.unwrap_or_else(|| "application/json".into()),
+                    ),
+                };
+                let mut extra = Vec::new();
+                if let Some(n) = answer.header_length.filter(|_| features.is_none()) {
+                    extra.push((protocol::HEADER_LENGTH, n));
+                }
+                self.respond(session, ctx, answer.status, &content_type, body, &extra)
+                    .await;
+                Ok(())
             }
         }
     }
 
     /// Health and server metadata: no key, limited per client IP.
-    async fn keyless(
-        &self,
-        session: &mut Session,
-        ctx: &mut Ctx,
-        body: String,
-    ) -> Result<Flow, GatewayError> {
+    async fn keyless(&self, session: &mut Session, ctx: &mut Ctx, body: String) -> Result<(), GatewayError> {
         self.limit_by_ip(session, ctx)?;
         self.respond(session, ctx, 200, "application/json", Bytes::from(body), &[])
             .await;
-        Ok(Flow::Done)
+        Ok(())
     }
 
     fn limit_by_ip(&self, session: &Session, ctx: &mut Ctx) -> Result<(), GatewayError> {
@@ -379,8 +379,8 @@ impl Gateway {
             Ok(h) => h,
             Err(_) => return,
         };
-        let _ = header.insert_header("content-type", content_type);
-        let _ = header.insert_header("content-length", body.len().to_string());
+        let _ = header.insert_header(http::header::CONTENT_TYPE, content_type);
+        let _ = header.insert_header(http::header::CONTENT_LENGTH, body.len());
         for (k, v) in extra {
             let _ = header.insert_header(*k, v.as_str());
         }
@@ -494,46 +494,27 @@ async fn read_body(session: &mut Session, limit: usize) -> Result<Bytes, Gateway
     }
 }
 
+// Header names parsed once, not on every response.
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_MODEL_VARIANT: HeaderName = HeaderName::from_static("x-model-variant");
+const X_MODEL_VERSION: HeaderName = HeaderName::from_static("x-model-version");
+const RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
+const RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+const RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
+
 /// `x-request-id`, the variant and version, and the rate-limit state.
 fn add_gateway_headers(header: &mut ResponseHeader, ctx: &Ctx) {
-    let _ = header.insert_header("x-request-id", ctx.request_id.as_str());
+    let _ = header.insert_header(X_REQUEST_ID, ctx.request_id.as_str());
     if let Some(v) = ctx.variant {
-        let _ = header.insert_header("x-model-variant", v.as_str());
+        let _ = header.insert_header(X_MODEL_VARIANT, v.as_str());
     }
     if let Some(v) = &ctx.model_version {
-        let _ = header.insert_header("x-model-version", v.as_str());
+        let _ = header.insert_header(X_MODEL_VERSION, v.as_str());
     }
     if let Some(d) = &ctx.rate {
-        for (k, v) in d.headers() {
-            let _ = header.insert_header(k, v);
-        }
-    }
-}
-
-/// Maps a pingora failure on the way to or from an upstream to the gateway's error.
-fn upstream_error(e: &Error, remote: Option<&RemoteCall>) -> GatewayError {
-    let pool = remote.map_or_else(|| "?".to_string(), |r| r.pool.name.clone());
-    match e.etype() {
-        ErrorType::HTTPStatus(413) => InferError::PayloadTooLarge {
-            limit: remote.map_or(0, |r| r.body_limit),
-        }
-        .into(),
-        ErrorType::ReadTimedout | ErrorType::WriteTimedout => GatewayError::GatewayTimeout {
-            pool,
-            timeout_ms: remote.map_or(0, |r| r.pool.spec.timeout.as_millis()),
-        },
-        ErrorType::ConnectTimedout => GatewayError::BadGateway {
-            pool,
-            reason: "connect timed out".into(),
-        },
-        ErrorType::ConnectRefused => GatewayError::BadGateway {
-            pool,
-            reason: "connection refused".into(),
-        },
-        _ => GatewayError::BadGateway {
-            pool,
-            reason: e.etype().as_str().to_string(),
-        },
+        let _ = header.insert_header(RATELIMIT_LIMIT, d.limit);
+        let _ = header.insert_header(RATELIMIT_REMAINING, d.remaining);
+        let _ = header.insert_header(RATELIMIT_RESET, d.reset_secs);
     }
 }
 
@@ -545,197 +526,42 @@ impl ProxyHttp for Gateway {
         Ctx::default()
     }
 
+    /// No downstream modules: pingora's default adds a (disabled) compression module whose
+    /// hooks would still run on every request; inference answers are small JSON.
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<bool> {
         ctx.started = Some(Instant::now());
         ctx.request_id = limits::request_id(session.req_header());
         let snap = self.state.load_full();
         ctx.snapshot = Some(snap.clone());
-        match self.handle(session, ctx, &snap).await {
-            Ok(Flow::Done) => Ok(true),
-            Ok(Flow::Proxy) => Ok(false),
-            Err(e) => {
-                self.respond_error(session, ctx, e).await;
-                Ok(true)
-            }
+        if let Err(e) = self.handle(session, ctx, &snap).await {
+            self.respond_error(session, ctx, e).await;
         }
+        // Always answered here: pingora's proxy phases are never entered.
+        Ok(true)
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> pingora::Result<Box<HttpPeer>> {
-        let remote = ctx
-            .remote
-            .as_mut()
-            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no upstream chosen"))?;
-        // On the retry, avoid the endpoint that just refused us (if another is healthy).
-        let avoid = if remote.retried { remote.endpoint } else { None };
-        let Some(addr) = remote.pool.select(avoid).or_else(|| remote.pool.select(None)) else {
-            ctx.error = Some(GatewayError::NoHealthyUpstream {
-                pool: remote.pool.name.clone(),
-            });
-            return Err(Error::explain(ErrorType::HTTPStatus(503), "no healthy endpoint"));
-        };
-        remote.endpoint = Some(addr);
-        Ok(remote.pool.peer(addr))
+    /// Never reached: `request_filter` answers every request (see the module comment).
+    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut Ctx) -> pingora::Result<Box<HttpPeer>> {
+        Err(Error::explain(
+            ErrorType::InternalError,
+            "requests are answered in request_filter",
+        ))
     }
 
-    async fn upstream_request_filter(
-        &self,
-        _session: &mut Session,
-        upstream: &mut RequestHeader,
-        ctx: &mut Ctx,
-    ) -> pingora::Result<()> {
-        let Some(remote) = &ctx.remote else { return Ok(()) };
-        let uri: http::Uri = remote
-            .path
-            .parse()
-            .map_err(|_| Error::explain(ErrorType::InternalError, "bad upstream path"))?;
-        upstream.set_uri(uri);
-        if let Some(addr) = remote.endpoint {
-            upstream.insert_header("host", addr.to_string())?;
-        }
-        // The client's key is for the gateway; upstream servers never see it.
-        upstream.remove_header("authorization");
-        upstream.remove_header("x-api-key");
-        upstream.insert_header("x-request-id", ctx.request_id.as_str())?;
-        if remote.simple.is_some() {
-            // The body is rewritten (features → tensors), so its length changes.
-            upstream.remove_header("content-length");
-            upstream.insert_header("transfer-encoding", "chunked")?;
-            upstream.insert_header("content-type", "application/json")?;
-        }
-        Ok(())
-    }
-
-    async fn request_body_filter(
-        &self,
-        _session: &mut Session,
-        body: &mut Option<Bytes>,
-        end_of_stream: bool,
-        ctx: &mut Ctx,
-    ) -> pingora::Result<()> {
-        let Some(remote) = ctx.remote.as_mut() else {
-            return Ok(());
-        };
-        if let Some(chunk) = body.as_ref() {
-            remote.body_seen += chunk.len();
-            if remote.body_seen > remote.body_limit {
-                return Err(Error::explain(
-                    ErrorType::HTTPStatus(413),
-                    "request body over the limit",
-                ));
-            }
-        }
-        if let Some(simple) = remote.simple.as_mut() {
-            if let Some(chunk) = body.take() {
-                simple.request.extend_from_slice(&chunk);
-            }
-            if end_of_stream {
-                let converted = simple::parse(&simple.request).and_then(|f| {
-                    let oip = simple::to_oip_body(&simple.meta, &f)?;
-                    simple.features = Some(f);
-                    Ok(oip)
-                });
-                match converted {
-                    Ok(oip) => *body = Some(Bytes::from(oip)),
-                    Err(e) => {
-                        ctx.error = Some(e.into());
-                        return Err(Error::explain(ErrorType::HTTPStatus(400), "bad simple request"));
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-
-    async fn response_filter(
-        &self,
-        session: &mut Session,
-        response: &mut ResponseHeader,
-        ctx: &mut Ctx,
-    ) -> pingora::Result<()> {
-        ctx.status = response.status.as_u16();
-        add_gateway_headers(response, ctx);
-        if let Some(simple) = ctx.remote.as_mut().and_then(|r| r.simple.as_mut()) {
-            simple.upstream_status = response.status.as_u16();
-            response.remove_header("content-length");
-            response.insert_header("content-type", "application/json")?;
-            if !session.is_http2() {
-                response.insert_header("transfer-encoding", "chunked")?;
-            }
-        }
-        Ok(())
-    }
-
-    fn response_body_filter(
-        &self,
-        _session: &mut Session,
-        body: &mut Option<Bytes>,
-        end_of_stream: bool,
-        ctx: &mut Ctx,
-    ) -> pingora::Result<Option<Duration>> {
-        let Some(remote) = ctx.remote.as_mut() else {
-            return Ok(None);
-        };
-        let version = ctx.model_version.clone().unwrap_or_default();
-        let Some(simple) = remote.simple.as_mut() else {
-            return Ok(None);
-        };
-        if let Some(chunk) = body.take() {
-            simple.response.extend_from_slice(&chunk);
-        }
-        if end_of_stream {
-            let upstream = std::mem::take(&mut simple.response).freeze();
-            *body = Some(match (simple.upstream_status, &simple.features) {
-                (200, Some(f)) => match simple::respond_from_oip(&upstream, f, &version) {
-                    Ok(answer) => Bytes::from(answer),
-                    Err(e) => Bytes::from(GatewayError::from(e).body()),
-                },
-                // Upstream errors are already `{"error": ...}`: pass them on unchanged.
-                _ => upstream,
-            });
-        }
-        Ok(None)
-    }
-
-    fn fail_to_connect(
-        &self,
-        _session: &mut Session,
-        _peer: &HttpPeer,
-        ctx: &mut Ctx,
-        mut e: Box<Error>,
-    ) -> Box<Error> {
-        // At most one retry, and only here: the request has not reached any server yet, so
-        // sending it again cannot run it twice.
-        if let Some(remote) = ctx.remote.as_mut()
-            && !remote.retried
-        {
-            remote.retried = true;
-            e.set_retry(true);
-        } else {
-            e.set_retry(false);
-        }
-        e
-    }
-
-    fn error_while_proxy(
-        &self,
-        peer: &HttpPeer,
-        _session: &mut Session,
-        e: Box<Error>,
-        _ctx: &mut Ctx,
-        _client_reused: bool,
-    ) -> Box<Error> {
-        // Once a request may have reached a server, it is never retried: inference is not
-        // known to be idempotent and the client can decide.
-        let mut e = e.more_context(format!("upstream {peer}"));
-        e.set_retry(false);
-        e
-    }
-
+    /// Failures pingora itself meets (a client that sends garbage or hangs up) get the same
+    /// JSON error body as everything else.
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
-        let error = ctx
-            .error
-            .take()
-            .unwrap_or_else(|| upstream_error(e, ctx.remote.as_ref()));
+        let error: GatewayError = match e.etype() {
+            ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed => {
+                return FailToProxy {
+                    error_code: 0,
+                    can_reuse_downstream: false,
+                };
+            }
+            _ => InferError::bad_request(format!("malformed request: {e}")).into(),
+        };
         let status = error.status();
         self.respond_error(session, ctx, error).await;
         FailToProxy {
@@ -780,7 +606,7 @@ impl ProxyHttp for Gateway {
                 version = ctx.model_version.as_deref().unwrap_or("-"),
                 tenant = ctx.key.as_ref().map_or("-", |k| k.tenant.as_str()),
                 key = ctx.key.as_ref().map_or("-", |k| k.id.as_str()),
-                upstream = ctx.remote.as_ref().and_then(|r| r.endpoint).map(|a| a.to_string()).unwrap_or_default(),
+                upstream = ctx.upstream.map(|a| a.to_string()).unwrap_or_default(),
                 error = ctx.error.as_ref().map(|e| e.to_string()).unwrap_or_default(),
                 ms = elapsed.as_secs_f64() * 1e3,
             );

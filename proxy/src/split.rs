@@ -7,8 +7,6 @@
 //! request, and raising the weight only moves clients from stable to canary: a bucket below
 //! the old threshold is below the new one too.
 
-use sha2::{Digest, Sha256};
-
 use crate::config::{Route, Sticky};
 use crate::errors::GatewayError;
 
@@ -40,13 +38,13 @@ pub struct Request<'a> {
 }
 
 /// The bucket (0..10,000) of an identity under a route's salt.
+///
+/// XXH3 is specified and versioned independently of this program, so a client's bucket does
+/// not change when the gateway is upgraded (which a hasher such as std's SipHash-with-
+/// unspecified-keys would not promise); it is also fast enough for every request.
 pub fn bucket(salt: &str, identity: &[u8]) -> u32 {
-    let mut h = Sha256::new();
-    h.update((salt.len() as u64).to_le_bytes());
-    h.update(salt.as_bytes());
-    h.update(identity);
-    let d = h.finalize();
-    (u64::from_le_bytes(d[..8].try_into().expect("8 bytes")) % BUCKETS as u64) as u32
+    let seed = xxhash_rust::xxh3::xxh3_64(salt.as_bytes());
+    (xxhash_rust::xxh3::xxh3_64_with_seed(identity, seed) % BUCKETS as u64) as u32
 }
 
 /// Decides the variant. `random_bucket` draws a uniform bucket for requests that are not

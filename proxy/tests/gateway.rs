@@ -583,6 +583,32 @@ async fn remote_pool_connect_failure_is_502() {
     assert!(r.error().contains("connection refused"), "{}", r.error());
 }
 
+/// An endpoint that passed its health check and then went away: the connect failure is
+/// retried once, on the other endpoint, and every request succeeds.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connect_failure_is_retried_once_on_another_endpoint() {
+    let up = Upstream::start();
+    let gone: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let listener = std::net::TcpListener::bind(gone).unwrap();
+    let cfg = remote_config(&[gone, up.addr], 2000).replace("interval_ms: 100", "interval_ms: 600000");
+    let serve = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        // Answer the start-up health check (and metadata fetch), then close the port.
+        listener.set_nonblocking(false).unwrap();
+        if let Ok((mut s, _)) = listener.accept() {
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+        }
+    });
+    let g = start(&cfg);
+    serve.join().unwrap();
+    for _ in 0..6 {
+        let r = infer(&g, Proto::H1, &g.keys.dev, "remote-only", &[]).await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn remote_pool_timeout_is_504() {
     // An upstream that answers health checks but never answers inference.

@@ -1,0 +1,272 @@
+//! `loadgen`: a fixed request rate over kept-alive HTTP/1.1 connections (TLS or not), with
+//! every latency measured from when the request *should* have been sent. A closed-loop tool
+//! such as wrk slows down with the server and under-reports tail latency ("coordinated
+//! omission"); comparing p99 "at a fixed rate" needs an open loop like this one (or wrk2,
+//! which Debian does not package).
+//!
+//!     loadgen --url https://127.0.0.1:8443/v2/models/m/infer --rate 5000 --connections 32 \
+//!             --duration 10 --body example.json --header "x-api-key: …" --cacert certs/ca.crt
+//!
+//! Prints one machine-readable line:
+//!     RESULT sent=… ok=… errors=… rate=… p50_us=… p90_us=… p99_us=… p999_us=… max_us=…
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use clap::Parser;
+use hdrhistogram::Histogram;
+use http_body_util::{BodyExt, Full};
+use rustls::pki_types::ServerName;
+
+#[derive(Parser, Debug, Clone)]
+#[command(about = "Open-loop HTTP(S) load at a fixed rate; latency from the intended send time")]
+struct Args {
+    /// http:// or https:// URL
+    #[arg(long)]
+    url: String,
+    /// Requests per second, over all connections
+    #[arg(long)]
+    rate: f64,
+    #[arg(long, default_value_t = 32)]
+    connections: usize,
+    /// Seconds of measured load (after the warm-up)
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Seconds of load before measuring
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    /// POST this file's contents (GET without it)
+    #[arg(long)]
+    body: Option<PathBuf>,
+    /// "name: value", repeatable
+    #[arg(long)]
+    header: Vec<String>,
+    /// CA to trust for https (PEM)
+    #[arg(long)]
+    cacert: Option<PathBuf>,
+}
+
+struct Target {
+    tls: Option<Arc<rustls::ClientConfig>>,
+    host: String,
+    port: u16,
+    path: String,
+    body: Option<Bytes>,
+    headers: Vec<(String, String)>,
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+async fn connect(t: &Target) -> Result<Sender, String> {
+    let tcp = tokio::net::TcpStream::connect((t.host.as_str(), t.port))
+        .await
+        .map_err(|e| e.to_string())?;
+    let _ = tcp.set_nodelay(true);
+    let sender = if let Some(tls) = &t.tls {
+        let name = ServerName::try_from(t.host.clone()).map_err(|e| e.to_string())?;
+        let stream = tokio_rustls::TlsConnector::from(tls.clone())
+            .connect(name, tcp)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (s, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        s
+    } else {
+        let (s, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        s
+    };
+    Ok(sender)
+}
+
+async fn one(sender: &mut Sender, t: &Target) -> Result<u16, String> {
+    let mut b = hyper::Request::builder()
+        .method(if t.body.is_some() { "POST" } else { "GET" })
+        .uri(t.path.as_str())
+        .header("host", format!("{}:{}", t.host, t.port));
+    for (k, v) in &t.headers {
+        b = b.header(k.as_str(), v.as_str());
+    }
+    let req = b
+        .body(Full::new(t.body.clone().unwrap_or_default()))
+        .map_err(|e| e.to_string())?;
+    sender.ready().await.map_err(|e| e.to_string())?;
+    let res = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let status = res.status().as_u16();
+    res.into_body().collect().await.map_err(|e| e.to_string())?;
+    Ok(status)
+}
+
+struct Tally {
+    hist: Histogram<u64>,
+    sent: u64,
+    ok: u64,
+    errors: u64,
+}
+
+/// One connection's share of the load: request k is due at `start + k × interval`.
+async fn connection(
+    t: Arc<Target>,
+    start: Instant,
+    offset: Duration,
+    interval: Duration,
+    measure_from: Instant,
+    end: Instant,
+) -> Tally {
+    let mut tally = Tally {
+        hist: Histogram::new_with_bounds(1, 60_000_000, 3).expect("bounds"),
+        sent: 0,
+        ok: 0,
+        errors: 0,
+    };
+    let mut sender: Option<Sender> = None;
+    let mut k: u32 = 0;
+    loop {
+        let due = start + offset + interval * k;
+        k += 1;
+        if due >= end {
+            return tally;
+        }
+        tokio::time::sleep_until(due.into()).await;
+        if sender.is_none() {
+            sender = connect(&t).await.ok();
+        }
+        let result = match sender.as_mut() {
+            Some(s) => one(s, &t).await,
+            None => Err("connect failed".into()),
+        };
+        if due < measure_from {
+            if result.is_err() {
+                sender = None;
+            }
+            continue;
+        }
+        tally.sent += 1;
+        // From when the request was due: time spent waiting behind a slow answer counts.
+        let latency = due.elapsed().as_micros().max(1) as u64;
+        match result {
+            Ok(status) if (200..300).contains(&status) => {
+                tally.ok += 1;
+                let _ = tally.hist.record(latency.min(60_000_000));
+            }
+            Ok(_) => tally.errors += 1,
+            Err(_) => {
+                tally.errors += 1;
+                sender = None;
+            }
+        }
+    }
+}
+
+fn tls_config(cacert: Option<&PathBuf>) -> Result<Arc<rustls::ClientConfig>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    let path = cacert.ok_or("https needs --cacert")?;
+    let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+        roots
+            .add(cert.map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    }
+    let mut config =
+        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+fn main() {
+    let args = Args::parse();
+    if let Err(e) = run(args) {
+        eprintln!("loadgen: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: Args) -> Result<(), String> {
+    let uri: hyper::Uri = args.url.parse().map_err(|e| format!("--url: {e}"))?;
+    let https = uri.scheme_str() == Some("https");
+    let target = Arc::new(Target {
+        tls: if https {
+            Some(tls_config(args.cacert.as_ref())?)
+        } else {
+            None
+        },
+        host: uri.host().ok_or("--url needs a host")?.to_string(),
+        port: uri.port_u16().unwrap_or(if https { 443 } else { 80 }),
+        path: uri.path_and_query().map_or("/".to_string(), |p| p.to_string()),
+        body: match &args.body {
+            Some(p) => Some(Bytes::from(
+                std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?,
+            )),
+            None => None,
+        },
+        headers: args
+            .header
+            .iter()
+            .map(|h| {
+                h.split_once(':')
+                    .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                    .ok_or(format!("--header {h:?} is not \"name: value\""))
+            })
+            .collect::<Result<_, _>>()?,
+    });
+    if args.rate <= 0.0 || args.connections == 0 {
+        return Err("--rate and --connections must be positive".into());
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let tallies = runtime.block_on(async {
+        let start = Instant::now() + Duration::from_millis(200);
+        let measure_from = start + Duration::from_secs_f64(args.warmup);
+        let end = measure_from + Duration::from_secs_f64(args.duration);
+        let interval = Duration::from_secs_f64(args.connections as f64 / args.rate);
+        let tasks: Vec<_> = (0..args.connections)
+            .map(|i| {
+                // Connections are staggered evenly over one interval.
+                let offset = interval.mul_f64(i as f64 / args.connections as f64);
+                tokio::spawn(connection(
+                    target.clone(),
+                    start,
+                    offset,
+                    interval,
+                    measure_from,
+                    end,
+                ))
+            })
+            .collect();
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await.expect("connection task"));
+        }
+        out
+    });
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
+    let (mut sent, mut ok, mut errors) = (0, 0, 0);
+    for t in tallies {
+        hist.add(&t.hist).expect("same bounds");
+        sent += t.sent;
+        ok += t.ok;
+        errors += t.errors;
+    }
+    println!(
+        "RESULT sent={sent} ok={ok} errors={errors} rate={:.0} p50_us={} p90_us={} p99_us={} p999_us={} max_us={}",
+        ok as f64 / args.duration,
+        hist.value_at_quantile(0.5),
+        hist.value_at_quantile(0.9),
+        hist.value_at_quantile(0.99),
+        hist.value_at_quantile(0.999),
+        hist.max()
+    );
+    Ok(())
+}
