@@ -16,16 +16,7 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-DURATION=15
-STRICT=0
-for a in "$@"; do
-  case "$a" in
-    --short) DURATION=3 ;;
-    --strict) STRICT=1 ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
-    *) die "unknown argument $a (see --help)" ;;
-  esac
-done
+parse_bench_args "$@"
 CONNS=64
 BODY="$ROOT/models/example.json"
 BIN="$ROOT/target/release"
@@ -33,7 +24,9 @@ BIN="$ROOT/target/release"
 "$ROOT/scripts/setup.sh"
 ensure_tools wrk nginx haproxy
 say "building gateway, inference-server and loadgen (release)"
-(cd "$ROOT" && cargo build --release --quiet -p proxy -p inference -p loadgen --bins)
+# `cargo test --no-run` builds the binaries with the same features as the test suite, so
+# running after scripts/test.sh compiles nothing again.
+(cd "$ROOT" && cargo test --release --quiet --workspace --no-run)
 
 WORK="$RESULTS/gateway-bench"
 rm -rf "$WORK"; mkdir -p "$WORK"

@@ -14,16 +14,7 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-DURATION=15
-STRICT=0
-for a in "$@"; do
-  case "$a" in
-    --short) DURATION=3 ;;
-    --strict) STRICT=1 ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
-    *) die "unknown argument $a (see --help)" ;;
-  esac
-done
+parse_bench_args "$@"
 CONNS=64
 MODEL=breast-cancer
 VERSION=1
@@ -32,7 +23,9 @@ BODY="$ROOT/models/example.json"
 "$ROOT/scripts/setup.sh" --python
 ensure_tools wrk
 say "building inference-server (release)"
-(cd "$ROOT" && cargo build --release --quiet -p inference --bin inference-server)
+# `cargo test --no-run` builds the binaries with the same features as the test suite, so
+# running after scripts/test.sh compiles nothing again.
+(cd "$ROOT" && cargo test --release --quiet --workspace --no-run && cargo bench --quiet --workspace --bench pool_batching --no-run)
 
 PIDS=()
 cleanup() { for p in "${PIDS[@]:-}"; do [ -n "$p" ] && stop_pid "$p"; done; }
@@ -66,7 +59,7 @@ stop_pid "$PEER"
 
 # --- the pool alone: max_batch 1 vs 32 at 64 requests in flight, on core 0 ---
 say "pool benchmark (max_batch 1 vs 32)"
-POOL_OUT="$(cd "$ROOT" && taskset -c "$SERVER_CPU" cargo bench --quiet -p inference --bench pool_batching -- --seconds "$DURATION" --concurrency 64)"
+POOL_OUT="$(cd "$ROOT" && taskset -c "$SERVER_CPU" cargo bench --quiet --workspace --bench pool_batching -- --seconds "$DURATION" --concurrency 64)"
 SPEEDUP="$(echo "$POOL_OUT" | awk '/^BATCHING_SPEEDUP/ {print $2}')"
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }'; }

@@ -93,3 +93,18 @@ stop_pid() {
   for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
   kill -9 "$pid" 2>/dev/null || true
 }
+
+# parse_bench_args "$@": --short (3-second measurements, what CI runs), --strict (exit 1 on a
+# missed target), --help (the calling script's header comment). Sets DURATION and STRICT.
+DURATION=15
+STRICT=0
+parse_bench_args() {
+  for a in "$@"; do
+    case "$a" in
+      --short) DURATION=3 ;;
+      --strict) STRICT=1 ;;
+      -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
+      *) die "unknown argument $a (see --help)" ;;
+    esac
+  done
+}

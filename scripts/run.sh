@@ -7,5 +7,5 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 scripts/setup.sh
 echo "[run] building the gateway (release; the first build takes several minutes)" >&2
-cargo build --release -p proxy --bin gateway
+cargo build --release --workspace --bins
 exec target/release/gateway run --config routes.yaml "$@"

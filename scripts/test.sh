@@ -7,7 +7,9 @@
 #   scripts/test.sh --quick   skip the short benchmarks
 #
 # Tests run in release mode: the benchmarks need release binaries anyway, so one build of
-# pingora serves both (a debug build would double the compile time on 2 cores).
+# pingora serves both (a debug build would double the compile time on 2 cores). Every build
+# here (and in loadtests/) is `cargo test --workspace --release` or `cargo bench`, which
+# resolve features alike, so dependencies compile once; `cargo test` builds the binaries.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -29,7 +31,6 @@ step "cargo test"
 cargo test --workspace --release
 
 step "gateway check on every config in the repository"
-cargo build --release --quiet -p proxy -p inference --bins
 configs=$(git ls-files '*.yaml' '*.yml' | grep -v -E '^(certs|models|deploy/k8s|loadtests/peers)/' | xargs -r grep -l '^routes:' || true)
 [ -n "$configs" ] || { echo "no gateway configs found" >&2; exit 1; }
 # shellcheck disable=SC2086

@@ -91,15 +91,7 @@ fn key_id(digest: &[u8; 32]) -> String {
 impl KeyStore {
     /// Reads a keys file; every malformed entry is reported with its place.
     pub fn load(file: &Path) -> Result<KeyStore, Vec<ConfigError>> {
-        let source = std::fs::read_to_string(file).map_err(|e| {
-            vec![ConfigError {
-                file: file.to_path_buf(),
-                line: None,
-                column: None,
-                path: String::new(),
-                message: format!("cannot read: {e}"),
-            }]
-        })?;
+        let source = crate::config::read_source(file)?;
         // An empty file is a store with no keys yet.
         let parsed: KeysFile = if source.trim().is_empty() {
             KeysFile { keys: Vec::new() }

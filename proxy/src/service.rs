@@ -220,33 +220,16 @@ impl Gateway {
                         )
                         .expect("metadata is JSON");
                         body["name"] = serde_json::json!(m.model);
-                        self.respond(
-                            session,
-                            ctx,
-                            200,
-                            "application/json",
-                            Bytes::from(body.to_string()),
-                            &[],
-                        )
-                        .await;
+                        self.respond_json(session, ctx, body.to_string()).await;
                     }
                     (Kind::Ready, m) => {
                         let body =
                             serde_json::json!({"name": m.model, "version": meta.version, "ready": true});
-                        self.respond(
-                            session,
-                            ctx,
-                            200,
-                            "application/json",
-                            Bytes::from(body.to_string()),
-                            &[],
-                        )
-                        .await;
+                        self.respond_json(session, ctx, body.to_string()).await;
                     }
                     (Kind::Config, _) => {
                         let body = inference::server::model_config(meta, pool.config().max_batch);
-                        self.respond(session, ctx, 200, "application/json", Bytes::from(body), &[])
-                            .await;
+                        self.respond_json(session, ctx, body).await;
                     }
                 }
                 Ok(())
@@ -330,9 +313,14 @@ impl Gateway {
     /// Health and server metadata: no key, limited per client IP.
     async fn keyless(&self, session: &mut Session, ctx: &mut Ctx, body: String) -> Result<(), GatewayError> {
         self.limit_by_ip(session, ctx)?;
+        self.respond_json(session, ctx, body).await;
+        Ok(())
+    }
+
+    /// 200 with a JSON body.
+    async fn respond_json(&self, session: &mut Session, ctx: &mut Ctx, body: String) {
         self.respond(session, ctx, 200, "application/json", Bytes::from(body), &[])
             .await;
-        Ok(())
     }
 
     fn limit_by_ip(&self, session: &Session, ctx: &mut Ctx) -> Result<(), GatewayError> {

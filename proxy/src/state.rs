@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use inference::{ModelMetadata, Pool};
+use inference::Pool;
 
 use crate::config::{Config, ConfigError, Errors, Path, PoolSpec, Route};
 use crate::keys::KeyStore;
@@ -18,16 +18,6 @@ pub enum Backend {
     Local(Arc<Pool>),
     /// Remote Open Inference Protocol servers.
     Remote(Arc<RemotePool>),
-}
-
-impl Backend {
-    /// The model signature, when known (remote pools learn it from the upstream).
-    pub fn metadata(&self) -> Option<Arc<ModelMetadata>> {
-        match self {
-            Backend::Local(p) => Some(Arc::new(p.metadata().clone())),
-            Backend::Remote(r) => r.metadata(),
-        }
-    }
 }
 
 pub struct Snapshot {

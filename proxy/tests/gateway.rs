@@ -556,28 +556,31 @@ async fn remote_pool_up_and_down() {
     );
 }
 
+/// Starts a gateway whose remote pool has `endpoints`, where `vanishing` answers the
+/// start-up health check and then closes its port. With health checks every 10 minutes,
+/// the gateway keeps believing it is up: the next connect to it is refused.
+fn start_with_vanishing_endpoint(
+    vanishing: std::net::SocketAddr,
+    endpoints: &[std::net::SocketAddr],
+) -> Gateway {
+    let listener = std::net::TcpListener::bind(vanishing).unwrap();
+    let serve = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        if let Ok((mut s, _)) = listener.accept() {
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+        }
+    });
+    let g = start(&remote_config(endpoints, 2000).replace("interval_ms: 100", "interval_ms: 600000"));
+    serve.join().unwrap();
+    g
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn remote_pool_connect_failure_is_502() {
     let dead: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    // Health checks every 10 minutes: the endpoint stays "healthy" (never checked since the
-    // first check at start) only if that check passed — so use a listener that accepts the
-    // health check, then goes away.
-    let listener = std::net::TcpListener::bind(dead).unwrap();
-    let cfg = remote_config(&[dead], 2000).replace("interval_ms: 100", "interval_ms: 600000");
-    let g = {
-        // Answer the first health check with 200, then close the port.
-        let serve = std::thread::spawn(move || {
-            use std::io::{Read, Write};
-            if let Ok((mut s, _)) = listener.accept() {
-                let mut buf = [0u8; 1024];
-                let _ = s.read(&mut buf);
-                let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
-            }
-        });
-        let g = start(&cfg);
-        serve.join().unwrap();
-        g
-    };
+    let g = start_with_vanishing_endpoint(dead, &[dead]);
     let r = infer(&g, Proto::H1, &g.keys.dev, "remote-only", &[]).await;
     assert_eq!(r.status, 502, "{:?}", r.body);
     assert!(r.error().contains("connection refused"), "{}", r.error());
@@ -589,20 +592,7 @@ async fn remote_pool_connect_failure_is_502() {
 async fn a_connect_failure_is_retried_once_on_another_endpoint() {
     let up = Upstream::start();
     let gone: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let listener = std::net::TcpListener::bind(gone).unwrap();
-    let cfg = remote_config(&[gone, up.addr], 2000).replace("interval_ms: 100", "interval_ms: 600000");
-    let serve = std::thread::spawn(move || {
-        use std::io::{Read, Write};
-        // Answer the start-up health check (and metadata fetch), then close the port.
-        listener.set_nonblocking(false).unwrap();
-        if let Ok((mut s, _)) = listener.accept() {
-            let mut buf = [0u8; 1024];
-            let _ = s.read(&mut buf);
-            let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
-        }
-    });
-    let g = start(&cfg);
-    serve.join().unwrap();
+    let g = start_with_vanishing_endpoint(gone, &[gone, up.addr]);
     for _ in 0..6 {
         let r = infer(&g, Proto::H1, &g.keys.dev, "remote-only", &[]).await;
         assert_eq!(r.status, 200, "{:?}", r.body);

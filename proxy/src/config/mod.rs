@@ -218,9 +218,9 @@ pub struct Config {
     pub routes: BTreeMap<String, Route>,
 }
 
-/// Reads and validates a config file.
-pub fn load(file: &FsPath) -> Result<Config, Vec<ConfigError>> {
-    let source = std::fs::read_to_string(file).map_err(|e| {
+/// A file's text, or the error that names it.
+pub fn read_source(file: &FsPath) -> Result<String, Vec<ConfigError>> {
+    std::fs::read_to_string(file).map_err(|e| {
         vec![ConfigError {
             file: file.to_path_buf(),
             line: None,
@@ -228,7 +228,12 @@ pub fn load(file: &FsPath) -> Result<Config, Vec<ConfigError>> {
             path: String::new(),
             message: format!("cannot read: {e}"),
         }]
-    })?;
+    })
+}
+
+/// Reads and validates a config file.
+pub fn load(file: &FsPath) -> Result<Config, Vec<ConfigError>> {
+    let source = read_source(file)?;
     parse(file, &source)
 }
 
