@@ -145,25 +145,44 @@ fn run(config: &Path) -> Result<(), String> {
         );
     }
     let built = proxy::server::build(snapshot)?;
-    // pingora binds its listeners once running: announce "serving" when the port answers.
+    // pingora binds its listeners once running: announce "serving" once the admin listener
+    // (started with the client one) answers a health check. A bare connect to the TLS port
+    // would be logged as a failed handshake, so that port is not probed.
     let (https, admin) = (built.https, built.admin);
     std::thread::spawn(move || {
-        let mut probe = https;
-        if probe.ip().is_unspecified() {
-            probe.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-        }
         for _ in 0..600 {
-            if std::net::TcpStream::connect(probe).is_ok() {
+            if admin_answers(admin) {
                 println!("serving https://{https} (admin: http://{admin}/metrics)");
                 return;
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
-        eprintln!("gateway: the https listener on {https} did not come up within 30 s");
+        eprintln!("gateway: the listeners did not come up within 30 s");
     });
     built.run(Box::new(pingora::server::UnixShutdownSignalWatch));
     println!("stopped");
     Ok(())
+}
+
+/// `GET /healthz` on the admin listener answers 200.
+fn admin_answers(admin: std::net::SocketAddr) -> bool {
+    use std::io::{Read, Write};
+    let mut probe = admin;
+    if probe.ip().is_unspecified() {
+        probe.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let Ok(mut stream) = std::net::TcpStream::connect(probe) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(1)));
+    if stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.1 200")
 }
 
 fn check(files: &[PathBuf]) -> Result<(), String> {

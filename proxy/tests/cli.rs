@@ -205,6 +205,7 @@ async fn first_run_makes_a_dev_certificate_and_key_and_prints_the_key_once() {
     // The printed key works, over TLS verified against the printed CA.
     let tls = client_tls(&dir.join("certs/ca.crt"));
     let addr = format!("127.0.0.1:{https}").parse().unwrap();
+    wait_for(addr);
     let mut conn = connect(addr, &tls, Proto::H1).await;
     let r = conn
         .send(
