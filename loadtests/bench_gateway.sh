@@ -34,30 +34,6 @@ PIDS=()
 cleanup() { for p in "${PIDS[@]:-}"; do [ -n "$p" ] && stop_pid "$p"; done; }
 trap cleanup EXIT
 
-# CPU ticks of a process and its children (nginx: master + worker).
-tree_ticks() {
-  local total=0 p
-  for p in "$1" $(pgrep -P "$1" || true); do total=$((total + $(cpu_ticks "$p"))); done
-  echo "$total"
-}
-# run_wrk with whole-tree CPU accounting.
-measure() { # name pid url [wrk args...]
-  local name="$1" pid="$2" url="$3"; shift 3
-  say "$name: warm-up"
-  WRK_API_KEY="$KEY" taskset -c "$CLIENT_CPU" wrk -t1 -c"$CONNS" -d2s -s "$WRK_LUA" "$url" >/dev/null 2>&1 || true
-  say "$name: measuring for ${DURATION}s at $CONNS connections"
-  local before after out
-  before="$(tree_ticks "$pid")"
-  out="$(WRK_BODY="$BODY" WRK_API_KEY="$KEY" taskset -c "$CLIENT_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" -s "$WRK_LUA" "$url")"
-  after="$(tree_ticks "$pid")"
-  echo "$out" | grep '^RESULT' | sed 's/RESULT //' | awk -v ticks="$((after - before))" -v hz="$CLK_TCK" '{
-    for (i = 1; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
-    rps = v["requests"] / (v["duration_us"] / 1e6)
-    printf "%.0f %d %d %.1f %d\n", rps, v["p50_us"], v["p99_us"], ticks * 1e6 / hz / (v["requests"] > 0 ? v["requests"] : 1), v["socket_errors"] + v["non2xx"]
-  }'
-}
-# The warm-up above must send the same body: export it for the lua script.
-export WRK_BODY="$BODY"
 
 # --- configs: one certificate and key for every TLS server ---
 P_BARE=18200; P_UP=18201; P_GW=18443; P_ADMIN=18901; P_NGINX=18444; P_HAPROXY=18445
@@ -83,12 +59,7 @@ routes:
   - {model: breast-cancer, stable: up}"
 KEY="$("$BIN/gateway" keys add --tenant bench --keys-file "$WORK/api-keys.yaml" 2>/dev/null)"
 
-start_gateway() { # config -> pid
-  taskset -c "$SERVER_CPU" "$BIN/gateway" run --config "$1" >"$WORK/gateway.log" 2>&1 &
-  local pid=$!
-  wait_port "127.0.0.1:$P_GW" 60 || die "the gateway did not start: $(tail -5 "$WORK/gateway.log")"
-  echo "$pid"
-}
+start_gateway() { start_gateway_on "$1" "127.0.0.1:$P_GW"; }
 
 # === (a) full path over HTTPS vs the bare server over HTTP ===
 taskset -c "$SERVER_CPU" "$BIN/inference-server" --models "$ROOT/models" --listen "127.0.0.1:$P_BARE" --threads 1 >"$WORK/bare.log" 2>&1 &
@@ -171,13 +142,7 @@ stop_pid "$HAP"
 
 # --- p99 at one fixed rate: half the slowest proxy's maximum, the same for all three ---
 RATE=$(printf '%s\n' "$B_GW_RPS" "$B_NG_RPS" "$B_HA_RPS" | sort -n | head -1 | awk '{ printf "%d", $1 / 2 }')
-fixed() { # name start-command... ; prints p50_us p99_us errors
-  local name="$1" url="$2"
-  say "$name: ${RATE} requests/s for ${DURATION}s (open loop)"
-  taskset -c "$CLIENT_CPU" "$BIN/loadgen" --url "$url" --rate "$RATE" --connections "$CONNS" --duration "$DURATION" --warmup 2 \
-    --body "$BODY" --header "x-api-key: $KEY" --header "content-type: application/json" --cacert "$WORK/ca.crt" \
-    | grep '^RESULT' | sed 's/RESULT //' | awk '{ for (i = 1; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] } print v["p50_us"], v["p99_us"], v["errors"] }'
-}
+fixed() { fixed_rate "$1" "$2" "$RATE" "$WORK/ca.crt"; }
 GW=$(start_gateway "$WORK/remote.yaml"); PIDS+=("$GW")
 read -r F_GW_P50 F_GW_P99 F_GW_ERR < <(fixed gateway "https://127.0.0.1:$P_GW$PATH_B"); stop_pid "$GW"
 taskset -c "$SERVER_CPU" nginx -c "$WORK/nginx.conf" >"$WORK/nginx.log" 2>&1 & NGINX=$!; PIDS+=("$NGINX")
@@ -188,9 +153,6 @@ wait_port "127.0.0.1:$P_HAPROXY"
 read -r F_HA_P50 F_HA_P99 F_HA_ERR < <(fixed haproxy "https://127.0.0.1:$P_HAPROXY$PATH_B"); stop_pid "$HAP"
 stop_pid "$UP"
 
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }'; }
-check() { awk -v v="$1" -v op="$2" -v t="$3" 'BEGIN { ok = (op == ">=" ? v >= t : v <= t); print (ok ? "met" : "MISSED") }'; }
-ms() { awk -v us="$1" 'BEGIN { printf "%.2f ms", us / 1000 }'; }
 KEEP="$(ratio "$A_GW_RPS" "$A_BARE_RPS")"
 R_NG="$(ratio "$B_GW_RPS" "$B_NG_RPS")"; R_HA="$(ratio "$B_GW_RPS" "$B_HA_RPS")"
 BEST_P99=$(printf '%s\n' "$F_NG_P99" "$F_HA_P99" | sort -n | head -1)

@@ -108,3 +108,51 @@ parse_bench_args() {
     esac
   done
 }
+
+# --- used by the benchmarks that compare the gateway with its peers ---
+# They set BIN (release binaries), WORK (scratch folder), CONNS, BODY and KEY (an API key).
+
+# CPU ticks of a process and its children (nginx: master + worker).
+tree_ticks() {
+  local total=0 p
+  for p in "$1" $(pgrep -P "$1" || true); do total=$((total + $(cpu_ticks "$p"))); done
+  echo "$total"
+}
+# run_wrk with whole-tree CPU accounting.
+measure() { # name pid url [wrk args...]
+  local name="$1" pid="$2" url="$3"; shift 3
+  say "$name: warm-up"
+  WRK_BODY="$BODY" WRK_API_KEY="$KEY" taskset -c "$CLIENT_CPU" wrk -t1 -c"$CONNS" -d2s -s "$WRK_LUA" "$url" >/dev/null 2>&1 || true
+  say "$name: measuring for ${DURATION}s at $CONNS connections"
+  local before after out
+  before="$(tree_ticks "$pid")"
+  out="$(WRK_BODY="$BODY" WRK_API_KEY="$KEY" taskset -c "$CLIENT_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" -s "$WRK_LUA" "$url")"
+  after="$(tree_ticks "$pid")"
+  echo "$out" | grep '^RESULT' | sed 's/RESULT //' | awk -v ticks="$((after - before))" -v hz="$CLK_TCK" '{
+    for (i = 1; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
+    rps = v["requests"] / (v["duration_us"] / 1e6)
+    printf "%.0f %d %d %.1f %d\n", rps, v["p50_us"], v["p99_us"], ticks * 1e6 / hz / (v["requests"] > 0 ? v["requests"] : 1), v["socket_errors"] + v["non2xx"]
+  }'
+}
+
+# Ratios, target checks and milliseconds for the reports.
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }'; }
+check() { awk -v v="$1" -v op="$2" -v t="$3" 'BEGIN { ok = (op == ">=" ? v >= t : v <= t); print (ok ? "met" : "MISSED") }'; }
+ms() { awk -v us="$1" 'BEGIN { printf "%.2f ms", us / 1000 }'; }
+
+# fixed_rate NAME URL RATE CACERT: p50_us p99_us errors at RATE requests/s (open loop).
+fixed_rate() {
+  local name="$1" url="$2" rate="$3" ca="$4"
+  say "$name: ${rate} requests/s for ${DURATION}s (open loop)"
+  taskset -c "$CLIENT_CPU" "$BIN/loadgen" --url "$url" --rate "$rate" --connections "$CONNS" --duration "$DURATION" --warmup 2 \
+    --body "$BODY" --header "x-api-key: $KEY" --header "content-type: application/json" --cacert "$ca" \
+    | grep '^RESULT' | sed 's/RESULT //' | awk '{ for (i = 1; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] } print v["p50_us"], v["p99_us"], v["errors"] }'
+}
+
+# start_gateway_on CONFIG HOST:PORT: runs the gateway on the server core; prints its pid.
+start_gateway_on() {
+  taskset -c "$SERVER_CPU" "$BIN/gateway" run --config "$1" >"$WORK/gateway.log" 2>&1 &
+  local pid=$!
+  wait_port "$2" 60 || die "the gateway did not start: $(tail -5 "$WORK/gateway.log")"
+  echo "$pid"
+}

@@ -46,5 +46,6 @@ if [ "$QUICK" = 0 ]; then
   step "benchmarks, short mode (figures are reported, not asserted: CI machines are noisy)"
   loadtests/bench_inference.sh --short
   loadtests/bench_gateway.sh --short
+  loadtests/bench_shadow.sh --short
 fi
 step "all checks passed"

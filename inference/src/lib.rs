@@ -14,6 +14,7 @@ pub mod batch;
 pub mod error;
 pub mod model;
 pub mod pool;
+pub mod priority;
 pub mod protocol;
 pub mod repository;
 pub mod runtime;

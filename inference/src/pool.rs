@@ -48,6 +48,10 @@ pub struct PoolConfig {
     pub intra_threads: usize,
     /// Refuse NaN and infinity in float inputs (400) instead of passing them to the model.
     pub reject_non_finite: bool,
+    /// Run the worker threads at idle priority ([`crate::priority::idle`]): a gateway does
+    /// this for pools that only serve shadow copies, so that they never take the CPU from
+    /// the client path.
+    pub idle_priority: bool,
 }
 
 impl Default for PoolConfig {
@@ -59,6 +63,7 @@ impl Default for PoolConfig {
             queue_capacity: 1024,
             intra_threads: 1,
             reject_non_finite: true,
+            idle_priority: false,
         }
     }
 }
@@ -168,6 +173,7 @@ impl Pool {
             .into_iter()
             .enumerate()
             .map(|(i, runner)| {
+                let idle = config.idle_priority;
                 let worker = Worker {
                     rx: rx.clone(),
                     runner,
@@ -178,7 +184,12 @@ impl Pool {
                 };
                 std::thread::Builder::new()
                     .name(format!("infer-{label}-{i}"))
-                    .spawn(move || worker.run())
+                    .spawn(move || {
+                        if idle {
+                            crate::priority::idle();
+                        }
+                        worker.run()
+                    })
                     .expect("spawning an inference worker thread")
             })
             .collect();

@@ -5,6 +5,8 @@
 //! - `GET /healthz`  200 while the process serves
 //! - `GET /readyz`   200 when every route's stable pool can serve; 503 and the reasons if not
 //! - `GET /config`   the routes, weights, stickiness, shadows and pools in force (no keys)
+//! - `GET /admin/shadow/report[?route=&since=1h]`  shadow comparisons, JSON
+//! - `GET /admin/shadow/report.html[?route=&since=]`  the same as a self-contained page
 
 use std::sync::Arc;
 
@@ -17,12 +19,15 @@ use serde_json::json;
 use crate::config::{PoolSpec, Sticky};
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiters;
+use crate::shadow::store::Recorder;
+use crate::shadow::{html, report};
 use crate::state::{Backend, Snapshot};
 
 pub struct Admin {
     pub state: Arc<ArcSwap<Snapshot>>,
     pub metrics: Arc<Metrics>,
     pub limiters: Arc<RateLimiters>,
+    pub recorder: Recorder,
 }
 
 fn reply(status: u16, content_type: &str, body: Vec<u8>) -> http::Response<Vec<u8>> {
@@ -35,6 +40,41 @@ fn reply(status: u16, content_type: &str, body: Vec<u8>) -> http::Response<Vec<u
 }
 
 impl Admin {
+    /// Writes what the store has pending, then reads the report (off the async threads).
+    async fn shadow_report(&self, query: Option<&str>, as_html: bool) -> http::Response<Vec<u8>> {
+        let q = match report::Query::from_params(query) {
+            Ok(q) => q,
+            Err(e) => {
+                return reply(
+                    400,
+                    "application/json",
+                    inference::error::error_body(&e).into_bytes(),
+                );
+            }
+        };
+        self.recorder.flush(std::time::Duration::from_secs(5)).await;
+        let path = self.recorder.path.clone();
+        let built = tokio::task::spawn_blocking(move || report::read(&path, &q)).await;
+        match built {
+            Ok(Ok(r)) if as_html => reply(200, "text/html; charset=utf-8", html::page(&r).into_bytes()),
+            Ok(Ok(r)) => reply(
+                200,
+                "application/json",
+                serde_json::to_vec_pretty(&r).expect("reports serialize"),
+            ),
+            Ok(Err(e)) => reply(
+                503,
+                "application/json",
+                inference::error::error_body(&e).into_bytes(),
+            ),
+            Err(e) => reply(
+                500,
+                "application/json",
+                inference::error::error_body(&format!("report failed: {e}")).into_bytes(),
+            ),
+        }
+    }
+
     /// Gauges are read at scrape time rather than kept up to date on every request.
     fn refresh_gauges(&self, snap: &Snapshot) {
         for (name, backend) in &snap.pools {
@@ -125,6 +165,10 @@ impl ServeHttp for Admin {
                         .into_bytes(),
                 )
             }
+            "/admin/shadow/report" | "/admin/shadow/report.html" => {
+                let query = session.req_header().uri.query().map(str::to_string);
+                self.shadow_report(query.as_deref(), path.ends_with(".html")).await
+            }
             "/config" => reply(
                 200,
                 "application/json",
@@ -134,7 +178,7 @@ impl ServeHttp for Admin {
                 404,
                 "application/json",
                 inference::error::error_body(&format!(
-                    "no admin route for {path}; try /metrics, /healthz, /readyz, /config"
+                    "no admin route for {path}; try /metrics, /healthz, /readyz, /config, /admin/shadow/report, /admin/shadow/report.html"
                 ))
                 .into_bytes(),
             ),

@@ -3,7 +3,8 @@
 //!
 //! Request flow (see DESIGN.md): [`limits`] → [`auth`] → [`ratelimit`] → snapshot
 //! ([`state`]) → [`split`] → local pool or [`remote`] pool → [`metrics`]. The pingora glue is
-//! [`service`]; [`server`] assembles listeners and background upkeep.
+//! [`service`]; [`server`] assembles listeners and background upkeep. Copies of requests go
+//! to shadow models through [`shadow`], which compares and stores what they answer.
 
 pub mod admin;
 pub mod auth;
@@ -17,6 +18,7 @@ pub mod ratelimit;
 pub mod remote;
 pub mod server;
 pub mod service;
+pub mod shadow;
 pub mod simple;
 pub mod split;
 pub mod state;

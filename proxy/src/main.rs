@@ -1,4 +1,4 @@
-//! `gateway`: run the gateway, check a config, manage API keys.
+//! `gateway`: run the gateway, check a config, manage API keys, read shadow reports.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -44,6 +44,36 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// How shadow models compare with the models that answered: agreement (95% CI),
+    /// probability deltas, latencies, errors, drops, confusion matrix, latest disagreements.
+    ///
+    /// Reads the shadow store directly, so it works whether or not the gateway is running.
+    Report {
+        /// Only what happened in this last stretch of time (e.g. 15m, 1h, 2d)
+        #[arg(long)]
+        since: Option<String>,
+        /// Only this route (public model name)
+        #[arg(long)]
+        route: Option<String>,
+        #[arg(long, value_enum, default_value = "table")]
+        format: ReportFormat,
+        /// The config whose shadow.store is read
+        #[arg(long, short, default_value = "routes.yaml")]
+        config: PathBuf,
+        /// Read this store instead of the config's
+        #[arg(long)]
+        store: Option<PathBuf>,
+        /// Latest disagreements listed per shadow
+        #[arg(long, default_value_t = 20)]
+        latest: usize,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ReportFormat {
+    Table,
+    Json,
+    Html,
 }
 
 #[derive(Subcommand)]
@@ -90,6 +120,14 @@ fn main() -> ExitCode {
                     keys_file,
                 },
         } => add_key(&config, keys_file, &tenant, &tier),
+        Command::Report {
+            since,
+            route,
+            format,
+            config,
+            store,
+            latest,
+        } => report(&config, store, since.as_deref(), route, format, latest),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -131,17 +169,11 @@ fn run(config: &Path) -> Result<(), String> {
         );
     }
     print!("{}", snapshot.config.summary());
-    let shadowed: Vec<&str> = snapshot
-        .config
-        .routes
-        .values()
-        .filter(|r| !r.shadows.is_empty())
-        .map(|r| r.model.as_str())
-        .collect();
-    if !shadowed.is_empty() {
-        tracing::warn!(
-            "shadows are configured for {} and validated, but this build does not mirror traffic to them yet",
-            shadowed.join(", ")
+    if snapshot.config.routes.values().any(|r| !r.shadows.is_empty()) {
+        println!(
+            "shadow comparisons: {} (report: http://{}/admin/shadow/report.html, or `gateway report`)",
+            snapshot.config.shadow.store.display(),
+            snapshot.config.admin
         );
     }
     let built = proxy::server::build(snapshot)?;
@@ -215,6 +247,46 @@ fn check(files: &[PathBuf]) -> Result<(), String> {
     } else {
         Ok(())
     }
+}
+
+fn report(
+    config: &Path,
+    store: Option<PathBuf>,
+    since: Option<&str>,
+    route: Option<String>,
+    format: ReportFormat,
+    latest: usize,
+) -> Result<(), String> {
+    use proxy::shadow::{html, report};
+    // Only shadow.store is needed: read it without validating the rest, so that reports
+    // can be read on a machine without the models, or while the config is being edited.
+    let store = match store {
+        Some(s) => s,
+        None => {
+            let text = std::fs::read_to_string(config)
+                .map_err(|e| format!("cannot read {}: {e} (or pass --store)", config.display()))?;
+            let value: serde_yaml::Value =
+                serde_yaml::from_str(&text).map_err(|e| format!("{}: {e}", config.display()))?;
+            let rel = value
+                .get("shadow")
+                .and_then(|s| s.get("store"))
+                .and_then(|s| s.as_str())
+                .unwrap_or(proxy::config::file::DEFAULT_SHADOW_STORE);
+            config.parent().unwrap_or(Path::new(".")).join(rel)
+        }
+    };
+    let query = report::Query {
+        since: since.map(report::since).transpose()?,
+        route,
+        latest,
+    };
+    let r = report::read(&store, &query)?;
+    match format {
+        ReportFormat::Table => print!("{}", report::table(&r)),
+        ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&r).expect("reports serialize")),
+        ReportFormat::Html => print!("{}", html::page(&r)),
+    }
+    Ok(())
 }
 
 fn add_key(config: &Path, keys_file: Option<PathBuf>, tenant: &str, tier: &str) -> Result<(), String> {

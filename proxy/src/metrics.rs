@@ -3,7 +3,7 @@
 //! from the config, variants, status codes, error kinds. Never keys, never tenants' input.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -14,6 +14,13 @@ pub struct Metrics {
     pub queue_depth: IntGaugeVec,
     pub healthy_endpoints: IntGaugeVec,
     pub tracked_clients: IntGaugeVec,
+    pub shadow_requests: IntCounterVec,
+    pub shadow_agreements: IntCounterVec,
+    pub shadow_disagreements: IntCounterVec,
+    pub shadow_prob_delta: HistogramVec,
+    pub shadow_errors: IntCounterVec,
+    pub shadow_dropped: IntCounterVec,
+    pub shadow_records_lost: IntCounter,
 }
 
 impl Metrics {
@@ -67,6 +74,50 @@ impl Metrics {
             &["limiter"],
         )
         .expect("valid metric");
+        // Shadows: labelled by route and versions from the config, never by request content.
+        let pair = ["route", "primary_version", "shadow_version"];
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric")
+        };
+        let shadow_requests = counter(
+            "shadow_requests_total",
+            "Mirrored requests whose shadow answered, failed or timed out",
+            &pair,
+        );
+        let shadow_agreements = counter(
+            "shadow_agreement_total",
+            "Mirrored requests where every prediction of the shadow agreed with the primary",
+            &pair,
+        );
+        let shadow_disagreements = counter(
+            "shadow_disagreement_total",
+            "Mirrored requests where any prediction of the shadow differed from the primary",
+            &pair,
+        );
+        let shadow_prob_delta = HistogramVec::new(
+            HistogramOpts::new(
+                "shadow_prob_delta",
+                "Per prediction, the largest absolute difference of a class probability, shadow vs primary",
+            )
+            .buckets(crate::shadow::store::DELTA_BOUNDS.to_vec()),
+            &pair,
+        )
+        .expect("valid metric");
+        let shadow_errors = counter(
+            "shadow_errors_total",
+            "Shadow requests that failed or timed out (never seen by clients)",
+            &["route", "shadow"],
+        );
+        let shadow_dropped = counter(
+            "shadow_dropped_total",
+            "Copies not made: the route's in-flight cap was reached, or the body was over the cap",
+            &["route", "shadow", "reason"],
+        );
+        let shadow_records_lost = IntCounter::new(
+            "shadow_records_lost_total",
+            "Comparison events lost because the store's queue was full",
+        )
+        .expect("valid metric");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(duration.clone()),
@@ -74,6 +125,13 @@ impl Metrics {
             Box::new(queue_depth.clone()),
             Box::new(healthy_endpoints.clone()),
             Box::new(tracked_clients.clone()),
+            Box::new(shadow_requests.clone()),
+            Box::new(shadow_agreements.clone()),
+            Box::new(shadow_disagreements.clone()),
+            Box::new(shadow_prob_delta.clone()),
+            Box::new(shadow_errors.clone()),
+            Box::new(shadow_dropped.clone()),
+            Box::new(shadow_records_lost.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -85,6 +143,13 @@ impl Metrics {
             queue_depth,
             healthy_endpoints,
             tracked_clients,
+            shadow_requests,
+            shadow_agreements,
+            shadow_disagreements,
+            shadow_prob_delta,
+            shadow_errors,
+            shadow_dropped,
+            shadow_records_lost,
         }
     }
 

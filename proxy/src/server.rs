@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -22,6 +23,8 @@ use crate::maintenance::Maintenance;
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiters;
 use crate::service::Gateway;
+use crate::shadow::store::Recorder;
+use crate::shadow::{Mirror, ShadowRuntime};
 use crate::state::{Backend, Snapshot};
 use crate::tls;
 
@@ -74,6 +77,8 @@ fn check_bindable(addr: SocketAddr, what: &str) -> Result<(), String> {
 pub struct GatewayServer {
     server: Server,
     state: Arc<ArcSwap<Snapshot>>,
+    recorder: Recorder,
+    shadow_runtime: ShadowRuntime,
     pub https: SocketAddr,
     pub admin: SocketAddr,
 }
@@ -135,13 +140,18 @@ pub fn build(snapshot: Snapshot) -> Result<GatewayServer, String> {
 
     let limiters = Arc::new(RateLimiters::new(&snapshot.config.rate_limits));
     let metrics = Arc::new(Metrics::new());
+    let recorder = Recorder::start(&snapshot.config.shadow)
+        .map_err(|e| format!("shadow store (shadow.store in the config): {e}"))?;
+    let shadow_runtime = ShadowRuntime::start()?;
+    let connector = Arc::new(pingora::connectors::http::Connector::new(None));
     let state = Arc::new(ArcSwap::from_pointee(snapshot));
 
     let gateway = Gateway {
         state: state.clone(),
         limiters: limiters.clone(),
         metrics: metrics.clone(),
-        connector: pingora::connectors::http::Connector::new(None),
+        connector,
+        mirror: Mirror::new(recorder.clone(), metrics.clone(), &shadow_runtime),
     };
     let mut proxy = pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "gateway");
     proxy.add_tls_with_settings(&https.to_string(), None, tls);
@@ -150,6 +160,7 @@ pub fn build(snapshot: Snapshot) -> Result<GatewayServer, String> {
         state: state.clone(),
         metrics,
         limiters: limiters.clone(),
+        recorder: recorder.clone(),
     };
     let mut admin_service = Service::new("admin".to_string(), HttpServer::new_app(admin_app));
     admin_service.add_tcp(&admin.to_string());
@@ -168,6 +179,8 @@ pub fn build(snapshot: Snapshot) -> Result<GatewayServer, String> {
     Ok(GatewayServer {
         server,
         state,
+        recorder,
+        shadow_runtime,
         https,
         admin,
     })
@@ -180,12 +193,22 @@ impl GatewayServer {
     }
 
     /// Serves until `shutdown` fires, then lets requests in flight finish. Every pool drains
-    /// its queue when the last snapshot referring to it is dropped.
+    /// its queue when the last snapshot referring to it is dropped; the shadow store writes
+    /// every comparison it accepted before this returns.
     pub fn run(self, shutdown: Box<dyn ShutdownSignalWatch>) {
-        let GatewayServer { server, state, .. } = self;
+        let GatewayServer {
+            server,
+            state,
+            recorder,
+            shadow_runtime,
+            ..
+        } = self;
         server.run(RunArgs {
             shutdown_signal: shutdown,
         });
+        // Shadows in flight get a moment to land in the store, which then writes everything.
+        shadow_runtime.shutdown(Duration::from_secs(2));
+        recorder.close();
         drop(state);
     }
 }

@@ -29,6 +29,7 @@ use crate::limits;
 use crate::metrics::Metrics;
 use crate::ratelimit::{Decision, RateLimiters};
 use crate::remote;
+use crate::shadow::{self, Mirror};
 use crate::simple;
 use crate::split::{self, Variant};
 use crate::state::{Backend, Snapshot};
@@ -38,7 +39,8 @@ pub struct Gateway {
     pub limiters: Arc<RateLimiters>,
     pub metrics: Arc<Metrics>,
     /// Upstream connections for remote pools, kept alive between requests.
-    pub connector: Connector,
+    pub connector: Arc<Connector>,
+    pub mirror: Mirror,
 }
 
 /// Per-request state, shared by the phases.
@@ -186,8 +188,20 @@ impl Gateway {
                         let request = protocol::decode_request(&body, header_length.as_deref())?;
                         let selected = protocol::select_outputs(meta, &request)?;
                         let id = request.id.clone().unwrap_or_else(|| ctx.request_id.clone());
-                        let outputs = pool.infer(request.inputs).await?;
                         let version = &meta.version;
+                        let picks = self.mirror.pick(snap, route, version, body.len());
+                        let copy = (!picks.is_empty()).then(|| request.inputs.clone());
+                        let started = Instant::now();
+                        let result = pool.infer(request.inputs).await;
+                        let shadows =
+                            copy.map(|inputs| (picks, shadow::Input::Tensors(inputs), started.elapsed()));
+                        let outputs = match result {
+                            Ok(o) => o,
+                            Err(e) => {
+                                self.mirror_failed(snap, ctx, shadows, &e.to_string());
+                                return Err(e.into());
+                            }
+                        };
                         let encoded =
                             protocol::encode_response(meta, &route.model, version, &id, &selected, &outputs);
                         let content_type = if encoded.json_len.is_some() {
@@ -201,17 +215,32 @@ impl Gateway {
                         }
                         self.respond(session, ctx, 200, content_type, Bytes::from(encoded.body), &extra)
                             .await;
+                        self.mirror_outputs(snap, ctx, shadows, meta, outputs);
                     }
                     (Kind::Simple, _) => {
                         let body = read_body(session, limit).await?;
                         let features = simple::parse(&body)?;
                         let inputs = simple::to_inputs(meta, &features)?;
-                        let outputs = pool.infer(inputs).await?;
+                        let picks = self.mirror.pick(snap, route, &meta.version, body.len());
+                        let copy = (!picks.is_empty()).then(|| inputs.clone());
+                        let started = Instant::now();
+                        let result = pool.infer(inputs).await;
+                        let shadows =
+                            copy.map(|inputs| (picks, shadow::Input::Tensors(inputs), started.elapsed()));
+                        let outputs = match result {
+                            Ok(o) => o,
+                            Err(e) => {
+                                self.mirror_failed(snap, ctx, shadows, &e.to_string());
+                                return Err(e.into());
+                            }
+                        };
                         let named: Vec<(String, inference::Tensor)> =
                             meta.outputs.iter().map(|s| s.name.clone()).zip(outputs).collect();
                         let answer = simple::respond(&named, &features, &meta.version)?;
                         self.respond(session, ctx, 200, "application/json", Bytes::from(answer), &[])
                             .await;
+                        let outputs = named.into_iter().map(|(_, t)| t).collect();
+                        self.mirror_outputs(snap, ctx, shadows, meta, outputs);
                     }
                     (Kind::Metadata, m) => {
                         let versions = route_versions(route, snap);
@@ -268,6 +297,21 @@ impl Gateway {
                 } else {
                     body
                 };
+                let version = spec.version().to_string();
+                let mirrored = method == "POST";
+                let picks = if mirrored {
+                    self.mirror.pick(snap, route, &version, body.len())
+                } else {
+                    Vec::new()
+                };
+                let copy = (!picks.is_empty()).then(|| shadow::Input::Oip {
+                    body: body.clone(),
+                    header_length: if kind == Kind::Simple {
+                        None
+                    } else {
+                        header_str(protocol::HEADER_LENGTH).map(str::to_string)
+                    },
+                });
                 let out = remote::Outbound {
                     method,
                     path: &path,
@@ -285,9 +329,22 @@ impl Gateway {
                     },
                     max_response_bytes: limit.max(1 << 20),
                 };
-                let answer = remote::forward(&pool, &self.connector, &out).await?;
+                let started = Instant::now();
+                let result = remote::forward(&pool, &self.connector, &out).await;
+                let shadows = copy.map(|input| (picks, input, started.elapsed()));
+                let answer = match result {
+                    Ok(a) => a,
+                    Err(e) => {
+                        self.mirror_failed(snap, ctx, shadows, &e.to_string());
+                        return Err(e);
+                    }
+                };
                 ctx.upstream = Some(answer.endpoint);
-                let version = spec.version().to_string();
+                let primary = shadows.as_ref().map(|_| shadow::Primary::Oip {
+                    status: answer.status,
+                    body: answer.body.clone(),
+                    header_length: answer.header_length.clone(),
+                });
                 let (body, content_type) = match (&features, answer.status) {
                     (Some(f), 200) => (
                         Bytes::from(simple::respond_from_oip(&answer.body, f, &version)?),
@@ -305,8 +362,68 @@ impl Gateway {
                 }
                 self.respond(session, ctx, answer.status, &content_type, body, &extra)
                     .await;
+                if let (Some((picks, input, latency)), Some(primary)) = (shadows, primary) {
+                    self.mirror.spawn(
+                        snap.clone(),
+                        picks,
+                        shadow::Job {
+                            request_id: ctx.request_id.clone(),
+                            input,
+                            primary,
+                            primary_latency: latency,
+                        },
+                    );
+                }
                 Ok(())
             }
+        }
+    }
+
+    /// Copies a request whose primary answered to its shadows (after the answer is written).
+    fn mirror_outputs(
+        &self,
+        snap: &Arc<Snapshot>,
+        ctx: &Ctx,
+        shadows: Option<Shadows>,
+        meta: &inference::ModelMetadata,
+        outputs: Vec<inference::Tensor>,
+    ) {
+        if let Some((picks, input, latency)) = shadows {
+            let named = meta
+                .outputs
+                .iter()
+                .zip(outputs)
+                .map(|(spec, tensor)| inference::NamedTensor {
+                    name: spec.name.clone(),
+                    tensor,
+                })
+                .collect();
+            self.mirror.spawn(
+                snap.clone(),
+                picks,
+                shadow::Job {
+                    request_id: ctx.request_id.clone(),
+                    input,
+                    primary: shadow::Primary::Outputs(named),
+                    primary_latency: latency,
+                },
+            );
+        }
+    }
+
+    /// Copies a request whose primary failed: the shadow's answer is still worth recording.
+    fn mirror_failed(&self, snap: &Arc<Snapshot>, ctx: &Ctx, shadows: Option<Shadows>, error: &str) {
+        if let Some((picks, input, latency)) = shadows {
+            self.mirror.spawn(
+                snap.clone(),
+                picks,
+                shadow::Job {
+                    request_id: ctx.request_id.clone(),
+                    input,
+                    primary: shadow::Primary::Failed(error.to_string()),
+                    primary_latency: latency,
+                },
+            );
         }
     }
 
@@ -400,6 +517,9 @@ impl Gateway {
             .await;
     }
 }
+
+/// The shadows a request goes to, its input, and the primary's latency.
+type Shadows = (Vec<shadow::Pick>, shadow::Input, Duration);
 
 /// Which protocol action a path asks for (the model-independent ones were answered before).
 #[derive(Clone, Copy, PartialEq, Eq)]

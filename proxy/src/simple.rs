@@ -120,7 +120,7 @@ pub fn to_oip_body(meta: &ModelMetadata, f: &Features) -> Result<Vec<u8>, InferE
     .expect("serializable"))
 }
 
-fn as_f64(data: &TensorData) -> Option<Vec<f64>> {
+pub(crate) fn as_f64(data: &TensorData) -> Option<Vec<f64>> {
     Some(match data {
         TensorData::F32(v) => v.iter().map(|&x| x as f64).collect(),
         TensorData::F64(v) => v.clone(),
@@ -128,7 +128,7 @@ fn as_f64(data: &TensorData) -> Option<Vec<f64>> {
     })
 }
 
-fn as_i64(data: &TensorData) -> Option<Vec<i64>> {
+pub(crate) fn as_i64(data: &TensorData) -> Option<Vec<i64>> {
     Some(match data {
         TensorData::I64(v) => v.clone(),
         TensorData::I32(v) => v.iter().map(|&x| x as i64).collect(),
@@ -199,30 +199,9 @@ pub fn respond(
 
 /// The same answer from a remote server's Open Inference Protocol JSON response.
 pub fn respond_from_oip(body: &[u8], f: &Features, model_version: &str) -> Result<Vec<u8>, InferError> {
-    let v: serde_json::Value = serde_json::from_slice(body)
-        .map_err(|e| InferError::Internal(format!("upstream answered with invalid JSON: {e}")))?;
-    let mut outputs = Vec::new();
-    for o in v["outputs"].as_array().into_iter().flatten() {
-        let name = o["name"].as_str().unwrap_or_default().to_string();
-        let shape: Vec<usize> = o["shape"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|d| d.as_u64())
-            .map(|d| d as usize)
-            .collect();
-        let data = o["data"].as_array().cloned().unwrap_or_default();
-        let tensor_data = if data.iter().all(|x| x.is_i64() || x.is_u64())
-            && o["datatype"].as_str().is_some_and(|d| d.contains("INT"))
-        {
-            TensorData::I64(data.iter().filter_map(|x| x.as_i64()).collect())
-        } else {
-            TensorData::F64(data.iter().filter_map(|x| x.as_f64()).collect())
-        };
-        if let Ok(t) = Tensor::new(shape, tensor_data) {
-            outputs.push((name, t));
-        }
-    }
+    let response = inference::protocol::decode_response(body, None)
+        .map_err(|e| InferError::Internal(format!("upstream answered with an unreadable response: {e}")))?;
+    let outputs: Vec<(String, Tensor)> = response.outputs.into_iter().map(|o| (o.name, o.tensor)).collect();
     respond(&outputs, f, model_version)
 }
 

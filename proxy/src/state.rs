@@ -24,6 +24,8 @@ pub struct Snapshot {
     pub config: Config,
     pub pools: BTreeMap<String, Backend>,
     pub keys: KeyStore,
+    /// Per route: shadow requests in flight, at most `shadow.max_in_flight`.
+    pub shadow_slots: BTreeMap<String, Arc<tokio::sync::Semaphore>>,
 }
 
 impl Snapshot {
@@ -35,7 +37,12 @@ impl Snapshot {
         for (name, spec) in &config.pools {
             match spec {
                 PoolSpec::Local(l) => {
-                    match Pool::load(&l.model, &l.version.to_string(), &l.path, l.pool.clone()) {
+                    let mut pool_config = l.pool.clone();
+                    if shadow_only(&config, name) {
+                        // Copies for comparison yield the CPU to the client path.
+                        pool_config.idle_priority = true;
+                    }
+                    match Pool::load(&l.model, &l.version.to_string(), &l.path, pool_config) {
                         Ok(pool) => {
                             pools.insert(name.clone(), Backend::Local(Arc::new(pool)));
                         }
@@ -60,12 +67,39 @@ impl Snapshot {
             return Err(errors.list);
         }
         let keys = config.keys.clone().unwrap_or_default();
-        Ok(Snapshot { config, pools, keys })
+        let shadow_slots = config
+            .routes
+            .keys()
+            .map(|r| {
+                (
+                    r.clone(),
+                    Arc::new(tokio::sync::Semaphore::new(config.shadow.max_in_flight)),
+                )
+            })
+            .collect();
+        Ok(Snapshot {
+            config,
+            pools,
+            keys,
+            shadow_slots,
+        })
     }
 
     pub fn route(&self, model: &str) -> Option<&Route> {
         self.config.routes.get(model)
     }
+}
+
+/// A pool that routes use only as a shadow.
+fn shadow_only(config: &Config, pool: &str) -> bool {
+    let mut as_shadow = false;
+    for r in config.routes.values() {
+        if r.stable == pool || r.canary.as_ref().is_some_and(|c| c.pool == pool) {
+            return false;
+        }
+        as_shadow |= r.shadows.iter().any(|s| s.pool == pool);
+    }
+    as_shadow
 }
 
 /// A canary or shadow that takes other inputs than the stable pool would fail every request

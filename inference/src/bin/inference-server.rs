@@ -85,6 +85,7 @@ fn run(args: Args) -> Result<(), String> {
         queue_capacity: args.queue_capacity,
         intra_threads: args.intra_threads,
         reject_non_finite: !args.allow_non_finite,
+        idle_priority: false,
     };
     config.validate()?;
     inference::runtime::environment()?;

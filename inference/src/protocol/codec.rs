@@ -10,7 +10,10 @@
 
 use crate::error::InferError;
 use crate::model::{ModelMetadata, NamedTensor};
-use crate::protocol::json::{BinarySize, DataRef, InputJson, OutputJson, RequestJson, ResponseJson, Scalar};
+use crate::protocol::json::{
+    BinarySize, DataRef, InputJson, OutputJson, RequestJson, RequestWriteJson, ResponseJson,
+    ResponseReadJson, Scalar,
+};
 use crate::tensor::{DataType, Tensor, TensorData, element_count};
 
 /// The header naming the JSON part's length in a binary-extension body.
@@ -34,10 +37,17 @@ pub struct EncodedResponse {
     pub json_len: Option<usize>,
 }
 
-/// Decodes a request body. `header_length` is the `Inference-Header-Content-Length` value.
-pub fn decode_request(body: &[u8], header_length: Option<&str>) -> Result<InferRequest, InferError> {
-    let (json, mut binary) = match header_length {
-        None => (body, &[][..]),
+/// A decoded inference response.
+#[derive(Debug)]
+pub struct InferResponse {
+    pub model_version: Option<String>,
+    pub outputs: Vec<NamedTensor>,
+}
+
+/// Splits a binary-extension body into its JSON header and the raw tensor bytes.
+fn split_body<'a>(body: &'a [u8], header_length: Option<&str>) -> Result<(&'a [u8], &'a [u8]), InferError> {
+    match header_length {
+        None => Ok((body, &[][..])),
         Some(value) => {
             let n: usize = value.trim().parse().map_err(|_| {
                 InferError::bad_request(format!(
@@ -50,9 +60,14 @@ pub fn decode_request(body: &[u8], header_length: Option<&str>) -> Result<InferR
                     body.len()
                 )));
             }
-            body.split_at(n)
+            Ok(body.split_at(n))
         }
-    };
+    }
+}
+
+/// Decodes a request body. `header_length` is the `Inference-Header-Content-Length` value.
+pub fn decode_request(body: &[u8], header_length: Option<&str>) -> Result<InferRequest, InferError> {
+    let (json, mut binary) = split_body(body, header_length)?;
     let request: RequestJson = serde_json::from_slice(json)
         .map_err(|e| InferError::bad_request(format!("invalid inference request JSON: {e}")))?;
     let RequestJson {
@@ -66,7 +81,7 @@ pub fn decode_request(body: &[u8], header_length: Option<&str>) -> Result<InferR
     }
     let mut decoded = Vec::with_capacity(inputs.len());
     for input in inputs {
-        decoded.push(decode_input(input, &mut binary)?);
+        decoded.push(decode_input(input, &mut binary, "input")?);
     }
     if !binary.is_empty() {
         return Err(InferError::bad_request(format!(
@@ -86,7 +101,42 @@ pub fn decode_request(body: &[u8], header_length: Option<&str>) -> Result<InferR
     })
 }
 
-fn decode_input(input: InputJson, binary: &mut &[u8]) -> Result<NamedTensor, InferError> {
+/// Decodes a response body (JSON, or JSON plus binary outputs).
+pub fn decode_response(body: &[u8], header_length: Option<&str>) -> Result<InferResponse, InferError> {
+    let (json, mut binary) = split_body(body, header_length)?;
+    let response: ResponseReadJson = serde_json::from_slice(json)
+        .map_err(|e| InferError::bad_request(format!("invalid inference response JSON: {e}")))?;
+    let outputs = response
+        .outputs
+        .into_iter()
+        .map(|o| decode_input(o, &mut binary, "output"))
+        .collect::<Result<_, _>>()?;
+    Ok(InferResponse {
+        model_version: response.model_version,
+        outputs,
+    })
+}
+
+/// Encodes inputs as a JSON inference request body (what a remote pool is sent when the
+/// gateway itself makes the request, as for shadows of the simple endpoint).
+pub fn encode_request(id: &str, inputs: &[NamedTensor]) -> Vec<u8> {
+    let request = RequestWriteJson {
+        id,
+        inputs: inputs
+            .iter()
+            .map(|t| OutputJson {
+                name: &t.name,
+                datatype: t.tensor.dtype().as_str(),
+                shape: t.tensor.shape(),
+                parameters: None,
+                data: Some(DataRef(t.tensor.data())),
+            })
+            .collect(),
+    };
+    serde_json::to_vec(&request).expect("request types always serialize")
+}
+
+fn decode_input(input: InputJson, binary: &mut &[u8], role: &str) -> Result<NamedTensor, InferError> {
     let InputJson {
         name,
         shape,
@@ -95,66 +145,71 @@ fn decode_input(input: InputJson, binary: &mut &[u8]) -> Result<NamedTensor, Inf
         data,
     } = input;
     let dtype =
-        DataType::parse(&datatype).map_err(|e| InferError::bad_request(format!("input {name:?}: {e}")))?;
+        DataType::parse(&datatype).map_err(|e| InferError::bad_request(format!("{role} {name:?}: {e}")))?;
     let shape: Vec<usize> = shape
         .iter()
         .map(|&d| usize::try_from(d))
         .collect::<Result<_, _>>()
         .map_err(|_| {
             InferError::bad_request(format!(
-                "input {name:?}: shape {shape:?} has a negative dimension"
+                "{role} {name:?}: shape {shape:?} has a negative dimension"
             ))
         })?;
     let count = element_count(&shape)
-        .ok_or_else(|| InferError::bad_request(format!("input {name:?}: shape {shape:?} is too large")))?;
+        .ok_or_else(|| InferError::bad_request(format!("{role} {name:?}: shape {shape:?} is too large")))?;
     let binary_size = parameters.and_then(|p| p.binary_data_size);
     let data = match (data, binary_size) {
         (Some(_), Some(_)) => {
             return Err(InferError::bad_request(format!(
-                "input {name:?} has both `data` and `binary_data_size`; give one"
+                "{role} {name:?} has both `data` and `binary_data_size`; give one"
             )));
         }
         (None, None) => {
-            return Err(InferError::bad_request(format!("input {name:?} has no `data`")));
+            return Err(InferError::bad_request(format!("{role} {name:?} has no `data`")));
         }
         (Some(flat), None) => {
             if flat.0.len() != count {
                 return Err(InferError::bad_request(format!(
-                    "input {name:?}: shape {shape:?} needs {count} elements but `data` has {}",
+                    "{role} {name:?}: shape {shape:?} needs {count} elements but `data` has {}",
                     flat.0.len()
                 )));
             }
-            from_scalars(&name, dtype, &flat.0)?
+            from_scalars(role, &name, dtype, &flat.0)?
         }
         (None, Some(size)) => {
             let want = count.saturating_mul(dtype.size());
             if size as usize != want {
                 return Err(InferError::bad_request(format!(
-                    "input {name:?}: binary_data_size is {size} but shape {shape:?} of {dtype} needs {want} bytes"
+                    "{role} {name:?}: binary_data_size is {size} but shape {shape:?} of {dtype} needs {want} bytes"
                 )));
             }
             if binary.len() < want {
                 return Err(InferError::bad_request(format!(
-                    "input {name:?}: needs {want} bytes of binary data but only {} remain in the body",
+                    "{role} {name:?}: needs {want} bytes of binary data but only {} remain in the body",
                     binary.len()
                 )));
             }
             let (bytes, rest) = binary.split_at(want);
             *binary = rest;
-            from_le_bytes(&name, dtype, bytes)?
+            from_le_bytes(role, &name, dtype, bytes)?
         }
     };
     let tensor =
-        Tensor::new(shape, data).map_err(|e| InferError::bad_request(format!("input {name:?}: {e}")))?;
+        Tensor::new(shape, data).map_err(|e| InferError::bad_request(format!("{role} {name:?}: {e}")))?;
     Ok(NamedTensor { name, tensor })
 }
 
 /// Converts JSON scalars to `dtype`, refusing anything that would change a value's meaning
 /// (a fraction into an integer, an out-of-range integer, a number into BOOL).
-fn from_scalars(name: &str, dtype: DataType, scalars: &[Scalar]) -> Result<TensorData, InferError> {
+fn from_scalars(
+    role: &str,
+    name: &str,
+    dtype: DataType,
+    scalars: &[Scalar],
+) -> Result<TensorData, InferError> {
     let bad = |i: usize| {
         InferError::bad_request(format!(
-            "input {name:?}: element {i} ({}) is not a valid {dtype}",
+            "{role} {name:?}: element {i} ({}) is not a valid {dtype}",
             scalars[i]
         ))
     };
@@ -211,7 +266,7 @@ fn from_scalars(name: &str, dtype: DataType, scalars: &[Scalar]) -> Result<Tenso
     })
 }
 
-fn from_le_bytes(name: &str, dtype: DataType, bytes: &[u8]) -> Result<TensorData, InferError> {
+fn from_le_bytes(role: &str, name: &str, dtype: DataType, bytes: &[u8]) -> Result<TensorData, InferError> {
     macro_rules! le {
         ($t:ty, $var:ident) => {
             TensorData::$var(
@@ -226,7 +281,7 @@ fn from_le_bytes(name: &str, dtype: DataType, bytes: &[u8]) -> Result<TensorData
         DataType::Bool => {
             if let Some(i) = bytes.iter().position(|&b| b > 1) {
                 return Err(InferError::bad_request(format!(
-                    "input {name:?}: BOOL element {i} is byte {}, not 0 or 1",
+                    "{role} {name:?}: BOOL element {i} is byte {}, not 0 or 1",
                     bytes[i]
                 )));
             }
@@ -345,6 +400,58 @@ mod tests {
 
     fn decode(body: &str) -> Result<InferRequest, InferError> {
         decode_request(body.as_bytes(), None)
+    }
+
+    #[test]
+    fn responses_decode_from_json_and_binary() {
+        let meta = crate::model::ModelMetadata {
+            name: "m".into(),
+            version: "3".into(),
+            platform: "test",
+            inputs: vec![],
+            outputs: ["label", "probabilities"]
+                .iter()
+                .map(|n| crate::model::TensorSpec {
+                    name: n.to_string(),
+                    datatype: DataType::F32,
+                    shape: vec![-1],
+                })
+                .collect(),
+            batchable: true,
+        };
+        let outputs = vec![
+            Tensor::new(vec![2], TensorData::I64(vec![1, 0])).unwrap(),
+            Tensor::new(vec![2, 2], TensorData::F32(vec![0.25, 0.75, 0.9, 0.1])).unwrap(),
+        ];
+        for selected in [
+            vec![(0, false), (1, false)],
+            vec![(0, true), (1, false)],
+            vec![(0, true), (1, true)],
+        ] {
+            let encoded = encode_response(&meta, "m", "3", "id", &selected, &outputs);
+            let length = encoded.json_len.map(|n| n.to_string());
+            let decoded = decode_response(&encoded.body, length.as_deref()).unwrap();
+            assert_eq!(decoded.model_version.as_deref(), Some("3"));
+            let got: Vec<&Tensor> = decoded.outputs.iter().map(|o| &o.tensor).collect();
+            assert_eq!(got, outputs.iter().collect::<Vec<_>>(), "{selected:?}");
+        }
+        let err = decode_response(
+            br#"{"outputs":[{"name":"p","shape":[2],"datatype":"FP32","data":[1]}]}"#,
+            None,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("output \"p\""), "{err}");
+    }
+
+    #[test]
+    fn encoded_requests_decode_to_the_same_inputs() {
+        let inputs = vec![NamedTensor {
+            name: "input".into(),
+            tensor: Tensor::new(vec![1, 3], TensorData::F32(vec![0.1, -2.5, 3e-8])).unwrap(),
+        }];
+        let decoded = decode_request(&encode_request("r1", &inputs), None).unwrap();
+        assert_eq!(decoded.id.as_deref(), Some("r1"));
+        assert_eq!(decoded.inputs, inputs);
     }
 
     #[test]

@@ -171,6 +171,22 @@ pub struct ResponseJson<'a> {
     pub outputs: Vec<OutputJson<'a>>,
 }
 
+/// A response as a client reads it (the gateway, to compare a shadow's answer with the
+/// primary's): outputs have the same shape as request inputs.
+#[derive(Debug, Deserialize)]
+pub struct ResponseReadJson {
+    #[serde(default)]
+    pub model_version: Option<String>,
+    pub outputs: Vec<InputJson>,
+}
+
+/// A request as a client writes it: inputs have the same shape as response outputs.
+#[derive(Serialize)]
+pub struct RequestWriteJson<'a> {
+    pub id: &'a str,
+    pub inputs: Vec<OutputJson<'a>>,
+}
+
 #[derive(Serialize)]
 pub struct TensorMetadataJson<'a> {
     pub name: &'a str,

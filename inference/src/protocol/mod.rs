@@ -5,6 +5,7 @@ pub mod endpoint;
 pub mod json;
 
 pub use codec::{
-    EncodedResponse, HEADER_LENGTH, InferRequest, decode_request, encode_response, select_outputs,
+    EncodedResponse, HEADER_LENGTH, InferRequest, InferResponse, decode_request, decode_response,
+    encode_request, encode_response, select_outputs,
 };
 pub use endpoint::{Endpoint, ModelRef};

@@ -20,6 +20,8 @@ pub struct FileConfig {
     pub limits: LimitsFile,
     #[serde(default)]
     pub server: ServerFile,
+    #[serde(default)]
+    pub shadow: ShadowSettingsFile,
     /// Where `local` pools find `<model>/<version>/model.onnx`, relative to this file.
     #[serde(default = "default_models_dir")]
     pub models_dir: String,
@@ -168,6 +170,86 @@ pub struct ServerFile {
 
 fn default_true() -> bool {
     true
+}
+
+/// How shadow copies are made, compared and kept (the shadows themselves are per route).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShadowSettingsFile {
+    /// Shadow requests in flight per route; beyond this a copy is dropped (and counted).
+    #[serde(default = "default_shadow_in_flight")]
+    pub max_in_flight: i64,
+    /// A shadow's answer is waited for this long, then recorded as a shadow error.
+    #[serde(default = "default_shadow_timeout")]
+    pub timeout_ms: i64,
+    /// Request bodies over this size are not mirrored (counted as dropped).
+    #[serde(default = "default_shadow_body")]
+    pub max_body_bytes: i64,
+    /// The comparison store (SQLite), relative to this file.
+    #[serde(default = "default_shadow_store")]
+    pub store: String,
+    /// Most comparison records kept (disagreements, errors, sampled agreements).
+    #[serde(default = "default_keep_records")]
+    pub keep_records: i64,
+    /// Records and per-minute aggregates older than this are deleted.
+    #[serde(default = "default_keep_hours")]
+    pub keep_hours: i64,
+    /// Fraction of agreeing pairs recorded with their inputs and outputs (all disagreements are).
+    #[serde(default = "default_sample_agreements")]
+    pub sample_agreements: f64,
+    /// Records are written in one batch per interval: a crash loses at most this much.
+    #[serde(default = "default_flush_ms")]
+    pub flush_ms: i64,
+}
+
+fn default_shadow_in_flight() -> i64 {
+    64
+}
+
+fn default_shadow_timeout() -> i64 {
+    1000
+}
+
+fn default_shadow_body() -> i64 {
+    256 << 10
+}
+
+/// Relative to the config file; `data/` is git-ignored.
+pub const DEFAULT_SHADOW_STORE: &str = "data/shadows.sqlite3";
+
+fn default_shadow_store() -> String {
+    DEFAULT_SHADOW_STORE.into()
+}
+
+fn default_keep_records() -> i64 {
+    100_000
+}
+
+fn default_keep_hours() -> i64 {
+    24 * 7
+}
+
+fn default_sample_agreements() -> f64 {
+    0.01
+}
+
+fn default_flush_ms() -> i64 {
+    500
+}
+
+impl Default for ShadowSettingsFile {
+    fn default() -> Self {
+        ShadowSettingsFile {
+            max_in_flight: default_shadow_in_flight(),
+            timeout_ms: default_shadow_timeout(),
+            max_body_bytes: default_shadow_body(),
+            store: default_shadow_store(),
+            keep_records: default_keep_records(),
+            keep_hours: default_keep_hours(),
+            sample_agreements: default_sample_agreements(),
+            flush_ms: default_flush_ms(),
+        }
+    }
 }
 
 /// `{local: {...}}` or `{http: {...}}`: exactly one of the two (checked by the validator).

@@ -183,6 +183,19 @@ pub struct Shadow {
     pub percent: u8,
 }
 
+/// How shadow copies are made, compared and kept (`shadow:` in the file).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ShadowSettings {
+    pub max_in_flight: usize,
+    pub timeout: Duration,
+    pub max_body_bytes: usize,
+    pub store: PathBuf,
+    pub keep_records: usize,
+    pub keep_age: Duration,
+    pub sample_agreements: f64,
+    pub flush_interval: Duration,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Route {
     /// Position in the file's `routes` list, for error messages.
@@ -214,6 +227,7 @@ pub struct Config {
     pub limits: Limits,
     pub threads: usize,
     pub access_log: bool,
+    pub shadow: ShadowSettings,
     pub pools: BTreeMap<String, PoolSpec>,
     pub routes: BTreeMap<String, Route>,
 }
@@ -256,6 +270,7 @@ pub fn parse(file: &FsPath, source: &str) -> Result<Config, Vec<ConfigError>> {
         rate_limits,
         limits,
         server,
+        shadow,
         models_dir,
         pools,
         routes,
@@ -365,6 +380,62 @@ pub fn parse(file: &FsPath, source: &str) -> Result<Config, Vec<ConfigError>> {
         Some(t) => positive(&mut errors, t, 1, 1024, &root.key("server").key("threads")),
     };
 
+    let sh = root.key("shadow");
+    if !(0.0..=1.0).contains(&shadow.sample_agreements) {
+        errors.add(
+            &sh.key("sample_agreements"),
+            format!("must be between 0 and 1, got {}", shadow.sample_agreements),
+        );
+    }
+    let shadow = ShadowSettings {
+        max_in_flight: positive(
+            &mut errors,
+            shadow.max_in_flight,
+            1,
+            1 << 20,
+            &sh.key("max_in_flight"),
+        ),
+        timeout: Duration::from_millis(positive(
+            &mut errors,
+            shadow.timeout_ms,
+            1,
+            600_000,
+            &sh.key("timeout_ms"),
+        ) as u64),
+        max_body_bytes: positive(
+            &mut errors,
+            shadow.max_body_bytes,
+            1,
+            1 << 30,
+            &sh.key("max_body_bytes"),
+        ),
+        store: relative(&shadow.store),
+        keep_records: positive(
+            &mut errors,
+            shadow.keep_records,
+            1,
+            1 << 40,
+            &sh.key("keep_records"),
+        ),
+        keep_age: Duration::from_secs(
+            3600 * positive(
+                &mut errors,
+                shadow.keep_hours,
+                1,
+                24 * 3660,
+                &sh.key("keep_hours"),
+            ) as u64,
+        ),
+        sample_agreements: shadow.sample_agreements.clamp(0.0, 1.0),
+        flush_interval: Duration::from_millis(positive(
+            &mut errors,
+            shadow.flush_ms,
+            10,
+            60_000,
+            &sh.key("flush_ms"),
+        ) as u64),
+    };
+
     // Keys: readable and well-formed, or absent and allowed to be created.
     let keys_file = relative(&auth.keys_file);
     let keys = if keys_file.exists() {
@@ -455,6 +526,7 @@ pub fn parse(file: &FsPath, source: &str) -> Result<Config, Vec<ConfigError>> {
                         ),
                         intra_threads: 1,
                         reject_non_finite: true,
+                        idle_priority: false,
                     },
                 })
             }
@@ -622,6 +694,7 @@ pub fn parse(file: &FsPath, source: &str) -> Result<Config, Vec<ConfigError>> {
         limits,
         threads,
         access_log: server.access_log,
+        shadow,
         pools: pool_specs,
         routes: route_map,
     })

@@ -422,3 +422,127 @@ impl Drop for Upstream {
         self.shutdown();
     }
 }
+
+/// `GET` on the admin listener: status and body.
+pub async fn admin_get(g: &Gateway, path: &str) -> (u16, String) {
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Empty<Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    let uri: hyper::Uri = format!("http://{}{path}", g.admin).parse().unwrap();
+    let r = client.get(uri).await.unwrap();
+    let status = r.status().as_u16();
+    let body = r.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).to_string())
+}
+
+/// How a [`FakeUpstream`] answers inference requests (health checks always get 200).
+#[derive(Clone, Copy, Debug)]
+pub enum Misbehaviour {
+    /// Answers after this long.
+    Sleep(Duration),
+    /// 500 with a JSON error.
+    Fail,
+    /// Resets the connection once the request is read.
+    Reset,
+}
+
+/// A bad Open Inference Protocol server, for shadows that must not hurt the primary. It
+/// stands for another machine: its own runtime thread, at the idle priority the gateway
+/// gives its own shadow work, so that it does not take the test client's CPU.
+pub struct FakeUpstream {
+    pub addr: SocketAddr,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl FakeUpstream {
+    pub async fn start(how: Misbehaviour) -> FakeUpstream {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .on_thread_start(inference::priority::idle)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = {
+            let _guard = runtime.enter();
+            let std = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            std.set_nonblocking(true).unwrap();
+            tokio::net::TcpListener::from_std(std).unwrap()
+        };
+        let addr = listener.local_addr().unwrap();
+        runtime.spawn(async move {
+            loop {
+                let Ok((mut tcp, _)) = listener.accept().await else { return };
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    loop {
+                        // Read one request: headers, then content-length bytes of body.
+                        let mut chunk = [0u8; 8192];
+                        let head_end = loop {
+                            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                                break i + 4;
+                            }
+                            match tcp.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        };
+                        let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+                        let length: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .map_or(0, |v| v.trim().parse().unwrap_or(0));
+                        while buf.len() < head_end + length {
+                            match tcp.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        buf.drain(..head_end + length);
+                        let answer: &[u8] = if head.starts_with("get ") {
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"
+                        } else {
+                            match how {
+                                Misbehaviour::Sleep(d) => {
+                                    tokio::time::sleep(d).await;
+                                    b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 2\r\n\r\n{}"
+                                }
+                                Misbehaviour::Fail => {
+                                    b"HTTP/1.1 500 Internal Server Error\r\ncontent-type: application/json\r\ncontent-length: 20\r\n\r\n{\"error\":\"it broke\"}"
+                                }
+                                Misbehaviour::Reset => {
+                                    let _ = tcp.set_zero_linger();
+                                    return;
+                                }
+                            }
+                        };
+                        if tcp.write_all(answer).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        FakeUpstream {
+            addr,
+            runtime: Some(runtime),
+        }
+    }
+}
+
+impl Drop for FakeUpstream {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Resident memory of this process, in KiB (Linux).
+pub fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}

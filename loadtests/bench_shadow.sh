@@ -1,0 +1,169 @@
+#!/usr/bin/env bash
+# What mirroring every request to a shadow model costs the primary, with nginx's `mirror`
+# as the reference:
+#
+#  - the gateway (local pool breast-cancer/1) with no shadow, then with a local shadow
+#    (breast-cancer/3) at 100%: max requests/s and CPU per request with wrk (closed loop),
+#    then p50/p99 at half the no-shadow maximum with loadgen (open loop); how many copies
+#    were compared and how many dropped, from the gateway's own metrics;
+#  - nginx proxying to an inference-server, without and with `mirror` at 100% to a second
+#    inference-server, measured the same way.
+#
+#   loadtests/bench_shadow.sh            15 s per measurement
+#   loadtests/bench_shadow.sh --short    3 s per measurement (what CI runs)
+#   loadtests/bench_shadow.sh --strict   exit 1 when a target is missed
+#
+# Targets (gateway): p99 with 100% mirroring ≤ 1.15× without; requests/s loss ≤ 20%.
+# Cores: the gateway or nginx on core 0; wrk, loadgen and nginx's upstreams on core 1.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+parse_bench_args "$@"
+CONNS=64
+BODY="$ROOT/models/example.json"
+BIN="$ROOT/target/release"
+
+"$ROOT/scripts/setup.sh"
+ensure_tools wrk nginx curl
+say "building gateway, inference-server and loadgen (release)"
+(cd "$ROOT" && cargo test --release --quiet --workspace --no-run)
+
+WORK="$RESULTS/shadow-bench"
+rm -rf "$WORK"; mkdir -p "$WORK"
+PIDS=()
+cleanup() { for p in "${PIDS[@]:-}"; do [ -n "$p" ] && stop_pid "$p"; done; }
+trap cleanup EXIT
+
+P_GW=18543; P_ADMIN=18902; P_NGINX=18544; P_UP=18301; P_SHADOW=18302
+gw_config() { # file shadows-yaml
+  cat > "$1" <<EOF
+listen: {https: "127.0.0.1:$P_GW", admin: "127.0.0.1:$P_ADMIN"}
+tls: {cert: server.crt, key: server.key, generate_dev_cert: true}
+auth: {keys_file: api-keys.yaml}
+rate_limits: {default: {per_second: 100000000, burst: 100000000}}
+server: {threads: 1, access_log: false}
+shadow: {max_in_flight: 256, store: shadows.sqlite3}
+models_dir: $ROOT/models
+pools:
+  v1: {local: {model: breast-cancer, version: 1, instances: 1, max_batch: 32}}
+  v3: {local: {model: breast-cancer, version: 3, instances: 1, max_batch: 32}}
+routes:
+  - model: breast-cancer
+    stable: v1
+$2
+EOF
+}
+gw_config "$WORK/plain.yaml" ""
+gw_config "$WORK/mirrored.yaml" "    shadows: [{pool: v3, percent: 100}]"
+KEY="$("$BIN/gateway" keys add --tenant bench --keys-file "$WORK/api-keys.yaml" 2>/dev/null)"
+URL_GW="https://127.0.0.1:$P_GW/v2/models/breast-cancer/infer"
+
+# Sum of a metric's series on the admin listener.
+metric() {
+  curl -s "http://127.0.0.1:$P_ADMIN/metrics" | awk -v name="$1" 'index($0, name) == 1 { s += $NF } END { printf "%d", s }'
+}
+# gateway_run NAME CONFIG: max requests/s (wrk), then p99 at $RATE (half the max when
+# unset); prints rps p50 p99 cpu errors fixed_p50 fixed_p99 fixed_errors, then the copies
+# compared and dropped during the max run and during the fixed-rate run.
+gateway_run() {
+  local name="$1" config="$2" gw rps p50 p99 cpu err f50 f99 ferr c1 d1 c2 d2
+  gw=$(start_gateway_on "$config" "127.0.0.1:$P_GW"); PIDS+=("$gw")
+  read -r rps p50 p99 cpu err < <(measure "$name" "$gw" "$URL_GW")
+  c1=$(metric gateway_shadow_requests_total); d1=$(metric gateway_shadow_dropped_total)
+  read -r f50 f99 ferr < <(fixed_rate "$name" "$URL_GW" "${RATE:-$((rps / 2))}" "$WORK/ca.crt")
+  c2=$(metric gateway_shadow_requests_total); d2=$(metric gateway_shadow_dropped_total)
+  echo "$rps $p50 $p99 $cpu $err $f50 $f99 $ferr $c1 $d1 $((c2 - c1)) $((d2 - d1))"
+  stop_pid "$gw"
+}
+
+# --- the gateway: the fixed rate is half the no-shadow maximum, for both runs ---
+RATE=""
+read -r G0_RPS G0_P50 G0_P99 G0_CPU G0_ERR G0_F50 G0_F99 G0_FERR _ _ _ _ < <(gateway_run "gateway, no shadow" "$WORK/plain.yaml")
+RATE=$((G0_RPS / 2))
+read -r G1_RPS G1_P50 G1_P99 G1_CPU G1_ERR G1_F50 G1_F99 G1_FERR G1_CMP G1_DROP G1_FCMP G1_FDROP < <(gateway_run "gateway, 100% to a local shadow" "$WORK/mirrored.yaml")
+
+# --- nginx: primary and mirror are inference-servers on core 1 ---
+for port in "$P_UP" "$P_SHADOW"; do
+  taskset -c "$CLIENT_CPU" "$BIN/inference-server" --models "$ROOT/models" --listen "127.0.0.1:$port" --threads 1 >"$WORK/up-$port.log" 2>&1 &
+  PIDS+=("$!")
+  wait_port "127.0.0.1:$port" || die "inference-server on $port did not start"
+done
+nginx_conf() { # file mirror-line
+  cat > "$1" <<EOF
+# One worker, TLS at the front, kept-alive upstream connections.
+worker_processes 1;
+daemon off;
+pid $WORK/nginx.pid;
+error_log $WORK/nginx.err warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $WORK/nginx-body;
+  proxy_temp_path $WORK/nginx-proxy;
+  upstream infer { server 127.0.0.1:$P_UP; keepalive 128; }
+  upstream shadow { server 127.0.0.1:$P_SHADOW; keepalive 128; }
+  server {
+    listen 127.0.0.1:$P_NGINX ssl;
+    ssl_certificate $WORK/server.crt;
+    ssl_certificate_key $WORK/server.key;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    keepalive_requests 1000000;
+    location / {
+      $2
+      proxy_pass http://infer;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+    location = /mirror {
+      internal;
+      proxy_pass http://shadow/v2/models/breast-cancer/versions/3/infer;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+}
+EOF
+}
+nginx_conf "$WORK/nginx-plain.conf" ""
+nginx_conf "$WORK/nginx-mirror.conf" "mirror /mirror; mirror_request_body on;"
+URL_NG="https://127.0.0.1:$P_NGINX/v2/models/breast-cancer/versions/1/infer"
+nginx_run() { # name conf rate-or-empty: rps p50 p99 cpu err f50 f99 ferr
+  local name="$1" ng rps p50 p99 cpu err rate f50 f99 ferr
+  taskset -c "$SERVER_CPU" nginx -c "$2" >"$WORK/nginx.log" 2>&1 &
+  ng=$!; PIDS+=("$ng")
+  wait_port "127.0.0.1:$P_NGINX" || die "nginx did not start: $(cat "$WORK/nginx.err" 2>/dev/null)"
+  read -r rps p50 p99 cpu err < <(measure "$name" "$ng" "$URL_NG")
+  rate="${3:-$((rps / 2))}"
+  read -r f50 f99 ferr < <(fixed_rate "$name" "$URL_NG" "$rate" "$WORK/ca.crt")
+  echo "$rps $p50 $p99 $cpu $err $f50 $f99 $ferr $rate"
+  stop_pid "$ng"
+}
+read -r N0_RPS N0_P50 N0_P99 N0_CPU N0_ERR N0_F50 N0_F99 N0_FERR N_RATE < <(nginx_run "nginx, no mirror" "$WORK/nginx-plain.conf")
+read -r N1_RPS N1_P50 N1_P99 N1_CPU N1_ERR N1_F50 N1_F99 N1_FERR _ < <(nginx_run "nginx, mirror 100%" "$WORK/nginx-mirror.conf" "$N_RATE")
+
+loss() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", (b > 0 ? (1 - a / b) * 100 : 0) }'; }
+G_LOSS="$(loss "$G1_RPS" "$G0_RPS")"; N_LOSS="$(loss "$N1_RPS" "$N0_RPS")"
+G_P99="$(ratio "$G1_F99" "$G0_F99")"; N_P99="$(ratio "$N1_F99" "$N0_F99")"
+T_LOSS="$(check "$G_LOSS" '<=' 20)"; T_P99="$(check "$G_P99" '<=' 1.15)"
+
+REPORT="$RESULTS/shadow-$(date -u +%Y%m%dT%H%M%SZ).md"
+{
+  echo "## Mirroring 100% of requests to a shadow: the primary's cost"
+  echo
+  echo "breast-cancer/1 answers, breast-cancer/3 is the shadow; one JSON row per request, $CONNS connections, ${DURATION} s, server on core $SERVER_CPU, wrk/loadgen on core $CLIENT_CPU ($(date -u +%F), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs))."
+  echo
+  echo "| server | max requests/s | p99 | CPU µs/request | errors | fixed rate | p50 | p99 | errors |"
+  echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+  echo "| gateway, no shadow | $G0_RPS | $(ms "$G0_P99") | $G0_CPU | $G0_ERR | $RATE/s | $(ms "$G0_F50") | $(ms "$G0_F99") | $G0_FERR |"
+  echo "| gateway, local shadow 100% | $G1_RPS | $(ms "$G1_P99") | $G1_CPU | $G1_ERR | $RATE/s | $(ms "$G1_F50") | $(ms "$G1_F99") | $G1_FERR |"
+  echo "| nginx, no mirror | $N0_RPS | $(ms "$N0_P99") | $N0_CPU | $N0_ERR | $N_RATE/s | $(ms "$N0_F50") | $(ms "$N0_F99") | $N0_FERR |"
+  echo "| nginx, mirror 100% | $N1_RPS | $(ms "$N1_P99") | $N1_CPU | $N1_ERR | $N_RATE/s | $(ms "$N1_F50") | $(ms "$N1_F99") | $N1_FERR |"
+  echo
+  echo "- gateway: requests/s loss with 100% mirroring ${G_LOSS}% (target ≤ 20%: $T_LOSS); p99 at $RATE/s ${G_P99}× without (target ≤ 1.15: $T_P99)"
+  echo "- gateway copies at $RATE/s: $G1_FCMP compared, $G1_FDROP dropped; at the maximum rate: $G1_CMP compared, $G1_DROP dropped. Shadows run at idle CPU priority: on a saturated core they wait, fill the in-flight cap and further copies are dropped (counted) instead of slowing the primary."
+  echo "- nginx mirror: requests/s loss ${N_LOSS}%; p99 at $N_RATE/s ${N_P99}× without (its mirror upstream runs on core $CLIENT_CPU)"
+} | tee "$REPORT"
+say "report written to ${REPORT#"$ROOT"/}"
+if [ "$STRICT" = 1 ]; then
+  for t in "$T_LOSS" "$T_P99"; do [ "$t" = met ] || die "a target was missed (see above)"; done
+fi

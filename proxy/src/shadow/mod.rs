@@ -1,0 +1,414 @@
+//! Shadow traffic: copies of a route's requests sent to other model versions, compared with
+//! what the primary answered, and kept for model owners' reports.
+//!
+//! The client path only decides which shadows get a copy ([`Mirror::pick`]: sampling, the
+//! body-size cap, and a per-route in-flight cap taken without waiting) and hands a [`Job`]
+//! to a spawned task after its own answer is written ([`Mirror::spawn`]). Nothing from a
+//! shadow reaches the client: its status, body, errors and latency stay in the task. A copy
+//! that cannot be made at once is dropped and counted, never queued.
+//!
+//! Shadow tasks run on a runtime of their own ([`ShadowRuntime`]) whose thread runs at idle
+//! priority ([`inference::priority::idle`]), with a connection pool of its own: when the machine is busy, the
+//! client path gets the CPU first, and a shadow's connections never mix with the primary's.
+//! Jobs reach it through a lock-free queue that it polls every millisecond or so while there
+//! is work: handing one over costs the client path no system call and no thread wake-up.
+//!
+//! - [`breaker`]: a shadow that keeps failing gets a rest, not every request
+//! - [`compare`]: one pair's comparison
+//! - [`store`]: SQLite, written in batches by one thread
+//! - [`report`], [`html`]: what model owners read
+
+pub mod breaker;
+pub mod compare;
+pub mod html;
+pub mod report;
+pub mod store;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use inference::NamedTensor;
+use inference::protocol;
+use pingora::connectors::http::Connector;
+use tokio::sync::OwnedSemaphorePermit;
+
+use crate::config::Route;
+use crate::metrics::Metrics;
+use crate::remote;
+use crate::state::{Backend, Snapshot};
+use store::{Event, PairKey, Record, Recorder};
+
+/// What the request looked like, in whichever form the client path already had it.
+pub enum Input {
+    /// Decoded inputs (local pools decode them anyway).
+    Tensors(Vec<NamedTensor>),
+    /// An Open Inference Protocol body not decoded on the client path (remote primaries);
+    /// the shadow task decodes it.
+    Oip {
+        body: Bytes,
+        header_length: Option<String>,
+    },
+}
+
+/// What the primary answered.
+pub enum Primary {
+    Outputs(Vec<NamedTensor>),
+    /// A remote pool's answer, decoded by the shadow task.
+    Oip {
+        status: u16,
+        body: Bytes,
+        header_length: Option<String>,
+    },
+    Failed(String),
+}
+
+/// One request to mirror.
+pub struct Job {
+    pub request_id: String,
+    pub input: Input,
+    pub primary: Primary,
+    pub primary_latency: Duration,
+}
+
+/// A shadow that gets a copy, holding its in-flight slot.
+pub struct Pick {
+    key: PairKey,
+    _slot: OwnedSemaphorePermit,
+}
+
+/// The runtime shadow tasks run on: one worker thread at idle priority.
+pub struct ShadowRuntime(tokio::runtime::Runtime);
+
+impl ShadowRuntime {
+    pub fn start() -> Result<ShadowRuntime, String> {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("shadow")
+            .on_thread_start(inference::priority::idle)
+            .enable_all()
+            .build()
+            .map(ShadowRuntime)
+            .map_err(|e| format!("cannot start the shadow runtime: {e}"))
+    }
+
+    /// Gives shadow tasks still running up to `grace` to finish, then stops.
+    pub fn shutdown(self, grace: Duration) {
+        self.0.shutdown_timeout(grace);
+    }
+}
+
+type Queued = (Arc<Snapshot>, Vec<Pick>, Job);
+
+/// Jobs waiting for the shadow runtime, at most; beyond this copies are dropped (counted).
+const QUEUE: usize = 4096;
+
+/// The gateway's shadow machinery; cheap to clone into tasks (one reference count).
+#[derive(Clone)]
+pub struct Mirror(Arc<Inner>);
+
+struct Inner {
+    recorder: Recorder,
+    metrics: Arc<Metrics>,
+    /// Shadows' own upstream connections (see the module comment).
+    connector: Arc<Connector>,
+    queue: crossbeam_queue::ArrayQueue<Queued>,
+    breakers: breaker::Breakers,
+}
+
+impl Mirror {
+    /// Starts taking jobs on `runtime`.
+    pub fn new(recorder: Recorder, metrics: Arc<Metrics>, runtime: &ShadowRuntime) -> Mirror {
+        let mirror = Mirror(Arc::new(Inner {
+            recorder,
+            metrics,
+            connector: Arc::new(Connector::new(None)),
+            queue: crossbeam_queue::ArrayQueue::new(QUEUE),
+            breakers: breaker::Breakers::default(),
+        }));
+        let dispatcher = mirror.clone();
+        runtime.0.spawn(async move { dispatcher.dispatch().await });
+        mirror
+    }
+
+    /// Moves queued jobs onto tasks: every millisecond while there is work, backing off to
+    /// 20 ms when there is none.
+    async fn dispatch(self) {
+        let mut idle = Duration::from_millis(1);
+        loop {
+            tokio::time::sleep(idle).await;
+            let mut any = false;
+            while let Some((snap, picks, job)) = self.0.queue.pop() {
+                any = true;
+                let this = self.clone();
+                tokio::spawn(async move { this.run(snap, picks, job).await });
+            }
+            idle = if any {
+                Duration::from_millis(1)
+            } else {
+                (idle * 2).min(Duration::from_millis(20))
+            };
+        }
+    }
+
+    /// The shadows this request is copied to. Never waits: a shadow whose route is at its
+    /// in-flight cap, or a body over the size cap, is dropped and counted.
+    pub fn pick(&self, snap: &Snapshot, route: &Route, primary_version: &str, body_len: usize) -> Vec<Pick> {
+        let mut picks = Vec::new();
+        if route.shadows.is_empty() {
+            return picks;
+        }
+        let settings = &snap.config.shadow;
+        let now = Instant::now();
+        for s in &route.shadows {
+            if s.percent < 100 && rand::random_range(0..100u8) >= s.percent {
+                continue;
+            }
+            let key = PairKey {
+                route: route.model.clone(),
+                primary_version: primary_version.to_string(),
+                shadow: s.pool.clone(),
+                shadow_version: snap.config.pools[&s.pool].version().to_string(),
+            };
+            if body_len > settings.max_body_bytes {
+                self.dropped(key, "body_too_large");
+                continue;
+            }
+            if !self.0.breakers.allow(&s.pool, now) {
+                self.dropped(key, "shadow_failing");
+                continue;
+            }
+            let slots = snap
+                .shadow_slots
+                .get(&route.model)
+                .expect("a semaphore per route");
+            match slots.clone().try_acquire_owned() {
+                Ok(slot) => picks.push(Pick { key, _slot: slot }),
+                Err(_) => self.dropped(key, "in_flight_cap"),
+            }
+        }
+        picks
+    }
+
+    fn dropped(&self, key: PairKey, reason: &'static str) {
+        self.0
+            .metrics
+            .shadow_dropped
+            .with_label_values(&[&key.route, &key.shadow, reason])
+            .inc();
+        if !self.0.recorder.send(Event::Dropped { key, reason }) {
+            self.0.metrics.shadow_records_lost.inc();
+        }
+    }
+
+    /// Queues the shadows of one request for the shadow runtime; returns at once.
+    pub fn spawn(&self, snap: Arc<Snapshot>, picks: Vec<Pick>, job: Job) {
+        if picks.is_empty() {
+            return;
+        }
+        if let Err((_, picks, _)) = self.0.queue.push((snap, picks, job)) {
+            for pick in picks {
+                self.dropped(pick.key, "queue_full");
+            }
+        }
+    }
+
+    async fn run(self, snap: Arc<Snapshot>, picks: Vec<Pick>, job: Job) {
+        let Job {
+            request_id,
+            input,
+            primary,
+            primary_latency,
+        } = job;
+        // The original body, passed unchanged to remote shadows when there is one.
+        let (inputs, raw) = match input {
+            Input::Tensors(t) => (Ok(t), None),
+            Input::Oip { body, header_length } => (
+                protocol::decode_request(&body, header_length.as_deref())
+                    .map(|r| r.inputs)
+                    .map_err(|e| e.to_string()),
+                Some((body, header_length)),
+            ),
+        };
+        let inputs = match inputs {
+            Ok(t) => Arc::new(t),
+            Err(e) => {
+                tracing::debug!(request_id, "not mirrored: the request does not decode: {e}");
+                return;
+            }
+        };
+        let primary = match primary {
+            Primary::Outputs(o) => Ok(Arc::new(o)),
+            Primary::Oip {
+                status: 200,
+                body,
+                header_length,
+            } => protocol::decode_response(&body, header_length.as_deref())
+                .map(|r| Arc::new(r.outputs))
+                .map_err(|e| format!("unreadable answer: {e}")),
+            Primary::Oip { status, body, .. } => Err(format!("status {status}: {}", snippet(&body))),
+            Primary::Failed(e) => Err(e),
+        };
+        let timeout = snap.config.shadow.timeout;
+        let shadow_one = |pick: Pick| {
+            let (this, snap, inputs, primary, raw, request_id) = (
+                self.clone(),
+                snap.clone(),
+                inputs.clone(),
+                primary.clone(),
+                raw.clone(),
+                request_id.clone(),
+            );
+            async move {
+                let started = Instant::now();
+                let call = this.call(&snap, &pick.key.shadow, &inputs, raw, &request_id);
+                let shadow = match tokio::time::timeout(timeout, call).await {
+                    Ok(r) => r,
+                    Err(_) => Err(format!("timed out after {} ms", timeout.as_millis())),
+                };
+                let shadow_latency = started.elapsed();
+                this.record(
+                    pick,
+                    request_id,
+                    inputs,
+                    primary,
+                    shadow,
+                    primary_latency,
+                    shadow_latency,
+                );
+            }
+        };
+        // One shadow (the usual case) runs on this task; several run side by side.
+        let mut picks = picks;
+        if picks.len() == 1 {
+            shadow_one(picks.pop().expect("one pick")).await;
+            return;
+        }
+        let mut tasks = tokio::task::JoinSet::new();
+        for pick in picks {
+            tasks.spawn(shadow_one(pick));
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+
+    /// Asks one shadow pool.
+    async fn call(
+        &self,
+        snap: &Snapshot,
+        pool: &str,
+        inputs: &Arc<Vec<NamedTensor>>,
+        raw: Option<(Bytes, Option<String>)>,
+        request_id: &str,
+    ) -> Result<Vec<NamedTensor>, String> {
+        match snap.pools.get(pool) {
+            None => Err(format!("pool {pool} is gone")),
+            Some(Backend::Local(p)) => {
+                let outputs = p
+                    .infer(inputs.as_ref().clone())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(p.metadata()
+                    .outputs
+                    .iter()
+                    .zip(outputs)
+                    .map(|(spec, tensor)| NamedTensor {
+                        name: spec.name.clone(),
+                        tensor,
+                    })
+                    .collect())
+            }
+            Some(Backend::Remote(p)) => {
+                let (body, header_length) =
+                    raw.unwrap_or_else(|| (Bytes::from(protocol::encode_request(request_id, inputs)), None));
+                let path = p.upstream_path("/infer");
+                let out = remote::Outbound {
+                    method: "POST",
+                    path: &path,
+                    body,
+                    request_id,
+                    content_type: Some(if header_length.is_some() {
+                        "application/octet-stream"
+                    } else {
+                        "application/json"
+                    }),
+                    header_length: header_length.as_deref(),
+                    max_response_bytes: snap.config.limits.max_body_bytes.max(1 << 20),
+                };
+                let answer = remote::forward(p, &self.0.connector, &out)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if answer.status != 200 {
+                    return Err(format!("status {}: {}", answer.status, snippet(&answer.body)));
+                }
+                protocol::decode_response(&answer.body, answer.header_length.as_deref())
+                    .map(|r| r.outputs)
+                    .map_err(|e| format!("unreadable answer: {e}"))
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn record(
+        &self,
+        pick: Pick,
+        request_id: String,
+        inputs: Arc<Vec<NamedTensor>>,
+        primary: Result<Arc<Vec<NamedTensor>>, String>,
+        shadow: Result<Vec<NamedTensor>, String>,
+        primary_latency: Duration,
+        shadow_latency: Duration,
+    ) {
+        let Pick { key, _slot } = pick;
+        self.0
+            .breakers
+            .report(&key.shadow, shadow.is_ok(), Instant::now());
+        let m = &self.0.metrics;
+        let labels = [
+            key.route.as_str(),
+            key.primary_version.as_str(),
+            key.shadow_version.as_str(),
+        ];
+        m.shadow_requests.with_label_values(&labels).inc();
+        let comparison = match (&primary, &shadow) {
+            (Ok(p), Ok(s)) => Some(compare::compare(p, s)),
+            _ => None,
+        };
+        if let Some(c) = &comparison {
+            if c.agrees() {
+                m.shadow_agreements.with_label_values(&labels).inc();
+            } else {
+                m.shadow_disagreements.with_label_values(&labels).inc();
+            }
+            let hist = m.shadow_prob_delta.with_label_values(&labels);
+            for &d in &c.row_max_delta {
+                hist.observe(d);
+            }
+        }
+        if let Err(e) = &shadow {
+            m.shadow_errors
+                .with_label_values(&[&key.route, &key.shadow])
+                .inc();
+            tracing::debug!(request_id, shadow = %key.shadow, "shadow failed: {e}");
+        }
+        let record = Record {
+            at: SystemTime::now(),
+            key,
+            request_id,
+            inputs: Some(inputs),
+            primary,
+            shadow,
+            comparison,
+            primary_latency,
+            shadow_latency: Some(shadow_latency),
+        };
+        if !self.0.recorder.send(Event::Record(Box::new(record))) {
+            m.shadow_records_lost.inc();
+        }
+    }
+}
+
+/// The start of a body, for error messages.
+fn snippet(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&body[..body.len().min(200)]);
+    text.trim().to_string()
+}

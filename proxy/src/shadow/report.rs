@@ -1,0 +1,469 @@
+//! Reports for model owners, read from the store: per (route, primary version, shadow
+//! version), how often the shadow agrees (with a 95% confidence interval), by how much its
+//! probabilities differ, how fast each side is, what failed, what was dropped, and which
+//! classes it confuses. The same [`Report`] is served as JSON, printed as a table by
+//! `gateway report`, and drawn by [`super::html`].
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use rusqlite::{Connection, OpenFlags, params};
+use serde::Serialize;
+
+use super::store::{Aggregate, DELTA_BOUNDS, PairKey, latency_quantile_ms, unix_ms};
+
+/// What to report on.
+#[derive(Clone, Debug)]
+pub struct Query {
+    /// Only what happened after this time.
+    pub since: Option<SystemTime>,
+    pub route: Option<String>,
+    /// Latest disagreements listed per pair.
+    pub latest: usize,
+}
+
+impl Query {
+    /// From `?route=&since=` (since: a duration such as `1h`, `30m`, `2d`).
+    pub fn from_params(query: Option<&str>) -> Result<Query, String> {
+        let mut q = Query {
+            since: None,
+            route: None,
+            latest: 20,
+        };
+        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            match k {
+                "route" if !v.is_empty() => q.route = Some(v.to_string()),
+                "since" if !v.is_empty() => q.since = Some(since(v)?),
+                "latest" => q.latest = v.parse().map_err(|_| format!("latest={v:?} is not a count"))?,
+                "route" | "since" => {}
+                other => return Err(format!("unknown parameter {other:?} (route, since, latest)")),
+            }
+        }
+        Ok(q)
+    }
+}
+
+/// `1h` → now minus one hour.
+pub fn since(text: &str) -> Result<SystemTime, String> {
+    let d = humantime::parse_duration(text)
+        .map_err(|e| format!("since={text:?}: {e} (give a duration such as 15m, 1h, 2d)"))?;
+    Ok(SystemTime::now() - d)
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub generated_at: String,
+    pub since: Option<String>,
+    pub route: Option<String>,
+    pub pairs: Vec<PairReport>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Interval {
+    pub rate: Option<f64>,
+    /// Wilson score interval, 95%.
+    pub ci95: Option<[f64; 2]>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Latency {
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Minute {
+    /// Start of the minute, seconds since the Unix epoch.
+    pub minute: i64,
+    pub requests: u64,
+    pub rows: u64,
+    pub agreement: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Disagreement {
+    pub at: String,
+    pub request_id: String,
+    /// None when one side failed (the error says which).
+    pub agree: Option<bool>,
+    pub max_delta: Option<f64>,
+    pub primary_ms: f64,
+    pub shadow_ms: Option<f64>,
+    pub primary_error: Option<String>,
+    pub shadow_error: Option<String>,
+    pub inputs: serde_json::Value,
+    pub primary: serde_json::Value,
+    pub shadow: serde_json::Value,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PairReport {
+    #[serde(flatten)]
+    pub key: PairKey,
+    /// Mirrored requests whose shadow answered or failed.
+    pub requests: u64,
+    pub compared: u64,
+    /// Compared requests where any prediction differed.
+    pub disagreements: u64,
+    /// Predictions (rows) compared.
+    pub predictions: u64,
+    pub agreeing_predictions: u64,
+    pub agreement: Interval,
+    /// Per prediction, the largest |Δp| over classes: mean and max.
+    pub prob_delta_mean: Option<f64>,
+    pub prob_delta_max: Option<f64>,
+    /// Upper bounds, and one more count for everything above the last bound.
+    pub prob_delta_bounds: Vec<f64>,
+    pub prob_delta_histogram: Vec<u64>,
+    pub top_k_overlap: Option<f64>,
+    pub latency_primary: Latency,
+    pub latency_shadow: Latency,
+    pub primary_errors: u64,
+    pub shadow_errors: u64,
+    pub dropped: BTreeMap<String, u64>,
+    /// Class labels, and matrix[i][j]: predictions the primary put in labels[i] and the
+    /// shadow in labels[j].
+    pub confusion_labels: Vec<i64>,
+    pub confusion: Vec<Vec<u64>>,
+    pub over_time: Vec<Minute>,
+    pub latest_disagreements: Vec<Disagreement>,
+}
+
+/// Wilson score interval for k successes in n trials, 95%.
+pub fn wilson(k: u64, n: u64) -> Option<[f64; 2]> {
+    if n == 0 {
+        return None;
+    }
+    let (n, p, z) = (n as f64, k as f64 / n as f64, 1.959964);
+    let denom = 1.0 + z * z / n;
+    let centre = (p + z * z / (2.0 * n)) / denom;
+    let half = z * (p * (1.0 - p) / n + z * z / (4.0 * n * n)).sqrt() / denom;
+    Some([(centre - half).max(0.0), (centre + half).min(1.0)])
+}
+
+pub fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// Opens the store read-only; a clear message when it does not exist yet.
+pub fn open_read(path: &Path) -> Result<Connection, String> {
+    if !path.exists() {
+        return Err(format!(
+            "no shadow store at {} yet (the gateway creates it when it starts; set shadow.store in the config to move it)",
+            path.display()
+        ));
+    }
+    Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .and_then(|c| c.busy_timeout(Duration::from_secs(5)).map(|_| c))
+    .map_err(|e| format!("cannot open {}: {e}", path.display()))
+}
+
+/// Builds the report from the store at `path`.
+pub fn read(path: &Path, q: &Query) -> Result<Report, String> {
+    let conn = open_read(path)?;
+    let fail = |e: rusqlite::Error| format!("{}: {e}", path.display());
+    let since_ms = q.since.map_or(0, unix_ms);
+    let mut stmt = conn
+        .prepare(
+            "SELECT route, primary_version, shadow, shadow_version, minute, agg FROM minutes
+             WHERE minute >= ?1 AND (?2 IS NULL OR route = ?2)
+             ORDER BY route, primary_version, shadow, shadow_version, minute",
+        )
+        .map_err(fail)?;
+    let rows = stmt
+        .query_map(params![since_ms.div_euclid(60_000), q.route], |row| {
+            Ok((
+                PairKey {
+                    route: row.get(0)?,
+                    primary_version: row.get(1)?,
+                    shadow: row.get(2)?,
+                    shadow_version: row.get(3)?,
+                },
+                row.get::<_, i64>(4)?,
+                row.get::<_, String>(5)?,
+            ))
+        })
+        .map_err(fail)?;
+    let mut pairs: BTreeMap<PairKey, (Aggregate, Vec<Minute>)> = BTreeMap::new();
+    for row in rows {
+        let (key, minute, agg) = row.map_err(fail)?;
+        let agg: Aggregate =
+            serde_json::from_str(&agg).map_err(|e| format!("minute {minute} of {key:?}: {e}"))?;
+        let entry = pairs.entry(key).or_default();
+        entry.0.merge(&agg);
+        entry.1.push(Minute {
+            minute: minute * 60,
+            requests: agg.requests,
+            rows: agg.rows,
+            agreement: (agg.rows > 0).then(|| agg.agreeing_rows as f64 / agg.rows as f64),
+        });
+    }
+    let mut out = Vec::new();
+    for (key, (agg, over_time)) in pairs {
+        let latest = latest_disagreements(&conn, &key, since_ms, q.latest).map_err(fail)?;
+        out.push(pair_report(key, &agg, over_time, latest));
+    }
+    Ok(Report {
+        generated_at: rfc3339(SystemTime::now()),
+        since: q.since.map(rfc3339),
+        route: q.route.clone(),
+        pairs: out,
+    })
+}
+
+fn latest_disagreements(
+    conn: &Connection,
+    key: &PairKey,
+    since_ms: i64,
+    limit: usize,
+) -> rusqlite::Result<Vec<Disagreement>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT at_ms, request_id, agree, max_delta, primary_ms, shadow_ms, primary_error, shadow_error,
+                inputs, primary_outputs, shadow_outputs
+         FROM records
+         WHERE route = ?1 AND primary_version = ?2 AND shadow = ?3 AND shadow_version = ?4
+           AND at_ms >= ?5 AND (agree IS NULL OR agree = 0)
+         ORDER BY id DESC LIMIT ?6",
+    )?;
+    let json = |s: Option<String>| {
+        s.and_then(|s| serde_json::from_str(&s).ok())
+            .unwrap_or(serde_json::Value::Null)
+    };
+    let rows = stmt.query_map(
+        params![
+            key.route,
+            key.primary_version,
+            key.shadow,
+            key.shadow_version,
+            since_ms,
+            limit as i64
+        ],
+        |row| {
+            let at: i64 = row.get(0)?;
+            Ok(Disagreement {
+                at: rfc3339(std::time::UNIX_EPOCH + Duration::from_millis(at.max(0) as u64)),
+                request_id: row.get(1)?,
+                agree: row.get::<_, Option<i64>>(2)?.map(|a| a == 1),
+                max_delta: row.get(3)?,
+                primary_ms: row.get(4)?,
+                shadow_ms: row.get(5)?,
+                primary_error: row.get(6)?,
+                shadow_error: row.get(7)?,
+                inputs: json(row.get(8)?),
+                primary: json(row.get(9)?),
+                shadow: json(row.get(10)?),
+            })
+        },
+    )?;
+    rows.collect()
+}
+
+fn pair_report(key: PairKey, a: &Aggregate, over_time: Vec<Minute>, latest: Vec<Disagreement>) -> PairReport {
+    let mut labels: Vec<i64> = a
+        .confusion
+        .iter()
+        .flat_map(|(p, row)| std::iter::once(*p).chain(row.keys().copied()))
+        .collect();
+    labels.sort_unstable();
+    labels.dedup();
+    let confusion = labels
+        .iter()
+        .map(|p| {
+            labels
+                .iter()
+                .map(|s| a.confusion.get(p).and_then(|r| r.get(s)).copied().unwrap_or(0))
+                .collect()
+        })
+        .collect();
+    let mut hist = a.delta_hist.clone();
+    hist.resize(DELTA_BOUNDS.len() + 1, 0);
+    PairReport {
+        key,
+        requests: a.requests,
+        compared: a.compared,
+        disagreements: a.disagreements,
+        predictions: a.rows,
+        agreeing_predictions: a.agreeing_rows,
+        agreement: Interval {
+            rate: (a.rows > 0).then(|| a.agreeing_rows as f64 / a.rows as f64),
+            ci95: wilson(a.agreeing_rows, a.rows),
+        },
+        prob_delta_mean: (a.delta_count > 0).then(|| a.delta_sum / a.delta_count as f64),
+        prob_delta_max: (a.delta_count > 0).then_some(a.delta_max),
+        prob_delta_bounds: DELTA_BOUNDS.to_vec(),
+        prob_delta_histogram: hist,
+        top_k_overlap: (a.top_k_count > 0).then(|| a.top_k_sum / a.top_k_count as f64),
+        latency_primary: Latency {
+            p50_ms: latency_quantile_ms(&a.primary_latency, 0.5),
+            p99_ms: latency_quantile_ms(&a.primary_latency, 0.99),
+        },
+        latency_shadow: Latency {
+            p50_ms: latency_quantile_ms(&a.shadow_latency, 0.5),
+            p99_ms: latency_quantile_ms(&a.shadow_latency, 0.99),
+        },
+        primary_errors: a.primary_errors,
+        shadow_errors: a.shadow_errors,
+        dropped: a.dropped.clone(),
+        confusion_labels: labels,
+        confusion,
+        over_time,
+        latest_disagreements: latest,
+    }
+}
+
+fn opt(v: Option<f64>, digits: usize) -> String {
+    v.map_or("-".into(), |x| format!("{x:.digits$}"))
+}
+
+/// The report as text, for a terminal.
+pub fn table(r: &Report) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "shadow comparison report, {}{}{}",
+        r.generated_at,
+        r.since.as_ref().map_or(String::new(), |s| format!(", since {s}")),
+        r.route.as_ref().map_or(String::new(), |s| format!(", route {s}")),
+    );
+    if r.pairs.is_empty() {
+        let _ = writeln!(out, "\nno mirrored requests in this window");
+        return out;
+    }
+    for p in &r.pairs {
+        let k = &p.key;
+        let _ = writeln!(
+            out,
+            "\n{}: primary v{} vs shadow {} (v{})",
+            k.route, k.primary_version, k.shadow, k.shadow_version
+        );
+        let ci = p.agreement.ci95.map_or("-".into(), |[lo, hi]| {
+            format!("{:.2}%–{:.2}%", lo * 100.0, hi * 100.0)
+        });
+        let rows = [
+            ("requests mirrored", p.requests.to_string()),
+            ("predictions compared", p.predictions.to_string()),
+            (
+                "agreement",
+                format!(
+                    "{} (95% CI {ci}); {} request(s) disagree",
+                    p.agreement
+                        .rate
+                        .map_or("-".into(), |r| format!("{:.2}%", r * 100.0)),
+                    p.disagreements
+                ),
+            ),
+            (
+                "probability delta",
+                format!(
+                    "mean {}, max {}",
+                    opt(p.prob_delta_mean, 5),
+                    opt(p.prob_delta_max, 5)
+                ),
+            ),
+            ("top-3 overlap", opt(p.top_k_overlap, 3)),
+            (
+                "latency p50 / p99",
+                format!(
+                    "primary {} / {} ms, shadow {} / {} ms",
+                    opt(p.latency_primary.p50_ms, 2),
+                    opt(p.latency_primary.p99_ms, 2),
+                    opt(p.latency_shadow.p50_ms, 2),
+                    opt(p.latency_shadow.p99_ms, 2)
+                ),
+            ),
+            (
+                "errors",
+                format!("primary {}, shadow {}", p.primary_errors, p.shadow_errors),
+            ),
+            (
+                "dropped",
+                if p.dropped.is_empty() {
+                    "0".into()
+                } else {
+                    p.dropped
+                        .iter()
+                        .map(|(k, v)| format!("{k} {v}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                },
+            ),
+        ];
+        for (name, value) in rows {
+            let _ = writeln!(out, "  {name:<22}{value}");
+        }
+        if !p.confusion_labels.is_empty() {
+            let _ = writeln!(out, "  confusion (rows: primary class, columns: shadow class)");
+            let width = p
+                .confusion
+                .iter()
+                .flatten()
+                .map(|n| n.to_string().len())
+                .max()
+                .unwrap_or(1)
+                .max(3);
+            let mut head = format!("  {:>6}", "");
+            for l in &p.confusion_labels {
+                let _ = write!(head, " {l:>width$}");
+            }
+            let _ = writeln!(out, "{head}");
+            for (l, row) in p.confusion_labels.iter().zip(&p.confusion) {
+                let mut line = format!("  {l:>6}");
+                for n in row {
+                    let _ = write!(line, " {n:>width$}");
+                }
+                let _ = writeln!(out, "{line}");
+            }
+        }
+        if !p.latest_disagreements.is_empty() {
+            let _ = writeln!(out, "  latest disagreements and errors:");
+            for d in p.latest_disagreements.iter().take(5) {
+                let what = match (&d.primary_error, &d.shadow_error) {
+                    (Some(e), _) => format!("primary error: {e}"),
+                    (_, Some(e)) => format!("shadow error: {e}"),
+                    _ => format!("max |Δp| {}", opt(d.max_delta, 4)),
+                };
+                let _ = writeln!(out, "    {} {} {what}", d.at, d.request_id);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wilson_interval() {
+        assert_eq!(wilson(0, 0), None);
+        let [lo, hi] = wilson(95, 100).unwrap();
+        // Reference values for 95/100 (Wilson, z = 1.96): 0.8882–0.9785.
+        assert!(
+            (lo - 0.8882).abs() < 1e-3 && (hi - 0.9785).abs() < 1e-3,
+            "{lo} {hi}"
+        );
+        let [lo, hi] = wilson(10, 10).unwrap();
+        assert!((hi - 1.0).abs() < 1e-9 && lo > 0.72 && lo < 0.73, "{lo} {hi}");
+    }
+
+    #[test]
+    fn query_parameters() {
+        let q = Query::from_params(Some("route=digits&since=1h")).unwrap();
+        assert_eq!(q.route.as_deref(), Some("digits"));
+        let age = SystemTime::now().duration_since(q.since.unwrap()).unwrap();
+        assert!(age >= Duration::from_secs(3599) && age <= Duration::from_secs(3601));
+        assert!(
+            Query::from_params(Some("since=yesterday"))
+                .unwrap_err()
+                .contains("15m")
+        );
+        assert!(Query::from_params(Some("colour=red")).is_err());
+        assert!(Query::from_params(None).unwrap().since.is_none());
+    }
+}

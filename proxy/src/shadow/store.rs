@@ -1,0 +1,528 @@
+//! The comparison store: SQLite (bundled), written by one thread off the request path.
+//!
+//! Two tables:
+//! - `minutes`: one row per (route, primary version, shadow pool, shadow version, minute)
+//!   holding that minute's [`Aggregate`] — counts, agreement, deltas, latency histograms,
+//!   confusion matrix, drops. Exact for every mirrored request, so reports over any window
+//!   (to the minute) need nothing else.
+//! - `records`: every disagreement and every error with its inputs and both outputs, plus a
+//!   sample of agreements (`shadow.sample_agreements`).
+//!
+//! Shadow tasks hand [`Event`]s to a bounded channel (never blocking: when it is full the
+//! event is counted and dropped); the writer applies them and commits one transaction per
+//! `shadow.flush_ms`. A crash loses at most the events of the last interval; a graceful
+//! stop ([`Recorder::close`]) writes everything accepted.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
+use inference::NamedTensor;
+use parking_lot::Mutex;
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+
+use super::compare::Comparison;
+use crate::config::ShadowSettings;
+
+/// What a comparison is aggregated under.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct PairKey {
+    pub route: String,
+    pub primary_version: String,
+    /// The shadow's pool name.
+    pub shadow: String,
+    pub shadow_version: String,
+}
+
+/// One mirrored request, as the shadow task saw it.
+pub struct Record {
+    pub at: SystemTime,
+    pub key: PairKey,
+    pub request_id: String,
+    pub inputs: Option<Arc<Vec<NamedTensor>>>,
+    pub primary: Result<Arc<Vec<NamedTensor>>, String>,
+    pub shadow: Result<Vec<NamedTensor>, String>,
+    /// Present when both sides answered.
+    pub comparison: Option<Comparison>,
+    pub primary_latency: Duration,
+    pub shadow_latency: Option<Duration>,
+}
+
+pub enum Event {
+    Record(Box<Record>),
+    Dropped {
+        key: PairKey,
+        reason: &'static str,
+    },
+    /// Write everything received so far, then answer.
+    Flush(tokio::sync::oneshot::Sender<()>),
+    Stop,
+}
+
+/// Upper bounds of the per-prediction probability delta histogram (largest |Δp| of a row);
+/// the last bucket is everything above the last bound.
+pub const DELTA_BOUNDS: [f64; 12] = [1e-6, 1e-5, 1e-4, 1e-3, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0];
+
+/// Latency histogram: bucket i holds [10 µs × 1.1^i, 10 µs × 1.1^(i+1)), so a quantile read
+/// from it is within 5% of the true value.
+const LATENCY_BASE_US: f64 = 10.0;
+const LATENCY_RATIO: f64 = 1.1;
+const LATENCY_BUCKETS: u16 = 200;
+
+pub fn latency_bucket(d: Duration) -> u16 {
+    let us = (d.as_secs_f64() * 1e6).max(LATENCY_BASE_US);
+    ((us / LATENCY_BASE_US).ln() / LATENCY_RATIO.ln())
+        .floor()
+        .min((LATENCY_BUCKETS - 1) as f64) as u16
+}
+
+/// The quantile `q` of a latency histogram, in milliseconds (bucket's geometric middle).
+pub fn latency_quantile_ms(hist: &BTreeMap<u16, u64>, q: f64) -> Option<f64> {
+    let total: u64 = hist.values().sum();
+    if total == 0 {
+        return None;
+    }
+    let rank = ((q * total as f64).ceil() as u64).clamp(1, total);
+    let mut seen = 0;
+    for (&bucket, &count) in hist {
+        seen += count;
+        if seen >= rank {
+            let us = LATENCY_BASE_US * LATENCY_RATIO.powf(bucket as f64 + 0.5);
+            return Some(us / 1e3);
+        }
+    }
+    None
+}
+
+/// A minute's (or any window's, once merged) figures for one pair.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Aggregate {
+    /// Mirrored requests whose shadow answered or failed.
+    pub requests: u64,
+    /// Requests where both sides answered and were compared.
+    pub compared: u64,
+    /// Compared requests with any disagreement or mismatch.
+    pub disagreements: u64,
+    /// Predictions (rows) compared, and those whose classes agree.
+    pub rows: u64,
+    pub agreeing_rows: u64,
+    /// Per-prediction largest probability delta: sum, count, max, histogram (DELTA_BOUNDS).
+    pub delta_sum: f64,
+    pub delta_count: u64,
+    pub delta_max: f64,
+    pub delta_hist: Vec<u64>,
+    pub top_k_sum: f64,
+    pub top_k_count: u64,
+    pub primary_errors: u64,
+    pub shadow_errors: u64,
+    pub primary_latency: BTreeMap<u16, u64>,
+    pub shadow_latency: BTreeMap<u16, u64>,
+    /// Copies not made, by reason.
+    pub dropped: BTreeMap<String, u64>,
+    /// primary class → shadow class → predictions.
+    pub confusion: BTreeMap<i64, BTreeMap<i64, u64>>,
+}
+
+impl Aggregate {
+    pub fn add(&mut self, r: &Record) {
+        self.requests += 1;
+        *self
+            .primary_latency
+            .entry(latency_bucket(r.primary_latency))
+            .or_default() += 1;
+        if let Some(d) = r.shadow_latency {
+            *self.shadow_latency.entry(latency_bucket(d)).or_default() += 1;
+        }
+        self.primary_errors += r.primary.is_err() as u64;
+        self.shadow_errors += r.shadow.is_err() as u64;
+        let Some(c) = &r.comparison else {
+            return;
+        };
+        self.compared += 1;
+        self.disagreements += !c.agrees() as u64;
+        self.rows += c.rows as u64;
+        self.agreeing_rows += c.agreeing_rows as u64;
+        if self.delta_hist.len() != DELTA_BOUNDS.len() + 1 {
+            self.delta_hist = vec![0; DELTA_BOUNDS.len() + 1];
+        }
+        for &d in &c.row_max_delta {
+            self.delta_sum += d;
+            self.delta_count += 1;
+            self.delta_max = self.delta_max.max(d);
+            let bucket = DELTA_BOUNDS
+                .iter()
+                .position(|&b| d <= b)
+                .unwrap_or(DELTA_BOUNDS.len());
+            self.delta_hist[bucket] += 1;
+        }
+        if let Some(k) = c.top_k_overlap {
+            self.top_k_sum += k;
+            self.top_k_count += 1;
+        }
+        for (p, s) in c.primary_classes.iter().zip(&c.shadow_classes) {
+            *self.confusion.entry(*p).or_default().entry(*s).or_default() += 1;
+        }
+    }
+
+    pub fn merge(&mut self, o: &Aggregate) {
+        self.requests += o.requests;
+        self.compared += o.compared;
+        self.disagreements += o.disagreements;
+        self.rows += o.rows;
+        self.agreeing_rows += o.agreeing_rows;
+        self.delta_sum += o.delta_sum;
+        self.delta_count += o.delta_count;
+        self.delta_max = self.delta_max.max(o.delta_max);
+        if self.delta_hist.len() < o.delta_hist.len() {
+            self.delta_hist.resize(o.delta_hist.len(), 0);
+        }
+        for (a, b) in self.delta_hist.iter_mut().zip(&o.delta_hist) {
+            *a += b;
+        }
+        self.top_k_sum += o.top_k_sum;
+        self.top_k_count += o.top_k_count;
+        self.primary_errors += o.primary_errors;
+        self.shadow_errors += o.shadow_errors;
+        for (k, v) in &o.primary_latency {
+            *self.primary_latency.entry(*k).or_default() += v;
+        }
+        for (k, v) in &o.shadow_latency {
+            *self.shadow_latency.entry(*k).or_default() += v;
+        }
+        for (k, v) in &o.dropped {
+            *self.dropped.entry(k.clone()).or_default() += v;
+        }
+        for (p, row) in &o.confusion {
+            let mine = self.confusion.entry(*p).or_default();
+            for (s, n) in row {
+                *mine.entry(*s).or_default() += n;
+            }
+        }
+    }
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS minutes (
+    route TEXT NOT NULL, primary_version TEXT NOT NULL, shadow TEXT NOT NULL,
+    shadow_version TEXT NOT NULL, minute INTEGER NOT NULL, requests INTEGER NOT NULL,
+    agg TEXT NOT NULL,
+    PRIMARY KEY (route, primary_version, shadow, shadow_version, minute)
+);
+CREATE INDEX IF NOT EXISTS minutes_by_time ON minutes (minute);
+CREATE TABLE IF NOT EXISTS records (
+    id INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL, route TEXT NOT NULL,
+    primary_version TEXT NOT NULL, shadow TEXT NOT NULL, shadow_version TEXT NOT NULL,
+    request_id TEXT NOT NULL,
+    agree INTEGER,              -- 1 agree, 0 disagree, NULL: not compared (an error)
+    rows INTEGER, max_delta REAL, primary_ms REAL NOT NULL, shadow_ms REAL,
+    primary_error TEXT, shadow_error TEXT,
+    inputs TEXT, primary_outputs TEXT, shadow_outputs TEXT, comparison TEXT
+);
+CREATE INDEX IF NOT EXISTS records_by_time ON records (at_ms);
+";
+
+/// Opens (creating if needed) the store for writing.
+pub fn open(path: &Path) -> Result<Connection, String> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    let conn = Connection::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    // WAL: readers (reports, `gateway report`) never block the writer, and a process crash
+    // loses nothing that was committed.
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .and_then(|_| conn.pragma_update(None, "synchronous", "NORMAL"))
+        .and_then(|_| conn.busy_timeout(Duration::from_secs(5)))
+        .and_then(|_| conn.execute_batch(SCHEMA))
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(conn)
+}
+
+pub fn unix_ms(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Tensors as the protocol's JSON (`[{name, datatype, shape, data}]`).
+pub fn tensors_json(tensors: &[NamedTensor]) -> String {
+    use inference::protocol::json::{DataRef, OutputJson};
+    let list: Vec<OutputJson> = tensors
+        .iter()
+        .map(|t| OutputJson {
+            name: &t.name,
+            datatype: t.tensor.dtype().as_str(),
+            shape: t.tensor.shape(),
+            parameters: None,
+            data: Some(DataRef(t.tensor.data())),
+        })
+        .collect();
+    serde_json::to_string(&list).expect("tensors serialize")
+}
+
+/// The sending side, held by the gateway; cheap to clone.
+#[derive(Clone)]
+pub struct Recorder {
+    tx: Sender<Event>,
+    writer: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+    pub path: PathBuf,
+}
+
+/// Events waiting for the writer, at most; beyond this they are dropped and counted.
+const QUEUE: usize = 65_536;
+
+impl Recorder {
+    /// Opens the store and starts its writer thread.
+    pub fn start(settings: &ShadowSettings) -> Result<Recorder, String> {
+        let conn = open(&settings.store)?;
+        let (tx, rx) = crossbeam_channel::bounded(QUEUE);
+        let writer = Writer {
+            conn,
+            settings: settings.clone(),
+            minutes: HashMap::new(),
+            dirty: HashSet::new(),
+            records: Vec::new(),
+            last_retention: Instant::now() - Duration::from_secs(3600),
+        };
+        let handle = std::thread::Builder::new()
+            .name("shadow-store".into())
+            .spawn(move || {
+                // Off the request path: it yields the CPU to clients when the machine is busy.
+                inference::priority::idle();
+                writer.run(rx)
+            })
+            .map_err(|e| format!("cannot start the shadow store writer: {e}"))?;
+        Ok(Recorder {
+            tx,
+            writer: Arc::new(Mutex::new(Some(handle))),
+            path: settings.store.clone(),
+        })
+    }
+
+    /// Hands an event to the writer without waiting. False when the queue is full (or the
+    /// writer has stopped): the event is lost, and the caller counts it.
+    pub fn send(&self, event: Event) -> bool {
+        match self.tx.try_send(event) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => false,
+        }
+    }
+
+    /// Waits (up to `timeout`) until everything sent so far is committed.
+    pub async fn flush(&self, timeout: Duration) -> bool {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        if self.tx.send_timeout(Event::Flush(done), timeout).is_err() {
+            return false;
+        }
+        matches!(tokio::time::timeout(timeout, wait).await, Ok(Ok(())))
+    }
+
+    /// Writes everything accepted and stops the writer (graceful shutdown). Idempotent.
+    pub fn close(&self) {
+        let handle = self.writer.lock().take();
+        if let Some(handle) = handle {
+            let _ = self.tx.send(Event::Stop);
+            let _ = handle.join();
+        }
+    }
+}
+
+struct Writer {
+    conn: Connection,
+    settings: ShadowSettings,
+    /// Aggregates of the minutes touched lately, complete (seeded from the store on first
+    /// touch, so a restart within a minute adds to that minute instead of replacing it).
+    minutes: HashMap<(PairKey, i64), Aggregate>,
+    dirty: HashSet<(PairKey, i64)>,
+    records: Vec<Record>,
+    last_retention: Instant,
+}
+
+impl Writer {
+    /// Polls the queue rather than blocking on it: a sender never has to wake this thread,
+    /// so handing over an event costs the request path no system call.
+    fn run(mut self, rx: Receiver<Event>) {
+        let tick = self.settings.flush_interval.min(Duration::from_millis(50));
+        let mut next_flush = Instant::now() + self.settings.flush_interval;
+        loop {
+            std::thread::sleep(tick);
+            let mut flush_now = Vec::new();
+            loop {
+                match rx.try_recv() {
+                    Ok(Event::Record(r)) => self.add(r),
+                    Ok(Event::Dropped { key, reason }) => {
+                        *self
+                            .minute(&key, unix_ms(SystemTime::now()) / 60_000)
+                            .dropped
+                            .entry(reason.to_string())
+                            .or_default() += 1;
+                    }
+                    Ok(Event::Flush(done)) => flush_now.push(done),
+                    // Stop: everything queued before it was accepted, and has been applied.
+                    Ok(Event::Stop) | Err(TryRecvError::Disconnected) => {
+                        self.flush();
+                        return;
+                    }
+                    Err(TryRecvError::Empty) => break,
+                }
+            }
+            if !flush_now.is_empty() || Instant::now() >= next_flush {
+                self.flush();
+                next_flush = Instant::now() + self.settings.flush_interval;
+                for done in flush_now {
+                    let _ = done.send(());
+                }
+            }
+        }
+    }
+
+    fn minute(&mut self, key: &PairKey, minute: i64) -> &mut Aggregate {
+        let id = (key.clone(), minute);
+        self.dirty.insert(id.clone());
+        if !self.minutes.contains_key(&id) {
+            let stored: Option<String> = self
+                .conn
+                .query_row(
+                    "SELECT agg FROM minutes WHERE route = ?1 AND primary_version = ?2 AND shadow = ?3
+                     AND shadow_version = ?4 AND minute = ?5",
+                    params![
+                        key.route,
+                        key.primary_version,
+                        key.shadow,
+                        key.shadow_version,
+                        minute
+                    ],
+                    |row| row.get(0),
+                )
+                .optional()
+                .unwrap_or(None);
+            let agg = stored
+                .and_then(|s| serde_json::from_str(&s).ok())
+                .unwrap_or_default();
+            self.minutes.insert(id.clone(), agg);
+        }
+        self.minutes.get_mut(&id).expect("inserted above")
+    }
+
+    fn add(&mut self, r: Box<Record>) {
+        let minute = unix_ms(r.at) / 60_000;
+        self.minute(&r.key, minute).add(&r);
+        let keep = match &r.comparison {
+            Some(c) if c.agrees() => rand::random::<f64>() < self.settings.sample_agreements,
+            // Disagreements and errors: always.
+            _ => true,
+        };
+        if keep {
+            self.records.push(*r);
+        }
+    }
+
+    fn flush(&mut self) {
+        if let Err(e) = self.write() {
+            tracing::error!("shadow store {}: {e}", self.settings.store.display());
+        }
+        // Minutes more than two minutes old are complete: forget them.
+        let now_minute = unix_ms(SystemTime::now()) / 60_000;
+        self.minutes.retain(|(_, m), _| *m >= now_minute - 2);
+        if self.last_retention.elapsed() >= Duration::from_secs(10) {
+            self.last_retention = Instant::now();
+            if let Err(e) = self.retention() {
+                tracing::warn!("shadow store retention: {e}");
+            }
+        }
+    }
+
+    fn write(&mut self) -> rusqlite::Result<()> {
+        if self.dirty.is_empty() && self.records.is_empty() {
+            return Ok(());
+        }
+        let tx = self.conn.transaction()?;
+        {
+            let mut upsert = tx.prepare_cached(
+                "INSERT OR REPLACE INTO minutes
+                 (route, primary_version, shadow, shadow_version, minute, requests, agg)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?;
+            for id in self.dirty.drain() {
+                let Some(agg) = self.minutes.get(&id) else {
+                    continue;
+                };
+                let (k, minute) = &id;
+                upsert.execute(params![
+                    k.route,
+                    k.primary_version,
+                    k.shadow,
+                    k.shadow_version,
+                    minute,
+                    agg.requests as i64,
+                    serde_json::to_string(agg).expect("aggregates serialize"),
+                ])?;
+            }
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO records (at_ms, route, primary_version, shadow, shadow_version, request_id,
+                 agree, rows, max_delta, primary_ms, shadow_ms, primary_error, shadow_error, inputs,
+                 primary_outputs, shadow_outputs, comparison)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+            )?;
+            for r in self.records.drain(..) {
+                let c = r.comparison.as_ref();
+                insert.execute(params![
+                    unix_ms(r.at),
+                    r.key.route,
+                    r.key.primary_version,
+                    r.key.shadow,
+                    r.key.shadow_version,
+                    r.request_id,
+                    c.map(|c| c.agrees() as i64),
+                    c.map(|c| c.rows as i64),
+                    c.and_then(|c| c.max_delta()),
+                    r.primary_latency.as_secs_f64() * 1e3,
+                    r.shadow_latency.map(|d| d.as_secs_f64() * 1e3),
+                    r.primary.as_ref().err(),
+                    r.shadow.as_ref().err(),
+                    r.inputs.as_ref().map(|t| tensors_json(t)),
+                    r.primary.as_ref().ok().map(|t| tensors_json(t)),
+                    r.shadow.as_ref().ok().map(|t| tensors_json(t)),
+                    c.map(|c| serde_json::to_string(c).expect("comparisons serialize")),
+                ])?;
+            }
+        }
+        tx.commit()
+    }
+
+    /// Bounded retention: records beyond `keep_records` or older than `keep_age` go, and
+    /// minutes older than `keep_age`.
+    fn retention(&mut self) -> rusqlite::Result<()> {
+        let cutoff = unix_ms(SystemTime::now() - self.settings.keep_age);
+        self.conn
+            .execute("DELETE FROM records WHERE at_ms < ?1", params![cutoff])?;
+        self.conn.execute(
+            "DELETE FROM records WHERE id <= (SELECT MAX(id) FROM records) - ?1",
+            params![self.settings.keep_records as i64],
+        )?;
+        self.conn
+            .execute("DELETE FROM minutes WHERE minute < ?1", params![cutoff / 60_000])?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_buckets_read_back_within_five_percent() {
+        for ms in [0.05, 0.3, 1.0, 2.7, 15.0, 480.0, 5000.0] {
+            let mut h = BTreeMap::new();
+            h.insert(latency_bucket(Duration::from_secs_f64(ms / 1e3)), 1);
+            let got = latency_quantile_ms(&h, 0.5).unwrap();
+            assert!((got / ms - 1.0).abs() <= 0.05, "{ms} ms read back as {got}");
+        }
+        let mut h = BTreeMap::new();
+        for i in 1..=100u64 {
+            *h.entry(latency_bucket(Duration::from_millis(i))).or_insert(0) += 1;
+        }
+        let p99 = latency_quantile_ms(&h, 0.99).unwrap();
+        assert!((p99 / 99.0 - 1.0).abs() <= 0.05, "{p99}");
+    }
+}

@@ -1,0 +1,355 @@
+//! Shadow traffic end to end: a real gateway mirrors to a real shadow model, and the report
+//! (admin JSON, HTML, metrics, `gateway report`) shows exactly the disagreements that the
+//! two models' own outputs predict. Plus the in-flight cap and the body cap.
+
+mod common;
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use common::*;
+use inference::{NamedTensor, Pool, PoolConfig, Tensor, TensorData};
+use serde_json::{Value, json};
+
+fn testdata_rows() -> (Vec<Vec<f32>>, Vec<i64>) {
+    let d: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("models/testdata/breast-cancer-1.json")).unwrap(),
+    )
+    .unwrap();
+    let rows = d["input"]["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            r.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32)
+                .collect()
+        })
+        .collect();
+    let labels = d["expected"]["label"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_i64().unwrap())
+        .collect();
+    (rows, labels)
+}
+
+/// Rows on the way from a benign to a malignant sample: near the decision boundary two
+/// different models are bound to disagree on some of them.
+fn boundary_rows() -> Vec<Vec<f32>> {
+    let (rows, labels) = testdata_rows();
+    let of = |class: i64| -> Vec<&Vec<f32>> {
+        rows.iter()
+            .zip(&labels)
+            .filter(|(_, l)| **l == class)
+            .map(|(r, _)| r)
+            .take(6)
+            .collect()
+    };
+    let mut out = Vec::new();
+    for a in of(0) {
+        for b in of(1) {
+            for step in 1..10 {
+                let t = step as f32 / 10.0;
+                out.push(a.iter().zip(b).map(|(x, y)| x + t * (y - x)).collect());
+            }
+        }
+    }
+    out
+}
+
+/// Each row's label from one model version, one row per run (as the gateway sends them).
+async fn labels(version: u32, rows: &[Vec<f32>]) -> Vec<i64> {
+    let path = repo().join(format!("models/breast-cancer/{version}/model.onnx"));
+    let pool = Pool::load(
+        "breast-cancer",
+        &version.to_string(),
+        &path,
+        PoolConfig::default(),
+    )
+    .unwrap();
+    let mut out = Vec::new();
+    for row in rows {
+        let input = NamedTensor {
+            name: "input".into(),
+            tensor: Tensor::new(vec![1, row.len()], TensorData::F32(row.clone())).unwrap(),
+        };
+        let outputs = pool.infer(vec![input]).await.unwrap();
+        match outputs[0].data() {
+            TensorData::I64(v) => out.push(v[0]),
+            other => panic!("label is {other:?}"),
+        }
+    }
+    out
+}
+
+fn body(row: &[f32]) -> String {
+    json!({"inputs": [{"name": "input", "shape": [1, row.len()], "datatype": "FP32", "data": row}]})
+        .to_string()
+}
+
+/// Polls the report until `n` mirrored requests are in it.
+async fn report_with(g: &Gateway, n: u64) -> Value {
+    for _ in 0..100 {
+        let (status, text) = admin_get(g, "/admin/shadow/report?latest=10000").await;
+        assert_eq!(status, 200, "{text}");
+        let report: Value = serde_json::from_str(&text).unwrap();
+        let done: u64 = report["pairs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["requests"].as_u64().unwrap())
+            .sum();
+        if done >= n {
+            return report;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the report never reached {n} mirrored requests");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_disagreeing_shadow_yields_exactly_its_disagreements() {
+    let rows = boundary_rows();
+    let (v1, v2) = (labels(1, &rows).await, labels(2, &rows).await);
+    let expected: HashSet<String> = (0..rows.len())
+        .filter(|&i| v1[i] != v2[i])
+        .map(|i| format!("row-{i}"))
+        .collect();
+    assert!(
+        !expected.is_empty() && expected.len() < rows.len(),
+        "the test data must hold both agreements and disagreements ({} of {})",
+        expected.len(),
+        rows.len()
+    );
+
+    let g = start(&format!(
+        "{LOCAL_POOLS}shadow: {{sample_agreements: 0, flush_ms: 50}}\nroutes:\n  - model: breast-cancer\n    stable: cancer-v1\n    shadows: [{{pool: cancer-v2, percent: 100}}]\n"
+    ));
+    let mut conn = connect(g.https, &g.tls, Proto::H1).await;
+    for (i, row) in rows.iter().enumerate() {
+        let id = format!("row-{i}");
+        let r = conn
+            .send(
+                "POST",
+                "/v2/models/breast-cancer/infer",
+                &[
+                    ("x-api-key", g.keys.batch.as_str()),
+                    ("x-request-id", id.as_str()),
+                ],
+                body(row),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        // The client gets the primary's answer, never the shadow's.
+        assert_eq!(r.json()["outputs"][0]["data"][0], v1[i], "row {i}");
+        assert_eq!(r.header("x-model-version"), Some("1"));
+    }
+
+    let n = rows.len() as u64;
+    let report = report_with(&g, n).await;
+    let pairs = report["pairs"].as_array().unwrap();
+    assert_eq!(pairs.len(), 1);
+    let p = &pairs[0];
+    assert_eq!(
+        (
+            &p["route"],
+            &p["primary_version"],
+            &p["shadow"],
+            &p["shadow_version"]
+        ),
+        (
+            &json!("breast-cancer"),
+            &json!("1"),
+            &json!("cancer-v2"),
+            &json!("2")
+        )
+    );
+    assert_eq!(p["requests"], n);
+    assert_eq!(p["compared"], n);
+    assert_eq!(p["predictions"], n);
+    assert_eq!(p["disagreements"], expected.len());
+    assert_eq!(p["shadow_errors"], 0);
+    let listed: HashSet<String> = p["latest_disagreements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["request_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        listed, expected,
+        "the recorded disagreements are exactly the expected rows"
+    );
+    // Each carries its inputs and both outputs.
+    let d = &p["latest_disagreements"][0];
+    assert_eq!(d["inputs"][0]["shape"], json!([1, 30]));
+    assert_ne!(d["primary"][0]["data"], d["shadow"][0]["data"]);
+
+    // Confusion matrix: primary class × shadow class, as the models' own outputs say.
+    let mut want: BTreeMap<(i64, i64), u64> = BTreeMap::new();
+    for i in 0..rows.len() {
+        *want.entry((v1[i], v2[i])).or_default() += 1;
+    }
+    let labels: Vec<i64> = p["confusion_labels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_i64().unwrap())
+        .collect();
+    for (i, a) in labels.iter().enumerate() {
+        for (j, b) in labels.iter().enumerate() {
+            assert_eq!(
+                p["confusion"][i][j].as_u64().unwrap(),
+                want.get(&(*a, *b)).copied().unwrap_or(0),
+                "confusion[{a}][{b}]"
+            );
+        }
+    }
+    let rate = p["agreement"]["rate"].as_f64().unwrap();
+    let [lo, hi] = [0, 1].map(|i| p["agreement"]["ci95"][i].as_f64().unwrap());
+    assert!((rate - (n as f64 - expected.len() as f64) / n as f64).abs() < 1e-12);
+    assert!(lo < rate && rate < hi);
+    assert!(p["prob_delta_max"].as_f64().unwrap() > 0.0);
+    assert_eq!(
+        p["prob_delta_histogram"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_u64().unwrap())
+            .sum::<u64>(),
+        n
+    );
+    assert!(p["latency_shadow"]["p99_ms"].as_f64().unwrap() > 0.0);
+
+    // The same figures in Prometheus.
+    let (_, metrics) = admin_get(&g, "/metrics").await;
+    let labels = r#"{primary_version="1",route="breast-cancer",shadow_version="2"}"#;
+    for (name, value) in [
+        ("gateway_shadow_requests_total", n),
+        ("gateway_shadow_disagreement_total", expected.len() as u64),
+        ("gateway_shadow_agreement_total", n - expected.len() as u64),
+        ("gateway_shadow_prob_delta_count", n),
+    ] {
+        let line = format!("{name}{labels} {value}");
+        assert!(metrics.contains(&line), "{line} not in\n{metrics}");
+    }
+
+    // The page: self-contained, with every chart.
+    let (status, html) = admin_get(&g, "/admin/shadow/report.html").await;
+    assert_eq!(status, 200);
+    for part in [
+        "Agreement over time",
+        "probability difference",
+        "Confusion matrix",
+        "Latency",
+        "Latest disagreements",
+        "row-",
+        "<svg",
+    ] {
+        assert!(html.contains(part), "{part} missing from the page");
+    }
+    for external in ["<script", "src=", "href=", "@import", "url("] {
+        assert!(
+            !html.contains(external),
+            "the page must render offline: {external}"
+        );
+    }
+    let (status, filtered) = admin_get(&g, "/admin/shadow/report?route=digits").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        serde_json::from_str::<Value>(&filtered).unwrap()["pairs"],
+        json!([])
+    );
+    assert_eq!(admin_get(&g, "/admin/shadow/report?since=soon").await.0, 400);
+
+    // After a graceful stop the CLI reads the same figures from the store.
+    let store = g.dir.join("data/shadows.sqlite3");
+    g.stop();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(["report", "--format", "json", "--since", "1h", "--store"])
+        .arg(&store)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let cli: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(cli["pairs"][0]["disagreements"], expected.len());
+    assert_eq!(cli["pairs"][0]["requests"], n);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(["report", "--store"])
+        .arg(&store)
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("breast-cancer: primary v1 vs shadow cancer-v2 (v2)"),
+        "{table}"
+    );
+    assert!(
+        table.contains(&format!("{} request(s) disagree", expected.len())),
+        "{table}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn copies_beyond_the_caps_are_dropped_and_counted() {
+    // A shadow that takes 2 s, one slot per route: while one copy waits, the rest are dropped.
+    let slow = FakeUpstream::start(Misbehaviour::Sleep(Duration::from_secs(2))).await;
+    let g = start(&format!(
+        "{LOCAL_POOLS}  slow: {{http: {{endpoints: [\"{}\"], model: breast-cancer, version: 9, timeout_ms: 5000, health_check: {{interval_ms: 100}}}}}}\n\
+         shadow: {{max_in_flight: 1, timeout_ms: 3000, max_body_bytes: 100000, flush_ms: 50}}\n\
+         routes:\n  - model: breast-cancer\n    stable: cancer-v1\n    shadows: [{{pool: slow, percent: 100}}]\n",
+        slow.addr
+    ));
+    let mut conn = connect(g.https, &g.tls, Proto::H2).await;
+    let started = std::time::Instant::now();
+    for _ in 0..20 {
+        let r = conn
+            .send(
+                "POST",
+                "/v2/models/breast-cancer/infer",
+                &[("x-api-key", g.keys.batch.as_str())],
+                example(),
+            )
+            .await;
+        assert_eq!(r.status, 200);
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the client never waits for the slow shadow"
+    );
+    // A body over the shadow cap is answered but not mirrored.
+    let big = json!({"inputs": [{"name": "input", "shape": [2000, 30], "datatype": "FP32", "data": vec![0.5f32; 60000]}]})
+        .to_string();
+    let r = conn
+        .send(
+            "POST",
+            "/v2/models/breast-cancer/infer",
+            &[("x-api-key", g.keys.batch.as_str())],
+            big,
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let (_, metrics) = admin_get(&g, "/metrics").await;
+    let dropped = |reason: &str| -> u64 {
+        let prefix = format!(
+            "gateway_shadow_dropped_total{{reason=\"{reason}\",route=\"breast-cancer\",shadow=\"slow\"}} "
+        );
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .map_or(0, |v| v.parse().unwrap())
+    };
+    assert_eq!(dropped("in_flight_cap"), 19, "{metrics}");
+    assert_eq!(dropped("body_too_large"), 1, "{metrics}");
+    // The drops are in the report too, and the one copy made is a shadow error once the
+    // shadow's answer (a 500, after 2 s) comes.
+    let report = report_with(&g, 1).await;
+    let p = &report["pairs"][0];
+    assert_eq!(p["dropped"]["in_flight_cap"], 19);
+    assert_eq!(p["dropped"]["body_too_large"], 1);
+    assert_eq!(p["shadow_errors"], 1);
+    assert_eq!(p["primary_errors"], 0);
+}
