@@ -78,32 +78,7 @@ UP=$!; PIDS+=("$UP")
 wait_port "127.0.0.1:$P_UP" || die "the upstream inference-server did not start"
 PATH_B="/v2/models/breast-cancer/versions/1/infer"
 
-cat > "$WORK/nginx.conf" <<EOF
-# One worker, TLS at the front, kept-alive upstream connections: nginx's fast path.
-worker_processes 1;
-daemon off;
-pid $WORK/nginx.pid;
-error_log $WORK/nginx.err warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $WORK/nginx-body;
-  proxy_temp_path $WORK/nginx-proxy;
-  upstream infer { server 127.0.0.1:$P_UP; keepalive 128; }
-  server {
-    listen 127.0.0.1:$P_NGINX ssl;
-    ssl_certificate $WORK/server.crt;
-    ssl_certificate_key $WORK/server.key;
-    ssl_protocols TLSv1.2 TLSv1.3;
-    keepalive_requests 1000000;
-    location / {
-      proxy_pass http://infer;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-    }
-  }
-}
-EOF
+nginx_proxy_conf "$WORK/nginx.conf" "$P_NGINX" "upstream infer { server 127.0.0.1:$P_UP; keepalive 128; }"
 cat > "$WORK/haproxy.cfg" <<EOF
 # One thread, TLS at the front, kept-alive upstream connections reused across clients.
 global

@@ -88,44 +88,16 @@ for port in "$P_UP" "$P_SHADOW"; do
   PIDS+=("$!")
   wait_port "127.0.0.1:$port" || die "inference-server on $port did not start"
 done
-nginx_conf() { # file mirror-line
-  cat > "$1" <<EOF
-# One worker, TLS at the front, kept-alive upstream connections.
-worker_processes 1;
-daemon off;
-pid $WORK/nginx.pid;
-error_log $WORK/nginx.err warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $WORK/nginx-body;
-  proxy_temp_path $WORK/nginx-proxy;
-  upstream infer { server 127.0.0.1:$P_UP; keepalive 128; }
-  upstream shadow { server 127.0.0.1:$P_SHADOW; keepalive 128; }
-  server {
-    listen 127.0.0.1:$P_NGINX ssl;
-    ssl_certificate $WORK/server.crt;
-    ssl_certificate_key $WORK/server.key;
-    ssl_protocols TLSv1.2 TLSv1.3;
-    keepalive_requests 1000000;
-    location / {
-      $2
-      proxy_pass http://infer;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-    }
-    location = /mirror {
+UPSTREAMS="upstream infer { server 127.0.0.1:$P_UP; keepalive 128; }
+  upstream shadow { server 127.0.0.1:$P_SHADOW; keepalive 128; }"
+MIRROR_LOCATION="location = /mirror {
       internal;
       proxy_pass http://shadow/v2/models/breast-cancer/versions/3/infer;
       proxy_http_version 1.1;
-      proxy_set_header Connection "";
-    }
-  }
-}
-EOF
-}
-nginx_conf "$WORK/nginx-plain.conf" ""
-nginx_conf "$WORK/nginx-mirror.conf" "mirror /mirror; mirror_request_body on;"
+      proxy_set_header Connection \"\";
+    }"
+nginx_proxy_conf "$WORK/nginx-plain.conf" "$P_NGINX" "$UPSTREAMS" "" "$MIRROR_LOCATION"
+nginx_proxy_conf "$WORK/nginx-mirror.conf" "$P_NGINX" "$UPSTREAMS" "mirror /mirror; mirror_request_body on;" "$MIRROR_LOCATION"
 URL_NG="https://127.0.0.1:$P_NGINX/v2/models/breast-cancer/versions/1/infer"
 nginx_run() { # name conf rate-or-empty: rps p50 p99 cpu err f50 f99 ferr
   local name="$1" ng rps p50 p99 cpu err rate f50 f99 ferr

@@ -156,3 +156,36 @@ start_gateway_on() {
   wait_port "$2" 60 || die "the gateway did not start: $(tail -5 "$WORK/gateway.log")"
   echo "$pid"
 }
+
+# nginx_proxy_conf FILE PORT UPSTREAMS [LOCATION_EXTRA] [SERVER_EXTRA]: one worker, TLS at the
+# front ($WORK/server.crt, .key), kept-alive connections to the upstream named "infer" — the
+# nginx fast path (proxy_http_version 1.1, Connection "", keepalive).
+nginx_proxy_conf() {
+  cat > "$1" <<NGINX
+worker_processes 1;
+daemon off;
+pid $WORK/nginx.pid;
+error_log $WORK/nginx.err warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $WORK/nginx-body;
+  proxy_temp_path $WORK/nginx-proxy;
+  $3
+  server {
+    listen 127.0.0.1:$2 ssl;
+    ssl_certificate $WORK/server.crt;
+    ssl_certificate_key $WORK/server.key;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    keepalive_requests 1000000;
+    location / {
+      ${4:-}
+      proxy_pass http://infer;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+    ${5:-}
+  }
+}
+NGINX
+}

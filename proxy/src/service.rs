@@ -189,19 +189,9 @@ impl Gateway {
                         let selected = protocol::select_outputs(meta, &request)?;
                         let id = request.id.clone().unwrap_or_else(|| ctx.request_id.clone());
                         let version = &meta.version;
-                        let picks = self.mirror.pick(snap, route, version, body.len());
-                        let copy = (!picks.is_empty()).then(|| request.inputs.clone());
-                        let started = Instant::now();
-                        let result = pool.infer(request.inputs).await;
-                        let shadows =
-                            copy.map(|inputs| (picks, shadow::Input::Tensors(inputs), started.elapsed()));
-                        let outputs = match result {
-                            Ok(o) => o,
-                            Err(e) => {
-                                self.mirror_failed(snap, ctx, shadows, &e.to_string());
-                                return Err(e.into());
-                            }
-                        };
+                        let (outputs, shadows) = self
+                            .infer_local(snap, ctx, route, &pool, request.inputs, body.len())
+                            .await?;
                         let encoded =
                             protocol::encode_response(meta, &route.model, version, &id, &selected, &outputs);
                         let content_type = if encoded.json_len.is_some() {
@@ -221,19 +211,9 @@ impl Gateway {
                         let body = read_body(session, limit).await?;
                         let features = simple::parse(&body)?;
                         let inputs = simple::to_inputs(meta, &features)?;
-                        let picks = self.mirror.pick(snap, route, &meta.version, body.len());
-                        let copy = (!picks.is_empty()).then(|| inputs.clone());
-                        let started = Instant::now();
-                        let result = pool.infer(inputs).await;
-                        let shadows =
-                            copy.map(|inputs| (picks, shadow::Input::Tensors(inputs), started.elapsed()));
-                        let outputs = match result {
-                            Ok(o) => o,
-                            Err(e) => {
-                                self.mirror_failed(snap, ctx, shadows, &e.to_string());
-                                return Err(e.into());
-                            }
-                        };
+                        let (outputs, shadows) = self
+                            .infer_local(snap, ctx, route, &pool, inputs, body.len())
+                            .await?;
                         let named: Vec<(String, inference::Tensor)> =
                             meta.outputs.iter().map(|s| s.name.clone()).zip(outputs).collect();
                         let answer = simple::respond(&named, &features, &meta.version)?;
@@ -375,6 +355,31 @@ impl Gateway {
                     );
                 }
                 Ok(())
+            }
+        }
+    }
+
+    /// Runs a local pool, keeping a copy of the inputs when the route's shadows want one.
+    /// A failed inference is still mirrored (the shadow's answer is worth recording).
+    async fn infer_local(
+        &self,
+        snap: &Arc<Snapshot>,
+        ctx: &Ctx,
+        route: &Route,
+        pool: &inference::Pool,
+        inputs: Vec<inference::NamedTensor>,
+        body_len: usize,
+    ) -> Result<(Vec<inference::Tensor>, Option<Shadows>), GatewayError> {
+        let picks = self.mirror.pick(snap, route, &pool.metadata().version, body_len);
+        let copy = (!picks.is_empty()).then(|| inputs.clone());
+        let started = Instant::now();
+        let result = pool.infer(inputs).await;
+        let shadows = copy.map(|inputs| (picks, shadow::Input::Tensors(inputs), started.elapsed()));
+        match result {
+            Ok(outputs) => Ok((outputs, shadows)),
+            Err(e) => {
+                self.mirror_failed(snap, ctx, shadows, &e.to_string());
+                Err(e.into())
             }
         }
     }

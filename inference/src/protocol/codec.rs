@@ -122,18 +122,23 @@ pub fn decode_response(body: &[u8], header_length: Option<&str>) -> Result<Infer
 pub fn encode_request(id: &str, inputs: &[NamedTensor]) -> Vec<u8> {
     let request = RequestWriteJson {
         id,
-        inputs: inputs
-            .iter()
-            .map(|t| OutputJson {
-                name: &t.name,
-                datatype: t.tensor.dtype().as_str(),
-                shape: t.tensor.shape(),
-                parameters: None,
-                data: Some(DataRef(t.tensor.data())),
-            })
-            .collect(),
+        inputs: tensors_json(inputs),
     };
     serde_json::to_vec(&request).expect("request types always serialize")
+}
+
+/// Named tensors as the protocol's JSON objects (`{name, datatype, shape, data}`).
+pub fn tensors_json(tensors: &[NamedTensor]) -> Vec<OutputJson<'_>> {
+    tensors
+        .iter()
+        .map(|t| OutputJson {
+            name: &t.name,
+            datatype: t.tensor.dtype().as_str(),
+            shape: t.tensor.shape(),
+            parameters: None,
+            data: Some(DataRef(t.tensor.data())),
+        })
+        .collect()
 }
 
 fn decode_input(input: InputJson, binary: &mut &[u8], role: &str) -> Result<NamedTensor, InferError> {

@@ -327,7 +327,8 @@ svg{width:100%;height:auto}.grid line{stroke:#e5e5e5}.axis{font-size:10px;fill:#
 .line{fill:none;stroke:#2a6fdb;stroke-width:2}.dot{fill:#2a6fdb}.bar{fill:#7a9cd6}.primary{fill:#2a6fdb}.shadow{fill:#e08a2c}
 svg .grid{stroke:#e5e5e5}
 table{border-collapse:collapse}th,td{border:1px solid #e3e3e3;padding:3px 8px;text-align:right;vertical-align:top}
-table.list{width:100%}table.list td{text-align:left;font-size:12px}pre{margin:4px 0;max-height:240px;overflow:auto}
+table.list{width:100%;table-layout:fixed}table.list th:nth-child(-n+3){width:11em}table.list td{text-align:left;font-size:12px;overflow-wrap:anywhere}
+pre{margin:4px 0;max-height:240px;overflow:auto;white-space:pre-wrap}
 .err{color:#b3261e}.none{color:#888}code{font-size:12px}
 ";
 

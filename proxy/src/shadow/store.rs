@@ -9,9 +9,10 @@
 //!   sample of agreements (`shadow.sample_agreements`).
 //!
 //! Shadow tasks hand [`Event`]s to a bounded channel (never blocking: when it is full the
-//! event is counted and dropped); the writer applies them and commits one transaction per
-//! `shadow.flush_ms`. A crash loses at most the events of the last interval; a graceful
-//! stop ([`Recorder::close`]) writes everything accepted.
+//! event is counted and dropped); the writer polls them every 50 ms and commits one
+//! transaction per `shadow.flush_ms`. A crash loses at most the events of the last
+//! `flush_ms` + 50 ms (0.55 s by default); a graceful stop ([`Recorder::close`]) writes
+//! everything accepted.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -246,18 +247,7 @@ pub fn unix_ms(t: SystemTime) -> i64 {
 
 /// Tensors as the protocol's JSON (`[{name, datatype, shape, data}]`).
 pub fn tensors_json(tensors: &[NamedTensor]) -> String {
-    use inference::protocol::json::{DataRef, OutputJson};
-    let list: Vec<OutputJson> = tensors
-        .iter()
-        .map(|t| OutputJson {
-            name: &t.name,
-            datatype: t.tensor.dtype().as_str(),
-            shape: t.tensor.shape(),
-            parameters: None,
-            data: Some(DataRef(t.tensor.data())),
-        })
-        .collect();
-    serde_json::to_string(&list).expect("tensors serialize")
+    serde_json::to_string(&inference::protocol::codec::tensors_json(tensors)).expect("tensors serialize")
 }
 
 /// The sending side, held by the gateway; cheap to clone.
@@ -508,7 +498,105 @@ impl Writer {
 
 #[cfg(test)]
 mod tests {
+    use inference::{Tensor, TensorData};
+
     use super::*;
+
+    fn settings(dir: &Path, flush: Duration, keep_records: usize) -> ShadowSettings {
+        ShadowSettings {
+            max_in_flight: 8,
+            timeout: Duration::from_secs(1),
+            max_body_bytes: 1 << 20,
+            store: dir.join("s.sqlite3"),
+            keep_records,
+            keep_age: Duration::from_secs(3600),
+            sample_agreements: 0.0,
+            flush_interval: flush,
+        }
+    }
+
+    fn record(label_p: i64, label_s: i64) -> Record {
+        let out = |l: i64| {
+            vec![NamedTensor {
+                name: "label".into(),
+                tensor: Tensor::new(vec![1], TensorData::I64(vec![l])).unwrap(),
+            }]
+        };
+        let (p, s) = (out(label_p), out(label_s));
+        Record {
+            at: SystemTime::now(),
+            key: PairKey {
+                route: "r".into(),
+                primary_version: "1".into(),
+                shadow: "s".into(),
+                shadow_version: "2".into(),
+            },
+            request_id: format!("{label_p}-{label_s}"),
+            inputs: None,
+            comparison: Some(super::super::compare::compare(&p, &s)),
+            primary: Ok(Arc::new(p)),
+            shadow: Ok(s),
+            primary_latency: Duration::from_millis(1),
+            shadow_latency: Some(Duration::from_millis(2)),
+        }
+    }
+
+    fn count(path: &Path, table: &str) -> i64 {
+        Connection::open(path)
+            .unwrap()
+            .query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))
+            .unwrap()
+    }
+
+    #[test]
+    fn a_graceful_close_writes_everything_accepted() {
+        let dir = std::env::temp_dir().join(format!("shadow-store-close-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        // A flush interval far longer than the test: only close() can have written.
+        let rec = Recorder::start(&settings(&dir, Duration::from_secs(60), 100)).unwrap();
+        for i in 0..10 {
+            assert!(rec.send(Event::Record(Box::new(record(i % 2, 0)))));
+        }
+        rec.close();
+        let path = dir.join("s.sqlite3");
+        let agg: String = Connection::open(&path)
+            .unwrap()
+            .query_row("SELECT agg FROM minutes", [], |r| r.get(0))
+            .unwrap();
+        let agg: Aggregate = serde_json::from_str(&agg).unwrap();
+        assert_eq!((agg.requests, agg.compared, agg.disagreements), (10, 10, 5));
+        assert_eq!(agg.confusion[&1][&0], 5);
+        // Disagreements are all recorded; agreements sampled at 0 here.
+        assert_eq!(count(&path, "records"), 5);
+        assert!(!rec.send(Event::Record(Box::new(record(0, 0)))), "closed");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_restart_within_a_minute_adds_to_it_and_retention_bounds_records() {
+        let dir = std::env::temp_dir().join(format!("shadow-store-restart-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("s.sqlite3");
+        for _ in 0..2 {
+            let rec = Recorder::start(&settings(&dir, Duration::from_millis(20), 3)).unwrap();
+            for _ in 0..4 {
+                rec.send(Event::Record(Box::new(record(1, 0))));
+            }
+            rec.close();
+        }
+        let total: i64 = Connection::open(&path)
+            .unwrap()
+            .query_row("SELECT SUM(requests) FROM minutes", [], |r| r.get(0))
+            .unwrap();
+        // Both runs counted: the second adds to the minute the first wrote, not over it.
+        assert_eq!(total, 8);
+        // keep_records is 3: retention (on the first flush of a writer) trims the 4 + 4.
+        let rec = Recorder::start(&settings(&dir, Duration::from_millis(20), 3)).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        rec.close();
+        assert!(count(&path, "records") <= 3, "{}", count(&path, "records"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn latency_buckets_read_back_within_five_percent() {
