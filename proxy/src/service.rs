@@ -205,7 +205,7 @@ impl Gateway {
                         }
                         self.respond(session, ctx, 200, content_type, Bytes::from(encoded.body), &extra)
                             .await;
-                        self.mirror_outputs(snap, ctx, shadows, meta, outputs);
+                        self.mirror(snap, ctx, shadows, || Self::named(meta, outputs));
                     }
                     (Kind::Simple, _) => {
                         let body = read_body(session, limit).await?;
@@ -220,7 +220,7 @@ impl Gateway {
                         self.respond(session, ctx, 200, "application/json", Bytes::from(answer), &[])
                             .await;
                         let outputs = named.into_iter().map(|(_, t)| t).collect();
-                        self.mirror_outputs(snap, ctx, shadows, meta, outputs);
+                        self.mirror(snap, ctx, shadows, || Self::named(meta, outputs));
                     }
                     (Kind::Metadata, m) => {
                         let versions = route_versions(route, snap);
@@ -315,7 +315,7 @@ impl Gateway {
                 let answer = match result {
                     Ok(a) => a,
                     Err(e) => {
-                        self.mirror_failed(snap, ctx, shadows, &e.to_string());
+                        self.mirror(snap, ctx, shadows, || shadow::Primary::Failed(e.to_string()));
                         return Err(e);
                     }
                 };
@@ -342,17 +342,8 @@ impl Gateway {
                 }
                 self.respond(session, ctx, answer.status, &content_type, body, &extra)
                     .await;
-                if let (Some((picks, input, latency)), Some(primary)) = (shadows, primary) {
-                    self.mirror.spawn(
-                        snap.clone(),
-                        picks,
-                        shadow::Job {
-                            request_id: ctx.request_id.clone(),
-                            input,
-                            primary,
-                            primary_latency: latency,
-                        },
-                    );
+                if let Some(primary) = primary {
+                    self.mirror(snap, ctx, shadows, || primary);
                 }
                 Ok(())
             }
@@ -378,58 +369,44 @@ impl Gateway {
         match result {
             Ok(outputs) => Ok((outputs, shadows)),
             Err(e) => {
-                self.mirror_failed(snap, ctx, shadows, &e.to_string());
+                self.mirror(snap, ctx, shadows, || shadow::Primary::Failed(e.to_string()));
                 Err(e.into())
             }
         }
     }
 
-    /// Copies a request whose primary answered to its shadows (after the answer is written).
-    fn mirror_outputs(
+    /// Copies a request to its shadows, with what the primary answered (built only when
+    /// there are shadows). Called after the client's answer is written.
+    fn mirror(
         &self,
         snap: &Arc<Snapshot>,
         ctx: &Ctx,
         shadows: Option<Shadows>,
-        meta: &inference::ModelMetadata,
-        outputs: Vec<inference::Tensor>,
+        primary: impl FnOnce() -> shadow::Primary,
     ) {
         if let Some((picks, input, latency)) = shadows {
-            let named = meta
-                .outputs
+            let job = shadow::Job {
+                request_id: ctx.request_id.clone(),
+                input,
+                primary: primary(),
+                primary_latency: latency,
+            };
+            self.mirror.spawn(snap.clone(), picks, job);
+        }
+    }
+
+    /// Names the outputs of a local pool for [`Self::mirror`].
+    fn named(meta: &inference::ModelMetadata, outputs: Vec<inference::Tensor>) -> shadow::Primary {
+        shadow::Primary::Outputs(
+            meta.outputs
                 .iter()
                 .zip(outputs)
                 .map(|(spec, tensor)| inference::NamedTensor {
                     name: spec.name.clone(),
                     tensor,
                 })
-                .collect();
-            self.mirror.spawn(
-                snap.clone(),
-                picks,
-                shadow::Job {
-                    request_id: ctx.request_id.clone(),
-                    input,
-                    primary: shadow::Primary::Outputs(named),
-                    primary_latency: latency,
-                },
-            );
-        }
-    }
-
-    /// Copies a request whose primary failed: the shadow's answer is still worth recording.
-    fn mirror_failed(&self, snap: &Arc<Snapshot>, ctx: &Ctx, shadows: Option<Shadows>, error: &str) {
-        if let Some((picks, input, latency)) = shadows {
-            self.mirror.spawn(
-                snap.clone(),
-                picks,
-                shadow::Job {
-                    request_id: ctx.request_id.clone(),
-                    input,
-                    primary: shadow::Primary::Failed(error.to_string()),
-                    primary_latency: latency,
-                },
-            );
-        }
+                .collect(),
+        )
     }
 
     /// Health and server metadata: no key, limited per client IP.
