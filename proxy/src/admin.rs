@@ -139,7 +139,18 @@ impl Admin {
                 (name.clone(), v)
             })
             .collect();
-        json!({"file": snap.config.file.display().to_string(), "routes": routes, "pools": pools, "keys": snap.keys.len()})
+        let sh = &snap.config.shadow;
+        let shadow = json!({
+            "max_in_flight": sh.max_in_flight,
+            "timeout_ms": sh.timeout.as_millis() as u64,
+            "max_body_bytes": sh.max_body_bytes,
+            "store": sh.store.display().to_string(),
+            "keep_records": sh.keep_records,
+            "keep_hours": sh.keep_age.as_secs() / 3600,
+            "sample_agreements": sh.sample_agreements,
+            "flush_ms": sh.flush_interval.as_millis() as u64,
+        });
+        json!({"file": snap.config.file.display().to_string(), "routes": routes, "pools": pools, "shadow": shadow, "keys": snap.keys.len()})
     }
 }
 

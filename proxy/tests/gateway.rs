@@ -450,6 +450,10 @@ async fn admin_metrics_and_config() {
     assert_eq!(status, 200);
     let config: serde_json::Value = serde_json::from_str(&config).unwrap();
     assert_eq!(config["routes"][0]["canary"]["weight"], 10);
+    assert_eq!(
+        config["shadow"]["max_in_flight"], 64,
+        "the shadow settings in force"
+    );
     assert_eq!(get("/readyz").await.0, 200);
     assert_eq!(get("/nope").await.0, 404);
 }

@@ -173,6 +173,7 @@ async fn a_disagreeing_shadow_yields_exactly_its_disagreements() {
     assert_eq!(p["predictions"], n);
     assert_eq!(p["disagreements"], expected.len());
     assert_eq!(p["shadow_errors"], 0);
+    assert_eq!(p["output_mismatches"], 0, "same outputs, shapes and types");
     let listed: HashSet<String> = p["latest_disagreements"]
         .as_array()
         .unwrap()

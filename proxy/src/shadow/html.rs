@@ -280,7 +280,7 @@ fn pair(p: &PairReport) -> String {
 <h2>{route}: primary v{pv} vs shadow <code>{shadow}</code> v{sv}</h2>
 <div class=cards>
 <div class=card><b>{agree}</b>agreement<small>95% CI {ci}</small></div>
-<div class=card><b>{preds}</b>predictions compared<small>{requests} requests, {dis} disagree</small></div>
+<div class=card><b>{preds}</b>predictions compared<small>{requests} requests, {dis} disagree, {mism} with other outputs</small></div>
 <div class=card><b>{dmean}</b>mean max |Δp|<small>max {dmax}</small></div>
 <div class=card><b>{perr} / {serr}</b>errors primary / shadow<small>dropped {dropped} {dropped_detail}</small></div>
 </div>
@@ -301,6 +301,7 @@ fn pair(p: &PairReport) -> String {
         preds = p.predictions,
         requests = p.requests,
         dis = p.disagreements,
+        mism = p.output_mismatches,
         dmean = num(p.prob_delta_mean, 4),
         dmax = num(p.prob_delta_max, 4),
         perr = p.primary_errors,

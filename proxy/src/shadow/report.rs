@@ -108,6 +108,8 @@ pub struct PairReport {
     pub compared: u64,
     /// Compared requests where any prediction differed.
     pub disagreements: u64,
+    /// Compared requests whose outputs differ in name, shape or type (also disagreements).
+    pub output_mismatches: u64,
     /// Predictions (rows) compared.
     pub predictions: u64,
     pub agreeing_predictions: u64,
@@ -288,6 +290,7 @@ fn pair_report(key: PairKey, a: &Aggregate, over_time: Vec<Minute>, latest: Vec<
         requests: a.requests,
         compared: a.compared,
         disagreements: a.disagreements,
+        output_mismatches: a.mismatches,
         predictions: a.rows,
         agreeing_predictions: a.agreeing_rows,
         agreement: Interval {
@@ -367,6 +370,10 @@ pub fn table(r: &Report) -> String {
                 ),
             ),
             ("top-3 overlap", opt(p.top_k_overlap, 3)),
+            (
+                "output mismatches",
+                format!("{} (name, shape or type)", p.output_mismatches),
+            ),
             (
                 "latency p50 / p99",
                 format!(

@@ -107,6 +107,9 @@ pub struct Aggregate {
     pub compared: u64,
     /// Compared requests with any disagreement or mismatch.
     pub disagreements: u64,
+    /// Compared requests whose outputs differ in name, shape or type.
+    #[serde(default)]
+    pub mismatches: u64,
     /// Predictions (rows) compared, and those whose classes agree.
     pub rows: u64,
     pub agreeing_rows: u64,
@@ -144,6 +147,7 @@ impl Aggregate {
         };
         self.compared += 1;
         self.disagreements += !c.agrees() as u64;
+        self.mismatches += !c.mismatches.is_empty() as u64;
         self.rows += c.rows as u64;
         self.agreeing_rows += c.agreeing_rows as u64;
         if self.delta_hist.len() != DELTA_BOUNDS.len() + 1 {
@@ -172,6 +176,7 @@ impl Aggregate {
         self.requests += o.requests;
         self.compared += o.compared;
         self.disagreements += o.disagreements;
+        self.mismatches += o.mismatches;
         self.rows += o.rows;
         self.agreeing_rows += o.agreeing_rows;
         self.delta_sum += o.delta_sum;
@@ -564,7 +569,10 @@ mod tests {
             .query_row("SELECT agg FROM minutes", [], |r| r.get(0))
             .unwrap();
         let agg: Aggregate = serde_json::from_str(&agg).unwrap();
-        assert_eq!((agg.requests, agg.compared, agg.disagreements), (10, 10, 5));
+        assert_eq!(
+            (agg.requests, agg.compared, agg.disagreements, agg.mismatches),
+            (10, 10, 5, 0)
+        );
         assert_eq!(agg.confusion[&1][&0], 5);
         // Disagreements are all recorded; agreements sampled at 0 here.
         assert_eq!(count(&path, "records"), 5);
