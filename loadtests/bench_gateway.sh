@@ -17,34 +17,13 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 parse_bench_args "$@"
-CONNS=64
-BODY="$ROOT/models/example.json"
-BIN="$ROOT/target/release"
-
-"$ROOT/scripts/setup.sh"
-ensure_tools wrk nginx haproxy
-say "building gateway, inference-server and loadgen (release)"
-# `cargo test --no-run` builds the binaries with the same features as the test suite, so
-# running after scripts/test.sh compiles nothing again.
-(cd "$ROOT" && cargo test --release --quiet --workspace --no-run)
-
-WORK="$RESULTS/gateway-bench"
-rm -rf "$WORK"; mkdir -p "$WORK"
-PIDS=()
-cleanup() { for p in "${PIDS[@]:-}"; do [ -n "$p" ] && stop_pid "$p"; done; }
-trap cleanup EXIT
-
+peer_bench_setup gateway-bench wrk nginx haproxy
 
 # --- configs: one certificate and key for every TLS server ---
 P_BARE=18200; P_UP=18201; P_GW=18443; P_ADMIN=18901; P_NGINX=18444; P_HAPROXY=18445
 gw_config() { # file pool-yaml
   cat > "$1" <<EOF
-listen: {https: "127.0.0.1:$P_GW", admin: "127.0.0.1:$P_ADMIN"}
-tls: {cert: server.crt, key: server.key, generate_dev_cert: true}
-auth: {keys_file: api-keys.yaml}
-rate_limits: {default: {per_second: 100000000, burst: 100000000}}
-server: {threads: 1, access_log: false}
-models_dir: $ROOT/models
+$(gateway_config_head)
 $2
 EOF
 }

@@ -19,31 +19,13 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 parse_bench_args "$@"
-CONNS=64
-BODY="$ROOT/models/example.json"
-BIN="$ROOT/target/release"
-
-"$ROOT/scripts/setup.sh"
-ensure_tools wrk nginx curl
-say "building gateway, inference-server and loadgen (release)"
-(cd "$ROOT" && cargo test --release --quiet --workspace --no-run)
-
-WORK="$RESULTS/shadow-bench"
-rm -rf "$WORK"; mkdir -p "$WORK"
-PIDS=()
-cleanup() { for p in "${PIDS[@]:-}"; do [ -n "$p" ] && stop_pid "$p"; done; }
-trap cleanup EXIT
+peer_bench_setup shadow-bench wrk nginx curl
 
 P_GW=18543; P_ADMIN=18902; P_NGINX=18544; P_UP=18301; P_SHADOW=18302
 gw_config() { # file shadows-yaml
   cat > "$1" <<EOF
-listen: {https: "127.0.0.1:$P_GW", admin: "127.0.0.1:$P_ADMIN"}
-tls: {cert: server.crt, key: server.key, generate_dev_cert: true}
-auth: {keys_file: api-keys.yaml}
-rate_limits: {default: {per_second: 100000000, burst: 100000000}}
-server: {threads: 1, access_log: false}
+$(gateway_config_head)
 shadow: {max_in_flight: 256, store: shadows.sqlite3}
-models_dir: $ROOT/models
 pools:
   v1: {local: {model: breast-cancer, version: 1, instances: 1, max_batch: 32}}
   v3: {local: {model: breast-cancer, version: 3, instances: 1, max_batch: 32}}

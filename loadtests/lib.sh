@@ -112,6 +112,25 @@ parse_bench_args() {
 # --- used by the benchmarks that compare the gateway with its peers ---
 # They set BIN (release binaries), WORK (scratch folder), CONNS, BODY and KEY (an API key).
 
+# peer_bench_setup NAME TOOL...: what every peer benchmark starts with — set-up, the tools,
+# release binaries, a fresh $WORK ($RESULTS/NAME), and every pid in PIDS stopped on exit.
+peer_bench_setup() {
+  local name="$1"; shift
+  CONNS=64
+  BODY="$ROOT/models/example.json"
+  BIN="$ROOT/target/release"
+  "$ROOT/scripts/setup.sh"
+  ensure_tools "$@"
+  say "building gateway, inference-server and loadgen (release)"
+  # `cargo test --no-run` builds the binaries with the same features as the test suite, so
+  # running after scripts/test.sh compiles nothing again.
+  (cd "$ROOT" && cargo test --release --quiet --workspace --no-run)
+  WORK="$RESULTS/$name"
+  rm -rf "$WORK"; mkdir -p "$WORK"
+  PIDS=()
+  trap 'for p in "${PIDS[@]:-}"; do [ -n "$p" ] && stop_pid "$p"; done' EXIT
+}
+
 # CPU ticks of a process and its children (nginx: master + worker).
 tree_ticks() {
   local total=0 p
@@ -133,6 +152,20 @@ measure() { # name pid url [wrk args...]
     rps = v["requests"] / (v["duration_us"] / 1e6)
     printf "%.0f %d %d %.1f %d\n", rps, v["p50_us"], v["p99_us"], ticks * 1e6 / hz / (v["requests"] > 0 ? v["requests"] : 1), v["socket_errors"] + v["non2xx"]
   }'
+}
+
+# gateway_config_head: the part of a benchmark gateway config every benchmark shares —
+# listeners on $P_GW/$P_ADMIN, a development certificate, keys in api-keys.yaml (relative to
+# the config), no effective rate limit, one I/O thread, no access log, the bundled models.
+gateway_config_head() {
+  cat <<EOF
+listen: {https: "127.0.0.1:$P_GW", admin: "127.0.0.1:$P_ADMIN"}
+tls: {cert: server.crt, key: server.key, generate_dev_cert: true}
+auth: {keys_file: api-keys.yaml}
+rate_limits: {default: {per_second: 100000000, burst: 100000000}}
+server: {threads: 1, access_log: false}
+models_dir: $ROOT/models
+EOF
 }
 
 # Ratios, target checks and milliseconds for the reports.

@@ -47,5 +47,6 @@ if [ "$QUICK" = 0 ]; then
   loadtests/bench_inference.sh --short
   loadtests/bench_gateway.sh --short
   loadtests/bench_shadow.sh --short
+  loadtests/bench_reload.sh --short
 fi
 step "all checks passed"

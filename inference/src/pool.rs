@@ -228,6 +228,49 @@ impl Pool {
         }
     }
 
+    /// Runs one request of zeros (every dynamic dimension 1) and waits for it, so that a
+    /// model that loads but cannot run is caught before it serves, and the first client does
+    /// not pay ONNX Runtime's first-run cost. Blocks the calling thread (never call it on an
+    /// async worker); safe inside or outside a runtime.
+    pub fn warm(&self, timeout: Duration) -> Result<(), String> {
+        let inputs = self
+            .meta
+            .inputs
+            .iter()
+            .map(|spec| {
+                let shape: Vec<usize> = spec
+                    .shape
+                    .iter()
+                    .map(|&d| if d > 0 { d as usize } else { 1 })
+                    .collect();
+                let len = shape.iter().product();
+                Ok(NamedTensor {
+                    name: spec.name.clone(),
+                    tensor: Tensor::new(shape, TensorData::zeros(spec.datatype, len))?,
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        let checked = self.meta.check_inputs(inputs, false).map_err(|e| e.to_string())?;
+        let mut rx = self.submit(checked).map_err(|e| e.to_string())?;
+        // Polled rather than `blocking_recv`, which panics when called inside a runtime.
+        let deadline = Instant::now() + timeout;
+        loop {
+            match rx.try_recv() {
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err(e)) => return Err(format!("warm-up inference failed: {e}")),
+                Err(oneshot::error::TryRecvError::Closed) => {
+                    return Err("the worker stopped during the warm-up inference".into());
+                }
+                Err(oneshot::error::TryRecvError::Empty) if Instant::now() >= deadline => {
+                    return Err(format!("the warm-up inference took over {timeout:?}"));
+                }
+                Err(oneshot::error::TryRecvError::Empty) => {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
+    }
+
     /// Checks, queues and awaits one request. Outputs come back in the model's output order.
     pub async fn infer(&self, inputs: Vec<NamedTensor>) -> Result<Vec<Tensor>, InferError> {
         let checked = self.meta.check_inputs(inputs, self.config.reject_non_finite)?;

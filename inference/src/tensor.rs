@@ -183,6 +183,23 @@ impl TensorData {
         }
     }
 
+    /// `len` zeros (false for BOOL) of `dtype`.
+    pub fn zeros(dtype: DataType, len: usize) -> TensorData {
+        match dtype {
+            DataType::Bool => TensorData::Bool(vec![false; len]),
+            DataType::U8 => TensorData::U8(vec![0; len]),
+            DataType::U16 => TensorData::U16(vec![0; len]),
+            DataType::U32 => TensorData::U32(vec![0; len]),
+            DataType::U64 => TensorData::U64(vec![0; len]),
+            DataType::I8 => TensorData::I8(vec![0; len]),
+            DataType::I16 => TensorData::I16(vec![0; len]),
+            DataType::I32 => TensorData::I32(vec![0; len]),
+            DataType::I64 => TensorData::I64(vec![0; len]),
+            DataType::F32 => TensorData::F32(vec![0.0; len]),
+            DataType::F64 => TensorData::F64(vec![0.0; len]),
+        }
+    }
+
     /// Appends `other` (same type) to `self`. Returns false, changing nothing, on a type mismatch.
     pub fn extend_from(&mut self, other: &TensorData) -> bool {
         macro_rules! ext {

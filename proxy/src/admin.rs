@@ -4,7 +4,12 @@
 //! - `GET /metrics`  Prometheus text format
 //! - `GET /healthz`  200 while the process serves
 //! - `GET /readyz`   200 when every route's stable pool can serve; 503 and the reasons if not
-//! - `GET /config`   the routes, weights, stickiness, shadows and pools in force (no keys)
+//! - `GET /admin/config` (also `/config`)  the routes, weights, stickiness, shadows and pools
+//!   in force (no keys), with the reload status: generation, content hash, when it was
+//!   loaded, the last refused reload and its errors, settings waiting for a restart
+//! - `GET /admin/config/diff`  what each recent reload changed, newest first
+//! - `POST /admin/reload`  reload now (as the file watcher and SIGHUP do); 200 when applied or
+//!   unchanged, 422 with every error when refused
 //! - `GET /admin/shadow/report[?route=&since=1h]`  shadow comparisons, JSON
 //! - `GET /admin/shadow/report.html[?route=&since=]`  the same as a self-contained page
 
@@ -18,7 +23,7 @@ use serde_json::json;
 
 use crate::config::{PoolSpec, Sticky};
 use crate::metrics::Metrics;
-use crate::ratelimit::RateLimiters;
+use crate::reload::{Outcome, Reloader, Trigger};
 use crate::shadow::store::Recorder;
 use crate::shadow::{html, report};
 use crate::state::{Backend, Snapshot};
@@ -26,8 +31,8 @@ use crate::state::{Backend, Snapshot};
 pub struct Admin {
     pub state: Arc<ArcSwap<Snapshot>>,
     pub metrics: Arc<Metrics>,
-    pub limiters: Arc<RateLimiters>,
     pub recorder: Recorder,
+    pub reloader: Arc<Reloader>,
 }
 
 fn reply(status: u16, content_type: &str, body: Vec<u8>) -> http::Response<Vec<u8>> {
@@ -94,7 +99,7 @@ impl Admin {
         self.metrics
             .tracked_clients
             .with_label_values(&["all"])
-            .set(self.limiters.tracked() as i64);
+            .set(snap.limiters.tracked() as i64);
     }
 
     fn readiness(snap: &Snapshot) -> Vec<String> {
@@ -152,6 +157,29 @@ impl Admin {
         });
         json!({"file": snap.config.file.display().to_string(), "routes": routes, "pools": pools, "shadow": shadow, "keys": snap.keys.len()})
     }
+
+    /// Runs a reload off the async threads (models may load) and says what happened.
+    async fn reload(&self) -> http::Response<Vec<u8>> {
+        let reloader = self.reloader.clone();
+        let outcome = tokio::task::spawn_blocking(move || reloader.reload(Trigger::Admin)).await;
+        let generation = self.reloader.status().generation;
+        let (status, body) = match outcome {
+            Ok(Outcome::Unchanged) => (
+                200,
+                json!({"result": "unchanged", "generation": generation, "message": "the files are what is in force"}),
+            ),
+            Ok(Outcome::Applied(a)) => (
+                200,
+                json!({"result": "ok", "generation": a.generation, "summary": a.diff.to_string(), "diff": a.diff}),
+            ),
+            Ok(Outcome::Rejected(r)) => (
+                422,
+                json!({"result": "rejected", "generation": generation, "errors": r.errors, "message": format!("generation {generation} keeps serving")}),
+            ),
+            Err(e) => (500, json!({"result": "failed", "error": e.to_string()})),
+        };
+        reply(status, "application/json", body.to_string().into_bytes())
+    }
 }
 
 #[async_trait]
@@ -159,7 +187,14 @@ impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> http::Response<Vec<u8>> {
         let snap = self.state.load_full();
         let path = session.req_header().uri.path().to_string();
+        let post = session.req_header().method == http::Method::POST;
         match path.as_str() {
+            "/admin/reload" if post => self.reload().await,
+            "/admin/reload" => reply(
+                405,
+                "application/json",
+                inference::error::error_body("POST /admin/reload reloads the config").into_bytes(),
+            ),
             "/metrics" => {
                 self.refresh_gauges(&snap);
                 reply(200, "text/plain; version=0.0.4", self.metrics.render())
@@ -180,16 +215,21 @@ impl ServeHttp for Admin {
                 let query = session.req_header().uri.query().map(str::to_string);
                 self.shadow_report(query.as_deref(), path.ends_with(".html")).await
             }
-            "/config" => reply(
-                200,
-                "application/json",
-                Self::config_json(&snap).to_string().into_bytes(),
-            ),
+            "/admin/config" | "/config" => {
+                let mut body = Self::config_json(&snap);
+                body["reload"] = json!(self.reloader.status());
+                reply(200, "application/json", body.to_string().into_bytes())
+            }
+            "/admin/config/diff" => {
+                let status = self.reloader.status();
+                let body = json!({"generation": status.generation, "reloads": status.history});
+                reply(200, "application/json", body.to_string().into_bytes())
+            }
             _ => reply(
                 404,
                 "application/json",
                 inference::error::error_body(&format!(
-                    "no admin route for {path}; try /metrics, /healthz, /readyz, /config, /admin/shadow/report, /admin/shadow/report.html"
+                    "no admin route for {path}; try /metrics, /healthz, /readyz, /admin/config, /admin/config/diff, POST /admin/reload, /admin/shadow/report, /admin/shadow/report.html"
                 ))
                 .into_bytes(),
             ),

@@ -198,17 +198,7 @@ pub fn add_key(file: &Path, tenant: &str, tier: &str) -> Result<(String, String)
             "tenant {tenant:?} must be non-empty letters, digits, '-', '_' or '.'"
         ));
     }
-    let mut parsed = if file.exists() {
-        let text =
-            std::fs::read_to_string(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-        if text.trim().is_empty() {
-            KeysFile { keys: Vec::new() }
-        } else {
-            serde_yaml::from_str::<KeysFile>(&text).map_err(|e| yaml_error(file, &e).to_string())?
-        }
-    } else {
-        KeysFile { keys: Vec::new() }
-    };
+    let mut parsed = read_keys_file(file)?;
     let key = generate_key();
     let d = digest(&key);
     let id = key_id(&d);
@@ -219,7 +209,48 @@ pub fn add_key(file: &Path, tenant: &str, tier: &str) -> Result<(String, String)
         tier: tier.to_string(),
         disabled: false,
     });
-    let body = serde_yaml::to_string(&parsed).map_err(|e| e.to_string())?;
+    write_keys_file(file, &parsed)?;
+    Ok((key, id))
+}
+
+/// Disables (revokes) or re-enables the key with this id. A running gateway that watches
+/// the file refuses the key (403) within a couple of seconds.
+pub fn set_disabled(file: &Path, id: &str, disabled: bool) -> Result<(), String> {
+    let mut parsed = read_keys_file(file)?;
+    let Some(entry) = parsed.keys.iter_mut().find(|k| k.id == id) else {
+        let ids: Vec<&str> = parsed.keys.iter().map(|k| k.id.as_str()).collect();
+        return Err(format!(
+            "no key {id:?} in {} (keys: {})",
+            file.display(),
+            ids.join(", ")
+        ));
+    };
+    entry.disabled = disabled;
+    write_keys_file(file, &parsed)
+}
+
+/// `(id, tenant, tier, disabled)` of every key in the file: what `gateway keys list` shows.
+pub fn list(file: &Path) -> Result<Vec<(String, String, String, bool)>, String> {
+    Ok(read_keys_file(file)?
+        .keys
+        .into_iter()
+        .map(|k| (k.id, k.tenant, k.tier, k.disabled))
+        .collect())
+}
+
+fn read_keys_file(file: &Path) -> Result<KeysFile, String> {
+    if !file.exists() {
+        return Ok(KeysFile { keys: Vec::new() });
+    }
+    let text = std::fs::read_to_string(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    if text.trim().is_empty() {
+        return Ok(KeysFile { keys: Vec::new() });
+    }
+    serde_yaml::from_str::<KeysFile>(&text).map_err(|e| yaml_error(file, &e).to_string())
+}
+
+fn write_keys_file(file: &Path, parsed: &KeysFile) -> Result<(), String> {
+    let body = serde_yaml::to_string(parsed).map_err(|e| e.to_string())?;
     let text =
         format!("# API keys of the gateway: SHA-256 digests only. Add keys with `gateway keys add`.\n{body}");
     if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -238,8 +269,7 @@ pub fn add_key(file: &Path, tenant: &str, tier: &str) -> Result<(String, String)
         f.write_all(text.as_bytes())
             .map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
     }
-    std::fs::rename(&tmp, file).map_err(|e| format!("cannot write {}: {e}", file.display()))?;
-    Ok((key, id))
+    std::fs::rename(&tmp, file).map_err(|e| format!("cannot write {}: {e}", file.display()))
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ pub mod limits;
 pub mod maintenance;
 pub mod metrics;
 pub mod ratelimit;
+pub mod reload;
 pub mod remote;
 pub mod server;
 pub mod service;

@@ -29,9 +29,18 @@ enum Command {
     /// On the first run with the default config, a development CA and a localhost
     /// certificate are made in certs/ (trust certs/ca.crt), and one development API key is
     /// made and printed once.
+    ///
+    /// Edits of the config, the keys file and the certificate take effect by themselves
+    /// (also on SIGHUP or `POST /admin/reload`); a file that does not validate is refused and
+    /// the config in force keeps serving. SIGTERM: stop accepting, finish what is in flight
+    /// (up to server.shutdown_grace_s), write the shadow records, exit.
     Run {
         #[arg(long, short, default_value = "routes.yaml")]
         config: PathBuf,
+        /// Take the listening sockets over from the running gateway instead of binding them
+        /// (zero-downtime binary upgrade): start this, then send SIGQUIT to the old process.
+        #[arg(long)]
+        upgrade: bool,
     },
     /// Validate config files: every problem with line and column (exit 1), or a summary of
     /// routes, weights and shadows. Loads each local model to prove that it loads.
@@ -93,6 +102,34 @@ enum KeysCommand {
         #[arg(long)]
         keys_file: Option<PathBuf>,
     },
+    /// Disable a key (403 from then on); a running gateway applies it within ~2 s.
+    Revoke {
+        /// The key's id (key_…), as `keys list` and the access log show it
+        id: String,
+        #[command(flatten)]
+        file: KeysFileArgs,
+    },
+    /// Enable a revoked key again.
+    Enable {
+        id: String,
+        #[command(flatten)]
+        file: KeysFileArgs,
+    },
+    /// List keys: id, tenant, tier, state (never the keys: only digests are stored).
+    List {
+        #[command(flatten)]
+        file: KeysFileArgs,
+    },
+}
+
+#[derive(clap::Args)]
+struct KeysFileArgs {
+    /// The config whose auth.keys_file is used
+    #[arg(long, short, default_value = "routes.yaml")]
+    config: PathBuf,
+    /// Use this keys file instead of the config's
+    #[arg(long)]
+    keys_file: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -109,7 +146,7 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let result = match cli.command {
-        Command::Run { config } => run(&config),
+        Command::Run { config, upgrade } => run(&config, upgrade),
         Command::Check { files } => check(&files),
         Command::Keys {
             command:
@@ -120,6 +157,15 @@ fn main() -> ExitCode {
                     keys_file,
                 },
         } => add_key(&config, keys_file, &tenant, &tier),
+        Command::Keys {
+            command: KeysCommand::Revoke { id, file },
+        } => set_disabled(&file, &id, true),
+        Command::Keys {
+            command: KeysCommand::Enable { id, file },
+        } => set_disabled(&file, &id, false),
+        Command::Keys {
+            command: KeysCommand::List { file },
+        } => list_keys(&file),
         Command::Report {
             since,
             route,
@@ -138,7 +184,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(config: &Path) -> Result<(), String> {
+fn run(config: &Path, upgrade: bool) -> Result<(), String> {
     inference::runtime::environment()?;
     let (snapshot, first) = proxy::server::prepare(config)?;
     if let Some(ca) = &first.dev_ca {
@@ -176,7 +222,20 @@ fn run(config: &Path) -> Result<(), String> {
             snapshot.config.admin
         );
     }
-    let built = proxy::server::build(snapshot)?;
+    if snapshot.config.watch {
+        println!(
+            "edits to {} (weights, routes, pools), its keys file and certificate apply by themselves; errors show on http://{}/admin/config",
+            snapshot.config.file.display(),
+            snapshot.config.admin
+        );
+    }
+    if upgrade {
+        println!(
+            "taking the listeners over from the running gateway: send it SIGQUIT (socket {})",
+            snapshot.config.upgrade_sock.display()
+        );
+    }
+    let built = proxy::server::build_with(snapshot, proxy::server::StartOptions { upgrade })?;
     // pingora binds its listeners once running: announce "serving" once the admin listener
     // (started with the client one) answers a health check. A bare connect to the TLS port
     // would be logged as a failed handshake, so that port is not probed.
@@ -289,22 +348,51 @@ fn report(
     Ok(())
 }
 
-fn add_key(config: &Path, keys_file: Option<PathBuf>, tenant: &str, tier: &str) -> Result<(), String> {
-    // Only auth.keys_file and the tier names are needed: read them without validating the
-    // rest, so keys can be managed even while another part of the config is being fixed.
+/// The config as loose YAML: only auth.keys_file and the tier names are needed, read without
+/// validating the rest, so keys can be managed even while another part is being fixed.
+fn loose_config(config: &Path) -> serde_yaml::Value {
     let text = std::fs::read_to_string(config).unwrap_or_default();
-    let value: serde_yaml::Value = serde_yaml::from_str(&text).unwrap_or_default();
-    let file = match keys_file {
-        Some(f) => f,
-        None => {
-            let rel = value
-                .get("auth")
-                .and_then(|a| a.get("keys_file"))
-                .and_then(|f| f.as_str())
-                .ok_or_else(|| format!("{} has no auth.keys_file; pass --keys-file", config.display()))?;
-            config.parent().unwrap_or(Path::new(".")).join(rel)
-        }
-    };
+    serde_yaml::from_str(&text).unwrap_or_default()
+}
+
+fn keys_file_of(
+    config: &Path,
+    value: &serde_yaml::Value,
+    keys_file: Option<PathBuf>,
+) -> Result<PathBuf, String> {
+    if let Some(f) = keys_file {
+        return Ok(f);
+    }
+    let rel = value
+        .get("auth")
+        .and_then(|a| a.get("keys_file"))
+        .and_then(|f| f.as_str())
+        .ok_or_else(|| format!("{} has no auth.keys_file; pass --keys-file", config.display()))?;
+    Ok(config.parent().unwrap_or(Path::new(".")).join(rel))
+}
+
+fn set_disabled(args: &KeysFileArgs, id: &str, disabled: bool) -> Result<(), String> {
+    let file = keys_file_of(&args.config, &loose_config(&args.config), args.keys_file.clone())?;
+    proxy::keys::set_disabled(&file, id, disabled)?;
+    let what = if disabled { "revoked (disabled)" } else { "enabled" };
+    println!("key {id} {what} in {}", file.display());
+    Ok(())
+}
+
+fn list_keys(args: &KeysFileArgs) -> Result<(), String> {
+    let file = keys_file_of(&args.config, &loose_config(&args.config), args.keys_file.clone())?;
+    let keys = proxy::keys::list(&file)?;
+    println!("{:<14} {:<20} {:<12} state", "id", "tenant", "tier");
+    for (id, tenant, tier, disabled) in keys {
+        let state = if disabled { "revoked" } else { "active" };
+        println!("{id:<14} {tenant:<20} {tier:<12} {state}");
+    }
+    Ok(())
+}
+
+fn add_key(config: &Path, keys_file: Option<PathBuf>, tenant: &str, tier: &str) -> Result<(), String> {
+    let value = loose_config(config);
+    let file = keys_file_of(config, &value, keys_file)?;
     let tiers: Vec<String> = value
         .get("rate_limits")
         .and_then(|r| r.get("tiers"))

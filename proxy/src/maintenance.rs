@@ -9,7 +9,6 @@ use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
-use crate::ratelimit::RateLimiters;
 use crate::state::{Backend, Snapshot};
 
 /// How often the loop looks at what is due. Health checks themselves run at their pool's
@@ -20,7 +19,6 @@ const EVICT_EVERY: Duration = Duration::from_secs(10);
 
 pub struct Maintenance {
     pub state: Arc<ArcSwap<Snapshot>>,
-    pub limiters: Arc<RateLimiters>,
 }
 
 #[async_trait]
@@ -41,7 +39,7 @@ impl BackgroundService for Maintenance {
                 }
             }
             if last_evict.elapsed() >= EVICT_EVERY {
-                self.limiters.evict_idle();
+                snap.limiters.evict_idle();
                 last_evict = Instant::now();
             }
         }

@@ -3,7 +3,8 @@
 //! from the config, variants, status codes, error kinds. Never keys, never tenants' input.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 pub struct Metrics {
@@ -21,6 +22,10 @@ pub struct Metrics {
     pub shadow_errors: IntCounterVec,
     pub shadow_dropped: IntCounterVec,
     pub shadow_records_lost: IntCounter,
+    pub config_reloads: IntCounterVec,
+    pub config_generation: IntGauge,
+    pub config_loaded_at: IntGauge,
+    pub in_flight: IntGauge,
 }
 
 impl Metrics {
@@ -118,6 +123,21 @@ impl Metrics {
             "Comparison events lost because the store's queue was full",
         )
         .expect("valid metric");
+        let config_reloads = counter(
+            "config_reload_total",
+            "Config reloads that were applied (ok) or refused while the old config kept serving (rejected)",
+            &["result"],
+        );
+        let gauge = |name: &str, help: &str| IntGauge::new(name, help).expect("valid metric");
+        let config_generation = gauge(
+            "config_generation",
+            "Generation of the config in force: 1 at start, +1 per applied reload",
+        );
+        let config_loaded_at = gauge(
+            "config_last_reload_success_timestamp_seconds",
+            "When the config in force was loaded (Unix time)",
+        );
+        let in_flight = gauge("requests_in_flight", "Client requests being answered right now");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(duration.clone()),
@@ -132,6 +152,10 @@ impl Metrics {
             Box::new(shadow_errors.clone()),
             Box::new(shadow_dropped.clone()),
             Box::new(shadow_records_lost.clone()),
+            Box::new(config_reloads.clone()),
+            Box::new(config_generation.clone()),
+            Box::new(config_loaded_at.clone()),
+            Box::new(in_flight.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -150,6 +174,10 @@ impl Metrics {
             shadow_errors,
             shadow_dropped,
             shadow_records_lost,
+            config_reloads,
+            config_generation,
+            config_loaded_at,
+            in_flight,
         }
     }
 

@@ -6,13 +6,13 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::apps::http_app::HttpServer;
 use pingora::server::configuration::ServerConf;
-use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use pingora::server::{ExecutionPhase, RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 
@@ -21,12 +21,14 @@ use crate::config::{self, Config, ConfigError};
 use crate::keys::{self, KeyStore};
 use crate::maintenance::Maintenance;
 use crate::metrics::Metrics;
-use crate::ratelimit::RateLimiters;
+use crate::reload::watch::FileWatch;
+use crate::reload::{self, Reloader};
 use crate::service::Gateway;
 use crate::shadow::store::Recorder;
 use crate::shadow::{Mirror, ShadowRuntime};
-use crate::state::{Backend, Snapshot};
+use crate::state::Snapshot;
 use crate::tls;
+use tokio::sync::broadcast::error::RecvError;
 
 /// Things the first run made that the operator must hear about once.
 #[derive(Debug, Default)]
@@ -79,76 +81,77 @@ pub struct GatewayServer {
     state: Arc<ArcSwap<Snapshot>>,
     recorder: Recorder,
     shadow_runtime: ShadowRuntime,
+    metrics: Arc<Metrics>,
+    reloader: Arc<Reloader>,
+    watch: Option<FileWatch>,
+    grace: Duration,
     pub https: SocketAddr,
     pub admin: SocketAddr,
 }
 
+/// How the process starts besides its config.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StartOptions {
+    /// Take the listening sockets over from a running gateway (pingora's graceful upgrade)
+    /// instead of binding them: the old process hands them over on SIGQUIT.
+    pub upgrade: bool,
+}
+
 /// Builds the pingora server for a snapshot.
 pub fn build(snapshot: Snapshot) -> Result<GatewayServer, String> {
+    build_with(snapshot, StartOptions::default())
+}
+
+pub fn build_with(snapshot: Snapshot, options: StartOptions) -> Result<GatewayServer, String> {
     let Config {
         https,
         admin,
         threads,
+        shutdown_grace,
         ..
     } = snapshot.config.clone();
-    check_bindable(https, "https")?;
-    check_bindable(admin, "admin")?;
-    let tls = tls::settings(&snapshot.config.tls_cert, &snapshot.config.tls_key)?;
-
-    // Learn remote pools' health (and signatures) before the first request, not after it.
-    let remotes: Vec<_> = snapshot
-        .pools
-        .values()
-        .filter_map(|b| {
-            if let Backend::Remote(r) = b {
-                Some(r.clone())
-            } else {
-                None
-            }
-        })
-        .collect();
-    if !remotes.is_empty() {
-        // On a thread of its own: the caller may itself be inside an async runtime.
-        std::thread::scope(|scope| {
-            scope
-                .spawn(|| {
-                    let rt = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .map_err(|e| e.to_string())?;
-                    rt.block_on(async {
-                        for r in &remotes {
-                            r.maintain(true).await;
-                        }
-                    });
-                    Ok::<(), String>(())
-                })
-                .join()
-                .map_err(|_| "the first health check panicked".to_string())?
-        })?;
+    if !options.upgrade {
+        check_bindable(https, "https")?;
+        check_bindable(admin, "admin")?;
     }
+    let certs = tls::CertResolver::new(tls::load_certified_key(
+        &snapshot.config.tls_cert,
+        &snapshot.config.tls_key,
+    )?);
+    let tls = tls::settings(certs.clone())?;
 
     let conf = ServerConf {
         threads,
-        // Stop accepting at once on SIGTERM, then give requests in flight up to 10 s.
-        grace_period_seconds: Some(0),
-        graceful_shutdown_timeout_seconds: Some(10),
+        // pingora's own wait after SIGTERM is only the upper bound: `run` returns as soon as
+        // the requests in flight are done (see there). Never pingora's 300 s default.
+        grace_period_seconds: Some(shutdown_grace.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(1),
+        upgrade_sock: snapshot.config.upgrade_sock.to_string_lossy().to_string(),
         ..ServerConf::default()
     };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
+    let opt = pingora::server::configuration::Opt {
+        upgrade: options.upgrade,
+        ..Default::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
     server.bootstrap();
 
-    let limiters = Arc::new(RateLimiters::new(&snapshot.config.rate_limits));
     let metrics = Arc::new(Metrics::new());
     let recorder = Recorder::start(&snapshot.config.shadow)
         .map_err(|e| format!("shadow store (shadow.store in the config): {e}"))?;
     let shadow_runtime = ShadowRuntime::start()?;
     let connector = Arc::new(pingora::connectors::http::Connector::new(None));
+    let watch_files = snapshot.config.watch;
     let state = Arc::new(ArcSwap::from_pointee(snapshot));
+    let reloader = Reloader::new(state.clone(), certs, metrics.clone());
+    let watch = if watch_files {
+        Some(reload::watch::start(reloader.clone())?)
+    } else {
+        None
+    };
 
     let gateway = Gateway {
         state: state.clone(),
-        limiters: limiters.clone(),
         metrics: metrics.clone(),
         connector,
         mirror: Mirror::new(recorder.clone(), metrics.clone(), &shadow_runtime),
@@ -158,29 +161,31 @@ pub fn build(snapshot: Snapshot) -> Result<GatewayServer, String> {
 
     let admin_app = Admin {
         state: state.clone(),
-        metrics,
-        limiters: limiters.clone(),
+        metrics: metrics.clone(),
         recorder: recorder.clone(),
+        reloader: reloader.clone(),
     };
     let mut admin_service = Service::new("admin".to_string(), HttpServer::new_app(admin_app));
     admin_service.add_tcp(&admin.to_string());
 
-    let upkeep = background_service(
-        "maintenance",
-        Maintenance {
-            state: state.clone(),
-            limiters,
-        },
-    );
+    let upkeep = background_service("maintenance", Maintenance { state: state.clone() });
 
     server.add_service(proxy);
     server.add_service(admin_service);
     server.add_service(upkeep);
+    server.add_service(background_service(
+        "reload on SIGHUP",
+        reload::watch::HangupReload(reloader.clone()),
+    ));
     Ok(GatewayServer {
         server,
         state,
         recorder,
         shadow_runtime,
+        metrics,
+        reloader,
+        watch,
+        grace: shutdown_grace,
         https,
         admin,
     })
@@ -192,24 +197,77 @@ impl GatewayServer {
         self.state.clone()
     }
 
-    /// Serves until `shutdown` fires, then lets requests in flight finish. Every pool drains
-    /// its queue when the last snapshot referring to it is dropped; the shadow store writes
-    /// every comparison it accepted before this returns.
-    pub fn run(self, shutdown: Box<dyn ShutdownSignalWatch>) {
+    pub fn reloader(&self) -> Arc<Reloader> {
+        self.reloader.clone()
+    }
+
+    /// Serves until `shutdown` fires. Then: the listeners stop accepting, requests in flight
+    /// get up to `server.shutdown_grace_s` to finish (it returns as soon as they have), shadow
+    /// copies in flight a moment to land, and the shadow store writes everything it accepted.
+    pub fn run(self, shutdown: Box<dyn ShutdownSignalWatch + Send>) {
         let GatewayServer {
             server,
             state,
             recorder,
             shadow_runtime,
+            metrics,
+            reloader,
+            watch,
+            grace,
             ..
         } = self;
-        server.run(RunArgs {
-            shutdown_signal: shutdown,
-        });
+        let mut phases = server.watch_execution_phase();
+        // pingora sleeps its whole grace period after a shutdown signal; it does so on a
+        // thread of its own, and this one ends the wait early once nothing is in flight.
+        let pingora = std::thread::Builder::new()
+            .name("pingora-main".into())
+            .spawn(move || {
+                server.run(RunArgs {
+                    shutdown_signal: shutdown,
+                })
+            })
+            .expect("spawning the server thread");
+        loop {
+            match phases.blocking_recv() {
+                Ok(ExecutionPhase::ShutdownStarted) | Err(RecvError::Closed) => break,
+                Ok(_) | Err(RecvError::Lagged(_)) => {}
+            }
+        }
+        drop(watch);
+        let started = Instant::now();
+        let deadline = started + grace;
+        let mut told = false;
+        while metrics.in_flight.get() > 0 && Instant::now() < deadline {
+            if !told {
+                tracing::info!(
+                    in_flight = metrics.in_flight.get(),
+                    grace = ?grace,
+                    "stopped accepting; waiting for requests in flight"
+                );
+                told = true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let left = metrics.in_flight.get();
+        if left > 0 {
+            tracing::warn!(
+                in_flight = left,
+                "grace period over; cutting the remaining requests"
+            );
+        } else {
+            tracing::info!(waited = ?started.elapsed(), "requests in flight finished");
+        }
         // Shadows in flight get a moment to land in the store, which then writes everything.
-        shadow_runtime.shutdown(Duration::from_secs(2));
+        shadow_runtime
+            .shutdown(Duration::from_secs(2).min(deadline.saturating_duration_since(Instant::now())));
         recorder.close();
+        drop(reloader);
         drop(state);
+        if pingora.is_finished() {
+            let _ = pingora.join();
+        }
+        // Otherwise pingora's thread is still in its fixed grace sleep with nothing left to
+        // do; the process exits without it (embedders: its runtimes end when it wakes).
     }
 }
 

@@ -27,7 +27,7 @@ use crate::errors::GatewayError;
 use crate::keys::KeyInfo;
 use crate::limits;
 use crate::metrics::Metrics;
-use crate::ratelimit::{Decision, RateLimiters};
+use crate::ratelimit::Decision;
 use crate::remote;
 use crate::shadow::{self, Mirror};
 use crate::simple;
@@ -36,7 +36,6 @@ use crate::state::{Backend, Snapshot};
 
 pub struct Gateway {
     pub state: Arc<ArcSwap<Snapshot>>,
-    pub limiters: Arc<RateLimiters>,
     pub metrics: Arc<Metrics>,
     /// Upstream connections for remote pools, kept alive between requests.
     pub connector: Arc<Connector>,
@@ -59,6 +58,24 @@ pub struct Ctx {
     upstream: Option<SocketAddr>,
     error: Option<GatewayError>,
     status: u16,
+    /// Counts the request as in flight until it ends (graceful shutdown waits for zero).
+    _in_flight: Option<InFlight>,
+}
+
+/// Holds one count of `gateway_requests_in_flight` while it lives.
+pub struct InFlight(prometheus::IntGauge);
+
+impl InFlight {
+    fn enter(gauge: &prometheus::IntGauge) -> InFlight {
+        gauge.inc();
+        InFlight(gauge.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// The kinds of request the gateway serves, from the path.
@@ -105,10 +122,10 @@ impl Gateway {
 
         let model_ref = match target {
             Target::Protocol(Endpoint::Live) => {
-                return self.keyless(session, ctx, r#"{"live":true}"#.into()).await;
+                return self.keyless(session, ctx, snap, r#"{"live":true}"#.into()).await;
             }
             Target::Protocol(Endpoint::Ready) => {
-                return self.keyless(session, ctx, r#"{"ready":true}"#.into()).await;
+                return self.keyless(session, ctx, snap, r#"{"ready":true}"#.into()).await;
             }
             Target::Protocol(Endpoint::Server) => {
                 let body = serde_json::json!({
@@ -116,10 +133,10 @@ impl Gateway {
                     "version": env!("CARGO_PKG_VERSION"),
                     "extensions": ["binary_tensor_data", "model_configuration"],
                 });
-                return self.keyless(session, ctx, body.to_string()).await;
+                return self.keyless(session, ctx, snap, body.to_string()).await;
             }
             Target::Protocol(Endpoint::Model(m) | Endpoint::ModelReady(m) | Endpoint::ModelConfig(m)) => {
-                self.limit_by_ip(session, ctx)?;
+                self.limit_by_ip(session, ctx, snap)?;
                 m
             }
             Target::Protocol(Endpoint::Infer(m)) => {
@@ -410,8 +427,14 @@ impl Gateway {
     }
 
     /// Health and server metadata: no key, limited per client IP.
-    async fn keyless(&self, session: &mut Session, ctx: &mut Ctx, body: String) -> Result<(), GatewayError> {
-        self.limit_by_ip(session, ctx)?;
+    async fn keyless(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        snap: &Snapshot,
+        body: String,
+    ) -> Result<(), GatewayError> {
+        self.limit_by_ip(session, ctx, snap)?;
         self.respond_json(session, ctx, body).await;
         Ok(())
     }
@@ -422,11 +445,11 @@ impl Gateway {
             .await;
     }
 
-    fn limit_by_ip(&self, session: &Session, ctx: &mut Ctx) -> Result<(), GatewayError> {
+    fn limit_by_ip(&self, session: &Session, ctx: &mut Ctx, snap: &Snapshot) -> Result<(), GatewayError> {
         let Some(ip) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()) else {
             return Ok(());
         };
-        let decision = self.limiters.check_ip(ip);
+        let decision = snap.limiters.check_ip(ip);
         ctx.rate = Some(decision);
         if decision.allowed {
             Ok(())
@@ -442,7 +465,7 @@ impl Gateway {
         snap: &Snapshot,
     ) -> Result<(), GatewayError> {
         let key = crate::auth::authenticate(&snap.keys, &session.req_header().headers)?;
-        let decision = self.limiters.check_key(&key.tier, key.digest());
+        let decision = snap.limiters.check_key(&key.tier, key.digest());
         ctx.key = Some(key);
         ctx.rate = Some(decision);
         if decision.allowed {
@@ -622,6 +645,7 @@ impl ProxyHttp for Gateway {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<bool> {
         ctx.started = Some(Instant::now());
+        ctx._in_flight = Some(InFlight::enter(&self.metrics.in_flight));
         ctx.request_id = limits::request_id(session.req_header());
         let snap = self.state.load_full();
         ctx.snapshot = Some(snap.clone());

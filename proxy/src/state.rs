@@ -4,11 +4,13 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use inference::Pool;
 
 use crate::config::{Config, ConfigError, Errors, Path, PoolSpec, Route};
 use crate::keys::KeyStore;
+use crate::ratelimit::RateLimiters;
 use crate::remote::RemotePool;
 
 /// Where a pool's requests go.
@@ -24,37 +26,62 @@ pub struct Snapshot {
     pub config: Config,
     pub pools: BTreeMap<String, Backend>,
     pub keys: KeyStore,
+    /// Rate-limiter state; carried over by a reload that leaves `rate_limits` unchanged, so
+    /// that editing a weight does not hand every client a fresh burst.
+    pub limiters: Arc<RateLimiters>,
     /// Per route: shadow requests in flight, at most `shadow.max_in_flight`.
     pub shadow_slots: BTreeMap<String, Arc<tokio::sync::Semaphore>>,
 }
 
+/// A warm-up inference slower than this fails the load: the model would not serve either.
+const WARM_TIMEOUT: Duration = Duration::from_secs(30);
+
 impl Snapshot {
-    /// Loads every pool (models into ONNX Runtime, load balancers for remote pools) and
-    /// checks what can only be checked then: that a route's variants take the same inputs.
+    /// Loads every pool (models into ONNX Runtime and warmed with one inference; remote
+    /// pools health-checked once) and checks what can only be checked then: that a route's
+    /// variants take the same inputs.
     pub fn build(config: Config) -> Result<Snapshot, Vec<ConfigError>> {
+        Self::build_from(config, None)
+    }
+
+    /// Like [`Snapshot::build`], but takes over from `previous` every pool whose definition
+    /// is unchanged (so a weight edit loads nothing), the limiters when `rate_limits` is
+    /// unchanged, and each surviving route's shadow slots.
+    pub fn build_from(config: Config, previous: Option<&Snapshot>) -> Result<Snapshot, Vec<ConfigError>> {
         let mut errors = Errors::new(&config.file, &config.source);
         let mut pools = BTreeMap::new();
+        let mut new_remotes = Vec::new();
         for (name, spec) in &config.pools {
+            let idle = shadow_only(&config, name);
+            if let Some(previous) = previous
+                && previous.config.pools.get(name) == Some(spec)
+                && shadow_only(&previous.config, name) == idle
+                && let Some(backend) = previous.pools.get(name)
+            {
+                pools.insert(name.clone(), backend.clone());
+                continue;
+            }
             match spec {
                 PoolSpec::Local(l) => {
                     let mut pool_config = l.pool.clone();
-                    if shadow_only(&config, name) {
-                        // Copies for comparison yield the CPU to the client path.
-                        pool_config.idle_priority = true;
-                    }
-                    match Pool::load(&l.model, &l.version.to_string(), &l.path, pool_config) {
+                    // Copies for comparison yield the CPU to the client path.
+                    pool_config.idle_priority = idle;
+                    let at = Path::root().key("pools").key(name).key("local").key("model");
+                    let loaded = Pool::load(&l.model, &l.version.to_string(), &l.path, pool_config)
+                        .map_err(|e| e.to_string())
+                        .and_then(|pool| pool.warm(WARM_TIMEOUT).map(|()| pool));
+                    match loaded {
                         Ok(pool) => {
                             pools.insert(name.clone(), Backend::Local(Arc::new(pool)));
                         }
-                        Err(e) => errors.add(
-                            &Path::root().key("pools").key(name).key("local").key("model"),
-                            e.to_string(),
-                        ),
+                        Err(e) => errors.add(&at, format!("{}: {e}", l.path.display())),
                     }
                 }
                 PoolSpec::Http(h) => match RemotePool::new(name, h.clone()) {
                     Ok(pool) => {
-                        pools.insert(name.clone(), Backend::Remote(Arc::new(pool)));
+                        let pool = Arc::new(pool);
+                        new_remotes.push(pool.clone());
+                        pools.insert(name.clone(), Backend::Remote(pool));
                     }
                     Err(e) => errors.add(&Path::root().key("pools").key(name).key("http"), e),
                 },
@@ -66,14 +93,24 @@ impl Snapshot {
         if !errors.list.is_empty() {
             return Err(errors.list);
         }
+        // Learn new remote pools' health (and signatures) before the first request, not after.
+        first_health_check(&new_remotes);
         let keys = config.keys.clone().unwrap_or_default();
+        let limiters = match previous {
+            Some(p) if p.config.rate_limits == config.rate_limits => p.limiters.clone(),
+            _ => Arc::new(RateLimiters::new(&config.rate_limits)),
+        };
+        let cap = config.shadow.max_in_flight;
         let shadow_slots = config
             .routes
             .keys()
             .map(|r| {
+                let kept = previous
+                    .filter(|p| p.config.shadow.max_in_flight == cap)
+                    .and_then(|p| p.shadow_slots.get(r).cloned());
                 (
                     r.clone(),
-                    Arc::new(tokio::sync::Semaphore::new(config.shadow.max_in_flight)),
+                    kept.unwrap_or_else(|| Arc::new(tokio::sync::Semaphore::new(cap))),
                 )
             })
             .collect();
@@ -81,6 +118,7 @@ impl Snapshot {
             config,
             pools,
             keys,
+            limiters,
             shadow_slots,
         })
     }
@@ -88,6 +126,27 @@ impl Snapshot {
     pub fn route(&self, model: &str) -> Option<&Route> {
         self.config.routes.get(model)
     }
+}
+
+/// One health check of each pool, on a thread of its own: the caller may itself be inside
+/// an async runtime.
+fn first_health_check(remotes: &[Arc<RemotePool>]) {
+    if remotes.is_empty() {
+        return;
+    }
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt.block_on(async {
+                    for r in remotes {
+                        r.maintain(true).await;
+                    }
+                }),
+                // The upkeep loop checks them a moment later anyway.
+                Err(e) => tracing::warn!(error = %e, "first health check of remote pools skipped"),
+            }
+        });
+    });
 }
 
 /// A pool that routes use only as a shadow.

@@ -8,12 +8,17 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 
 use pingora::listeners::tls::TlsSettings;
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, SanType,
 };
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 
 /// What [`ensure_dev_cert`] did.
 pub enum DevCert {
@@ -123,9 +128,10 @@ fn current_year_and_day() -> (i32, u32) {
     (year, (days % 365) as u32)
 }
 
-/// Checks that the certificate chain and key load and match, then builds the listener's TLS
-/// settings (TLS 1.2 + 1.3, ALPN h2 then http/1.1).
-pub fn settings(cert: &Path, key: &Path) -> Result<TlsSettings, String> {
+/// Loads a certificate chain and its private key and checks that they belong together:
+/// the same checks rustls makes, made here so that a broken file is a clear error (at start or
+/// on reload) and never a panic inside pingora.
+pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, String> {
     let cert_s = cert.to_string_lossy().to_string();
     let key_s = key.to_string_lossy().to_string();
     let loaded = pingora::tls::load_certs_and_key_files(&cert_s, &key_s).map_err(|e| {
@@ -142,23 +148,50 @@ pub fn settings(cert: &Path, key: &Path) -> Result<TlsSettings, String> {
             key.display()
         ));
     };
-    // The same check rustls makes when the listener starts, made here so that a key that does
-    // not match its certificate is reported instead of panicking in pingora.
-    rustls::ServerConfig::builder_with_provider(
-        std::sync::Arc::new(rustls::crypto::ring::default_provider()),
-    )
-    .with_protocol_versions(&[&rustls::version::TLS12, &rustls::version::TLS13])
-    .map_err(|e| e.to_string())?
-    .with_no_client_auth()
-    .with_single_cert(certs, private_key)
-    .map_err(|e| {
+    let signing_key = rustls::crypto::ring::sign::any_supported_type(&private_key)
+        .map_err(|e| format!("TLS key {}: {e}", key.display()))?;
+    let certified = CertifiedKey::new(certs, signing_key);
+    certified.keys_match().map_err(|e| {
         format!(
             "TLS certificate {} and key {} do not work together: {e}",
             cert.display(),
             key.display()
         )
     })?;
-    let mut settings = TlsSettings::intermediate(&cert_s, &key_s).map_err(|e| e.to_string())?;
+    Ok(Arc::new(certified))
+}
+
+/// The client listener's certificate, swappable while the listener runs: a reload puts the
+/// new one in place for the next handshake; connections already open keep theirs.
+#[derive(Debug)]
+pub struct CertResolver {
+    current: ArcSwap<CertifiedKey>,
+}
+
+impl CertResolver {
+    pub fn new(key: Arc<CertifiedKey>) -> Arc<CertResolver> {
+        Arc::new(CertResolver {
+            current: ArcSwap::new(key),
+        })
+    }
+
+    pub fn set(&self, key: Arc<CertifiedKey>) {
+        self.current.store(key);
+    }
+}
+
+impl ResolvesServerCert for CertResolver {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.load_full())
+    }
+}
+
+/// The listener's TLS settings (TLS 1.2 + 1.3, ALPN h2 then http/1.1), serving whatever
+/// certificate `resolver` holds.
+pub fn settings(resolver: Arc<CertResolver>) -> Result<TlsSettings, String> {
+    // With a resolver set, pingora ignores the (empty) file paths.
+    let mut settings = TlsSettings::intermediate("", "").map_err(|e| e.to_string())?;
+    settings.set_cert_resolver(resolver);
     settings.enable_h2();
     Ok(settings)
 }
@@ -178,7 +211,7 @@ mod tests {
         ));
         assert!(dir.join("ca.crt").exists());
         assert!(matches!(ensure_dev_cert(&cert, &key).unwrap(), DevCert::Existing));
-        settings(&cert, &key).unwrap();
+        load_certified_key(&cert, &key).unwrap();
         // A server certificate made again reuses the CA.
         let ca = std::fs::read(dir.join("ca.crt")).unwrap();
         std::fs::remove_file(&cert).unwrap();
@@ -193,13 +226,32 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("bad.crt"), "not a certificate").unwrap();
         std::fs::write(dir.join("bad.key"), "not a key").unwrap();
-        let err = settings(&dir.join("bad.crt"), &dir.join("bad.key"))
+        let err = load_certified_key(&dir.join("bad.crt"), &dir.join("bad.key"))
             .err()
             .unwrap();
         assert!(err.contains("bad.crt"), "{err}");
-        let err = settings(&dir.join("missing.crt"), &dir.join("missing.key"))
+        let err = load_certified_key(&dir.join("missing.crt"), &dir.join("missing.key"))
             .err()
             .unwrap();
         assert!(err.contains("missing.crt"), "{err}");
+    }
+
+    #[test]
+    fn a_key_that_is_not_the_certificates_is_refused_and_a_resolver_swaps() {
+        let dir = std::env::temp_dir().join(format!("gw-tls-pair-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (a_crt, a_key) = (dir.join("a/server.crt"), dir.join("a/server.key"));
+        let (b_crt, b_key) = (dir.join("b/server.crt"), dir.join("b/server.key"));
+        ensure_dev_cert(&a_crt, &a_key).unwrap();
+        ensure_dev_cert(&b_crt, &b_key).unwrap();
+        let err = load_certified_key(&a_crt, &b_key).err().unwrap();
+        assert!(err.contains("do not work together"), "{err}");
+
+        let a = load_certified_key(&a_crt, &a_key).unwrap();
+        let b = load_certified_key(&b_crt, &b_key).unwrap();
+        let resolver = CertResolver::new(a.clone());
+        assert!(Arc::ptr_eq(&resolver.current.load_full(), &a));
+        resolver.set(b.clone());
+        assert!(Arc::ptr_eq(&resolver.current.load_full(), &b));
     }
 }

@@ -3,15 +3,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
-
 use common::*;
-
-fn gateway() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_gateway"))
-}
 
 #[test]
 fn help_names_every_command() {
@@ -135,59 +127,6 @@ fn default_config_copy() -> (std::path::PathBuf, u16, u16) {
     (file, https, admin)
 }
 
-/// Runs `gateway run` until it says it is serving; returns the child and what it printed.
-fn run_until_serving(config: &std::path::Path) -> (std::process::Child, String) {
-    let mut child = gateway()
-        .arg("run")
-        .arg("--config")
-        .arg(config)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let mut printed = String::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
-            printed.push_str(&line);
-            printed.push('\n');
-            if line.starts_with("serving https://") {
-                return (child, printed);
-            }
-        }
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("gateway did not start:\n{printed}");
-}
-
-fn stop(mut child: std::process::Child) -> std::process::ExitStatus {
-    // SIGTERM: graceful shutdown.
-    Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("gateway did not stop on SIGTERM");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn first_run_makes_a_dev_certificate_and_key_and_prints_the_key_once() {
     let (config, https, _) = default_config_copy();
@@ -217,13 +156,13 @@ async fn first_run_makes_a_dev_certificate_and_key_and_prints_the_key_once() {
         .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert!(r.header("x-model-variant").is_some() && r.header("x-model-version").is_some());
-    assert!(stop(child).success());
+    assert!(terminate(child).success());
 
     // Second run: nothing new is made, no key is printed.
     let (child, printed) = run_until_serving(&config);
     assert!(!printed.contains("gwk_"), "{printed}");
     assert!(!printed.contains("made a development CA"), "{printed}");
-    assert!(stop(child).success());
+    assert!(terminate(child).success());
 }
 
 #[test]

@@ -157,7 +157,7 @@ impl Default for LimitsFile {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerFile {
     /// Threads for network I/O (default: one per core).
@@ -166,6 +166,32 @@ pub struct ServerFile {
     /// One access-log line per request on stderr (off: metrics only).
     #[serde(default = "default_true")]
     pub access_log: bool,
+    /// On SIGTERM: stop accepting, then give requests in flight up to this long (seconds).
+    #[serde(default = "default_grace")]
+    pub shutdown_grace_s: i64,
+    /// Reload by itself when the config, keys or certificate files change.
+    #[serde(default = "default_true")]
+    pub watch: bool,
+    /// Where an old and a new gateway process hand over the listening sockets
+    /// (`gateway run --upgrade`, then SIGQUIT to the old one).
+    #[serde(default)]
+    pub upgrade_sock: Option<String>,
+}
+
+impl Default for ServerFile {
+    fn default() -> Self {
+        ServerFile {
+            threads: None,
+            access_log: true,
+            shutdown_grace_s: default_grace(),
+            watch: true,
+            upgrade_sock: None,
+        }
+    }
+}
+
+fn default_grace() -> i64 {
+    15
 }
 
 fn default_true() -> bool {

@@ -227,6 +227,11 @@ pub struct Config {
     pub limits: Limits,
     pub threads: usize,
     pub access_log: bool,
+    /// Longest wait for requests in flight after SIGTERM.
+    pub shutdown_grace: Duration,
+    pub watch: bool,
+    /// The socket for handing listeners to a new process (`gateway run --upgrade`).
+    pub upgrade_sock: PathBuf,
     pub shadow: ShadowSettings,
     pub pools: BTreeMap<String, PoolSpec>,
     pub routes: BTreeMap<String, Route>,
@@ -379,6 +384,19 @@ pub fn parse(file: &FsPath, source: &str) -> Result<Config, Vec<ConfigError>> {
         None => std::thread::available_parallelism().map_or(1, |n| n.get()),
         Some(t) => positive(&mut errors, t, 1, 1024, &root.key("server").key("threads")),
     };
+
+    let shutdown_grace = Duration::from_secs(positive(
+        &mut errors,
+        server.shutdown_grace_s,
+        0,
+        3600,
+        &root.key("server").key("shutdown_grace_s"),
+    ) as u64);
+    // One socket per listening address by default, so two gateways on one host do not meet.
+    let upgrade_sock = server.upgrade_sock.as_deref().map_or_else(
+        || std::env::temp_dir().join(format!("gateway-{}.upgrade.sock", https.port())),
+        relative,
+    );
 
     let sh = root.key("shadow");
     if !(0.0..=1.0).contains(&shadow.sample_agreements) {
@@ -694,6 +712,9 @@ pub fn parse(file: &FsPath, source: &str) -> Result<Config, Vec<ConfigError>> {
         limits,
         threads,
         access_log: server.access_log,
+        shutdown_grace,
+        watch: server.watch,
+        upgrade_sock,
         shadow,
         pools: pool_specs,
         routes: route_map,

@@ -4,10 +4,12 @@
 #![allow(dead_code)] // each test binary uses a different part of this module
 
 use std::collections::HashSet;
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -62,6 +64,10 @@ pub struct Gateway {
     pub https: SocketAddr,
     pub admin: SocketAddr,
     pub dir: PathBuf,
+    /// The config file the gateway runs on (and watches).
+    pub config: PathBuf,
+    /// Everything of the config but the test's body: listeners, TLS, keys, models.
+    pub header: String,
     pub keys: Keys,
     pub tls: Arc<rustls::ClientConfig>,
     handle: proxy::server::ShutdownHandle,
@@ -71,6 +77,20 @@ pub struct Gateway {
 /// Starts a gateway whose config is `body` (everything but listen/tls/auth/models_dir,
 /// which the harness fills in).
 pub fn start(body: &str) -> Gateway {
+    start_in(body, Layout::File)
+}
+
+/// Where the config file lives.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// `dir/routes.yaml`
+    File,
+    /// A Kubernetes ConfigMap volume: `dir/cm/routes.yaml -> ..data/routes.yaml`,
+    /// `..data -> ..v1`; an update writes `..vN` and swaps `..data` (see [`Gateway::swap_configmap`]).
+    ConfigMap,
+}
+
+pub fn start_in(body: &str, layout: Layout) -> Gateway {
     let dir = temp_dir("gw");
     let https: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -79,24 +99,8 @@ pub fn start(body: &str) -> Gateway {
     let (dev, _) = proxy::keys::add_key(&keys_file, "dev", "default").unwrap();
     let (batch, _) = proxy::keys::add_key(&keys_file, "bulk", "batch").unwrap();
     let (disabled, _) = proxy::keys::add_key(&keys_file, "gone", "default").unwrap();
-    let digest = hex::encode(proxy::keys::digest(&disabled));
-    let text = std::fs::read_to_string(&keys_file).unwrap();
-    // Disable the third key: its entry is the one with its digest.
-    let mut out = String::new();
-    let mut in_disabled = false;
-    for line in text.lines() {
-        if line.contains(&digest) {
-            in_disabled = true;
-        }
-        if in_disabled && line.trim() == "disabled: false" {
-            out.push_str(&line.replace("false", "true"));
-            in_disabled = false;
-        } else {
-            out.push_str(line);
-        }
-        out.push('\n');
-    }
-    std::fs::write(&keys_file, out).unwrap();
+    let id = format!("key_{}", &hex::encode(proxy::keys::digest(&disabled))[..8]);
+    proxy::keys::set_disabled(&keys_file, &id, true).unwrap();
 
     // The harness makes a key of tier "batch": configs that say nothing of rate limits get it.
     let tiers = if body.contains("rate_limits:") {
@@ -104,16 +108,37 @@ pub fn start(body: &str) -> Gateway {
     } else {
         "rate_limits: {tiers: {batch: {per_second: 2000, burst: 4000}}}\n"
     };
-    let config = format!(
+    // A body may bring its own `server:` settings.
+    let server = if body.starts_with("server:") || body.contains("\nserver:") {
+        ""
+    } else {
+        "server: {threads: 2, access_log: false, shutdown_grace_s: 5}\n"
+    };
+    // Absolute paths: the config may live elsewhere (a ConfigMap layout).
+    let header = format!(
         "listen: {{https: \"{https}\", admin: \"{admin}\"}}\n\
-         tls: {{cert: server.crt, key: server.key}}\n\
-         auth: {{keys_file: api-keys.yaml}}\n\
-         models_dir: {}\n\
-         server: {{threads: 2, access_log: false}}\n{tiers}{body}",
-        repo().join("models").display()
+         tls: {{cert: {dir}/server.crt, key: {dir}/server.key}}\n\
+         auth: {{keys_file: {dir}/api-keys.yaml}}\n\
+         models_dir: {}\n{server}{tiers}",
+        repo().join("models").display(),
+        dir = dir.display(),
     );
-    let config_path = dir.join("routes.yaml");
-    std::fs::write(&config_path, config).unwrap();
+    let config = format!("{header}{body}");
+    let config_path = match layout {
+        Layout::File => {
+            let p = dir.join("routes.yaml");
+            std::fs::write(&p, config).unwrap();
+            p
+        }
+        Layout::ConfigMap => {
+            let cm = dir.join("cm");
+            std::fs::create_dir_all(cm.join("..v1")).unwrap();
+            std::fs::write(cm.join("..v1/routes.yaml"), config).unwrap();
+            std::os::unix::fs::symlink("..v1", cm.join("..data")).unwrap();
+            std::os::unix::fs::symlink("..data/routes.yaml", cm.join("routes.yaml")).unwrap();
+            cm.join("routes.yaml")
+        }
+    };
     let (snapshot, _) = proxy::server::prepare(&config_path).unwrap_or_else(|e| panic!("{e}"));
     let built = proxy::server::build(snapshot).unwrap_or_else(|e| panic!("{e}"));
     let (shutdown, handle) = proxy::server::manual_shutdown();
@@ -124,6 +149,8 @@ pub fn start(body: &str) -> Gateway {
         https,
         admin,
         tls: client_tls(&dir.join("ca.crt")),
+        config: config_path,
+        header,
         dir,
         keys: Keys { dev, batch, disabled },
         handle,
@@ -142,6 +169,31 @@ pub fn wait_for(addr: SocketAddr) {
 }
 
 impl Gateway {
+    /// The whole config text for a test body.
+    pub fn config_text(&self, body: &str) -> String {
+        format!("{}{body}", self.header)
+    }
+
+    /// Replaces the config file as editors do: write a temporary file, rename it over.
+    pub fn write_config(&self, text: &str) {
+        let tmp = self.config.with_extension("yaml.tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &self.config).unwrap();
+    }
+
+    /// Updates a [`Layout::ConfigMap`] config as the kubelet does: a new `..vN` directory,
+    /// then `..data` swapped to it by renaming a new symlink over it.
+    pub fn swap_configmap(&self, text: &str, n: usize) {
+        let cm = self.config.parent().unwrap();
+        let version = format!("..v{n}");
+        std::fs::create_dir_all(cm.join(&version)).unwrap();
+        std::fs::write(cm.join(&version).join("routes.yaml"), text).unwrap();
+        let tmp = cm.join("..data_tmp");
+        let _ = std::fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(&version, &tmp).unwrap();
+        std::fs::rename(&tmp, cm.join("..data")).unwrap();
+    }
+
     pub fn stop(mut self) {
         self.handle.shutdown();
         if let Some(t) = self.thread.take() {
@@ -230,24 +282,37 @@ pub struct Connection {
 }
 
 pub async fn connect(addr: SocketAddr, tls: &Arc<rustls::ClientConfig>, proto: Proto) -> Connection {
+    try_connect(addr, tls, proto).await.unwrap()
+}
+
+/// [`connect`], with failures returned rather than panicking.
+pub async fn try_connect(
+    addr: SocketAddr,
+    tls: &Arc<rustls::ClientConfig>,
+    proto: Proto,
+) -> Result<Connection, String> {
     let mut config = (**tls).clone();
     config.alpn_protocols = match proto {
         Proto::H1 => vec![b"http/1.1".to_vec()],
         Proto::H2 => vec![b"h2".to_vec()],
     };
-    let tcp = TcpStream::connect(addr).await.unwrap();
+    let tcp = TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
     tcp.set_nodelay(true).unwrap();
     let stream = TlsConnector::from(Arc::new(config))
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
         .await
-        .expect("TLS handshake");
+        .map_err(|e| format!("TLS handshake: {e}"))?;
     let (_, session) = stream.get_ref();
     let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
     let tls_version = session.protocol_version();
     let io = hyper_util::rt::TokioIo::new(stream);
     let conn = match proto {
         Proto::H1 => {
-            let (send, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+            let (send, conn) = hyper::client::conn::http1::handshake(io)
+                .await
+                .map_err(|e| format!("HTTP/1.1 handshake: {e}"))?;
             tokio::spawn(conn);
             Conn::H1(send)
         }
@@ -255,17 +320,17 @@ pub async fn connect(addr: SocketAddr, tls: &Arc<rustls::ClientConfig>, proto: P
             let (send, conn) =
                 hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
                     .await
-                    .unwrap();
+                    .map_err(|e| format!("HTTP/2 handshake: {e}"))?;
             tokio::spawn(conn);
             Conn::H2(send)
         }
     };
-    Connection {
+    Ok(Connection {
         conn,
         alpn,
         tls_version,
         authority: format!("localhost:{}", addr.port()),
-    }
+    })
 }
 
 impl Connection {
@@ -284,6 +349,17 @@ impl Connection {
         headers: &[(&str, &str)],
         body: impl Into<Bytes>,
     ) -> Reply {
+        self.try_send(method, path, headers, body).await.unwrap()
+    }
+
+    /// [`Connection::send`], with transport failures returned rather than panicking.
+    pub async fn try_send(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> Result<Reply, String> {
         let uri = match &self.conn {
             Conn::H1(_) => path.to_string(),
             Conn::H2(_) => format!("https://{}{path}", self.authority),
@@ -298,24 +374,29 @@ impl Connection {
         let request = builder.body(Full::new(body.into())).unwrap();
         let response = match &mut self.conn {
             Conn::H1(s) => {
-                s.ready().await.unwrap();
-                s.send_request(request).await.unwrap()
+                s.ready().await.map_err(|e| e.to_string())?;
+                s.send_request(request).await.map_err(|e| e.to_string())?
             }
             Conn::H2(s) => {
-                s.ready().await.unwrap();
-                s.send_request(request).await.unwrap()
+                s.ready().await.map_err(|e| e.to_string())?;
+                s.send_request(request).await.map_err(|e| e.to_string())?
             }
         };
         let status = response.status().as_u16();
         let headers = response.headers().clone();
-        let body = response.into_body().collect().await.unwrap().to_bytes();
-        Reply {
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        Ok(Reply {
             status,
             headers,
             body,
             alpn: self.alpn.clone(),
             tls_version: self.tls_version,
-        }
+        })
     }
 }
 
@@ -437,13 +518,18 @@ pub async fn admin_get(g: &Gateway, path: &str) -> (u16, String) {
 /// How a [`FakeUpstream`] answers inference requests (health checks always get 200).
 #[derive(Clone, Copy, Debug)]
 pub enum Misbehaviour {
-    /// Answers after this long.
+    /// Answers after this long (with a 500).
     Sleep(Duration),
+    /// Answers after this long with a valid 200 (label 1 for one row).
+    Slow(Duration),
     /// 500 with a JSON error.
     Fail,
     /// Resets the connection once the request is read.
     Reset,
 }
+
+/// What [`Misbehaviour::Slow`] answers, as a full HTTP response.
+pub const SLOW_ANSWER: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 112\r\n\r\n{\"model_name\":\"slow\",\"model_version\":\"1\",\"outputs\":[{\"name\":\"label\",\"datatype\":\"INT64\",\"shape\":[1],\"data\":[1]}]}";
 
 /// A bad Open Inference Protocol server, for shadows that must not hurt the primary. It
 /// stands for another machine: its own runtime thread, at the idle priority the gateway
@@ -506,6 +592,10 @@ impl FakeUpstream {
                                     tokio::time::sleep(d).await;
                                     b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 2\r\n\r\n{}"
                                 }
+                                Misbehaviour::Slow(d) => {
+                                    tokio::time::sleep(d).await;
+                                    SLOW_ANSWER
+                                }
                                 Misbehaviour::Fail => {
                                     b"HTTP/1.1 500 Internal Server Error\r\ncontent-type: application/json\r\ncontent-length: 20\r\n\r\n{\"error\":\"it broke\"}"
                                 }
@@ -545,4 +635,62 @@ pub fn rss_kib() -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
+}
+
+/// The `gateway` binary of this build.
+pub fn gateway() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_gateway"))
+}
+
+/// Runs `gateway run` until it says it is serving; returns the child and what it printed.
+pub fn run_until_serving(config: &std::path::Path) -> (std::process::Child, String) {
+    let mut child = gateway()
+        .arg("run")
+        .arg("--config")
+        .arg(config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut printed = String::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+            printed.push_str(&line);
+            printed.push('\n');
+            if line.starts_with("serving https://") {
+                return (child, printed);
+            }
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("gateway did not start:\n{printed}");
+}
+
+pub fn terminate(mut child: std::process::Child) -> std::process::ExitStatus {
+    // SIGTERM: graceful shutdown.
+    Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("gateway did not stop on SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

@@ -1,0 +1,404 @@
+//! Hot reload of `routes.yaml`, the keys file and the TLS certificate, without dropping a
+//! request.
+//!
+//! One pipeline for every trigger (file watcher, `SIGHUP`, `POST /admin/reload`):
+//! read → content hash (unchanged content is not a reload) → parse and validate exactly as
+//! `gateway check` does → build what is new (models loaded and warmed with one inference,
+//! remote pools health-checked, limiters) while reusing every pool whose definition did not
+//! change → one atomic swap of the snapshot. A request holds the snapshot it started with, so
+//! it finishes on the old config; pools the new config dropped are shut down on a thread of
+//! their own once their last request is done. Any failure before the swap leaves the old
+//! config serving; the error, with file, line and column, is logged, counted and kept for
+//! `GET /admin/config`.
+
+pub mod diff;
+pub mod watch;
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use parking_lot::Mutex;
+use serde::Serialize;
+
+use crate::config::{self, Config, ConfigError, Errors, Path as YamlPath};
+use crate::metrics::Metrics;
+use crate::state::Snapshot;
+use crate::tls::{self, CertResolver};
+pub use diff::Diff;
+
+/// What asked for a reload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    /// The first load, at start.
+    Start,
+    /// The watcher saw a file change.
+    File,
+    /// `SIGHUP`.
+    Signal,
+    /// `POST /admin/reload`.
+    Admin,
+}
+
+/// A reload that took effect.
+#[derive(Clone, Debug, Serialize)]
+pub struct Applied {
+    pub generation: u64,
+    pub hash: String,
+    pub at: String,
+    pub trigger: Trigger,
+    pub diff: Diff,
+}
+
+/// A reload that was refused; the config before it kept serving.
+#[derive(Clone, Debug, Serialize)]
+pub struct Rejected {
+    pub at: String,
+    pub trigger: Trigger,
+    pub hash: String,
+    pub errors: Vec<String>,
+}
+
+/// The result of one attempt.
+#[derive(Clone, Debug)]
+pub enum Outcome {
+    /// The files hash to what is in force (or to what was last refused, for the watcher).
+    Unchanged,
+    Applied(Box<Applied>),
+    Rejected(Rejected),
+}
+
+/// How many applied reloads `GET /admin/config/diff` lists.
+const HISTORY: usize = 32;
+
+/// What `GET /admin/config` shows about reloads.
+#[derive(Clone, Debug, Serialize)]
+pub struct Status {
+    pub generation: u64,
+    pub hash: String,
+    pub loaded_at: String,
+    pub last_error: Option<Rejected>,
+    /// True while the files on disk are a version that was refused (the config in force is
+    /// then older than the files); false once they are fixed or match what is in force.
+    pub files_rejected: bool,
+    /// Settings edited in the file that only a restart applies.
+    pub restart_required: Vec<String>,
+    #[serde(skip)]
+    rejected_hash: Option<String>,
+    #[serde(skip)]
+    tls_hash: u128,
+    #[serde(skip)]
+    pub history: VecDeque<Applied>,
+}
+
+pub struct Reloader {
+    path: PathBuf,
+    state: Arc<ArcSwap<Snapshot>>,
+    certs: Arc<CertResolver>,
+    metrics: Arc<Metrics>,
+    /// The config the process started with: listeners, threads and the shadow store follow
+    /// it until a restart.
+    running: Config,
+    status: Mutex<Status>,
+    /// One reload at a time, whatever triggered it.
+    busy: Mutex<()>,
+    retire: crossbeam_channel::Sender<(Arc<Snapshot>, Vec<String>)>,
+}
+
+fn now() -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+}
+
+fn read_or_empty(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_default()
+}
+
+/// Hash of the certificate and key files' bytes.
+fn tls_hash(config: &Config) -> u128 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(&read_or_empty(&config.tls_cert));
+    h.update(&[0]);
+    h.update(&read_or_empty(&config.tls_key));
+    h.digest128()
+}
+
+/// Hash of everything a reload reads: the config text, the keys file and the TLS files.
+fn content_hash(source: &[u8], keys_file: &Path, tls: u128) -> String {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(source);
+    h.update(&[0]);
+    h.update(&read_or_empty(keys_file));
+    h.update(&tls.to_le_bytes());
+    format!("{:032x}", h.digest128())
+}
+
+impl Reloader {
+    /// Takes charge of `state` (built from `running` at start) and the listener's
+    /// certificate. Starts the thread that retires replaced snapshots.
+    pub fn new(
+        state: Arc<ArcSwap<Snapshot>>,
+        certs: Arc<CertResolver>,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Reloader> {
+        let snap = state.load_full();
+        let running = snap.config.clone();
+        let tls = tls_hash(&running);
+        let hash = content_hash(running.source.as_bytes(), &running.keys_file, tls);
+        metrics.config_generation.set(1);
+        metrics.config_loaded_at.set(unix_now());
+        let (tx, rx) = crossbeam_channel::unbounded();
+        std::thread::Builder::new()
+            .name("config-retire".into())
+            .spawn(move || retire_loop(rx))
+            .expect("spawning the retire thread");
+        Arc::new(Reloader {
+            path: running.file.clone(),
+            state,
+            certs,
+            metrics,
+            running,
+            status: Mutex::new(Status {
+                generation: 1,
+                hash,
+                loaded_at: now(),
+                last_error: None,
+                files_rejected: false,
+                restart_required: Vec::new(),
+                rejected_hash: None,
+                tls_hash: tls,
+                history: VecDeque::new(),
+            }),
+            busy: Mutex::new(()),
+            retire: tx,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The files the watcher should follow: the config, the keys file, the certificate and key.
+    pub fn watched_files(&self) -> Vec<PathBuf> {
+        let c = &self.state.load().config;
+        vec![
+            self.path.clone(),
+            c.keys_file.clone(),
+            c.tls_cert.clone(),
+            c.tls_key.clone(),
+        ]
+    }
+
+    pub fn status(&self) -> Status {
+        self.status.lock().clone()
+    }
+
+    /// True when `hash` is what is in force, or (for the watcher) what was last refused: the
+    /// watcher may see one refused version more than once; it is refused and counted once.
+    /// An operator asking again (SIGHUP, admin API) gets the errors again.
+    fn unchanged(&self, hash: &str, trigger: Trigger) -> bool {
+        let mut status = self.status.lock();
+        if hash == status.hash {
+            // Back to what is in force (say, a broken edit undone): nothing is pending.
+            status.rejected_hash = None;
+            status.files_rejected = false;
+            if trigger != Trigger::File {
+                tracing::info!(
+                    ?trigger,
+                    generation = status.generation,
+                    "config unchanged: the files are what is in force"
+                );
+            }
+            return true;
+        }
+        trigger == Trigger::File && status.rejected_hash.as_deref() == Some(hash)
+    }
+
+    /// Runs the pipeline once. Blocking (models may load): call it off the async threads.
+    pub fn reload(&self, trigger: Trigger) -> Outcome {
+        let _one_at_a_time = self.busy.lock();
+        let current = self.state.load_full();
+        let source = std::fs::read(&self.path);
+        let bytes = source.as_deref().unwrap_or_default();
+        // Hashed with the keys and certificate paths in force first: when nothing changed
+        // (a touch, the watcher seeing a reload's own writes) nothing is parsed.
+        let mut tls = tls_hash(&current.config);
+        let mut hash = content_hash(bytes, &current.config.keys_file, tls);
+        if self.unchanged(&hash, trigger) {
+            return Outcome::Unchanged;
+        }
+        let text = match &source {
+            Ok(bytes) => String::from_utf8(bytes.clone()).map_err(|_| "is not UTF-8 text".to_string()),
+            Err(e) => Err(format!("cannot read: {e}")),
+        };
+        let parsed = match text {
+            Ok(t) => config::parse(&self.path, &t),
+            Err(message) => Err(vec![ConfigError {
+                file: self.path.clone(),
+                line: None,
+                column: None,
+                path: String::new(),
+                message,
+            }]),
+        };
+        // The new file may name other keys or certificate files.
+        if let Ok(c) = &parsed
+            && (c.keys_file != current.config.keys_file
+                || c.tls_cert != current.config.tls_cert
+                || c.tls_key != current.config.tls_key)
+        {
+            tls = tls_hash(c);
+            hash = content_hash(bytes, &c.keys_file, tls);
+            if self.unchanged(&hash, trigger) {
+                return Outcome::Unchanged;
+            }
+        }
+
+        let tls_changed = tls != self.status.lock().tls_hash;
+        let built = parsed.and_then(|config| {
+            reloadable(&config)?;
+            let cert = if tls_changed {
+                Some(
+                    tls::load_certified_key(&config.tls_cert, &config.tls_key).map_err(|e| {
+                        let mut errors = Errors::new(&config.file, &config.source);
+                        errors.add(&YamlPath::root().key("tls").key("cert"), e);
+                        errors.list
+                    })?,
+                )
+            } else {
+                None
+            };
+            Snapshot::build_from(config, Some(&current)).map(|snap| (snap, cert))
+        });
+
+        match built {
+            Ok((snap, cert)) => {
+                let diff = Diff::between(&current, &snap, &self.running, cert.is_some());
+                let retired = diff.pools_retired.clone();
+                let old = self.state.swap(Arc::new(snap));
+                if let Some(cert) = cert {
+                    self.certs.set(cert);
+                }
+                // The old snapshot lives on in requests that started with it.
+                let _ = self.retire.send((old, retired));
+                let mut status = self.status.lock();
+                status.generation += 1;
+                status.hash = hash.clone();
+                status.loaded_at = now();
+                status.tls_hash = tls;
+                status.rejected_hash = None;
+                status.files_rejected = false;
+                status.restart_required = diff.restart_required.clone();
+                let applied = Applied {
+                    generation: status.generation,
+                    hash,
+                    at: status.loaded_at.clone(),
+                    trigger,
+                    diff,
+                };
+                status.history.push_front(applied.clone());
+                status.history.truncate(HISTORY);
+                self.metrics.config_reloads.with_label_values(&["ok"]).inc();
+                self.metrics.config_generation.set(status.generation as i64);
+                self.metrics.config_loaded_at.set(unix_now());
+                tracing::info!(
+                    file = %self.path.display(),
+                    generation = applied.generation,
+                    ?trigger,
+                    "config reloaded: {}",
+                    applied.diff
+                );
+                for r in &applied.diff.restart_required {
+                    tracing::warn!(file = %self.path.display(), "not applied until restart: {r}");
+                }
+                Outcome::Applied(Box::new(applied))
+            }
+            Err(errors) => {
+                let rejected = Rejected {
+                    at: now(),
+                    trigger,
+                    hash: hash.clone(),
+                    errors: errors.iter().map(ToString::to_string).collect(),
+                };
+                let mut status = self.status.lock();
+                status.rejected_hash = Some(hash);
+                status.files_rejected = true;
+                status.last_error = Some(rejected.clone());
+                self.metrics.config_reloads.with_label_values(&["rejected"]).inc();
+                for e in &rejected.errors {
+                    tracing::error!(
+                        ?trigger,
+                        generation = status.generation,
+                        "config reload rejected, generation {} keeps serving: {e}",
+                        status.generation
+                    );
+                }
+                Outcome::Rejected(rejected)
+            }
+        }
+    }
+}
+
+/// What a running gateway cannot do by itself that a first start may: make a development
+/// certificate or key.
+fn reloadable(config: &Config) -> Result<(), Vec<ConfigError>> {
+    let mut errors = Errors::new(&config.file, &config.source);
+    if config.keys.is_none() {
+        errors.add(
+            &YamlPath::root().key("auth").key("keys_file"),
+            format!(
+                "{} does not exist; a running gateway does not make keys (restore the file, or `gateway keys add`)",
+                config.keys_file.display()
+            ),
+        );
+    }
+    if !config.tls_cert.exists() || !config.tls_key.exists() {
+        errors.add(
+            &YamlPath::root().key("tls"),
+            format!(
+                "{} or {} does not exist; development certificates are made only at start",
+                config.tls_cert.display(),
+                config.tls_key.display()
+            ),
+        );
+    }
+    if errors.list.is_empty() {
+        Ok(())
+    } else {
+        Err(errors.list)
+    }
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Drops replaced snapshots once no request holds them any more, here rather than on an
+/// async thread: dropping the last reference to a local pool joins its worker threads after
+/// they finish what was queued.
+fn retire_loop(rx: crossbeam_channel::Receiver<(Arc<Snapshot>, Vec<String>)>) {
+    let mut waiting: Vec<(Arc<Snapshot>, Vec<String>)> = Vec::new();
+    loop {
+        match rx.recv_timeout(Duration::from_millis(50)) {
+            Ok(item) => waiting.push(item),
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                // The gateway is stopping: what is left goes with it.
+                return;
+            }
+        }
+        waiting.retain(|(snap, pools)| {
+            if Arc::strong_count(snap) > 1 {
+                return true;
+            }
+            if !pools.is_empty() {
+                tracing::info!(pools = %pools.join(", "), "retired pools: their last request finished");
+            }
+            false
+        });
+    }
+}

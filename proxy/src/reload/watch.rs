@@ -1,0 +1,157 @@
+//! Reload triggers besides the admin API: a `notify` watcher on the directories that hold the
+//! config, keys and certificate files, and `SIGHUP`.
+//!
+//! Directories, not files: editors save by writing a temporary file and renaming it over the
+//! old one, and Kubernetes updates a ConfigMap volume by swapping its `..data` symlink; a
+//! watch on the file itself would follow the old inode and miss both. Events are debounced
+//! (a burst of writes becomes one reload) and the reload itself compares content hashes, so a
+//! touch or an unrelated file in the same directory changes nothing.
+
+use std::collections::BTreeSet;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use notify::event::{AccessKind, AccessMode};
+use notify::{EventKind, RecursiveMode, Watcher};
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+
+use super::{Outcome, Reloader, Trigger};
+
+/// A reload starts once the files have been quiet this long...
+const QUIET: Duration = Duration::from_millis(100);
+/// ...or this long after the first event of a burst that does not stop.
+const MAX_WAIT: Duration = Duration::from_millis(1000);
+
+/// Watches until dropped.
+pub struct FileWatch {
+    stop: Option<crossbeam_channel::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for FileWatch {
+    fn drop(&mut self) {
+        self.stop.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn dir_of(file: &Path) -> PathBuf {
+    match file.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Starts watching the reloader's files; each settled burst of changes runs one reload.
+pub fn start(reloader: Arc<Reloader>) -> Result<FileWatch, String> {
+    let (events, rx) = crossbeam_channel::unbounded::<()>();
+    let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
+    let names = move |files: &[PathBuf]| -> BTreeSet<OsString> {
+        files
+            .iter()
+            .filter_map(|f| f.file_name().map(OsString::from))
+            .collect()
+    };
+    let interesting = Arc::new(parking_lot::RwLock::new(names(&reloader.watched_files())));
+    let filter = interesting.clone();
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        let Ok(event) = res else { return };
+        let writes = match event.kind {
+            EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_) => true,
+            EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+            // Reads (ours included) and anything else change nothing.
+            _ => false,
+        };
+        let names = filter.read();
+        let ours = event.paths.iter().any(|p| {
+            p.file_name().is_some_and(|n| {
+                // `..data` and friends: a Kubernetes ConfigMap or Secret volume being swapped.
+                names.contains(n) || n.to_string_lossy().starts_with("..")
+            })
+        });
+        if writes && ours {
+            let _ = events.send(());
+        }
+    })
+    .map_err(|e| format!("cannot watch config files: {e}"))?;
+    let mut dirs = BTreeSet::new();
+    for file in reloader.watched_files() {
+        let dir = dir_of(&file);
+        if dirs.insert(dir.clone()) {
+            watcher
+                .watch(&dir, RecursiveMode::NonRecursive)
+                .map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
+        }
+    }
+    tracing::info!(
+        dirs = %dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", "),
+        "watching config, keys and certificate files for changes"
+    );
+    let thread = std::thread::Builder::new()
+        .name("config-watch".into())
+        .spawn(move || {
+            loop {
+                crossbeam_channel::select! {
+                    recv(stopped) -> _ => return,
+                    recv(rx) -> msg => if msg.is_err() { return },
+                }
+                let first = Instant::now();
+                loop {
+                    match rx.recv_timeout(QUIET) {
+                        Ok(()) if first.elapsed() < MAX_WAIT => {}
+                        Ok(()) | Err(crossbeam_channel::RecvTimeoutError::Timeout) => break,
+                        Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+                    }
+                }
+                if let Outcome::Applied(_) = reloader.reload(Trigger::File) {
+                    // A reload may name files elsewhere (a new keys file): follow them too.
+                    let files = reloader.watched_files();
+                    *interesting.write() = names(&files);
+                    for file in files {
+                        let dir = dir_of(&file);
+                        if dirs.insert(dir.clone())
+                            && let Err(e) = watcher.watch(&dir, RecursiveMode::NonRecursive)
+                        {
+                            tracing::warn!("cannot watch {}: {e}", dir.display());
+                        }
+                    }
+                }
+            }
+        })
+        .map_err(|e| format!("cannot start the config watcher: {e}"))?;
+    Ok(FileWatch {
+        stop: Some(stop),
+        thread: Some(thread),
+    })
+}
+
+/// Reloads on `SIGHUP`, the signal operators and process managers send for it.
+pub struct HangupReload(pub Arc<Reloader>);
+
+#[async_trait]
+impl BackgroundService for HangupReload {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("SIGHUP will not reload the config: {e}");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                got = hangups.recv() => if got.is_none() { return },
+            }
+            tracing::info!("SIGHUP: reloading {}", self.0.path().display());
+            let reloader = self.0.clone();
+            let _ = tokio::task::spawn_blocking(move || reloader.reload(Trigger::Signal)).await;
+        }
+    }
+}
