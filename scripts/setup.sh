@@ -2,7 +2,7 @@
 # One-time, idempotent set-up of a fresh machine. Called by scripts/run.sh and scripts/test.sh;
 # safe to run by hand. Each step says what it does, and how to do it yourself where it cannot.
 #
-#   scripts/setup.sh            ONNX Runtime library + build tools (cmake)
+#   scripts/setup.sh            ONNX Runtime library + build and test tools (cmake, promtool)
 #   scripts/setup.sh --python   also the Python virtualenv in .venv (model training, peers)
 set -euo pipefail
 
@@ -37,6 +37,8 @@ ensure_toolchain() {
   # pingora builds zlib-ng from source, which needs cmake; a C compiler is needed by ring.
   command -v cmake >/dev/null 2>&1 || apt_install cmake
   command -v cc >/dev/null 2>&1 || apt_install gcc
+  # The tests check /metrics and deploy/'s alert rules with promtool.
+  command -v promtool >/dev/null 2>&1 || apt_install prometheus
 }
 
 # The ONNX Runtime shared library comes from the official PyPI wheel, which is the one build

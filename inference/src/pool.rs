@@ -99,6 +99,14 @@ pub trait Runner: Send + 'static {
     fn run(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, String>;
 }
 
+/// Upper bounds of the batch-size histogram (requests per ONNX Runtime run); one more
+/// bucket counts the batches above the last.
+pub const BATCH_BUCKETS: [usize; 8] = [1, 2, 4, 8, 16, 32, 64, 128];
+
+/// After this many failed batches in a row a pool reports itself unhealthy, until one
+/// succeeds (see [`Pool::healthy`]).
+pub const UNHEALTHY_AFTER: u64 = 5;
+
 /// Counters for metrics and benchmarks. Monotonic; read with [`Pool::stats`].
 #[derive(Debug, Default)]
 pub struct PoolStats {
@@ -109,6 +117,10 @@ pub struct PoolStats {
     pub failed: AtomicU64,
     /// Requests whose caller had gone (timed out, disconnected) before a worker reached them.
     pub abandoned: AtomicU64,
+    /// Batches per bucket of [`BATCH_BUCKETS`] (not cumulative), plus one above the last.
+    pub batch_sizes: [AtomicU64; BATCH_BUCKETS.len() + 1],
+    /// Failed batches since the last one that succeeded.
+    pub consecutive_failures: AtomicU64,
 }
 
 /// A snapshot of [`PoolStats`].
@@ -120,6 +132,8 @@ pub struct StatsSnapshot {
     pub rejected: u64,
     pub failed: u64,
     pub abandoned: u64,
+    pub batch_sizes: [u64; BATCH_BUCKETS.len() + 1],
+    pub consecutive_failures: u64,
 }
 
 type Reply = oneshot::Sender<Result<Vec<Tensor>, InferError>>;
@@ -211,6 +225,13 @@ impl Pool {
         &self.config
     }
 
+    /// False after [`UNHEALTHY_AFTER`] failed batches in a row, until a batch (a client's,
+    /// or a [`Pool::warm`] probe) succeeds: what readiness reports for a model that loaded but
+    /// fails when it runs.
+    pub fn healthy(&self) -> bool {
+        self.stats.consecutive_failures.load(Ordering::Relaxed) < UNHEALTHY_AFTER
+    }
+
     /// Requests waiting for a worker right now.
     pub fn queue_depth(&self) -> usize {
         self.tx.as_ref().map_or(0, Sender::len)
@@ -225,6 +246,8 @@ impl Pool {
             rejected: s.rejected.load(Ordering::Relaxed),
             failed: s.failed.load(Ordering::Relaxed),
             abandoned: s.abandoned.load(Ordering::Relaxed),
+            batch_sizes: std::array::from_fn(|i| s.batch_sizes[i].load(Ordering::Relaxed)),
+            consecutive_failures: s.consecutive_failures.load(Ordering::Relaxed),
         }
     }
 
@@ -389,6 +412,11 @@ impl Worker {
             .rows
             .fetch_add(rows.iter().sum::<usize>() as u64, Ordering::Relaxed);
         stats.batches.fetch_add(1, Ordering::Relaxed);
+        let bucket = BATCH_BUCKETS
+            .iter()
+            .position(|&b| batch.len() <= b)
+            .unwrap_or(BATCH_BUCKETS.len());
+        stats.batch_sizes[bucket].fetch_add(1, Ordering::Relaxed);
 
         let runner = &mut self.runner;
         let outcome = catch_unwind(AssertUnwindSafe(|| {
@@ -403,6 +431,7 @@ impl Worker {
         }));
         let failure = match outcome {
             Ok(Ok(per_request)) => {
+                stats.consecutive_failures.store(0, Ordering::Relaxed);
                 for (job, outputs) in batch.into_iter().zip(per_request) {
                     let _ = job.reply.send(Ok(outputs));
                 }
@@ -425,6 +454,7 @@ impl Worker {
             "batch failed: {failure}"
         );
         stats.failed.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        stats.consecutive_failures.fetch_add(1, Ordering::Relaxed);
         for job in batch {
             let _ = job.reply.send(Err(InferError::Internal(failure.clone())));
         }

@@ -290,6 +290,31 @@ async fn a_panic_fails_only_its_batch() {
     assert_eq!(s.failed, 3);
 }
 
+#[tokio::test]
+async fn a_pool_that_keeps_failing_is_unhealthy_until_a_batch_succeeds() {
+    let config = PoolConfig {
+        instances: 1,
+        max_batch: 1,
+        ..PoolConfig::default()
+    };
+    let (pool, gate, _started) = echo_pool(config);
+    gate.open();
+    assert!(pool.healthy());
+    for i in 0..inference::pool::UNHEALTHY_AFTER {
+        assert!(pool.healthy(), "unhealthy after only {i} failures");
+        assert!(pool.submit(row(POISON)).unwrap().await.unwrap().is_err());
+    }
+    assert!(!pool.healthy());
+    // The warm-up probe is an ordinary batch: its success makes the pool healthy again.
+    pool.warm(Duration::from_secs(5)).unwrap();
+    assert!(pool.healthy());
+    let s = pool.stats();
+    assert_eq!(s.consecutive_failures, 0);
+    // Every batch here held one request: all in the first bucket of the histogram.
+    assert_eq!(s.batch_sizes[0], inference::pool::UNHEALTHY_AFTER + 1);
+    assert_eq!(s.batch_sizes.iter().sum::<u64>(), s.batches);
+}
+
 /// A real ONNX Runtime error (Gather with an index out of range) fails that request with
 /// ORT's reason, and the pool goes on serving.
 #[tokio::test]

@@ -1,9 +1,15 @@
 //! The admin listener (default 127.0.0.1:9901, never the public port): Prometheus metrics,
-//! liveness and readiness, and the routes in force — for operators and their tooling.
+//! health, and the routes in force — for operators and their tooling.
 //!
 //! - `GET /metrics`  Prometheus text format
-//! - `GET /healthz`  200 while the process serves
-//! - `GET /readyz`   200 when every route's stable pool can serve; 503 and the reasons if not
+//! - `GET /health/live` (also `/healthz`)  200 while the process serves
+//! - `GET /health/ready` (also `/readyz`)  200 when every route's stable pool can serve (a
+//!   local model that runs, a remote pool with a healthy endpoint); 503 and what is not ready
+//!   otherwise. Canaries and shadows that cannot serve are listed as `degraded` (their routes
+//!   fall back to stable) without failing readiness.
+//! - `GET /health/startup`  200 once the config is loaded and every pool warmed (the listener
+//!   only exists from then on)
+//! - `GET /admin/routes`  weights in force and the split served over the last minute
 //! - `GET /admin/config` (also `/config`)  the routes, weights, stickiness, shadows and pools
 //!   in force (no keys), with the reload status: generation, content hash, when it was
 //!   loaded, the last refused reload and its errors, settings waiting for a restart
@@ -23,6 +29,7 @@ use serde_json::json;
 
 use crate::config::{PoolSpec, Sticky};
 use crate::metrics::Metrics;
+use crate::observed::Observed;
 use crate::reload::{Outcome, Reloader, Trigger};
 use crate::shadow::store::Recorder;
 use crate::shadow::{html, report};
@@ -33,6 +40,8 @@ pub struct Admin {
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
     pub reloader: Arc<Reloader>,
+    pub observed: Arc<Observed>,
+    pub token: Option<String>,
 }
 
 fn reply(status: u16, content_type: &str, body: Vec<u8>) -> http::Response<Vec<u8>> {
@@ -82,6 +91,10 @@ impl Admin {
 
     /// Gauges are read at scrape time rather than kept up to date on every request.
     fn refresh_gauges(&self, snap: &Snapshot) {
+        // Reset first: pools and routes a reload removed must not linger.
+        self.metrics.queue_depth.reset();
+        self.metrics.healthy_endpoints.reset();
+        self.metrics.pool_ready.reset();
         for (name, backend) in &snap.pools {
             match backend {
                 Backend::Local(p) => self
@@ -96,24 +109,96 @@ impl Admin {
                     .set(r.healthy_endpoints() as i64),
             }
         }
+        for (name, backend) in &snap.pools {
+            self.metrics
+                .pool_ready
+                .with_label_values(&[name])
+                .set(i64::from(backend.ready()));
+        }
+        self.metrics.canary_weight.reset();
+        for r in snap.config.routes.values() {
+            self.metrics
+                .canary_weight
+                .with_label_values(&[r.model.as_str()])
+                .set(r.canary.as_ref().map_or(0, |c| i64::from(c.weight)));
+        }
         self.metrics
             .tracked_clients
             .with_label_values(&["all"])
             .set(snap.limiters.tracked() as i64);
     }
 
-    fn readiness(snap: &Snapshot) -> Vec<String> {
-        snap.config
+    /// `(problems, degraded, pools)`: stable pools that cannot serve (readiness fails),
+    /// canary and shadow pools that cannot (their routes fall back), and every pool's state.
+    fn readiness(snap: &Snapshot) -> (Vec<String>, Vec<String>, serde_json::Value) {
+        let why = |backend: &Backend| match backend {
+            Backend::Local(p) if !p.healthy() => Some("its model failed its last runs".to_string()),
+            Backend::Remote(r) if r.healthy_endpoints() == 0 => Some("no healthy endpoint".to_string()),
+            _ => None,
+        };
+        let (mut problems, mut degraded) = (Vec::new(), Vec::new());
+        for route in snap.config.routes.values() {
+            let roles = std::iter::once(("stable", &route.stable))
+                .chain(route.canary.iter().map(|c| ("canary", &c.pool)))
+                .chain(route.shadows.iter().map(|s| ("shadow", &s.pool)));
+            for (role, pool) in roles {
+                if let Some(reason) = snap.pools.get(pool).and_then(why) {
+                    let line = format!("route {}: {role} pool {pool}: {reason}", route.model);
+                    if role == "stable" {
+                        problems.push(line);
+                    } else {
+                        degraded.push(line);
+                    }
+                }
+            }
+        }
+        let pools: serde_json::Map<String, serde_json::Value> = snap
+            .pools
+            .iter()
+            .map(|(name, b)| (name.clone(), json!({"ready": b.ready(), "reason": why(b)})))
+            .collect();
+        (problems, degraded, pools.into())
+    }
+
+    fn routes_json(&self, snap: &Snapshot) -> serde_json::Value {
+        let routes: Vec<serde_json::Value> = snap
+            .config
             .routes
             .values()
-            .filter_map(|route| match snap.pools.get(&route.stable) {
-                Some(Backend::Remote(r)) if r.healthy_endpoints() == 0 => Some(format!(
-                    "route {}: stable pool {} has no healthy endpoint",
-                    route.model, r.name
-                )),
-                _ => None,
+            .map(|r| {
+                let (stable, canary) = self.observed.last_minute(&r.model);
+                let total = stable + canary;
+                json!({
+                    "model": r.model,
+                    "stable": r.stable,
+                    "canary": r.canary.as_ref().map(|c| json!({"pool": c.pool, "weight": c.weight})),
+                    "observed_last_minute": {
+                        "stable": stable,
+                        "canary": canary,
+                        "canary_share": if total > 0 { json!(canary as f64 / total as f64) } else { json!(null) },
+                    },
+                })
             })
-            .collect()
+            .collect();
+        json!({"generation": self.reloader.status().generation, "routes": routes})
+    }
+
+    /// The admin token, when one is set, on `/admin/` paths (constant-time comparison).
+    fn authorized(&self, session: &ServerSession) -> bool {
+        let Some(token) = &self.token else { return true };
+        let headers = &session.req_header().headers;
+        let presented = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .or_else(|| headers.get("x-admin-token").and_then(|v| v.to_str().ok()));
+        presented.is_some_and(|p| {
+            subtle::ConstantTimeEq::ct_eq(
+                crate::keys::digest(p).as_slice(),
+                crate::keys::digest(token).as_slice(),
+            )
+            .into()
+        })
     }
 
     fn config_json(snap: &Snapshot) -> serde_json::Value {
@@ -189,28 +274,50 @@ impl ServeHttp for Admin {
         let path = session.req_header().uri.path().to_string();
         let post = session.req_header().method == http::Method::POST;
         match path.as_str() {
+            "/metrics" => {
+                self.refresh_gauges(&snap);
+                reply(200, "text/plain; version=0.0.4", self.metrics.render())
+            }
+            "/health/live" | "/healthz" => reply(200, "application/json", br#"{"live":true}"#.to_vec()),
+            "/health/startup" => reply(
+                200,
+                "application/json",
+                json!({"started": true, "generation": self.reloader.status().generation})
+                    .to_string()
+                    .into_bytes(),
+            ),
+            "/health/ready" | "/readyz" => {
+                let (problems, degraded, pools) = Self::readiness(&snap);
+                let status = if problems.is_empty() { 200 } else { 503 };
+                let body = json!({
+                    "ready": problems.is_empty(),
+                    "generation": self.reloader.status().generation,
+                    "problems": problems,
+                    "degraded": degraded,
+                    "pools": pools,
+                });
+                reply(status, "application/json", body.to_string().into_bytes())
+            }
+            p if (p.starts_with("/admin/") || p == "/config") && !self.authorized(session) => {
+                let mut r = reply(
+                    401,
+                    "application/json",
+                    inference::error::error_body("this admin path needs the admin token: Authorization: Bearer <token>").into_bytes(),
+                );
+                r.headers_mut().insert("www-authenticate", http::HeaderValue::from_static("Bearer"));
+                r
+            }
             "/admin/reload" if post => self.reload().await,
             "/admin/reload" => reply(
                 405,
                 "application/json",
                 inference::error::error_body("POST /admin/reload reloads the config").into_bytes(),
             ),
-            "/metrics" => {
-                self.refresh_gauges(&snap);
-                reply(200, "text/plain; version=0.0.4", self.metrics.render())
-            }
-            "/healthz" => reply(200, "application/json", br#"{"live":true}"#.to_vec()),
-            "/readyz" => {
-                let problems = Self::readiness(&snap);
-                let status = if problems.is_empty() { 200 } else { 503 };
-                reply(
-                    status,
-                    "application/json",
-                    json!({"ready": problems.is_empty(), "problems": problems})
-                        .to_string()
-                        .into_bytes(),
-                )
-            }
+            "/admin/routes" => reply(
+                200,
+                "application/json",
+                self.routes_json(&snap).to_string().into_bytes(),
+            ),
             "/admin/shadow/report" | "/admin/shadow/report.html" => {
                 let query = session.req_header().uri.query().map(str::to_string);
                 self.shadow_report(query.as_deref(), path.ends_with(".html")).await
@@ -229,7 +336,7 @@ impl ServeHttp for Admin {
                 404,
                 "application/json",
                 inference::error::error_body(&format!(
-                    "no admin route for {path}; try /metrics, /healthz, /readyz, /admin/config, /admin/config/diff, POST /admin/reload, /admin/shadow/report, /admin/shadow/report.html"
+                    "no admin route for {path}; try /metrics, /health/live, /health/ready, /health/startup, /admin/routes, /admin/config, /admin/config/diff, POST /admin/reload, /admin/shadow/report, /admin/shadow/report.html"
                 ))
                 .into_bytes(),
             ),

@@ -14,6 +14,7 @@ pub mod keys;
 pub mod limits;
 pub mod maintenance;
 pub mod metrics;
+pub mod observed;
 pub mod ratelimit;
 pub mod reload;
 pub mod remote;

@@ -4,6 +4,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use tracing_subscriber::Layer;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 // Many small allocations cross threads (parsed tensors go to pool workers and back):
 // mimalloc handles that faster than glibc malloc (measured with loadtests/).
@@ -132,18 +135,46 @@ struct KeysFileArgs {
     keys_file: Option<PathBuf>,
 }
 
+/// `text` or `json`: `GATEWAY_LOG_FORMAT`, else (for `run`) the config's `server.log_format`.
+fn log_format(cli: &Cli) -> String {
+    if let Ok(f) = std::env::var("GATEWAY_LOG_FORMAT") {
+        return f;
+    }
+    match &cli.command {
+        Command::Run { config, .. } => loose_config(config)
+            .get("server")
+            .and_then(|s| s.get("log_format"))
+            .and_then(|f| f.as_str())
+            .unwrap_or("text")
+            .to_string(),
+        _ => "text".to_string(),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Access-log lines go through a background writer so that logging never blocks a
     // request on a slow terminal or pipe.
     let (writer, _guard) = tracing_appender::non_blocking(std::io::stderr());
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,pingora=warn".into()),
-        )
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,pingora=warn".into());
+    let json = log_format(&cli) == "json";
+    let ansi = !json && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(writer)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(ansi);
+    let fmt = if json {
+        fmt.json().flatten_event(true).boxed()
+    } else {
+        fmt.boxed()
+    };
+    // pingora reports failed TLS handshakes only in its log: counted for /metrics whatever
+    // RUST_LOG says.
+    let handshakes = tracing_subscriber::filter::Targets::new()
+        .with_target("pingora_core::services::listening", tracing::Level::ERROR);
+    tracing_subscriber::registry()
+        .with(fmt.with_filter(filter))
+        .with(proxy::metrics::HandshakeFailures.with_filter(handshakes))
         .init();
     let result = match cli.command {
         Command::Run { config, upgrade } => run(&config, upgrade),
@@ -235,7 +266,10 @@ fn run(config: &Path, upgrade: bool) -> Result<(), String> {
             snapshot.config.upgrade_sock.display()
         );
     }
-    let built = proxy::server::build_with(snapshot, proxy::server::StartOptions { upgrade })?;
+    let admin_token = std::env::var("GATEWAY_ADMIN_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty());
+    let built = proxy::server::build_with(snapshot, proxy::server::StartOptions { upgrade, admin_token })?;
     // pingora binds its listeners once running: announce "serving" once the admin listener
     // (started with the client one) answers a health check. A bare connect to the TLS port
     // would be logged as a failed handshake, so that port is not probed.

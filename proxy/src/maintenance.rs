@@ -1,5 +1,6 @@
 //! Background upkeep, following whatever snapshot is current: health checks of remote pools
-//! (each at its own interval) and eviction of idle rate-limiter state.
+//! (each at its own interval), probes of local pools whose model keeps failing, eviction of
+//! idle rate-limiter state and of routes the config dropped.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -9,6 +10,7 @@ use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
+use crate::observed::Observed;
 use crate::state::{Backend, Snapshot};
 
 /// How often the loop looks at what is due. Health checks themselves run at their pool's
@@ -17,8 +19,13 @@ const TICK: Duration = Duration::from_millis(100);
 /// Idle limiter state is dropped this often; between runs the LRU bound holds memory.
 const EVICT_EVERY: Duration = Duration::from_secs(10);
 
+/// A local pool that failed its last runs is probed this often with one warm-up inference;
+/// a success makes it ready again (it gets no client traffic while it is not).
+const PROBE_EVERY: Duration = Duration::from_secs(2);
+
 pub struct Maintenance {
     pub state: Arc<ArcSwap<Snapshot>>,
+    pub observed: Arc<Observed>,
 }
 
 #[async_trait]
@@ -27,6 +34,7 @@ impl BackgroundService for Maintenance {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_evict = Instant::now();
+        let mut last_probe = Instant::now();
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return,
@@ -40,7 +48,24 @@ impl BackgroundService for Maintenance {
             }
             if last_evict.elapsed() >= EVICT_EVERY {
                 snap.limiters.evict_idle();
+                self.observed.retain(|r| snap.config.routes.contains_key(r));
                 last_evict = Instant::now();
+            }
+            if last_probe.elapsed() >= PROBE_EVERY {
+                last_probe = Instant::now();
+                for (name, backend) in &snap.pools {
+                    let Backend::Local(pool) = backend else { continue };
+                    if pool.healthy() {
+                        continue;
+                    }
+                    let pool = pool.clone();
+                    let probe = tokio::task::spawn_blocking(move || pool.warm(PROBE_EVERY)).await;
+                    match probe {
+                        Ok(Ok(())) => tracing::info!(pool = %name, "pool answers again: ready"),
+                        Ok(Err(e)) => tracing::warn!(pool = %name, "pool still failing: {e}"),
+                        Err(e) => tracing::warn!(pool = %name, "pool probe failed: {e}"),
+                    }
+                }
             }
         }
     }

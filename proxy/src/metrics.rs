@@ -1,19 +1,83 @@
 //! Prometheus metrics, in a registry the gateway owns (no global registry: two gateways in
-//! one process keep separate counts). Labels are bounded sets: route names and pool names
-//! from the config, variants, status codes, error kinds. Never keys, never tenants' input.
+//! one process keep separate counts). Names follow Prometheus conventions (`gateway_` prefix,
+//! `_total` counters, `_seconds` base units). Labels are bounded sets: route and pool names
+//! from the config, variants, versions, status classes, error kinds, tiers, and predicted
+//! classes of classifiers (capped). Never keys, tenants, paths or anything else a client
+//! chooses: an attacker sending 10,000 distinct paths or keys adds no series.
 
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::{self, MetricFamily, MetricType};
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder,
 };
 
+use crate::state::{Backend, Snapshot};
+
+/// Latency buckets (seconds) for requests and inference.
+const LATENCY: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+/// Top-class probability buckets.
+const CONFIDENCE: [f64; 10] = [0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.999, 1.0];
+/// Predicted classes are labelled up to this class number; higher ones count as "other", so
+/// a model with a huge output cannot make series without bound.
+pub const MAX_CLASS_LABEL: i64 = 100;
+
+/// TLS handshake failures of the client listener. pingora reports them only in its log, so
+/// [`HandshakeFailures`] (a tracing layer the binary installs) counts them here; one process
+/// has one client listener, so the count is process-wide.
+pub static TLS_HANDSHAKE_FAILURES: std::sync::LazyLock<IntCounter> = std::sync::LazyLock::new(|| {
+    IntCounter::new(
+        "tls_handshake_failures_total",
+        "Client connections whose TLS handshake failed or timed out",
+    )
+    .expect("valid metric")
+});
+
+/// Counts pingora's "Downstream handshake error/timeout" log events into
+/// [`TLS_HANDSHAKE_FAILURES`]. Install it with a filter on pingora's listening target.
+pub struct HandshakeFailures;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for HandshakeFailures {
+    fn on_event(&self, event: &tracing::Event<'_>, _ctx: tracing_subscriber::layer::Context<'_, S>) {
+        struct Message(bool);
+        impl tracing::field::Visit for Message {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                if field.name() == "message" {
+                    self.0 |= format!("{value:?}").contains("handshake");
+                }
+            }
+        }
+        let mut m = Message(false);
+        event.record(&mut m);
+        if m.0 {
+            TLS_HANDSHAKE_FAILURES.inc();
+        }
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
+    /// Every family this registry can export, exported or not yet (see [`Metrics::names`]).
+    names: Vec<String>,
     pub requests: IntCounterVec,
     pub duration: HistogramVec,
+    pub inference: HistogramVec,
+    pub confidence: HistogramVec,
+    pub predictions: IntCounterVec,
     pub errors: IntCounterVec,
+    pub auth_failures: IntCounterVec,
+    pub rate_limited: IntCounterVec,
+    pub canary_fallback: IntCounterVec,
+    pub tls_handshake_failures: IntCounter,
     pub queue_depth: IntGaugeVec,
+    pub pool_ready: IntGaugeVec,
     pub healthy_endpoints: IntGaugeVec,
+    pub canary_weight: IntGaugeVec,
     pub tracked_clients: IntGaugeVec,
     pub shadow_requests: IntCounterVec,
     pub shadow_agreements: IntCounterVec,
@@ -28,157 +92,215 @@ pub struct Metrics {
     pub in_flight: IntGauge,
 }
 
+fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric")
+}
+
+fn gauge(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric")
+}
+
+fn histogram(name: &str, help: &str, buckets: &[f64], labels: &[&str]) -> HistogramVec {
+    HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets.to_vec()), labels).expect("valid metric")
+}
+
 impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new_custom(Some("gateway".into()), None).expect("valid prefix");
-        let requests = IntCounterVec::new(
-            Opts::new(
-                "requests_total",
-                "Requests answered, by route, variant and status",
-            ),
-            &["route", "variant", "status"],
-        )
-        .expect("valid metric");
-        let duration = HistogramVec::new(
-            HistogramOpts::new(
-                "request_duration_seconds",
-                "Time from request start to the end of the response",
-            )
-            .buckets(vec![
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-            ]),
-            &["route", "variant"],
-        )
-        .expect("valid metric");
-        let errors = IntCounterVec::new(
-            Opts::new(
-                "errors_total",
-                "Requests refused or failed, by kind (auth, rate limit, upstream, ...)",
-            ),
-            &["kind"],
-        )
-        .expect("valid metric");
-        let queue_depth = IntGaugeVec::new(
-            Opts::new("pool_queue_depth", "Requests waiting in a local pool's queue"),
-            &["pool"],
-        )
-        .expect("valid metric");
-        let healthy_endpoints = IntGaugeVec::new(
-            Opts::new(
-                "pool_healthy_endpoints",
-                "Endpoints of a remote pool that pass their health check",
-            ),
-            &["pool"],
-        )
-        .expect("valid metric");
-        let tracked_clients = IntGaugeVec::new(
-            Opts::new(
-                "ratelimit_tracked_clients",
-                "Keys and client IPs with rate-limiter state",
-            ),
-            &["limiter"],
-        )
-        .expect("valid metric");
+        let rv = ["route", "variant"];
         // Shadows: labelled by route and versions from the config, never by request content.
         let pair = ["route", "primary_version", "shadow_version"];
-        let counter = |name: &str, help: &str, labels: &[&str]| {
-            IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric")
-        };
-        let shadow_requests = counter(
-            "shadow_requests_total",
-            "Mirrored requests whose shadow answered, failed or timed out",
-            &pair,
-        );
-        let shadow_agreements = counter(
-            "shadow_agreement_total",
-            "Mirrored requests where every prediction of the shadow agreed with the primary",
-            &pair,
-        );
-        let shadow_disagreements = counter(
-            "shadow_disagreement_total",
-            "Mirrored requests where any prediction of the shadow differed from the primary",
-            &pair,
-        );
-        let shadow_prob_delta = HistogramVec::new(
-            HistogramOpts::new(
+        let single = |name: &str, help: &str| IntGauge::new(name, help).expect("valid metric");
+        let m = Metrics {
+            requests: counter(
+                "requests_total",
+                "Requests answered, by route, variant (stable, canary; - when refused before routing), model version and status class",
+                &["route", "variant", "version", "status_class"],
+            ),
+            duration: histogram(
+                "request_duration_seconds",
+                "Time from request start to the end of the response",
+                &LATENCY,
+                &rv,
+            ),
+            inference: histogram(
+                "inference_duration_seconds",
+                "Time in the model: the local pool (queue and run) or the remote pool's answer",
+                &LATENCY,
+                &rv,
+            ),
+            confidence: histogram(
+                "prediction_confidence",
+                "Top-class probability of each prediction (classifiers)",
+                &CONFIDENCE,
+                &rv,
+            ),
+            predictions: counter(
+                "predictions_total",
+                "Predictions by predicted class (classifiers; classes above 100 count as \"other\")",
+                &["route", "variant", "class"],
+            ),
+            errors: counter(
+                "errors_total",
+                "Requests refused or failed, by kind (auth, rate limit, upstream, ...)",
+                &["kind"],
+            ),
+            auth_failures: counter(
+                "auth_failures_total",
+                "Requests refused for their API key: missing, unknown or disabled",
+                &["reason"],
+            ),
+            rate_limited: counter(
+                "rate_limited_total",
+                "Requests refused with 429, by tier (per_ip for the keyless paths)",
+                &["tier"],
+            ),
+            canary_fallback: counter(
+                "canary_fallback_total",
+                "Requests the weight sent to a canary that was not ready, answered by stable",
+                &["route"],
+            ),
+            tls_handshake_failures: TLS_HANDSHAKE_FAILURES.clone(),
+            queue_depth: gauge(
+                "pool_queue_depth",
+                "Requests waiting in a local pool's queue",
+                &["pool"],
+            ),
+            pool_ready: gauge(
+                "pool_ready",
+                "1 when the pool can serve: a local pool's model runs, a remote pool has a healthy endpoint",
+                &["pool"],
+            ),
+            healthy_endpoints: gauge(
+                "pool_healthy_endpoints",
+                "Endpoints of a remote pool that pass their health check",
+                &["pool"],
+            ),
+            canary_weight: gauge(
+                "route_canary_weight",
+                "The canary weight in force (percent; 0 without a canary)",
+                &["route"],
+            ),
+            tracked_clients: gauge(
+                "ratelimit_tracked_clients",
+                "Keys and client IPs with rate-limiter state",
+                &["limiter"],
+            ),
+            shadow_requests: counter(
+                "shadow_requests_total",
+                "Mirrored requests whose shadow answered, failed or timed out",
+                &pair,
+            ),
+            shadow_agreements: counter(
+                "shadow_agreement_total",
+                "Mirrored requests where every prediction of the shadow agreed with the primary",
+                &pair,
+            ),
+            shadow_disagreements: counter(
+                "shadow_disagreement_total",
+                "Mirrored requests where any prediction of the shadow differed from the primary",
+                &pair,
+            ),
+            shadow_prob_delta: histogram(
                 "shadow_prob_delta",
                 "Per prediction, the largest absolute difference of a class probability, shadow vs primary",
+                &crate::shadow::store::DELTA_BOUNDS,
+                &pair,
+            ),
+            shadow_errors: counter(
+                "shadow_errors_total",
+                "Shadow requests that failed or timed out (never seen by clients)",
+                &["route", "shadow"],
+            ),
+            shadow_dropped: counter(
+                "shadow_dropped_total",
+                "Copies not made: the route's in-flight cap was reached, or the body was over the cap",
+                &["route", "shadow", "reason"],
+            ),
+            shadow_records_lost: IntCounter::new(
+                "shadow_records_lost_total",
+                "Comparison events lost because the store's queue was full",
             )
-            .buckets(crate::shadow::store::DELTA_BOUNDS.to_vec()),
-            &pair,
-        )
-        .expect("valid metric");
-        let shadow_errors = counter(
-            "shadow_errors_total",
-            "Shadow requests that failed or timed out (never seen by clients)",
-            &["route", "shadow"],
-        );
-        let shadow_dropped = counter(
-            "shadow_dropped_total",
-            "Copies not made: the route's in-flight cap was reached, or the body was over the cap",
-            &["route", "shadow", "reason"],
-        );
-        let shadow_records_lost = IntCounter::new(
-            "shadow_records_lost_total",
-            "Comparison events lost because the store's queue was full",
-        )
-        .expect("valid metric");
-        let config_reloads = counter(
-            "config_reload_total",
-            "Config reloads that were applied (ok) or refused while the old config kept serving (rejected)",
-            &["result"],
-        );
-        let gauge = |name: &str, help: &str| IntGauge::new(name, help).expect("valid metric");
-        let config_generation = gauge(
-            "config_generation",
-            "Generation of the config in force: 1 at start, +1 per applied reload",
-        );
-        let config_loaded_at = gauge(
-            "config_last_reload_success_timestamp_seconds",
-            "When the config in force was loaded (Unix time)",
-        );
-        let in_flight = gauge("requests_in_flight", "Client requests being answered right now");
-        for c in [
-            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(duration.clone()),
-            Box::new(errors.clone()),
-            Box::new(queue_depth.clone()),
-            Box::new(healthy_endpoints.clone()),
-            Box::new(tracked_clients.clone()),
-            Box::new(shadow_requests.clone()),
-            Box::new(shadow_agreements.clone()),
-            Box::new(shadow_disagreements.clone()),
-            Box::new(shadow_prob_delta.clone()),
-            Box::new(shadow_errors.clone()),
-            Box::new(shadow_dropped.clone()),
-            Box::new(shadow_records_lost.clone()),
-            Box::new(config_reloads.clone()),
-            Box::new(config_generation.clone()),
-            Box::new(config_loaded_at.clone()),
-            Box::new(in_flight.clone()),
-        ] {
-            registry.register(c).expect("metric names are unique");
-        }
-        Metrics {
+            .expect("valid metric"),
+            config_reloads: counter(
+                "config_reload_total",
+                "Config reloads that were applied (ok) or refused while the old config kept serving (rejected)",
+                &["result"],
+            ),
+            config_generation: single(
+                "config_generation",
+                "Generation of the config in force: 1 at start, +1 per applied reload",
+            ),
+            config_loaded_at: single(
+                "config_last_reload_success_timestamp_seconds",
+                "When the config in force was loaded (Unix time)",
+            ),
+            in_flight: single("requests_in_flight", "Client requests being answered right now"),
             registry,
-            requests,
-            duration,
-            errors,
-            queue_depth,
-            healthy_endpoints,
-            tracked_clients,
-            shadow_requests,
-            shadow_agreements,
-            shadow_disagreements,
-            shadow_prob_delta,
-            shadow_errors,
-            shadow_dropped,
-            shadow_records_lost,
-            config_reloads,
-            config_generation,
-            config_loaded_at,
-            in_flight,
+            names: Vec::new(),
+        };
+        let mut m = m;
+        let build = gauge(
+            "build_info",
+            "Always 1; the labels say which build this is",
+            &["version", "pingora", "onnxruntime"],
+        );
+        build
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), "0.9", "1.31.1"])
+            .set(1);
+        let collectors: Vec<Box<dyn Collector>> = vec![
+            Box::new(m.requests.clone()),
+            Box::new(m.duration.clone()),
+            Box::new(m.inference.clone()),
+            Box::new(m.confidence.clone()),
+            Box::new(m.predictions.clone()),
+            Box::new(m.errors.clone()),
+            Box::new(m.auth_failures.clone()),
+            Box::new(m.rate_limited.clone()),
+            Box::new(m.canary_fallback.clone()),
+            Box::new(m.tls_handshake_failures.clone()),
+            Box::new(m.queue_depth.clone()),
+            Box::new(m.pool_ready.clone()),
+            Box::new(m.healthy_endpoints.clone()),
+            Box::new(m.canary_weight.clone()),
+            Box::new(m.tracked_clients.clone()),
+            Box::new(m.shadow_requests.clone()),
+            Box::new(m.shadow_agreements.clone()),
+            Box::new(m.shadow_disagreements.clone()),
+            Box::new(m.shadow_prob_delta.clone()),
+            Box::new(m.shadow_errors.clone()),
+            Box::new(m.shadow_dropped.clone()),
+            Box::new(m.shadow_records_lost.clone()),
+            Box::new(m.config_reloads.clone()),
+            Box::new(m.config_generation.clone()),
+            Box::new(m.config_loaded_at.clone()),
+            Box::new(m.in_flight.clone()),
+            Box::new(build),
+        ];
+        for c in collectors {
+            m.names
+                .extend(c.desc().iter().map(|d| format!("gateway_{}", d.fq_name)));
+            m.registry.register(c).expect("metric names are unique");
         }
+        m.names.extend(
+            [BATCH_SIZE.0, REJECTED.0, FAILED.0]
+                .iter()
+                .map(|n| format!("gateway_{n}")),
+        );
+        m
+    }
+
+    /// The name of every family the gateway exports (counters appear in a scrape only once
+    /// they have counted something): what dashboards and alert rules may use.
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// Adds the per-pool series read from the pools' own counters at scrape time.
+    pub fn watch_pools(&self, state: Arc<ArcSwap<Snapshot>>) {
+        self.registry
+            .register(Box::new(PoolCollector::new(state)))
+            .expect("metric names are unique");
     }
 
     /// The text exposition format, for `GET /metrics`.
@@ -194,5 +316,106 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// Local pools count their batches, rejections and failures themselves (the inference crate
+/// knows nothing of Prometheus); this reads those counters when scraped (names without the
+/// registry's `gateway_` prefix, which the registry adds). A pool a reload
+/// replaced starts again from 0, which Prometheus reads as a counter reset.
+struct PoolCollector {
+    state: Arc<ArcSwap<Snapshot>>,
+    descs: Vec<Desc>,
+}
+
+const BATCH_SIZE: (&str, &str) = (
+    "pool_batch_size",
+    "Requests per ONNX Runtime run in a local pool (dynamic batching)",
+);
+const REJECTED: (&str, &str) = (
+    "pool_rejected_total",
+    "Requests a local pool refused because its queue was full (503 overloaded)",
+);
+const FAILED: (&str, &str) = (
+    "pool_failed_total",
+    "Requests whose inference failed in a local pool",
+);
+
+impl PoolCollector {
+    fn new(state: Arc<ArcSwap<Snapshot>>) -> PoolCollector {
+        let descs = [BATCH_SIZE, REJECTED, FAILED]
+            .iter()
+            .map(|(name, help)| {
+                Desc::new(
+                    name.to_string(),
+                    help.to_string(),
+                    vec!["pool".into()],
+                    Default::default(),
+                )
+                .expect("valid metric")
+            })
+            .collect();
+        PoolCollector { state, descs }
+    }
+}
+
+fn family(name: &str, help: &str, kind: MetricType) -> MetricFamily {
+    let mut f = MetricFamily::default();
+    f.set_name(name.to_string());
+    f.set_help(help.to_string());
+    f.set_field_type(kind);
+    f
+}
+
+fn labelled(pool: &str) -> proto::Metric {
+    let mut label = proto::LabelPair::default();
+    label.set_name("pool".into());
+    label.set_value(pool.to_string());
+    let mut m = proto::Metric::default();
+    m.set_label(vec![label]);
+    m
+}
+
+impl Collector for PoolCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let snap = self.state.load_full();
+        let mut batch = family(BATCH_SIZE.0, BATCH_SIZE.1, MetricType::HISTOGRAM);
+        let mut rejected = family(REJECTED.0, REJECTED.1, MetricType::COUNTER);
+        let mut failed = family(FAILED.0, FAILED.1, MetricType::COUNTER);
+        for (name, backend) in &snap.pools {
+            let Backend::Local(pool) = backend else { continue };
+            let s = pool.stats();
+            let mut h = proto::Histogram::default();
+            let mut cumulative = 0;
+            let mut buckets = Vec::new();
+            for (bound, count) in inference::pool::BATCH_BUCKETS.iter().zip(s.batch_sizes) {
+                cumulative += count;
+                let mut b = proto::Bucket::default();
+                b.set_upper_bound(*bound as f64);
+                b.set_cumulative_count(cumulative);
+                buckets.push(b);
+            }
+            h.set_bucket(buckets);
+            h.set_sample_count(s.batches);
+            h.set_sample_sum(s.requests as f64);
+            let mut m = labelled(name);
+            m.set_histogram(h);
+            batch.mut_metric().push(m);
+            for (f, value) in [(&mut rejected, s.rejected), (&mut failed, s.failed)] {
+                let mut c = proto::Counter::default();
+                c.set_value(value as f64);
+                let mut m = labelled(name);
+                m.set_counter(c);
+                f.mut_metric().push(m);
+            }
+        }
+        [batch, rejected, failed]
+            .into_iter()
+            .filter(|f| !f.get_metric().is_empty())
+            .collect()
     }
 }

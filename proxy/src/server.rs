@@ -90,11 +90,14 @@ pub struct GatewayServer {
 }
 
 /// How the process starts besides its config.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct StartOptions {
     /// Take the listening sockets over from a running gateway (pingora's graceful upgrade)
     /// instead of binding them: the old process hands them over on SIGQUIT.
     pub upgrade: bool,
+    /// Required (`Authorization: Bearer …` or `x-admin-token`) on the admin listener's
+    /// `/admin/…` paths; must be set when the admin listener is not on a loopback address.
+    pub admin_token: Option<String>,
 }
 
 /// Builds the pingora server for a snapshot.
@@ -110,6 +113,11 @@ pub fn build_with(snapshot: Snapshot, options: StartOptions) -> Result<GatewaySe
         shutdown_grace,
         ..
     } = snapshot.config.clone();
+    if !admin.ip().is_loopback() && options.admin_token.as_deref().is_none_or(str::is_empty) {
+        return Err(format!(
+            "listen.admin is {admin}, reachable from other machines, and no admin token is set: set GATEWAY_ADMIN_TOKEN (its /admin/ paths then need `Authorization: Bearer <token>`), or listen on 127.0.0.1"
+        ));
+    }
     if !options.upgrade {
         check_bindable(https, "https")?;
         check_bindable(admin, "admin")?;
@@ -143,6 +151,7 @@ pub fn build_with(snapshot: Snapshot, options: StartOptions) -> Result<GatewaySe
     let connector = Arc::new(pingora::connectors::http::Connector::new(None));
     let watch_files = snapshot.config.watch;
     let state = Arc::new(ArcSwap::from_pointee(snapshot));
+    metrics.watch_pools(state.clone());
     let reloader = Reloader::new(state.clone(), certs, metrics.clone());
     let watch = if watch_files {
         Some(reload::watch::start(reloader.clone())?)
@@ -150,11 +159,14 @@ pub fn build_with(snapshot: Snapshot, options: StartOptions) -> Result<GatewaySe
         None
     };
 
+    let observed = Arc::new(crate::observed::Observed::default());
     let gateway = Gateway {
         state: state.clone(),
         metrics: metrics.clone(),
         connector,
         mirror: Mirror::new(recorder.clone(), metrics.clone(), &shadow_runtime),
+        observed: observed.clone(),
+        fallback_logged: Default::default(),
     };
     let mut proxy = pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "gateway");
     proxy.add_tls_with_settings(&https.to_string(), None, tls);
@@ -164,11 +176,19 @@ pub fn build_with(snapshot: Snapshot, options: StartOptions) -> Result<GatewaySe
         metrics: metrics.clone(),
         recorder: recorder.clone(),
         reloader: reloader.clone(),
+        observed: observed.clone(),
+        token: options.admin_token.clone(),
     };
     let mut admin_service = Service::new("admin".to_string(), HttpServer::new_app(admin_app));
     admin_service.add_tcp(&admin.to_string());
 
-    let upkeep = background_service("maintenance", Maintenance { state: state.clone() });
+    let upkeep = background_service(
+        "maintenance",
+        Maintenance {
+            state: state.clone(),
+            observed: observed.clone(),
+        },
+    );
 
     server.add_service(proxy);
     server.add_service(admin_service);

@@ -26,7 +26,7 @@ use crate::config::Route;
 use crate::errors::GatewayError;
 use crate::keys::KeyInfo;
 use crate::limits;
-use crate::metrics::Metrics;
+use crate::metrics::{MAX_CLASS_LABEL, Metrics};
 use crate::ratelimit::Decision;
 use crate::remote;
 use crate::shadow::{self, Mirror};
@@ -40,6 +40,10 @@ pub struct Gateway {
     /// Upstream connections for remote pools, kept alive between requests.
     pub connector: Arc<Connector>,
     pub mirror: Mirror,
+    /// The split served over the last minute, for `GET /admin/routes`.
+    pub observed: Arc<crate::observed::Observed>,
+    /// When a canary fallback was last logged (Unix seconds): at most one line per 10 s.
+    pub fallback_logged: std::sync::atomic::AtomicU64,
 }
 
 /// Per-request state, shared by the phases.
@@ -58,6 +62,10 @@ pub struct Ctx {
     upstream: Option<SocketAddr>,
     error: Option<GatewayError>,
     status: u16,
+    /// Time in the model (local pool or remote answer), for the inference histogram.
+    inference: Option<Duration>,
+    /// Shadows this request was copied to (for the access log).
+    shadows: usize,
     /// Counts the request as in flight until it ends (graceful shutdown waits for zero).
     _in_flight: Option<InFlight>,
 }
@@ -167,7 +175,14 @@ impl Gateway {
                     key_digest: ctx.key.as_ref().map(|k| k.digest()),
                     sticky_header,
                 };
-                split::choose(route, &request, split::random_bucket)?
+                let chosen = split::choose(route, &request, split::random_bucket)?;
+                // The weight (not a tester's x-canary) picked a canary that cannot serve:
+                // stable answers instead, and it is said.
+                if chosen == Variant::Canary && request.x_canary.is_none() {
+                    self.fall_back_if_not_ready(snap, route)
+                } else {
+                    chosen
+                }
             }
         };
         ctx.variant = Some(variant);
@@ -301,6 +316,7 @@ impl Gateway {
                 } else {
                     Vec::new()
                 };
+                ctx.shadows = picks.len();
                 let copy = (!picks.is_empty()).then(|| shadow::Input::Oip {
                     body: body.clone(),
                     header_length: if kind == Kind::Simple {
@@ -328,6 +344,7 @@ impl Gateway {
                 };
                 let started = Instant::now();
                 let result = remote::forward(&pool, &self.connector, &out).await;
+                ctx.inference = Some(started.elapsed());
                 let shadows = copy.map(|input| (picks, input, started.elapsed()));
                 let answer = match result {
                     Ok(a) => a,
@@ -337,6 +354,13 @@ impl Gateway {
                     }
                 };
                 ctx.upstream = Some(answer.endpoint);
+                if mirrored
+                    && answer.status == 200
+                    && let Ok(decoded) =
+                        protocol::decode_response(&answer.body, answer.header_length.as_deref())
+                {
+                    self.observe_predictions(ctx, &route.model, &decoded.outputs);
+                }
                 let primary = shadows.as_ref().map(|_| shadow::Primary::Oip {
                     status: answer.status,
                     body: answer.body.clone(),
@@ -372,24 +396,100 @@ impl Gateway {
     async fn infer_local(
         &self,
         snap: &Arc<Snapshot>,
-        ctx: &Ctx,
+        ctx: &mut Ctx,
         route: &Route,
         pool: &inference::Pool,
         inputs: Vec<inference::NamedTensor>,
         body_len: usize,
     ) -> Result<(Vec<inference::Tensor>, Option<Shadows>), GatewayError> {
         let picks = self.mirror.pick(snap, route, &pool.metadata().version, body_len);
+        ctx.shadows = picks.len();
         let copy = (!picks.is_empty()).then(|| inputs.clone());
         let started = Instant::now();
         let result = pool.infer(inputs).await;
+        ctx.inference = Some(started.elapsed());
         let shadows = copy.map(|inputs| (picks, shadow::Input::Tensors(inputs), started.elapsed()));
         match result {
-            Ok(outputs) => Ok((outputs, shadows)),
+            Ok(outputs) => {
+                let named: Vec<inference::NamedTensor> = pool
+                    .metadata()
+                    .outputs
+                    .iter()
+                    .zip(&outputs)
+                    .map(|(spec, t)| inference::NamedTensor {
+                        name: spec.name.clone(),
+                        tensor: t.clone(),
+                    })
+                    .collect();
+                self.observe_predictions(ctx, &route.model, &named);
+                Ok((outputs, shadows))
+            }
             Err(e) => {
                 self.mirror(snap, ctx, shadows, || shadow::Primary::Failed(e.to_string()));
                 Err(e.into())
             }
         }
+    }
+
+    /// Class counts and confidence of a classifier's predictions, by route and variant.
+    fn observe_predictions(&self, ctx: &Ctx, route: &str, outputs: &[inference::NamedTensor]) {
+        let predictions = shadow::compare::predictions(outputs);
+        if predictions.is_empty() {
+            return;
+        }
+        let variant = ctx.variant.map_or("-", Variant::as_str);
+        let confidence = self.metrics.confidence.with_label_values(&[route, variant]);
+        for (class, top) in predictions {
+            if let Some(p) = top {
+                confidence.observe(p);
+            }
+            let label = if (0..=MAX_CLASS_LABEL).contains(&class) {
+                class.to_string()
+            } else {
+                "other".to_string()
+            };
+            self.metrics
+                .predictions
+                .with_label_values(&[route, variant, &label])
+                .inc();
+        }
+    }
+
+    /// Stable, when the canary the weight chose cannot serve (a local model failing every
+    /// run, a remote pool without a healthy endpoint); counted, and logged at most every 10 s.
+    fn fall_back_if_not_ready(&self, snap: &Snapshot, route: &Route) -> Variant {
+        let Some(canary) = &route.canary else {
+            return Variant::Stable;
+        };
+        if snap.pools.get(&canary.pool).is_none_or(Backend::ready) {
+            return Variant::Canary;
+        }
+        self.metrics
+            .canary_fallback
+            .with_label_values(&[route.model.as_str()])
+            .inc();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let last = self.fallback_logged.load(std::sync::atomic::Ordering::Relaxed);
+        if now >= last + 10
+            && self
+                .fallback_logged
+                .compare_exchange(
+                    last,
+                    now,
+                    std::sync::atomic::Ordering::Relaxed,
+                    std::sync::atomic::Ordering::Relaxed,
+                )
+                .is_ok()
+        {
+            tracing::warn!(
+                route = %route.model,
+                canary = %canary.pool,
+                "canary pool not ready: its share of traffic goes to stable (gateway_canary_fallback_total)"
+            );
+        }
+        Variant::Stable
     }
 
     /// Copies a request to its shadows, with what the primary answered (built only when
@@ -450,10 +550,16 @@ impl Gateway {
             return Ok(());
         };
         let decision = snap.limiters.check_ip(ip);
+        self.limited(ctx, decision, "per_ip")
+    }
+
+    /// Records a rate-limit decision; a refusal is counted by tier (never by key or address).
+    fn limited(&self, ctx: &mut Ctx, decision: Decision, tier: &str) -> Result<(), GatewayError> {
         ctx.rate = Some(decision);
         if decision.allowed {
             Ok(())
         } else {
+            self.metrics.rate_limited.with_label_values(&[tier]).inc();
             Err(GatewayError::RateLimited(decision))
         }
     }
@@ -464,15 +570,19 @@ impl Gateway {
         ctx: &mut Ctx,
         snap: &Snapshot,
     ) -> Result<(), GatewayError> {
-        let key = crate::auth::authenticate(&snap.keys, &session.req_header().headers)?;
+        let key = crate::auth::authenticate(&snap.keys, &session.req_header().headers).inspect_err(|e| {
+            let reason = match e {
+                GatewayError::MissingKey => "missing",
+                GatewayError::UnknownKey => "unknown",
+                GatewayError::DisabledKey(_) => "disabled",
+                _ => "other",
+            };
+            self.metrics.auth_failures.with_label_values(&[reason]).inc();
+        })?;
         let decision = snap.limiters.check_key(&key.tier, key.digest());
+        let tier = key.tier.clone();
         ctx.key = Some(key);
-        ctx.rate = Some(decision);
-        if decision.allowed {
-            Ok(())
-        } else {
-            Err(GatewayError::RateLimited(decision))
-        }
+        self.limited(ctx, decision, &tier)
     }
 
     /// Writes a complete response with the gateway's headers.
@@ -693,12 +803,29 @@ impl ProxyHttp for Gateway {
         let variant = ctx.variant.map_or("-", Variant::as_str);
         let elapsed = ctx.started.map_or(Duration::ZERO, |t| t.elapsed());
         let m = &self.metrics;
+        let class = match status / 100 {
+            1 => "1xx",
+            2 => "2xx",
+            3 => "3xx",
+            4 => "4xx",
+            5 => "5xx",
+            _ => "none",
+        };
+        let version = ctx.model_version.as_deref().unwrap_or("-");
+        if let (Some(r), Some(v)) = (&ctx.route, ctx.variant) {
+            self.observed.record(r, v);
+        }
         m.requests
-            .with_label_values(&[route, variant, &status.to_string()])
+            .with_label_values(&[route, variant, version, class])
             .inc();
         m.duration
             .with_label_values(&[route, variant])
             .observe(elapsed.as_secs_f64());
+        if let Some(d) = ctx.inference {
+            m.inference
+                .with_label_values(&[route, variant])
+                .observe(d.as_secs_f64());
+        }
         if let Some(err) = &ctx.error {
             m.errors.with_label_values(&[err.kind()]).inc();
         } else if e.is_some() {
@@ -723,6 +850,11 @@ impl ProxyHttp for Gateway {
                 upstream = ctx.upstream.map(|a| a.to_string()).unwrap_or_default(),
                 error = ctx.error.as_ref().map(|e| e.to_string()).unwrap_or_default(),
                 ms = elapsed.as_secs_f64() * 1e3,
+                bytes_in = session.as_downstream().body_bytes_read(),
+                bytes_out = session.as_downstream().body_bytes_sent(),
+                rate_limited = ctx.rate.is_some_and(|d| !d.allowed),
+                rate_remaining = ctx.rate.map_or(-1, |d| i64::from(d.remaining)),
+                shadows = ctx.shadows,
             );
         }
     }

@@ -22,6 +22,17 @@ pub enum Backend {
     Remote(Arc<RemotePool>),
 }
 
+impl Backend {
+    /// Can serve now: a local pool whose model has not failed its last runs, a remote pool
+    /// with a healthy endpoint.
+    pub fn ready(&self) -> bool {
+        match self {
+            Backend::Local(p) => p.healthy(),
+            Backend::Remote(r) => r.healthy_endpoints() > 0,
+        }
+    }
+}
+
 pub struct Snapshot {
     pub config: Config,
     pub pools: BTreeMap<String, Backend>,

@@ -111,6 +111,11 @@ fn keys_add_prints_the_key_once_and_stores_its_digest() {
 }
 
 /// A copy of the shipped config with free ports and an absolute models path.
+/// `gateway run` that is expected to stop by itself (a start-up error).
+fn run_once(config: &std::path::Path) -> std::process::Output {
+    gateway().arg("run").arg("--config").arg(config).output().unwrap()
+}
+
 fn default_config_copy() -> (std::path::PathBuf, u16, u16) {
     let dir = temp_dir("first-run");
     let (https, admin) = (free_port(), free_port());
@@ -173,12 +178,7 @@ fn start_up_problems_are_clear_errors() {
     std::fs::create_dir_all(dir.join("certs")).unwrap();
     std::fs::write(dir.join("certs/server.crt"), "garbage").unwrap();
     std::fs::write(dir.join("certs/server.key"), "garbage").unwrap();
-    let out = gateway()
-        .arg("run")
-        .arg("--config")
-        .arg(&config)
-        .output()
-        .unwrap();
+    let out = run_once(&config);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("server.crt") && !err.contains("panicked"), "{err}");
@@ -186,12 +186,7 @@ fn start_up_problems_are_clear_errors() {
     // A port already taken.
     let (config, https, _) = default_config_copy();
     let _taken = std::net::TcpListener::bind(("127.0.0.1", https)).unwrap();
-    let out = gateway()
-        .arg("run")
-        .arg("--config")
-        .arg(&config)
-        .output()
-        .unwrap();
+    let out = run_once(&config);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("address is in use"), "{err}");
@@ -203,4 +198,43 @@ fn start_up_problems_are_clear_errors() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_admin_token_guards_the_admin_paths_and_is_required_off_loopback() {
+    let (config, _, admin) = default_config_copy();
+    let (child, _) = run_until_serving_with(&config, &[("GATEWAY_ADMIN_TOKEN", "s3cret-admin")]);
+    let get = |path: &'static str, token: Option<&'static str>| async move {
+        let client: hyper_util::client::legacy::Client<_, http_body_util::Empty<bytes::Bytes>> =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+        let mut req = hyper::Request::get(format!("http://127.0.0.1:{admin}{path}"));
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        client
+            .request(req.body(http_body_util::Empty::new()).unwrap())
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(get("/admin/config", None).await, 401);
+    assert_eq!(get("/config", None).await, 401);
+    assert_eq!(get("/admin/routes", Some("wrong")).await, 401);
+    assert_eq!(get("/admin/config", Some("s3cret-admin")).await, 200);
+    assert_eq!(get("/admin/routes", Some("s3cret-admin")).await, 200);
+    // Prometheus and probes need no token.
+    assert_eq!(get("/metrics", None).await, 200);
+    assert_eq!(get("/health/ready", None).await, 200);
+    assert!(terminate(child).success());
+
+    // Reachable from other machines and no token: refused at start, with what to do.
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace(&format!("127.0.0.1:{admin}"), &format!("0.0.0.0:{admin}"));
+    std::fs::write(&config, text).unwrap();
+    let out = run_once(&config);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("GATEWAY_ADMIN_TOKEN"), "{err}");
 }

@@ -438,7 +438,7 @@ async fn admin_metrics_and_config() {
     assert_eq!(status, 200);
     assert!(
         metrics
-            .contains("gateway_requests_total{route=\"breast-cancer\",status=\"200\",variant=\"stable\"} 1"),
+            .contains("gateway_requests_total{route=\"breast-cancer\",status_class=\"2xx\",variant=\"stable\",version=\"1\"} 1"),
         "{metrics}"
     );
     assert!(
@@ -446,7 +446,7 @@ async fn admin_metrics_and_config() {
         "{metrics}"
     );
     assert!(!metrics.contains(&g.keys.dev), "keys never appear in metrics");
-    let (status, config) = get("/config").await;
+    let (status, config) = get("/admin/config").await;
     assert_eq!(status, 200);
     let config: serde_json::Value = serde_json::from_str(&config).unwrap();
     assert_eq!(config["routes"][0]["canary"]["weight"], 10);

@@ -176,6 +176,13 @@ pub struct ServerFile {
     /// (`gateway run --upgrade`, then SIGQUIT to the old one).
     #[serde(default)]
     pub upgrade_sock: Option<String>,
+    /// Log lines as `text` (for people) or `json` (one object per line, for log pipelines).
+    #[serde(default = "default_log_format")]
+    pub log_format: String,
+}
+
+fn default_log_format() -> String {
+    "text".into()
 }
 
 impl Default for ServerFile {
@@ -186,6 +193,7 @@ impl Default for ServerFile {
             shutdown_grace_s: default_grace(),
             watch: true,
             upgrade_sock: None,
+            log_format: default_log_format(),
         }
     }
 }

@@ -232,6 +232,8 @@ pub struct Config {
     pub watch: bool,
     /// The socket for handing listeners to a new process (`gateway run --upgrade`).
     pub upgrade_sock: PathBuf,
+    /// `text` or `json` (read at start; see `main.rs`).
+    pub log_format: String,
     pub shadow: ShadowSettings,
     pub pools: BTreeMap<String, PoolSpec>,
     pub routes: BTreeMap<String, Route>,
@@ -397,6 +399,13 @@ pub fn parse(file: &FsPath, source: &str) -> Result<Config, Vec<ConfigError>> {
         || std::env::temp_dir().join(format!("gateway-{}.upgrade.sock", https.port())),
         relative,
     );
+
+    if !matches!(server.log_format.as_str(), "text" | "json") {
+        errors.add(
+            &root.key("server").key("log_format"),
+            format!("{:?} is not one of: text, json", server.log_format),
+        );
+    }
 
     let sh = root.key("shadow");
     if !(0.0..=1.0).contains(&shadow.sample_agreements) {
@@ -715,6 +724,7 @@ pub fn parse(file: &FsPath, source: &str) -> Result<Config, Vec<ConfigError>> {
         shutdown_grace,
         watch: server.watch,
         upgrade_sock,
+        log_format: server.log_format,
         shadow,
         pools: pool_specs,
         routes: route_map,

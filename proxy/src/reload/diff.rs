@@ -162,6 +162,7 @@ impl Diff {
             (true, pair("listen.admin", &r.admin, &n.admin)),
             (true, pair("server.threads", &r.threads, &n.threads)),
             (true, pair("server.watch", &r.watch, &n.watch)),
+            (true, pair("server.log_format", &r.log_format, &n.log_format)),
             (
                 true,
                 pair("server.shutdown_grace_s", &r.shutdown_grace, &n.shutdown_grace),

@@ -83,6 +83,29 @@ pub fn classes(outputs: &[NamedTensor]) -> Option<Vec<i64>> {
     )
 }
 
+/// Per row: the predicted class and, when the model gives probabilities, the top one (the
+/// confidence). Empty for outputs that are not a classifier's.
+pub fn predictions(outputs: &[NamedTensor]) -> Vec<(i64, Option<f64>)> {
+    let Some(classes) = classes(outputs) else {
+        return Vec::new();
+    };
+    let top: Option<Vec<f64>> = probabilities(outputs).and_then(|p| {
+        let width = p.tensor.row_len().max(1);
+        let values = as_f64(p.tensor.data())?;
+        Some(
+            values
+                .chunks(width)
+                .map(|row| row.iter().copied().fold(f64::NAN, f64::max))
+                .collect(),
+        )
+    });
+    classes
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| (c, top.as_ref().and_then(|t| t.get(i).copied())))
+        .collect()
+}
+
 /// The probabilities: the output so named, else the first float `[rows, classes]` output.
 fn probabilities(outputs: &[NamedTensor]) -> Option<&NamedTensor> {
     let float2d = |o: &&NamedTensor| o.tensor.dtype().is_float() && o.tensor.shape().len() == 2;

@@ -114,13 +114,17 @@ pub fn start_in(body: &str, layout: Layout) -> Gateway {
     } else {
         "server: {threads: 2, access_log: false, shutdown_grace_s: 5}\n"
     };
+    let models = if body.starts_with("models_dir:") || body.contains("\nmodels_dir:") {
+        String::new()
+    } else {
+        format!("models_dir: {}\n", repo().join("models").display())
+    };
     // Absolute paths: the config may live elsewhere (a ConfigMap layout).
     let header = format!(
         "listen: {{https: \"{https}\", admin: \"{admin}\"}}\n\
          tls: {{cert: {dir}/server.crt, key: {dir}/server.key}}\n\
          auth: {{keys_file: {dir}/api-keys.yaml}}\n\
-         models_dir: {}\n{server}{tiers}",
-        repo().join("models").display(),
+         {models}{server}{tiers}",
         dir = dir.display(),
     );
     let config = format!("{header}{body}");
@@ -644,10 +648,19 @@ pub fn gateway() -> Command {
 
 /// Runs `gateway run` until it says it is serving; returns the child and what it printed.
 pub fn run_until_serving(config: &std::path::Path) -> (std::process::Child, String) {
+    run_until_serving_with(config, &[])
+}
+
+/// [`run_until_serving`] with environment variables set.
+pub fn run_until_serving_with(
+    config: &std::path::Path,
+    env: &[(&str, &str)],
+) -> (std::process::Child, String) {
     let mut child = gateway()
         .arg("run")
         .arg("--config")
         .arg(config)
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
