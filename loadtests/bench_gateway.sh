@@ -9,7 +9,8 @@
 #      with wrk (closed loop), then p50/p99 at one fixed rate with loadgen (open loop).
 #
 #   loadtests/bench_gateway.sh            15 s per measurement
-#   loadtests/bench_gateway.sh --short    3 s per measurement (what CI runs)
+#   loadtests/bench_gateway.sh --short    3 s per measurement
+#   loadtests/bench_gateway.sh --quick    1 s per measurement (proves the harness works)
 #   loadtests/bench_gateway.sh --strict   exit 1 when a target is missed
 #
 # Cores: the server under test on core 0; wrk, loadgen and (b)'s upstream on core 1.
@@ -114,7 +115,7 @@ R_P99="$(ratio "$F_GW_P99" "$BEST_P99")"
 T_KEEP="$(check "$KEEP" '>=' 0.70)"; T_NG="$(check "$R_NG" '>=' 1.0)"; T_HA="$(check "$R_HA" '>=' 0.9)"
 T_CPU="$(check "$B_GW_CPU" '<=' "$B_NG_CPU")"; T_P99="$(check "$R_P99" '<=' 1.2)"
 
-REPORT="$RESULTS/gateway-$(date -u +%Y%m%dT%H%M%SZ).md"
+REPORT="$RESULTS/gateway.md"
 {
   echo "## (a) gateway full path (HTTPS) vs inference-server (HTTP)"
   echo

@@ -4,7 +4,8 @@
 # dynamic batching off and on.
 #
 #   loadtests/bench_inference.sh            15 s per measurement
-#   loadtests/bench_inference.sh --short    3 s per measurement (what CI runs)
+#   loadtests/bench_inference.sh --short    3 s per measurement
+#   loadtests/bench_inference.sh --quick    1 s per measurement (proves the harness works)
 #   loadtests/bench_inference.sh --strict   exit 1 when a target is missed
 #
 # Each server runs pinned to core 0 with one thread for request handling; wrk runs on core 1
@@ -27,6 +28,7 @@ say "building inference-server (release)"
 # running after scripts/test.sh compiles nothing again.
 (cd "$ROOT" && cargo test --release --quiet --workspace --no-run && cargo bench --quiet --workspace --bench pool_batching --no-run)
 
+bench_csv inference
 PIDS=()
 cleanup() { for p in "${PIDS[@]:-}"; do [ -n "$p" ] && stop_pid "$p"; done; }
 trap cleanup EXIT
@@ -34,9 +36,9 @@ trap cleanup EXIT
 measure() { # name pid url
   local name="$1" pid="$2" url="$3"
   say "$name: warm-up"
-  run_wrk "$pid" "$url" "$BODY" 2s "$CONNS" >/dev/null
+  run_wrk "" "$pid" "$url" "$BODY" "${WARMUP}s" "$CONNS" >/dev/null
   say "$name: measuring for ${DURATION}s at $CONNS connections"
-  run_wrk "$pid" "$url" "$BODY" "${DURATION}s" "$CONNS"
+  run_wrk "$name" "$pid" "$url" "$BODY" "${DURATION}s" "$CONNS"
 }
 
 # --- ours: one I/O thread, one pool worker, both on core 0 ---
@@ -69,7 +71,7 @@ CPU_RATIO="$(ratio "$P_CPU" "$O_CPU")"
 check() { awk -v v="$1" -v op="$2" -v t="$3" 'BEGIN { ok = (op == ">=" ? v >= t : v <= t); print (ok ? "met" : "MISSED") }'; }
 T1="$(check "$RPS_RATIO" '>=' 10)"; T2="$(check "$P99_RATIO" '<=' 0.2)"; T3="$(check "${SPEEDUP:-0}" '>=' 3)"
 
-REPORT="$RESULTS/inference-$(date -u +%Y%m%dT%H%M%SZ).md"
+REPORT="$RESULTS/inference.md"
 {
   echo "## inference-server vs FastAPI + uvicorn + onnxruntime"
   echo

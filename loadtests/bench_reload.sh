@@ -10,7 +10,8 @@
 #    20 `nginx -s reload`, measured the same way.
 #
 #   loadtests/bench_reload.sh            15 s per measurement
-#   loadtests/bench_reload.sh --short    3 s per measurement (what CI runs)
+#   loadtests/bench_reload.sh --short    6 s per measurement
+#   loadtests/bench_reload.sh --quick    3 s per measurement (proves the harness works)
 #   loadtests/bench_reload.sh --strict   exit 1 when a target is missed
 #
 # Targets (gateway): 0 failures during 100 reloads; requests/s within 10% of no reloads.
@@ -19,8 +20,8 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 parse_bench_args "$@"
-# 100 reloads need a little more room than the other benchmarks' 3 s short runs.
-[ "$DURATION" -lt 6 ] && DURATION=6
+# 100 reloads need a little more room than the other benchmarks' short runs.
+if [ "$QUICK" = 1 ]; then DURATION=3; elif [ "$DURATION" -lt 6 ]; then DURATION=6; fi
 peer_bench_setup reload-bench wrk nginx curl
 
 P_GW=18643; P_ADMIN=18903; P_NGINX=18644; P_UP=18401
@@ -41,10 +42,10 @@ generation() { curl -s "http://127.0.0.1:$P_ADMIN/admin/config" | sed -n 's/.*"g
 
 # gateway_burst COUNT SECONDS: COUNT weight edits of the config, each applied at once with
 # POST /admin/reload, evenly over SECONDS (back to back when slower), starting a tenth into
-# the measured run (after wrk's 2 s warm-up). One Python process does them all, so that the
+# the measured run (after the warm-up). One Python process does them all, so that the
 # driver's own process start-ups do not take the cores being measured.
 gateway_burst() {
-  sleep "$(awk -v d="$DURATION" 'BEGIN { printf "%.2f", 2 + d / 10 }')"
+  sleep "$(awk -v d="$DURATION" -v w="$WARMUP" 'BEGIN { printf "%.2f", w + d / 10 }')"
   python3 - "$CONFIG" "$P_ADMIN" "$1" "$2" <<'PY'
 import http.client, os, re, sys, time
 config, port, count, seconds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
@@ -64,7 +65,7 @@ PY
 }
 # nginx_burst COUNT SECONDS: COUNT `nginx -s reload`, the same way.
 nginx_burst() {
-  sleep "$(awk -v d="$DURATION" 'BEGIN { printf "%.2f", 2 + d / 10 }')"
+  sleep "$(awk -v d="$DURATION" -v w="$WARMUP" 'BEGIN { printf "%.2f", w + d / 10 }')"
   local gap; gap="$(awk -v s="$2" -v n="$1" 'BEGIN { printf "%.3f", s / n }')"
   for _ in $(seq "$1"); do nginx -c "$WORK/nginx.conf" -s reload 2>/dev/null; sleep "$gap"; done
 }

@@ -10,7 +10,8 @@
 #    inference-server, measured the same way.
 #
 #   loadtests/bench_shadow.sh            15 s per measurement
-#   loadtests/bench_shadow.sh --short    3 s per measurement (what CI runs)
+#   loadtests/bench_shadow.sh --short    3 s per measurement
+#   loadtests/bench_shadow.sh --quick    1 s per measurement (proves the harness works)
 #   loadtests/bench_shadow.sh --strict   exit 1 when a target is missed
 #
 # Targets (gateway): p99 with 100% mirroring ≤ 1.15× without; requests/s loss ≤ 20%.
@@ -100,7 +101,7 @@ G_LOSS="$(loss "$G1_RPS" "$G0_RPS")"; N_LOSS="$(loss "$N1_RPS" "$N0_RPS")"
 G_P99="$(ratio "$G1_F99" "$G0_F99")"; N_P99="$(ratio "$N1_F99" "$N0_F99")"
 T_LOSS="$(check "$G_LOSS" '<=' 20)"; T_P99="$(check "$G_P99" '<=' 1.15)"
 
-REPORT="$RESULTS/shadow-$(date -u +%Y%m%dT%H%M%SZ).md"
+REPORT="$RESULTS/shadow.md"
 {
   echo "## Mirroring 100% of requests to a shadow: the primary's cost"
   echo

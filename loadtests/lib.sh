@@ -64,26 +64,48 @@ local key = os.getenv("WRK_API_KEY")
 if key then wrk.headers["x-api-key"] = key end
 done = function(summary, latency, requests)
   local e = summary.errors
-  io.write(string.format("RESULT requests=%d duration_us=%d p50_us=%d p99_us=%d socket_errors=%d non2xx=%d\n",
-    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
+  io.write(string.format("RESULT requests=%d duration_us=%d p50_us=%d p75_us=%d p90_us=%d p95_us=%d p99_us=%d p999_us=%d socket_errors=%d non2xx=%d\n",
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(75), latency:percentile(90),
+    latency:percentile(95), latency:percentile(99), latency:percentile(99.9),
     e.connect + e.read + e.write + e.timeout, e.status))
 end
 LUA
 
-# run_wrk PID URL BODY_FILE DURATION CONNECTIONS [extra wrk args...]
-# Prints: rps p50_us p99_us cpu_us_per_request errors
+# wrk_figures NAME TICKS: reads wrk's output on stdin; prints "rps p50_us p99_us
+# cpu_us_per_request errors" (TICKS: the server's CPU clock ticks during the run) and, when
+# NAME is set, adds a row to $BENCH_CSV for the combined report (loadtests/report.py).
+BENCH_CSV=""
+CSV_HEADER="bench,name,kind,rps,p50_us,p75_us,p90_us,p95_us,p99_us,p999_us,cpu_us,errors"
+wrk_figures() {
+  local name="$1" ticks="$2"
+  grep '^RESULT' | sed 's/RESULT //' | awk -v ticks="$ticks" -v hz="$CLK_TCK" -v name="$name" -v csv="$BENCH_CSV" \
+    -v bench="$(basename "${BENCH_CSV%.csv}")" '{
+    for (i = 1; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
+    rps = v["requests"] / (v["duration_us"] / 1e6)
+    cpu = ticks * 1e6 / hz / (v["requests"] > 0 ? v["requests"] : 1)
+    err = v["socket_errors"] + v["non2xx"]
+    printf "%.0f %d %d %.1f %d\n", rps, v["p50_us"], v["p99_us"], cpu, err
+    if (name != "" && csv != "")
+      printf "%s,\"%s\",max,%.0f,%d,%d,%d,%d,%d,%d,%.1f,%d\n", bench, name, rps, v["p50_us"], v["p75_us"], v["p90_us"],
+        v["p95_us"], v["p99_us"], v["p999_us"], cpu, err >> csv
+  }'
+}
+
+# bench_csv NAME: start $RESULTS/NAME.csv for this benchmark's rows.
+bench_csv() {
+  BENCH_CSV="$RESULTS/$1.csv"
+  echo "$CSV_HEADER" > "$BENCH_CSV"
+}
+
+# run_wrk NAME PID URL BODY_FILE DURATION CONNECTIONS [extra wrk args...]
+# Prints: rps p50_us p99_us cpu_us_per_request errors (NAME empty: a warm-up, not recorded)
 run_wrk() {
-  local pid="$1" url="$2" body="$3" duration="$4" conns="$5"; shift 5
+  local name="$1" pid="$2" url="$3" body="$4" duration="$5" conns="$6"; shift 6
   local before after out
   before="$(cpu_ticks "$pid")"
   out="$(WRK_BODY="$body" taskset -c "$CLIENT_CPU" wrk -t1 -c"$conns" -d"$duration" -s "$WRK_LUA" "$@" "$url")"
   after="$(cpu_ticks "$pid")"
-  echo "$out" | grep '^RESULT' | sed 's/RESULT //' | awk -v ticks="$((after - before))" -v hz="$CLK_TCK" '{
-    for (i = 1; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
-    rps = v["requests"] / (v["duration_us"] / 1e6)
-    cpu = ticks * 1e6 / hz / (v["requests"] > 0 ? v["requests"] : 1)
-    printf "%.0f %d %d %.1f %d\n", rps, v["p50_us"], v["p99_us"], cpu, v["socket_errors"] + v["non2xx"]
-  }'
+  echo "$out" | wrk_figures "$name" "$((after - before))"
 }
 
 # stop_pid PID: TERM, then KILL if it lingers.
@@ -94,14 +116,18 @@ stop_pid() {
   kill -9 "$pid" 2>/dev/null || true
 }
 
-# parse_bench_args "$@": --short (3-second measurements, what CI runs), --strict (exit 1 on a
-# missed target), --help (the calling script's header comment). Sets DURATION and STRICT.
+# parse_bench_args "$@": --short (3-second measurements), --quick (1-second measurements and
+# warm-ups: proves the harness works, what CI runs), --strict (exit 1 on a missed target),
+# --help (the calling script's header comment). Sets DURATION, WARMUP, QUICK and STRICT.
 DURATION=15
+WARMUP=2
+QUICK=0
 STRICT=0
 parse_bench_args() {
   for a in "$@"; do
     case "$a" in
       --short) DURATION=3 ;;
+      --quick) DURATION=1; WARMUP=1; QUICK=1 ;;
       --strict) STRICT=1 ;;
       -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
       *) die "unknown argument $a (see --help)" ;;
@@ -127,6 +153,7 @@ peer_bench_setup() {
   (cd "$ROOT" && cargo test --release --quiet --workspace --no-run)
   WORK="$RESULTS/$name"
   rm -rf "$WORK"; mkdir -p "$WORK"
+  bench_csv "${name%-bench}"
   PIDS=()
   trap 'for p in "${PIDS[@]:-}"; do [ -n "$p" ] && stop_pid "$p"; done' EXIT
 }
@@ -141,17 +168,13 @@ tree_ticks() {
 measure() { # name pid url [wrk args...]
   local name="$1" pid="$2" url="$3"; shift 3
   say "$name: warm-up"
-  WRK_BODY="$BODY" WRK_API_KEY="$KEY" taskset -c "$CLIENT_CPU" wrk -t1 -c"$CONNS" -d2s -s "$WRK_LUA" "$url" >/dev/null 2>&1 || true
+  WRK_BODY="$BODY" WRK_API_KEY="$KEY" taskset -c "$CLIENT_CPU" wrk -t1 -c"$CONNS" -d"${WARMUP}s" -s "$WRK_LUA" "$url" >/dev/null 2>&1 || true
   say "$name: measuring for ${DURATION}s at $CONNS connections"
   local before after out
   before="$(tree_ticks "$pid")"
   out="$(WRK_BODY="$BODY" WRK_API_KEY="$KEY" taskset -c "$CLIENT_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" -s "$WRK_LUA" "$url")"
   after="$(tree_ticks "$pid")"
-  echo "$out" | grep '^RESULT' | sed 's/RESULT //' | awk -v ticks="$((after - before))" -v hz="$CLK_TCK" '{
-    for (i = 1; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
-    rps = v["requests"] / (v["duration_us"] / 1e6)
-    printf "%.0f %d %d %.1f %d\n", rps, v["p50_us"], v["p99_us"], ticks * 1e6 / hz / (v["requests"] > 0 ? v["requests"] : 1), v["socket_errors"] + v["non2xx"]
-  }'
+  echo "$out" | wrk_figures "$name" "$((after - before))"
 }
 
 # gateway_config_head: the part of a benchmark gateway config every benchmark shares —
@@ -173,13 +196,20 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }'
 check() { awk -v v="$1" -v op="$2" -v t="$3" 'BEGIN { ok = (op == ">=" ? v >= t : v <= t); print (ok ? "met" : "MISSED") }'; }
 ms() { awk -v us="$1" 'BEGIN { printf "%.2f ms", us / 1000 }'; }
 
-# fixed_rate NAME URL RATE CACERT: p50_us p99_us errors at RATE requests/s (open loop).
+# fixed_rate NAME URL RATE CACERT: p50_us p99_us errors at RATE requests/s (open loop); a
+# row in $BENCH_CSV too.
 fixed_rate() {
   local name="$1" url="$2" rate="$3" ca="$4"
   say "$name: ${rate} requests/s for ${DURATION}s (open loop)"
-  taskset -c "$CLIENT_CPU" "$BIN/loadgen" --url "$url" --rate "$rate" --connections "$CONNS" --duration "$DURATION" --warmup 2 \
+  taskset -c "$CLIENT_CPU" "$BIN/loadgen" --url "$url" --rate "$rate" --connections "$CONNS" --duration "$DURATION" --warmup "$WARMUP" \
     --body "$BODY" --header "x-api-key: $KEY" --header "content-type: application/json" --cacert "$ca" \
-    | grep '^RESULT' | sed 's/RESULT //' | awk '{ for (i = 1; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] } print v["p50_us"], v["p99_us"], v["errors"] }'
+    | grep '^RESULT' | sed 's/RESULT //' | awk -v name="$name @ $rate/s" -v csv="$BENCH_CSV" -v bench="$(basename "${BENCH_CSV%.csv}")" '{
+      for (i = 1; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
+      print v["p50_us"], v["p99_us"], v["errors"]
+      if (csv != "")
+        printf "%s,\"%s\",fixed,%.0f,%d,,%d,,%d,%d,,%d\n", bench, name, v["rate"], v["p50_us"], v["p90_us"], v["p99_us"],
+          v["p999_us"], v["errors"] >> csv
+    }'
 }
 
 # start_gateway_on CONFIG HOST:PORT: runs the gateway on the server core; prints its pid.

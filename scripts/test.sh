@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The project's test command (README, and CI through .ci/run): set-up, lint, every test, the
-# shipped configs, standard clients, the models' reproducibility, and the benchmarks' short
-# mode.
+# shipped configs, standard clients, the models' reproducibility, and every benchmark in its
+# quick mode (loadtests/bench_all.sh --quick: the harness works end to end).
 #
 #   scripts/test.sh           everything
-#   scripts/test.sh --quick   skip the short benchmarks
+#   scripts/test.sh --quick   skip the benchmarks
 #
 # Tests run in release mode: the benchmarks need release binaries anyway, so one build of
 # pingora serves both (a debug build would double the compile time on 2 cores). Every build
@@ -43,10 +43,7 @@ step "models/train.py reproduces the committed models"
 .venv/bin/python models/train.py --check
 
 if [ "$QUICK" = 0 ]; then
-  step "benchmarks, short mode (figures are reported, not asserted: CI machines are noisy)"
-  loadtests/bench_inference.sh --short
-  loadtests/bench_gateway.sh --short
-  loadtests/bench_shadow.sh --short
-  loadtests/bench_reload.sh --short
+  step "benchmarks, quick mode: the harness works end to end (figures are reported, not asserted: CI machines are noisy)"
+  loadtests/bench_all.sh --quick
 fi
 step "all checks passed"

@@ -203,7 +203,11 @@ fn start_up_problems_are_clear_errors() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_admin_token_guards_the_admin_paths_and_is_required_off_loopback() {
     let (config, _, admin) = default_config_copy();
-    let (child, _) = run_until_serving_with(&config, &[("GATEWAY_ADMIN_TOKEN", "s3cret-admin")]);
+    let (child, _) = run_until_serving_with(
+        &config,
+        &[("GATEWAY_ADMIN_TOKEN", "s3cret-admin")],
+        std::process::Stdio::null(),
+    );
     let get = |path: &'static str, token: Option<&'static str>| async move {
         let client: hyper_util::client::legacy::Client<_, http_body_util::Empty<bytes::Bytes>> =
             hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
@@ -237,4 +241,87 @@ async fn an_admin_token_guards_the_admin_paths_and_is_required_off_loopback() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("GATEWAY_ADMIN_TOKEN"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn json_logs_carry_the_access_fields_and_failed_handshakes_are_counted() {
+    let (config, https, admin) = default_config_copy();
+    let log_file = config.parent().unwrap().join("gateway.log");
+    let (child, printed) = run_until_serving_with(
+        &config,
+        &[("GATEWAY_LOG_FORMAT", "json")],
+        std::fs::File::create(&log_file).unwrap().into(),
+    );
+    let key = printed
+        .split_whitespace()
+        .find(|w| w.starts_with("gwk_"))
+        .unwrap()
+        .to_string();
+    let dir = config.parent().unwrap();
+    let g_tls = client_tls(&dir.join("certs/ca.crt"));
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{https}").parse().unwrap();
+    let mut conn = connect(addr, &g_tls, Proto::H1).await;
+    let r = conn
+        .send(
+            "POST",
+            "/v2/models/breast-cancer/infer",
+            &[("x-api-key", key.as_str()), ("x-request-id", "log-test-1")],
+            example(),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    // Plain HTTP on the TLS port: a failed handshake.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+        let mut sink = Vec::new();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), tcp.read_to_end(&mut sink)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Empty<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    let metrics = client
+        .get(format!("http://127.0.0.1:{admin}/metrics").parse().unwrap())
+        .await
+        .unwrap();
+    let metrics = http_body_util::BodyExt::collect(metrics.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    let metrics = String::from_utf8_lossy(&metrics).to_string();
+    assert!(
+        metrics.contains("gateway_tls_handshake_failures_total 1"),
+        "{metrics}"
+    );
+    assert!(terminate(child).success());
+
+    let log = std::fs::read_to_string(&log_file).unwrap();
+    assert!(!log.contains(&key), "the key itself must never be logged");
+    let access: serde_json::Value = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["target"] == "access" && v["request_id"] == "log-test-1")
+        .unwrap_or_else(|| panic!("no JSON access line in:\n{log}"));
+    for field in [
+        "tenant",
+        "route",
+        "variant",
+        "version",
+        "status",
+        "ms",
+        "bytes_in",
+        "bytes_out",
+        "rate_remaining",
+        "shadows",
+    ] {
+        assert!(!access[field].is_null(), "no {field} in {access}");
+    }
+    assert_eq!(access["tenant"], "dev");
+    assert_eq!(access["route"], "breast-cancer");
+    assert_eq!(access["status"], 200);
+    assert_eq!(
+        access["shadows"], 1,
+        "the default config mirrors every request to cancer-v3"
+    );
 }

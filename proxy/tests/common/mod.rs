@@ -648,13 +648,14 @@ pub fn gateway() -> Command {
 
 /// Runs `gateway run` until it says it is serving; returns the child and what it printed.
 pub fn run_until_serving(config: &std::path::Path) -> (std::process::Child, String) {
-    run_until_serving_with(config, &[])
+    run_until_serving_with(config, &[], Stdio::null())
 }
 
-/// [`run_until_serving`] with environment variables set.
+/// [`run_until_serving`] with environment variables set and the log (stderr) sent to `log`.
 pub fn run_until_serving_with(
     config: &std::path::Path,
     env: &[(&str, &str)],
+    log: Stdio,
 ) -> (std::process::Child, String) {
     let mut child = gateway()
         .arg("run")
@@ -662,7 +663,7 @@ pub fn run_until_serving_with(
         .arg(config)
         .envs(env.iter().copied())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(log)
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
