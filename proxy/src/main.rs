@@ -153,6 +153,14 @@ fn log_format(cli: &Cli) -> String {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run { .. }) {
+        // `gateway check … | head` should end quietly, as Unix tools do, not panic on a closed
+        // pipe. (Not for `run`: the server must see EPIPE on a socket as an error, not die.)
+        // SAFETY: setting a signal disposition before any other thread exists.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     // Access-log lines go through a background writer so that logging never blocks a
     // request on a slow terminal or pipe.
     let (writer, _guard) = tracing_appender::non_blocking(std::io::stderr());

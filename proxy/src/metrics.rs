@@ -114,7 +114,7 @@ impl Metrics {
         let m = Metrics {
             requests: counter(
                 "requests_total",
-                "Requests answered, by route, variant (stable, canary; - when refused before routing), model version and status class",
+                "Requests answered, by route, variant (stable, canary, shadow; - when refused before routing), model version and status class",
                 &["route", "variant", "version", "status_class"],
             ),
             duration: histogram(

@@ -325,3 +325,20 @@ async fn json_logs_carry_the_access_fields_and_failed_handshakes_are_counted() {
         "the default config mirrors every request to cancer-v3"
     );
 }
+
+#[test]
+fn output_cut_short_by_a_closed_pipe_ends_quietly() {
+    // `gateway check routes.yaml | head -0`: the reader is gone before the first line (the
+    // check loads every model first), so every line meets a closed pipe.
+    let mut child = gateway()
+        .arg("check")
+        .arg(repo().join("routes.yaml"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+}

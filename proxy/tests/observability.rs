@@ -116,6 +116,7 @@ async fn metrics_pass_promtool_under_load_stay_bounded_and_cover_the_dashboard_a
     for expected in [
         "gateway_requests_total{route=\"breast-cancer\",status_class=\"2xx\",variant=\"canary\",version=\"2\"}",
         "gateway_requests_total{route=\"breast-cancer\",status_class=\"2xx\",variant=\"stable\",version=\"1\"}",
+        "gateway_requests_total{route=\"breast-cancer\",status_class=\"2xx\",variant=\"shadow\",version=\"3\"}",
         "gateway_auth_failures_total{reason=\"unknown\"} 1",
         "gateway_auth_failures_total{reason=\"disabled\"} 1",
         "gateway_inference_duration_seconds_count{route=\"breast-cancer\",variant=\"canary\"}",

@@ -369,6 +369,16 @@ impl Mirror {
             key.shadow_version.as_str(),
         ];
         m.shadow_requests.with_label_values(&labels).inc();
+        // Shadow answers count with the others, as variant "shadow" (5xx: failed or timed out).
+        let class = if shadow.is_ok() { "2xx" } else { "5xx" };
+        m.requests
+            .with_label_values(&[&key.route, "shadow", &key.shadow_version, class])
+            .inc();
+        if shadow.is_ok() {
+            m.inference
+                .with_label_values(&[&key.route, "shadow"])
+                .observe(shadow_latency.as_secs_f64());
+        }
         let comparison = match (&primary, &shadow) {
             (Ok(p), Ok(s)) => Some(compare::compare(p, s)),
             _ => None,
