@@ -411,15 +411,12 @@ impl Gateway {
         let shadows = copy.map(|inputs| (picks, shadow::Input::Tensors(inputs), started.elapsed()));
         match result {
             Ok(outputs) => {
-                let named: Vec<inference::NamedTensor> = pool
+                let named: Vec<(&str, &inference::Tensor)> = pool
                     .metadata()
                     .outputs
                     .iter()
+                    .map(|spec| spec.name.as_str())
                     .zip(&outputs)
-                    .map(|(spec, t)| inference::NamedTensor {
-                        name: spec.name.clone(),
-                        tensor: t.clone(),
-                    })
                     .collect();
                 self.observe_predictions(ctx, &route.model, &named);
                 Ok((outputs, shadows))
@@ -432,7 +429,7 @@ impl Gateway {
     }
 
     /// Class counts and confidence of a classifier's predictions, by route and variant.
-    fn observe_predictions(&self, ctx: &Ctx, route: &str, outputs: &[inference::NamedTensor]) {
+    fn observe_predictions<O: shadow::compare::Output>(&self, ctx: &Ctx, route: &str, outputs: &[O]) {
         let predictions = shadow::compare::predictions(outputs);
         if predictions.is_empty() {
             return;

@@ -63,18 +63,43 @@ fn rows_of(t: &Tensor) -> usize {
     t.shape().first().copied().unwrap_or(1)
 }
 
+/// A named output tensor, owned (a decoded answer) or borrowed (a local pool's outputs beside
+/// the model's output names), so that per-request metrics read outputs without copying them.
+pub trait Output {
+    fn name(&self) -> &str;
+    fn tensor(&self) -> &Tensor;
+}
+
+impl Output for NamedTensor {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn tensor(&self) -> &Tensor {
+        &self.tensor
+    }
+}
+
+impl Output for (&str, &Tensor) {
+    fn name(&self) -> &str {
+        self.0
+    }
+    fn tensor(&self) -> &Tensor {
+        self.1
+    }
+}
+
 /// The class of each row, from a label output or the argmax of probabilities.
-pub fn classes(outputs: &[NamedTensor]) -> Option<Vec<i64>> {
+pub fn classes<O: Output>(outputs: &[O]) -> Option<Vec<i64>> {
     let label = outputs
         .iter()
-        .filter(|o| o.tensor.shape().len() <= 2 && o.tensor.row_len() == 1)
-        .find_map(|o| as_i64(o.tensor.data()));
+        .filter(|o| o.tensor().shape().len() <= 2 && o.tensor().row_len() == 1)
+        .find_map(|o| as_i64(o.tensor().data()));
     if label.is_some() {
         return label;
     }
     let p = probabilities(outputs)?;
-    let width = p.tensor.row_len();
-    let values = as_f64(p.tensor.data())?;
+    let width = p.tensor().row_len();
+    let values = as_f64(p.tensor().data())?;
     Some(
         values
             .chunks(width.max(1))
@@ -85,13 +110,13 @@ pub fn classes(outputs: &[NamedTensor]) -> Option<Vec<i64>> {
 
 /// Per row: the predicted class and, when the model gives probabilities, the top one (the
 /// confidence). Empty for outputs that are not a classifier's.
-pub fn predictions(outputs: &[NamedTensor]) -> Vec<(i64, Option<f64>)> {
+pub fn predictions<O: Output>(outputs: &[O]) -> Vec<(i64, Option<f64>)> {
     let Some(classes) = classes(outputs) else {
         return Vec::new();
     };
     let top: Option<Vec<f64>> = probabilities(outputs).and_then(|p| {
-        let width = p.tensor.row_len().max(1);
-        let values = as_f64(p.tensor.data())?;
+        let width = p.tensor().row_len().max(1);
+        let values = as_f64(p.tensor().data())?;
         Some(
             values
                 .chunks(width)
@@ -107,12 +132,12 @@ pub fn predictions(outputs: &[NamedTensor]) -> Vec<(i64, Option<f64>)> {
 }
 
 /// The probabilities: the output so named, else the first float `[rows, classes]` output.
-fn probabilities(outputs: &[NamedTensor]) -> Option<&NamedTensor> {
-    let float2d = |o: &&NamedTensor| o.tensor.dtype().is_float() && o.tensor.shape().len() == 2;
+fn probabilities<O: Output>(outputs: &[O]) -> Option<&O> {
+    let float2d = |o: &&O| o.tensor().dtype().is_float() && o.tensor().shape().len() == 2;
     outputs
         .iter()
         .filter(float2d)
-        .find(|o| o.name == "probabilities")
+        .find(|o| o.name() == "probabilities")
         .or_else(|| outputs.iter().find(float2d))
 }
 
