@@ -292,20 +292,34 @@ async fn renames_and_configmap_symlink_swaps_are_picked_up_within_2s() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bursts_are_debounced_and_touching_a_file_reloads_nothing() {
     let g = start(&body(0));
-    // 10 writes within 100 ms: at most 2 reloads, ending on the last weight.
-    let started = Instant::now();
-    for w in 1..=10u8 {
-        g.write_config(&g.config_text(&body(w * 5)));
-        std::thread::sleep(Duration::from_millis(9));
+    // 10 writes within 100 ms: at most 2 reloads, ending on the last weight. The writes are
+    // the test's own: on a busy machine (other tests run alongside) they may not fit in
+    // 100 ms, and then more reloads would be right; such a burst is not judged, another is
+    // made.
+    let mut judged = false;
+    for attempt in 0..5u8 {
+        let before = generation(&g).await;
+        let last = attempt * 10 + 10;
+        let started = Instant::now();
+        for w in 1..=10u8 {
+            g.write_config(&g.config_text(&body(attempt * 10 + w)));
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let fitted = started.elapsed() < Duration::from_millis(100);
+        until(Duration::from_secs(3), "the burst's reload", || async {
+            admin_json(&g, "/admin/config").await["routes"][0]["canary"]["weight"] == last
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if fitted {
+            let reloads = generation(&g).await - before;
+            assert!((1..=2).contains(&reloads), "{reloads} reloads for one burst");
+            judged = true;
+            break;
+        }
     }
-    assert!(started.elapsed() < Duration::from_millis(150));
-    until(Duration::from_secs(2), "the burst's reload", || async {
-        admin_json(&g, "/admin/config").await["routes"][0]["canary"]["weight"] == 50
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(judged, "this machine never wrote 10 files within 100 ms");
     let reloads = generation(&g).await - 1;
-    assert!((1..=2).contains(&reloads), "{reloads} reloads for one burst");
 
     // Same bytes again, and a bare touch: no reload at all.
     let text = std::fs::read_to_string(&g.config).unwrap();
