@@ -3,9 +3,10 @@
 
 Everything here is deterministic: the data ships inside scikit-learn (no download), the
 split and every estimator take a fixed seed, and BLAS runs on one thread so that float
-sums happen in the same order on every machine. Re-running this script rewrites the same
-`.onnx` files byte for byte; `--check` re-trains into a temporary folder and fails if any
-committed file differs.
+sums happen in the same order on every machine. Re-running this script on the same machine rewrites the same
+`.onnx` files byte for byte. `--check` re-trains into a temporary folder and fails unless
+every committed file is reproduced: byte for byte, or, where another CPU rounds float64
+sums differently, with weights and outputs equal within float32 rounding (bounds below).
 
 Outputs, per model version `models/<name>/<version>/`:
   model.onnx       tensor outputs `label` (int64) and `probabilities` (float32), no ZipMap
@@ -212,6 +213,58 @@ def write_table(out: Path, summary):
     )
 
 
+# How far a re-trained file may differ from the committed one and still count as the same
+# model. Training here is well conditioned (a 1e-15 relative nudge to the inputs moves the
+# weights by about 1e-14), but another CPU's BLAS kernels or libm may round float64 sums
+# differently; after the cast to float32 that can flip the last bit of a weight. Such a
+# flip is far below these bounds; a real change in data, split or hyper-parameters is not.
+WEIGHT_RTOL = 1e-5
+OUTPUT_ATOL = 1e-5
+
+
+def numeric_difference(name: str, ours: Path, theirs: Path):
+    """Compare two versions of a generated file that are not byte-identical.
+
+    Returns (problem, detail): problem is False when they differ only by float rounding."""
+    if name.endswith("model.onnx"):
+        return onnx_difference(ours, theirs)
+    if name.startswith("testdata/"):
+        a, b = json.loads(ours.read_text()), json.loads(theirs.read_text())
+        if a["input"] != b["input"] or a["expected"]["label"] != b["expected"]["label"]:
+            return True, "inputs or labels differ"
+        dp = float(np.abs(np.array(a["expected"]["probabilities"]) - np.array(b["expected"]["probabilities"])).max())
+        return dp > OUTPUT_ATOL, f"max |Δp| {dp:.1e} (bound {OUTPUT_ATOL:.0e})"
+    # metadata.json, ACCURACY.md and example.json hold rounded figures and inputs only:
+    # any change there is a real change.
+    return True, "content differs"
+
+
+def onnx_difference(ours: Path, theirs: Path):
+    import onnx
+    from onnx import numpy_helper
+
+    a, b = onnx.load(str(ours)), onnx.load(str(theirs))
+    wa = {t.name: numpy_helper.to_array(t) for t in a.graph.initializer}
+    wb = {t.name: numpy_helper.to_array(t) for t in b.graph.initializer}
+    if wa.keys() != wb.keys() or any(wa[k].shape != wb[k].shape or wa[k].dtype != wb[k].dtype for k in wa):
+        return True, "initializers differ in name, shape or type"
+    for g in (a.graph, b.graph):
+        del g.initializer[:]
+    if a.SerializeToString() != b.SerializeToString():
+        return True, "graphs differ"
+    worst = 0.0
+    for k in wa:
+        if wa[k].dtype.kind != "f":
+            if not np.array_equal(wa[k], wb[k]):
+                return True, f"initializer {k} differs"
+            continue
+        scale = max(float(np.abs(wa[k]).max()), 1e-30)
+        worst = max(worst, float(np.abs(wa[k] - wb[k]).max()) / scale)
+    if worst > WEIGHT_RTOL:
+        return True, f"weights differ by {worst:.1e} of their scale (bound {WEIGHT_RTOL:.0e})"
+    return False, f"max weight change {worst:.1e} of scale (bound {WEIGHT_RTOL:.0e}); outputs checked in testdata"
+
+
 GENERATED = ["ACCURACY.md", "example.json"]
 
 
@@ -232,12 +285,23 @@ def main():
         return
     with tempfile.TemporaryDirectory() as tmp:
         train_all(Path(tmp))
-        differ = [f for f in generated_files(args.out) if not (args.out / f).exists() or not filecmp.cmp(args.out / f, Path(tmp) / f, shallow=False)]
+        exact, close, differ = [], [], []
+        for f in generated_files(args.out):
+            ours, theirs = args.out / f, Path(tmp) / f
+            if not ours.exists():
+                differ.append(f"{f}: not committed")
+            elif filecmp.cmp(ours, theirs, shallow=False):
+                exact.append(f)
+            else:
+                problem, detail = numeric_difference(f, ours, theirs)
+                (differ if problem else close).append(f"{f}: {detail}")
+        print(f"re-training reproduces {len(exact)} of {len(exact) + len(close) + len(differ)} files byte for byte")
+        for line in close:
+            print(f"  equal within float rounding: {line}")
         if differ:
-            print("re-training does not reproduce: " + ", ".join(differ), file=sys.stderr)
+            print("re-training does not reproduce:\n  " + "\n  ".join(differ), file=sys.stderr)
             sys.exit(1)
-        print("re-training reproduces every committed file")
-
+        print("re-training reproduces every committed model")
 
 if __name__ == "__main__":
     main()
