@@ -39,6 +39,8 @@ ensure_toolchain() {
   command -v cc >/dev/null 2>&1 || apt_install gcc
   # The tests check /metrics and deploy/'s alert rules with promtool.
   command -v promtool >/dev/null 2>&1 || apt_install prometheus
+  # The shared rate-limit tests start their own redis-server (and read it with redis-cli).
+  command -v redis-server >/dev/null 2>&1 && command -v redis-cli >/dev/null 2>&1 || apt_install redis-server redis-tools
 }
 
 # The ONNX Runtime shared library comes from the official PyPI wheel, which is the one build

@@ -126,6 +126,9 @@ impl Admin {
             .tracked_clients
             .with_label_values(&["all"])
             .set(snap.limiters.tracked() as i64);
+        if let Some(shared) = &snap.shared_limiter {
+            self.metrics.set_redis_up(shared.up());
+        }
     }
 
     /// `(problems, degraded, pools)`: stable pools that cannot serve (readiness fails),
@@ -240,7 +243,22 @@ impl Admin {
             "sample_agreements": sh.sample_agreements,
             "flush_ms": sh.flush_interval.as_millis() as u64,
         });
-        json!({"file": snap.config.file.display().to_string(), "routes": routes, "pools": pools, "shadow": shadow, "keys": snap.keys.len()})
+        let rl = &snap.config.rate_limits;
+        let rate =
+            |r: &crate::config::Rate| json!({"per_second": r.per_second.get(), "burst": r.burst.get()});
+        let rate_limits = json!({
+            "default": rate(&rl.default),
+            "tiers": rl.tiers.iter().map(|(k, v)| (k.clone(), rate(v))).collect::<serde_json::Map<_, _>>(),
+            "per_ip": rate(&rl.per_ip),
+            "shared": snap.shared_limiter.as_ref().map(|s| json!({
+                "redis": s.settings().url_redacted(),
+                "prefix": s.settings().prefix,
+                "timeout_ms": s.settings().timeout.as_millis() as u64,
+                "on_unavailable": s.settings().on_unavailable.as_str(),
+                "redis_up": s.up(),
+            })),
+        });
+        json!({"file": snap.config.file.display().to_string(), "routes": routes, "pools": pools, "rate_limits": rate_limits, "shadow": shadow, "keys": snap.keys.len()})
     }
 
     /// Runs a reload off the async threads (models may load) and says what happened.

@@ -21,6 +21,9 @@ pub enum GatewayError {
     DisabledKey(String),
     #[error("rate limit exceeded ({} requests/s, bursts of {}); retry in {} s", .0.per_second, .0.limit, .0.retry_after_secs)]
     RateLimited(Decision),
+    /// Shared limits are configured to fail closed and Redis cannot answer.
+    #[error("rate limiter unavailable: the shared limit store (Redis) does not answer; retry shortly")]
+    LimiterUnavailable,
     #[error("request headers are larger than the limit of {limit} bytes")]
     HeadersTooLarge { limit: usize },
     /// A header the gateway reads has a value it cannot use (`x-canary: maybe`).
@@ -41,6 +44,7 @@ impl GatewayError {
             GatewayError::MissingKey | GatewayError::UnknownKey => 401,
             GatewayError::DisabledKey(_) => 403,
             GatewayError::RateLimited(_) => 429,
+            GatewayError::LimiterUnavailable => 503,
             GatewayError::HeadersTooLarge { .. } => 431,
             GatewayError::BadHeader(_) => 400,
             GatewayError::NoHealthyUpstream { .. } => 503,
@@ -53,7 +57,9 @@ impl GatewayError {
         match self {
             GatewayError::Infer(e) => e.retry_after(),
             GatewayError::RateLimited(d) => Some(Duration::from_secs(d.retry_after_secs.max(1))),
-            GatewayError::NoHealthyUpstream { .. } => Some(Duration::from_secs(1)),
+            GatewayError::NoHealthyUpstream { .. } | GatewayError::LimiterUnavailable => {
+                Some(Duration::from_secs(1))
+            }
             _ => None,
         }
     }
@@ -95,6 +101,7 @@ impl GatewayError {
             GatewayError::UnknownKey => "unknown_key",
             GatewayError::DisabledKey(_) => "disabled_key",
             GatewayError::RateLimited(_) => "rate_limited",
+            GatewayError::LimiterUnavailable => "limiter_unavailable",
             GatewayError::HeadersTooLarge { .. } => "headers_too_large",
             GatewayError::BadHeader(_) => "bad_header",
             GatewayError::NoHealthyUpstream { .. } => "no_healthy_upstream",
@@ -126,6 +133,7 @@ mod tests {
             (GatewayError::UnknownKey, 401),
             (GatewayError::DisabledKey("key_1".into()), 403),
             (GatewayError::RateLimited(decision), 429),
+            (GatewayError::LimiterUnavailable, 503),
             (GatewayError::HeadersTooLarge { limit: 10 }, 431),
             (GatewayError::NoHealthyUpstream { pool: "p".into() }, 503),
             (

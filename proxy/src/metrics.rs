@@ -73,6 +73,9 @@ pub struct Metrics {
     pub auth_failures: IntCounterVec,
     pub rate_limited: IntCounterVec,
     pub canary_fallback: IntCounterVec,
+    pub ratelimit_unavailable: IntCounterVec,
+    pub ratelimit_redis_up: IntGauge,
+    redis_up_registered: std::sync::atomic::AtomicBool,
     pub tls_handshake_failures: IntCounter,
     pub queue_depth: IntGaugeVec,
     pub pool_ready: IntGaugeVec,
@@ -160,6 +163,16 @@ impl Metrics {
                 "Requests the weight sent to a canary that was not ready, answered by stable",
                 &["route"],
             ),
+            ratelimit_unavailable: counter(
+                "ratelimit_redis_unavailable_total",
+                "Keyed requests decided without the shared limiter (Redis), by why (timeout, error, resting: skipped after a failure) and the policy applied (open: local limits; closed: 503)",
+                &["reason", "policy"],
+            ),
+            ratelimit_redis_up: single(
+                "ratelimit_redis_up",
+                "1 when the last shared-limit call reached Redis, 0 when it failed (absent without rate_limits.redis)",
+            ),
+            redis_up_registered: Default::default(),
             tls_handshake_failures: TLS_HANDSHAKE_FAILURES.clone(),
             queue_depth: gauge(
                 "pool_queue_depth",
@@ -258,6 +271,7 @@ impl Metrics {
             Box::new(m.auth_failures.clone()),
             Box::new(m.rate_limited.clone()),
             Box::new(m.canary_fallback.clone()),
+            Box::new(m.ratelimit_unavailable.clone()),
             Box::new(m.tls_handshake_failures.clone()),
             Box::new(m.queue_depth.clone()),
             Box::new(m.pool_ready.clone()),
@@ -282,12 +296,25 @@ impl Metrics {
                 .extend(c.desc().iter().map(|d| format!("gateway_{}", d.fq_name)));
             m.registry.register(c).expect("metric names are unique");
         }
+        // Registered on first use (`set_redis_up`): absent when limits are not shared.
+        m.names.push("gateway_ratelimit_redis_up".into());
         m.names.extend(
             [BATCH_SIZE.0, REJECTED.0, FAILED.0]
                 .iter()
                 .map(|n| format!("gateway_{n}")),
         );
         m
+    }
+
+    /// Reports whether the shared limiter reaches Redis; the series exists from the first call.
+    pub fn set_redis_up(&self, up: bool) {
+        self.ratelimit_redis_up.set(i64::from(up));
+        if !self
+            .redis_up_registered
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            let _ = self.registry.register(Box::new(self.ratelimit_redis_up.clone()));
+        }
     }
 
     /// The name of every family the gateway exports (counters appear in a scrape only once

@@ -22,6 +22,7 @@ use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorType};
 
+use crate::config::OnUnavailable;
 use crate::config::Route;
 use crate::errors::GatewayError;
 use crate::keys::KeyInfo;
@@ -148,11 +149,11 @@ impl Gateway {
                 m
             }
             Target::Protocol(Endpoint::Infer(m)) => {
-                self.authenticate_and_limit(session, ctx, snap)?;
+                self.authenticate_and_limit(session, ctx, snap).await?;
                 m
             }
             Target::Simple(model) => {
-                self.authenticate_and_limit(session, ctx, snap)?;
+                self.authenticate_and_limit(session, ctx, snap).await?;
                 ModelRef { model, version: None }
             }
         };
@@ -561,7 +562,7 @@ impl Gateway {
         }
     }
 
-    fn authenticate_and_limit(
+    async fn authenticate_and_limit(
         &self,
         session: &Session,
         ctx: &mut Ctx,
@@ -576,7 +577,29 @@ impl Gateway {
             };
             self.metrics.auth_failures.with_label_values(&[reason]).inc();
         })?;
-        let decision = snap.limiters.check_key(&key.tier, key.digest());
+        let decision = match &snap.shared_limiter {
+            None => snap.limiters.check_key(&key.tier, key.digest()),
+            Some(shared) => {
+                let rate = snap.config.rate_limits.for_tier(&key.tier);
+                match shared.check(rate, key.digest()).await {
+                    Ok(d) => d,
+                    Err(why) => {
+                        let policy = shared.settings().on_unavailable;
+                        self.metrics
+                            .ratelimit_unavailable
+                            .with_label_values(&[why.label(), policy.as_str()])
+                            .inc();
+                        match policy {
+                            OnUnavailable::Open => snap.limiters.check_key(&key.tier, key.digest()),
+                            OnUnavailable::Closed => {
+                                ctx.key = Some(key);
+                                return Err(GatewayError::LimiterUnavailable);
+                            }
+                        }
+                    }
+                }
+            }
+        };
         let tier = key.tier.clone();
         ctx.key = Some(key);
         self.limited(ctx, decision, &tier)

@@ -11,6 +11,7 @@ use inference::Pool;
 use crate::config::{Config, ConfigError, Errors, Path, PoolSpec, Route};
 use crate::keys::KeyStore;
 use crate::ratelimit::RateLimiters;
+use crate::ratelimit::shared::SharedLimiter;
 use crate::remote::RemotePool;
 
 /// Where a pool's requests go.
@@ -40,6 +41,9 @@ pub struct Snapshot {
     /// Rate-limiter state; carried over by a reload that leaves `rate_limits` unchanged, so
     /// that editing a weight does not hand every client a fresh burst.
     pub limiters: Arc<RateLimiters>,
+    /// Per-key limits shared across replicas (`rate_limits.redis`), checked before
+    /// `limiters`; `None` when each replica limits by itself.
+    pub shared_limiter: Option<Arc<SharedLimiter>>,
     /// Per route: shadow requests in flight, at most `shadow.max_in_flight`.
     pub shadow_slots: BTreeMap<String, Arc<tokio::sync::Semaphore>>,
 }
@@ -104,6 +108,20 @@ impl Snapshot {
         if !errors.list.is_empty() {
             return Err(errors.list);
         }
+        // The shared limiter's connection is kept while its settings are (and its keys'
+        // state lives in Redis anyway); it connects lazily, so a Redis that is down does not
+        // stop a start or a reload: the configured policy applies until it answers.
+        let shared_limiter = match (&config.rate_limits.redis, previous) {
+            (None, _) => None,
+            (Some(r), Some(p)) if p.config.rate_limits.redis.as_ref() == Some(r) => p.shared_limiter.clone(),
+            (Some(r), _) => match SharedLimiter::new(r) {
+                Ok(l) => Some(Arc::new(l)),
+                Err(e) => {
+                    errors.add(&Path::root().key("rate_limits").key("redis"), e);
+                    return Err(errors.list);
+                }
+            },
+        };
         // Learn new remote pools' health (and signatures) before the first request, not after.
         first_health_check(&new_remotes);
         let keys = config.keys.clone().unwrap_or_default();
@@ -130,6 +148,7 @@ impl Snapshot {
             pools,
             keys,
             limiters,
+            shared_limiter,
             shadow_slots,
         })
     }

@@ -100,6 +100,53 @@ pub struct RateLimitsFile {
     /// forgotten beyond this, so memory stays bounded whatever the traffic.
     #[serde(default = "default_tracked")]
     pub max_tracked_clients: i64,
+    /// Share per-key limits across replicas through Redis; absent: each replica limits alone.
+    #[serde(default)]
+    pub redis: Option<RedisFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisFile {
+    /// `redis://[:password@]host[:port][/db]` (or `rediss://` for TLS).
+    pub url: String,
+    /// Prefix of the keys the limiter writes, so that several gateways' fleets can share one
+    /// Redis without sharing allowances.
+    #[serde(default = "default_redis_prefix")]
+    pub prefix: String,
+    /// A Redis answer slower than this counts as Redis being unavailable.
+    #[serde(default = "default_redis_timeout")]
+    pub timeout_ms: i64,
+    /// What to do while Redis cannot be reached.
+    #[serde(default)]
+    pub on_unavailable: OnUnavailable,
+}
+
+fn default_redis_prefix() -> String {
+    "gateway:rl".into()
+}
+
+fn default_redis_timeout() -> i64 {
+    50
+}
+
+/// While the shared limiter cannot answer: `open` limits each replica by itself (its local
+/// GCRA, the same quota), `closed` refuses keyed requests with 503.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OnUnavailable {
+    #[default]
+    Open,
+    Closed,
+}
+
+impl OnUnavailable {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnUnavailable::Open => "open",
+            OnUnavailable::Closed => "closed",
+        }
+    }
 }
 
 fn default_rate() -> RateFile {
@@ -127,6 +174,7 @@ impl Default for RateLimitsFile {
             tiers: BTreeMap::new(),
             per_ip: default_ip_rate(),
             max_tracked_clients: default_tracked(),
+            redis: None,
         }
     }
 }

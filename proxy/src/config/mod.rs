@@ -16,6 +16,7 @@ use std::time::Duration;
 use inference::PoolConfig;
 
 use crate::keys::KeyStore;
+pub use file::OnUnavailable;
 use file::{FileConfig, RateFile, StickyFile};
 pub use locate::Path;
 
@@ -103,6 +104,54 @@ pub struct RateLimits {
     pub tiers: BTreeMap<String, Rate>,
     pub per_ip: Rate,
     pub max_tracked_clients: usize,
+    /// Per-key limits shared through Redis (per-IP limits stay per replica).
+    pub redis: Option<RedisLimits>,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisLimits {
+    pub url: String,
+    pub prefix: String,
+    pub timeout: Duration,
+    pub on_unavailable: OnUnavailable,
+}
+
+// By hand, so that a reload's diff (which prints settings) never shows a password.
+impl fmt::Debug for RedisLimits {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisLimits")
+            .field("url", &self.url_redacted())
+            .field("prefix", &self.prefix)
+            .field("timeout", &self.timeout)
+            .field("on_unavailable", &self.on_unavailable)
+            .finish()
+    }
+}
+
+impl RedisLimits {
+    /// The URL with any password replaced, for logs and `/admin/config`.
+    pub fn url_redacted(&self) -> String {
+        redact_url(&self.url)
+    }
+}
+
+/// `redis://user:secret@host` → `redis://user:***@host`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (authority, path) = rest.split_once('/').map_or((rest, None), |(a, p)| (a, Some(p)));
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{user}:***@{host}"),
+            None => format!("{userinfo}@{host}"),
+        },
+        None => authority.to_string(),
+    };
+    match path {
+        Some(p) => format!("{scheme}://{authority}/{p}"),
+        None => format!("{scheme}://{authority}"),
+    }
 }
 
 impl RateLimits {
@@ -358,11 +407,28 @@ pub fn parse(file: &FsPath, source: &str) -> Result<Config, Vec<ConfigError>> {
         100_000_000,
         &rl.key("max_tracked_clients"),
     );
+    let redis = rate_limits.redis.map(|r| {
+        let at = rl.key("redis");
+        if let Err(e) = redis::Client::open(r.url.as_str()) {
+            errors.add(&at.key("url"), format!("not a Redis URL: {e}"));
+        }
+        if r.prefix.is_empty() {
+            errors.add(&at.key("prefix"), "must not be empty".to_string());
+        }
+        let timeout_ms = positive(&mut errors, r.timeout_ms, 1, 10_000, &at.key("timeout_ms"));
+        RedisLimits {
+            url: r.url,
+            prefix: r.prefix,
+            timeout: Duration::from_millis(timeout_ms as u64),
+            on_unavailable: r.on_unavailable,
+        }
+    });
     let rate_limits = RateLimits {
         default: default_rate,
         tiers,
         per_ip,
         max_tracked_clients,
+        redis,
     };
 
     let lim = root.key("limits");

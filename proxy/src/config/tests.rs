@@ -110,6 +110,20 @@ fn the_base_config_is_valid() {
     17,
     "listen.https: \"nope\" is not an address"
 )]
+#[case::bad_redis_url(
+    "pools:",
+    "rate_limits: {redis: {url: \"http://x\"}}\npools:",
+    4,
+    28,
+    "rate_limits.redis.url: not a Redis URL"
+)]
+#[case::bad_redis_timeout(
+    "pools:",
+    "rate_limits: {redis: {url: \"redis://x\", timeout_ms: 0}}\npools:",
+    4,
+    53,
+    "rate_limits.redis.timeout_ms: must be between 1 and 10000"
+)]
 fn one_problem_located(
     #[case] from: &str,
     #[case] to: &str,
@@ -145,6 +159,11 @@ fn every_problem_is_reported_at_once() {
     "a: {local",
     "a: {http: {endpoints: [], model: x, version: 1}, local",
     "exactly one of `local` or `http`"
+)]
+#[case::bad_redis_policy(
+    "pools:",
+    "rate_limits: {redis: {url: \"redis://x\", on_unavailable: maybe}}\npools:",
+    "unknown variant `maybe`, expected `open` or `closed`"
 )]
 fn parse_errors_have_a_position(#[case] from: &str, #[case] to: &str, #[case] message: &str) {
     let errs = errors(&base().replacen(from, to, 1));
@@ -204,4 +223,20 @@ fn the_shipped_routes_yaml_is_valid() {
         (config.https.port(), config.admin.to_string().as_str()),
         (8443, "127.0.0.1:9901")
     );
+}
+
+#[test]
+fn redis_passwords_are_never_shown() {
+    let text = base().replacen(
+        "pools:",
+        "rate_limits: {redis: {url: \"redis://app:s3cret@cache:6379/2\", on_unavailable: closed}}\npools:",
+        1,
+    );
+    let config = parse(&PathBuf::from("t.yaml"), &text).unwrap();
+    let redis = config.rate_limits.redis.unwrap();
+    assert_eq!(redis.on_unavailable, OnUnavailable::Closed);
+    assert_eq!(redis.url_redacted(), "redis://app:***@cache:6379/2");
+    assert!(!format!("{redis:?}").contains("s3cret"));
+    assert_eq!(redact_url("redis://cache:6379"), "redis://cache:6379");
+    assert_eq!(redact_url("rediss://:pw@cache/0"), "rediss://:***@cache/0");
 }

@@ -5,6 +5,12 @@
 //! over shards to keep lock contention low), and [`RateLimiters::evict_idle`] drops every
 //! entry whose state is indistinguishable from a fresh one. Forgetting a client can only
 //! give it a fresh burst back — never block it wrongly.
+//!
+//! With `rate_limits.redis`, per-key limits are shared by every replica ([`shared`]) and
+//! these local limiters serve as the fallback while Redis cannot answer (`on_unavailable:
+//! open`).
+
+pub mod shared;
 
 use std::collections::BTreeMap;
 use std::hash::{BuildHasher, Hash};
@@ -264,6 +270,7 @@ mod tests {
             )]),
             per_ip: rate,
             max_tracked_clients: cap,
+            redis: None,
         }
     }
 
