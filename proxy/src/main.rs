@@ -60,6 +60,8 @@ enum Command {
     /// probability deltas, latencies, errors, drops, confusion matrix, latest disagreements.
     ///
     /// Reads the shadow store directly, so it works whether or not the gateway is running.
+    /// With several replicas, each keeps its own store: copy them out and pass them all
+    /// (`--store a.sqlite3 --store b.sqlite3`, or a folder) for one merged report.
     Report {
         /// Only what happened in this last stretch of time (e.g. 15m, 1h, 2d)
         #[arg(long)]
@@ -72,9 +74,10 @@ enum Command {
         /// The config whose shadow.store is read
         #[arg(long, short, default_value = "routes.yaml")]
         config: PathBuf,
-        /// Read this store instead of the config's
+        /// Read this store instead of the config's; repeat it (or name a folder of
+        /// `*.sqlite3` files) to merge the stores of several replicas into one report
         #[arg(long)]
-        store: Option<PathBuf>,
+        store: Vec<PathBuf>,
         /// Latest disagreements listed per shadow
         #[arg(long, default_value_t = 20)]
         latest: usize,
@@ -352,7 +355,7 @@ fn check(files: &[PathBuf]) -> Result<(), String> {
 
 fn report(
     config: &Path,
-    store: Option<PathBuf>,
+    stores: Vec<PathBuf>,
     since: Option<&str>,
     route: Option<String>,
     format: ReportFormat,
@@ -361,9 +364,10 @@ fn report(
     use proxy::shadow::{html, report};
     // Only shadow.store is needed: read it without validating the rest, so that reports
     // can be read on a machine without the models, or while the config is being edited.
-    let store = match store {
-        Some(s) => s,
-        None => {
+    let stores = if !stores.is_empty() {
+        expand_stores(stores)?
+    } else {
+        vec![{
             let text = std::fs::read_to_string(config)
                 .map_err(|e| format!("cannot read {}: {e} (or pass --store)", config.display()))?;
             let value: serde_yaml::Value =
@@ -374,20 +378,42 @@ fn report(
                 .and_then(|s| s.as_str())
                 .unwrap_or(proxy::config::file::DEFAULT_SHADOW_STORE);
             config.parent().unwrap_or(Path::new(".")).join(rel)
-        }
+        }]
     };
     let query = report::Query {
         since: since.map(report::since).transpose()?,
         route,
         latest,
     };
-    let r = report::read(&store, &query)?;
+    let r = report::read_many(&stores, &query)?;
     match format {
         ReportFormat::Table => print!("{}", report::table(&r)),
         ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&r).expect("reports serialize")),
         ReportFormat::Html => print!("{}", html::page(&r)),
     }
     Ok(())
+}
+
+/// Folders stand for the `*.sqlite3` files in them (copies of several replicas' stores).
+fn expand_stores(given: Vec<PathBuf>) -> Result<Vec<PathBuf>, String> {
+    let mut stores = Vec::new();
+    for path in given {
+        if !path.is_dir() {
+            stores.push(path);
+            continue;
+        }
+        let entries = std::fs::read_dir(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let mut found: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "sqlite3"))
+            .collect();
+        if found.is_empty() {
+            return Err(format!("no *.sqlite3 shadow stores in {}", path.display()));
+        }
+        found.sort();
+        stores.extend(found);
+    }
+    Ok(stores)
 }
 
 /// The config as loose YAML: only auth.keys_file and the tier names are needed, read without

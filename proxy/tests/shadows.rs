@@ -292,6 +292,69 @@ async fn a_disagreeing_shadow_yields_exactly_its_disagreements() {
         table.contains(&format!("{} request(s) disagree", expected.len())),
         "{table}"
     );
+
+    // Replicas keep a store each; copied into one folder they merge into one report. Two
+    // copies of this store stand for two replicas that saw the same traffic: every count
+    // doubles, rates and quantiles do not, and the latest disagreements name their store.
+    let fleet = store.parent().unwrap().join("fleet");
+    std::fs::create_dir_all(&fleet).unwrap();
+    for replica in ["replica-a", "replica-b"] {
+        std::fs::copy(&store, fleet.join(format!("{replica}.sqlite3"))).unwrap();
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(["report", "--format", "json", "--latest", "1000", "--store"])
+        .arg(&fleet)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let merged: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(merged["stores"].as_array().unwrap().len(), 2);
+    let (one, both) = (&cli["pairs"][0], &merged["pairs"][0]);
+    for field in [
+        "requests",
+        "compared",
+        "disagreements",
+        "predictions",
+        "agreeing_predictions",
+    ] {
+        assert_eq!(
+            both[field].as_u64().unwrap(),
+            2 * one[field].as_u64().unwrap(),
+            "{field}"
+        );
+    }
+    for (a, b) in one["confusion"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(both["confusion"].as_array().unwrap())
+    {
+        for (x, y) in a.as_array().unwrap().iter().zip(b.as_array().unwrap()) {
+            assert_eq!(y.as_u64().unwrap(), 2 * x.as_u64().unwrap());
+        }
+    }
+    assert_eq!(both["agreement"]["rate"], one["agreement"]["rate"]);
+    assert_eq!(both["latency_primary"], one["latency_primary"]);
+    let sources: std::collections::BTreeSet<String> = both["latest_disagreements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["store"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(sources.len(), 2, "{sources:?}");
+    assert_eq!(
+        both["latest_disagreements"].as_array().unwrap().len(),
+        2 * expected.len()
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(["report", "--store"])
+        .arg(fleet.join("replica-a.sqlite3"))
+        .arg("--store")
+        .arg(fleet.join("replica-b.sqlite3"))
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("merged from 2 stores"), "{table}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use rusqlite::{Connection, OpenFlags, params};
@@ -58,6 +58,8 @@ pub struct Report {
     pub generated_at: String,
     pub since: Option<String>,
     pub route: Option<String>,
+    /// The stores read (one per replica when several are merged).
+    pub stores: Vec<String>,
     pub pairs: Vec<PairReport>,
 }
 
@@ -86,6 +88,9 @@ pub struct Minute {
 #[derive(Debug, Serialize)]
 pub struct Disagreement {
     pub at: String,
+    /// The store it came from, when several are merged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store: Option<String>,
     pub request_id: String,
     /// None when one side failed (the error says which).
     pub agree: Option<bool>,
@@ -168,53 +173,87 @@ pub fn open_read(path: &Path) -> Result<Connection, String> {
 
 /// Builds the report from the store at `path`.
 pub fn read(path: &Path, q: &Query) -> Result<Report, String> {
-    let conn = open_read(path)?;
-    let fail = |e: rusqlite::Error| format!("{}: {e}", path.display());
+    read_many(std::slice::from_ref(&path.to_path_buf()), q)
+}
+
+/// Builds one report from several stores — one per replica, each of which compared only
+/// the requests it answered. Minutes are exact aggregates, so they add up: counts, the
+/// confusion matrix and the latency and |Δp| histograms merge without loss, and the
+/// agreement rate, its interval and the quantiles are computed from the merged figures.
+/// The latest disagreements are the newest over every store, each naming its store.
+pub fn read_many(paths: &[PathBuf], q: &Query) -> Result<Report, String> {
     let since_ms = q.since.map_or(0, unix_ms);
-    let mut stmt = conn
-        .prepare(
-            "SELECT route, primary_version, shadow, shadow_version, minute, agg FROM minutes
-             WHERE minute >= ?1 AND (?2 IS NULL OR route = ?2)
-             ORDER BY route, primary_version, shadow, shadow_version, minute",
-        )
-        .map_err(fail)?;
-    let rows = stmt
-        .query_map(params![since_ms.div_euclid(60_000), q.route], |row| {
-            Ok((
-                PairKey {
-                    route: row.get(0)?,
-                    primary_version: row.get(1)?,
-                    shadow: row.get(2)?,
-                    shadow_version: row.get(3)?,
-                },
-                row.get::<_, i64>(4)?,
-                row.get::<_, String>(5)?,
-            ))
-        })
-        .map_err(fail)?;
-    let mut pairs: BTreeMap<PairKey, (Aggregate, Vec<Minute>)> = BTreeMap::new();
-    for row in rows {
-        let (key, minute, agg) = row.map_err(fail)?;
-        let agg: Aggregate =
-            serde_json::from_str(&agg).map_err(|e| format!("minute {minute} of {key:?}: {e}"))?;
-        let entry = pairs.entry(key).or_default();
-        entry.0.merge(&agg);
-        entry.1.push(Minute {
-            minute: minute * 60,
-            requests: agg.requests,
-            rows: agg.rows,
-            agreement: (agg.rows > 0).then(|| agg.agreeing_rows as f64 / agg.rows as f64),
-        });
+    let mut pairs: BTreeMap<PairKey, BTreeMap<i64, Aggregate>> = BTreeMap::new();
+    let mut latest: BTreeMap<PairKey, Vec<Disagreement>> = BTreeMap::new();
+    for path in paths {
+        let conn = open_read(path)?;
+        let fail = |e: rusqlite::Error| format!("{}: {e}", path.display());
+        let mut stmt = conn
+            .prepare(
+                "SELECT route, primary_version, shadow, shadow_version, minute, agg FROM minutes
+                 WHERE minute >= ?1 AND (?2 IS NULL OR route = ?2)",
+            )
+            .map_err(fail)?;
+        let rows = stmt
+            .query_map(params![since_ms.div_euclid(60_000), q.route], |row| {
+                Ok((
+                    PairKey {
+                        route: row.get(0)?,
+                        primary_version: row.get(1)?,
+                        shadow: row.get(2)?,
+                        shadow_version: row.get(3)?,
+                    },
+                    row.get::<_, i64>(4)?,
+                    row.get::<_, String>(5)?,
+                ))
+            })
+            .map_err(fail)?;
+        for row in rows {
+            let (key, minute, agg) = row.map_err(fail)?;
+            let agg: Aggregate = serde_json::from_str(&agg)
+                .map_err(|e| format!("{}: minute {minute} of {key:?}: {e}", path.display()))?;
+            pairs
+                .entry(key)
+                .or_default()
+                .entry(minute)
+                .or_default()
+                .merge(&agg);
+        }
+        let source = (paths.len() > 1).then(|| path.display().to_string());
+        for key in pairs.keys() {
+            let mut found = latest_disagreements(&conn, key, since_ms, q.latest).map_err(fail)?;
+            for d in &mut found {
+                d.store.clone_from(&source);
+            }
+            latest.entry(key.clone()).or_default().extend(found);
+        }
     }
     let mut out = Vec::new();
-    for (key, (agg, over_time)) in pairs {
-        let latest = latest_disagreements(&conn, &key, since_ms, q.latest).map_err(fail)?;
-        out.push(pair_report(key, &agg, over_time, latest));
+    for (key, minutes) in pairs {
+        let mut total = Aggregate::default();
+        let over_time = minutes
+            .iter()
+            .map(|(minute, agg)| {
+                total.merge(agg);
+                Minute {
+                    minute: minute * 60,
+                    requests: agg.requests,
+                    rows: agg.rows,
+                    agreement: (agg.rows > 0).then(|| agg.agreeing_rows as f64 / agg.rows as f64),
+                }
+            })
+            .collect();
+        let mut newest = latest.remove(&key).unwrap_or_default();
+        // RFC 3339 times of one format sort as text; newest first.
+        newest.sort_by(|a, b| b.at.cmp(&a.at));
+        newest.truncate(q.latest);
+        out.push(pair_report(key, &total, over_time, newest));
     }
     Ok(Report {
         generated_at: rfc3339(SystemTime::now()),
         since: q.since.map(rfc3339),
         route: q.route.clone(),
+        stores: paths.iter().map(|p| p.display().to_string()).collect(),
         pairs: out,
     })
 }
@@ -250,6 +289,7 @@ fn latest_disagreements(
             let at: i64 = row.get(0)?;
             Ok(Disagreement {
                 at: rfc3339(std::time::UNIX_EPOCH + Duration::from_millis(at.max(0) as u64)),
+                store: None,
                 request_id: row.get(1)?,
                 agree: row.get::<_, Option<i64>>(2)?.map(|a| a == 1),
                 max_delta: row.get(3)?,
@@ -334,6 +374,14 @@ pub fn table(r: &Report) -> String {
         r.since.as_ref().map_or(String::new(), |s| format!(", since {s}")),
         r.route.as_ref().map_or(String::new(), |s| format!(", route {s}")),
     );
+    if r.stores.len() > 1 {
+        let _ = writeln!(
+            out,
+            "merged from {} stores: {}",
+            r.stores.len(),
+            r.stores.join(", ")
+        );
+    }
     if r.pairs.is_empty() {
         let _ = writeln!(out, "\nno mirrored requests in this window");
         return out;
