@@ -377,6 +377,7 @@ mod tests {
             generated_at: "2026-11-22T00:00:00Z".into(),
             since: None,
             route: None,
+            stores: vec![],
             pairs: vec![],
         };
         let html = page(&r);
