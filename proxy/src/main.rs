@@ -51,6 +51,16 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Probe a running gateway's admin listener (for container health checks, where no curl
+    /// is installed): exit 0 when the path answers 200, 1 otherwise.
+    Health {
+        /// Admin listener address
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: String,
+        /// Which probe: live, ready or startup
+        #[arg(long, default_value = "ready")]
+        probe: String,
+    },
     /// Manage API keys.
     Keys {
         #[command(subcommand)]
@@ -190,6 +200,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run { config, upgrade } => run(&config, upgrade),
         Command::Check { files } => check(&files),
+        Command::Health { admin, probe } => health(&admin, &probe),
         Command::Keys {
             command:
                 KeysCommand::Add {
@@ -319,6 +330,32 @@ fn admin_answers(admin: std::net::SocketAddr) -> bool {
     }
     let mut head = [0u8; 12];
     stream.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.1 200")
+}
+
+fn health(admin: &str, probe: &str) -> Result<(), String> {
+    use std::io::{Read, Write};
+    if !["live", "ready", "startup"].contains(&probe) {
+        return Err(format!("--probe {probe:?}: one of live, ready, startup"));
+    }
+    let timeout = std::time::Duration::from_secs(2);
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(admin)
+        .map_err(|e| format!("--admin {admin}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("--admin {admin}: no address"))?;
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)
+        .map_err(|e| format!("{probe}: cannot connect to {admin}: {e}"))?;
+    stream.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    write!(stream, "GET /health/{probe} HTTP/1.0\r\nHost: {admin}\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    let status = answer.split_whitespace().nth(1).unwrap_or("none");
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or("").trim();
+    if status == "200" {
+        println!("{probe}: ok");
+        Ok(())
+    } else {
+        Err(format!("{probe}: {admin} answered {status}: {body}"))
+    }
 }
 
 fn check(files: &[PathBuf]) -> Result<(), String> {
