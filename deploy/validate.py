@@ -61,7 +61,7 @@ def dockerfile() -> None:
     path = DEPLOY / "Dockerfile"
     where = "deploy/Dockerfile"
     hadolint = Path(sys.executable).parent / "hadolint"
-    r = run([str(hadolint), "--failure-threshold", "warning", str(path)])
+    r = run([str(hadolint), "--no-color", "--failure-threshold", "warning", str(path)])
     check(r.returncode == 0, where, "hadolint:\n" + r.stdout + r.stderr)
     text = path.read_text()
     # Instructions, with continuation lines joined.

@@ -91,6 +91,10 @@ enum Command {
         /// Latest disagreements listed per shadow
         #[arg(long, default_value_t = 20)]
         latest: usize,
+        /// Instead of a report, write a consistent copy of the store to this file (safe while
+        /// the gateway writes), to merge several replicas' stores elsewhere
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["since", "route", "format"])]
+        export: Option<PathBuf>,
     },
 }
 
@@ -226,7 +230,11 @@ fn main() -> ExitCode {
             config,
             store,
             latest,
-        } => report(&config, store, since.as_deref(), route, format, latest),
+            export,
+        } => match export {
+            Some(out) => export_store(&config, store, &out),
+            None => report(&config, store, since.as_deref(), route, format, latest),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -344,7 +352,9 @@ fn health(admin: &str, probe: &str) -> Result<(), String> {
         .ok_or_else(|| format!("--admin {admin}: no address"))?;
     let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)
         .map_err(|e| format!("{probe}: cannot connect to {admin}: {e}"))?;
-    stream.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
     write!(stream, "GET /health/{probe} HTTP/1.0\r\nHost: {admin}\r\n\r\n").map_err(|e| e.to_string())?;
     let mut answer = String::new();
     let _ = stream.read_to_string(&mut answer);
@@ -399,24 +409,7 @@ fn report(
     latest: usize,
 ) -> Result<(), String> {
     use proxy::shadow::{html, report};
-    // Only shadow.store is needed: read it without validating the rest, so that reports
-    // can be read on a machine without the models, or while the config is being edited.
-    let stores = if !stores.is_empty() {
-        expand_stores(stores)?
-    } else {
-        vec![{
-            let text = std::fs::read_to_string(config)
-                .map_err(|e| format!("cannot read {}: {e} (or pass --store)", config.display()))?;
-            let value: serde_yaml::Value =
-                serde_yaml::from_str(&text).map_err(|e| format!("{}: {e}", config.display()))?;
-            let rel = value
-                .get("shadow")
-                .and_then(|s| s.get("store"))
-                .and_then(|s| s.as_str())
-                .unwrap_or(proxy::config::file::DEFAULT_SHADOW_STORE);
-            config.parent().unwrap_or(Path::new(".")).join(rel)
-        }]
-    };
+    let stores = resolve_stores(config, stores)?;
     let query = report::Query {
         since: since.map(report::since).transpose()?,
         route,
@@ -428,6 +421,36 @@ fn report(
         ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&r).expect("reports serialize")),
         ReportFormat::Html => print!("{}", html::page(&r)),
     }
+    Ok(())
+}
+
+/// The stores to read: those given (folders expanded), else the config's shadow.store.
+fn resolve_stores(config: &Path, stores: Vec<PathBuf>) -> Result<Vec<PathBuf>, String> {
+    if !stores.is_empty() {
+        return expand_stores(stores);
+    }
+    // Only shadow.store is needed: read it without validating the rest, so that reports
+    // can be read on a machine without the models, or while the config is being edited.
+    let text = std::fs::read_to_string(config)
+        .map_err(|e| format!("cannot read {}: {e} (or pass --store)", config.display()))?;
+    let value: serde_yaml::Value =
+        serde_yaml::from_str(&text).map_err(|e| format!("{}: {e}", config.display()))?;
+    let rel = value
+        .get("shadow")
+        .and_then(|s| s.get("store"))
+        .and_then(|s| s.as_str())
+        .unwrap_or(proxy::config::file::DEFAULT_SHADOW_STORE);
+    Ok(vec![config.parent().unwrap_or(Path::new(".")).join(rel)])
+}
+
+/// Writes a consistent copy of one store (what a replica has seen) to `out`.
+fn export_store(config: &Path, stores: Vec<PathBuf>, out: &Path) -> Result<(), String> {
+    let stores = resolve_stores(config, stores)?;
+    let [store] = stores.as_slice() else {
+        return Err(format!("--export copies one store; {} given", stores.len()));
+    };
+    proxy::shadow::report::export(store, out)?;
+    println!("{}: a consistent copy of {}", out.display(), store.display());
     Ok(())
 }
 

@@ -9,7 +9,7 @@ use common::*;
 fn help_names_every_command() {
     let out = gateway().arg("--help").output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    for word in ["run", "check", "keys"] {
+    for word in ["run", "check", "keys", "report", "health"] {
         assert!(text.contains(word), "{text}");
     }
     let keys = gateway().args(["keys", "add", "--help"]).output().unwrap();
@@ -341,4 +341,43 @@ fn output_cut_short_by_a_closed_pipe_ends_quietly() {
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!err.contains("panicked"), "{err}");
+}
+
+/// `gateway health` is the container's health check (no curl in the image): 0 when the probe
+/// answers 200, 1 with the reason otherwise.
+#[tokio::test(flavor = "multi_thread")]
+async fn health_probes_the_admin_listener() {
+    let g = start(
+        "pools:\n  cancer-v1: {local: {model: breast-cancer, version: 1}}\nroutes:\n  - {model: breast-cancer, stable: cancer-v1}\n",
+    );
+    let admin = g.admin.to_string();
+    for probe in ["live", "ready", "startup"] {
+        let out = gateway()
+            .args(["health", "--admin", &admin, "--probe", probe])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{probe}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            format!("{probe}: ok")
+        );
+    }
+    let bogus = gateway()
+        .args(["health", "--admin", &admin, "--probe", "deep"])
+        .output()
+        .unwrap();
+    assert!(!bogus.status.success());
+    assert!(String::from_utf8_lossy(&bogus.stderr).contains("one of live, ready, startup"));
+    g.stop();
+    let down = gateway().args(["health", "--admin", &admin]).output().unwrap();
+    assert_eq!(down.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&down.stderr).contains("cannot connect"),
+        "{}",
+        String::from_utf8_lossy(&down.stderr)
+    );
 }

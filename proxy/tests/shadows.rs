@@ -266,8 +266,20 @@ async fn a_disagreeing_shadow_yields_exactly_its_disagreements() {
     );
     assert_eq!(admin_get(&g, "/admin/shadow/report?since=soon").await.0, 400);
 
-    // After a graceful stop the CLI reads the same figures from the store.
+    // While the gateway writes, `--export` takes a consistent copy (how replicas' stores are
+    // collected for merging).
     let store = g.dir.join("data/shadows.sqlite3");
+    let fleet = g.dir.join("fleet");
+    std::fs::create_dir_all(&fleet).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(["report", "--store"])
+        .arg(&store)
+        .arg("--export")
+        .arg(fleet.join("replica-a.sqlite3"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // After a graceful stop the CLI reads the same figures from the store.
     g.stop();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
         .args(["report", "--format", "json", "--since", "1h", "--store"])
@@ -293,14 +305,11 @@ async fn a_disagreeing_shadow_yields_exactly_its_disagreements() {
         "{table}"
     );
 
-    // Replicas keep a store each; copied into one folder they merge into one report. Two
-    // copies of this store stand for two replicas that saw the same traffic: every count
-    // doubles, rates and quantiles do not, and the latest disagreements name their store.
-    let fleet = store.parent().unwrap().join("fleet");
-    std::fs::create_dir_all(&fleet).unwrap();
-    for replica in ["replica-a", "replica-b"] {
-        std::fs::copy(&store, fleet.join(format!("{replica}.sqlite3"))).unwrap();
-    }
+    // Replicas keep a store each; collected into one folder they merge into one report. Two
+    // copies of this store (one exported live, one copied after the stop) stand for two
+    // replicas that saw the same traffic: every count doubles, rates and quantiles do not,
+    // and the latest disagreements name their store.
+    std::fs::copy(&store, fleet.join("replica-b.sqlite3")).unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
         .args(["report", "--format", "json", "--latest", "1000", "--store"])
         .arg(&fleet)

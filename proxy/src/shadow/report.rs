@@ -171,6 +171,18 @@ pub fn open_read(path: &Path) -> Result<Connection, String> {
     .map_err(|e| format!("cannot open {}: {e}", path.display()))
 }
 
+/// Writes a consistent copy of the store at `path` to `out` (`VACUUM INTO`: one file, no
+/// WAL, readable anywhere), safe while a gateway is writing to it.
+pub fn export(path: &Path, out: &Path) -> Result<(), String> {
+    if out.exists() {
+        return Err(format!("{} exists: choose a new file", out.display()));
+    }
+    let conn = open_read(path)?;
+    conn.execute("VACUUM INTO ?1", params![out.to_string_lossy()])
+        .map_err(|e| format!("cannot copy {} to {}: {e}", path.display(), out.display()))?;
+    Ok(())
+}
+
 /// Builds the report from the store at `path`.
 pub fn read(path: &Path, q: &Query) -> Result<Report, String> {
     read_many(std::slice::from_ref(&path.to_path_buf()), q)
