@@ -261,6 +261,48 @@ impl Admin {
         json!({"file": snap.config.file.display().to_string(), "routes": routes, "pools": pools, "rate_limits": rate_limits, "shadow": shadow, "keys": snap.keys.len()})
     }
 
+    /// `POST /admin/rollouts/{route}/{pause|resume|promote|abort}`: the operator's word,
+    /// applied at once; answers the route's rollout as `GET /admin/rollouts` shows it.
+    async fn rollout_command(&self, path: &str, post: bool) -> http::Response<Vec<u8>> {
+        use crate::rollout::{Command, Refusal};
+        let error = |status: u16, message: String| {
+            reply(
+                status,
+                "application/json",
+                inference::error::error_body(&message).into_bytes(),
+            )
+        };
+        let rest = &path["/admin/rollouts/".len()..];
+        let Some((route, command)) = rest.rsplit_once('/') else {
+            return error(
+                404,
+                format!("{path}: use POST /admin/rollouts/ROUTE/pause|resume|promote|abort"),
+            );
+        };
+        if !post {
+            return error(405, format!("{path}: POST it"));
+        }
+        let command: Command = match command.parse() {
+            Ok(c) => c,
+            Err(e) => return error(404, e),
+        };
+        let rollouts = self.reloader.rollouts().clone();
+        match rollouts.command(route, command) {
+            Ok(_) => {
+                let reloader = self.reloader.clone();
+                let _ = tokio::task::spawn_blocking(move || reloader.apply_rollouts()).await;
+                let view = rollouts.view();
+                reply(
+                    200,
+                    "application/json",
+                    view["rollouts"][route].to_string().into_bytes(),
+                )
+            }
+            Err(Refusal::NoRollout(m)) => error(404, m),
+            Err(Refusal::Conflict(m)) => error(409, m),
+        }
+    }
+
     /// Runs a reload off the async threads (models may load) and says what happened.
     async fn reload(&self) -> http::Response<Vec<u8>> {
         let reloader = self.reloader.clone();
@@ -345,6 +387,12 @@ impl ServeHttp for Admin {
                 body["reload"] = json!(self.reloader.status());
                 reply(200, "application/json", body.to_string().into_bytes())
             }
+            "/admin/rollouts" => reply(
+                200,
+                "application/json",
+                self.reloader.rollouts().view().to_string().into_bytes(),
+            ),
+            p if p.starts_with("/admin/rollouts/") => self.rollout_command(p, post).await,
             "/admin/config/diff" => {
                 let status = self.reloader.status();
                 let body = json!({"generation": status.generation, "reloads": status.history});
@@ -354,7 +402,7 @@ impl ServeHttp for Admin {
                 404,
                 "application/json",
                 inference::error::error_body(&format!(
-                    "no admin route for {path}; try /metrics, /health/live, /health/ready, /health/startup, /admin/routes, /admin/config, /admin/config/diff, POST /admin/reload, /admin/shadow/report, /admin/shadow/report.html"
+                    "no admin route for {path}; try /metrics, /health/live, /health/ready, /health/startup, /admin/routes, /admin/config, /admin/config/diff, POST /admin/reload, /admin/rollouts, POST /admin/rollouts/ROUTE/pause|resume|promote|abort, /admin/shadow/report, /admin/shadow/report.html"
                 ))
                 .into_bytes(),
             ),

@@ -4,7 +4,8 @@
 //! Request flow (see DESIGN.md): [`limits`] → [`auth`] → [`ratelimit`] → snapshot
 //! ([`state`]) → [`split`] → local pool or [`remote`] pool → [`metrics`]. The pingora glue is
 //! [`service`]; [`server`] assembles listeners and background upkeep. Copies of requests go
-//! to shadow models through [`shadow`], which compares and stores what they answer.
+//! to shadow models through [`shadow`], which compares and stores what they answer;
+//! [`rollout`] moves a canary's weight by itself, step by step, behind gates.
 
 pub mod admin;
 pub mod auth;
@@ -18,6 +19,7 @@ pub mod observed;
 pub mod ratelimit;
 pub mod reload;
 pub mod remote;
+pub mod rollout;
 pub mod server;
 pub mod service;
 pub mod shadow;

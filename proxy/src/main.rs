@@ -61,6 +61,25 @@ enum Command {
         #[arg(long, default_value = "ready")]
         probe: String,
     },
+    /// Progressive rollouts (a canary's `rollout:` in routes.yaml): show them, or take over.
+    ///
+    /// Talks to the running gateway's admin listener. `pause` keeps the weight and stops
+    /// evaluating; `resume` continues from the first step at or above the weight in force
+    /// (after a rollback or abort: from the first step); `promote` sets weight 100 and ends
+    /// the rollout; `abort` sets weight 0 and ends it. An edit of the weight in routes.yaml
+    /// takes precedence over the engine and pauses it.
+    Rollout {
+        /// status (every rollout), or pause, resume, promote, abort
+        action: String,
+        /// The route (public model name); not needed for status
+        route: Option<String>,
+        /// Admin listener address
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: String,
+        /// Admin token, when the gateway has one
+        #[arg(long, env = "GATEWAY_ADMIN_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
     /// Manage API keys.
     Keys {
         #[command(subcommand)]
@@ -205,6 +224,12 @@ fn main() -> ExitCode {
         Command::Run { config, upgrade } => run(&config, upgrade),
         Command::Check { files } => check(&files),
         Command::Health { admin, probe } => health(&admin, &probe),
+        Command::Rollout {
+            action,
+            route,
+            admin,
+            token,
+        } => rollout(&action, route.as_deref(), &admin, token.as_deref()),
         Command::Keys {
             command:
                 KeysCommand::Add {
@@ -340,32 +365,86 @@ fn admin_answers(admin: std::net::SocketAddr) -> bool {
     stream.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.1 200")
 }
 
-fn health(admin: &str, probe: &str) -> Result<(), String> {
+/// One HTTP/1.0 request to the admin listener: (status, body).
+fn admin_call(admin: &str, method: &str, path: &str, token: Option<&str>) -> Result<(u16, String), String> {
     use std::io::{Read, Write};
-    if !["live", "ready", "startup"].contains(&probe) {
-        return Err(format!("--probe {probe:?}: one of live, ready, startup"));
-    }
-    let timeout = std::time::Duration::from_secs(2);
+    let timeout = std::time::Duration::from_secs(5);
     let addr = std::net::ToSocketAddrs::to_socket_addrs(admin)
         .map_err(|e| format!("--admin {admin}: {e}"))?
         .next()
         .ok_or_else(|| format!("--admin {admin}: no address"))?;
     let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)
-        .map_err(|e| format!("{probe}: cannot connect to {admin}: {e}"))?;
+        .map_err(|e| format!("cannot connect to the admin listener {admin}: {e}"))?;
     stream
         .set_read_timeout(Some(timeout))
         .map_err(|e| e.to_string())?;
-    write!(stream, "GET /health/{probe} HTTP/1.0\r\nHost: {admin}\r\n\r\n").map_err(|e| e.to_string())?;
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    write!(
+        stream,
+        "{method} {path} HTTP/1.0\r\nHost: {admin}\r\n{auth}Content-Length: 0\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
     let mut answer = String::new();
     let _ = stream.read_to_string(&mut answer);
-    let status = answer.split_whitespace().nth(1).unwrap_or("none");
-    let body = answer.split("\r\n\r\n").nth(1).unwrap_or("").trim();
-    if status == "200" {
-        println!("{probe}: ok");
-        Ok(())
-    } else {
-        Err(format!("{probe}: {admin} answered {status}: {body}"))
+    let status = answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("{admin} gave no HTTP answer"))?;
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .trim()
+        .to_string();
+    Ok((status, body))
+}
+
+fn health(admin: &str, probe: &str) -> Result<(), String> {
+    if !["live", "ready", "startup"].contains(&probe) {
+        return Err(format!("--probe {probe:?}: one of live, ready, startup"));
     }
+    match admin_call(admin, "GET", &format!("/health/{probe}"), None) {
+        Ok((200, _)) => {
+            println!("{probe}: ok");
+            Ok(())
+        }
+        Ok((status, body)) => Err(format!("{probe}: {admin} answered {status}: {body}")),
+        Err(e) => Err(format!("{probe}: {e}")),
+    }
+}
+
+fn rollout(action: &str, route: Option<&str>, admin: &str, token: Option<&str>) -> Result<(), String> {
+    let (method, path) = match (action, route) {
+        ("status", None) => ("GET", "/admin/rollouts".to_string()),
+        ("status", Some(_)) => ("GET", "/admin/rollouts".to_string()),
+        ("pause" | "resume" | "promote" | "abort", Some(r)) => {
+            ("POST", format!("/admin/rollouts/{r}/{action}"))
+        }
+        ("pause" | "resume" | "promote" | "abort", None) => {
+            return Err(format!("gateway rollout {action} ROUTE: which route?"));
+        }
+        _ => {
+            return Err(format!(
+                "{action:?}: one of status, pause, resume, promote, abort"
+            ));
+        }
+    };
+    let (status, body) = admin_call(admin, method, &path, token)?;
+    let value: serde_json::Value =
+        serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body.clone()));
+    if status != 200 {
+        let message = value["error"].as_str().map_or(body.clone(), str::to_string);
+        return Err(format!("{admin} answered {status}: {message}"));
+    }
+    let shown = match (action, route) {
+        ("status", Some(r)) => value["rollouts"]
+            .get(r)
+            .cloned()
+            .ok_or_else(|| format!("route {r:?} has no rollout"))?,
+        _ => value,
+    };
+    println!("{}", serde_json::to_string_pretty(&shown).expect("JSON prints"));
+    Ok(())
 }
 
 fn check(files: &[PathBuf]) -> Result<(), String> {

@@ -23,6 +23,7 @@ use crate::maintenance::Maintenance;
 use crate::metrics::Metrics;
 use crate::reload::watch::FileWatch;
 use crate::reload::{self, Reloader};
+use crate::rollout::{Rollouts, SystemClock};
 use crate::service::Gateway;
 use crate::shadow::store::Recorder;
 use crate::shadow::{Mirror, ShadowRuntime};
@@ -152,7 +153,14 @@ pub fn build_with(snapshot: Snapshot, options: StartOptions) -> Result<GatewaySe
     let watch_files = snapshot.config.watch;
     let state = Arc::new(ArcSwap::from_pointee(snapshot));
     metrics.watch_pools(state.clone());
-    let reloader = Reloader::new(state.clone(), certs, metrics.clone());
+    let rollouts = Rollouts::new(
+        Some(state.load().config.rollout_state.clone()),
+        Arc::new(SystemClock::default()),
+        metrics.clone(),
+    );
+    let reloader = Reloader::new(state.clone(), certs, metrics.clone(), rollouts.clone());
+    // Rollouts in the config start (or resume from their state file) before the first request.
+    reloader.apply_rollouts();
     let watch = if watch_files {
         Some(reload::watch::start(reloader.clone())?)
     } else {
@@ -164,9 +172,15 @@ pub fn build_with(snapshot: Snapshot, options: StartOptions) -> Result<GatewaySe
         state: state.clone(),
         metrics: metrics.clone(),
         connector,
-        mirror: Mirror::new(recorder.clone(), metrics.clone(), &shadow_runtime),
+        mirror: Mirror::new(
+            recorder.clone(),
+            metrics.clone(),
+            &shadow_runtime,
+            rollouts.clone(),
+        ),
         observed: observed.clone(),
         fallback_logged: Default::default(),
+        rollouts: rollouts.clone(),
     };
     let mut proxy = pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "gateway");
     proxy.add_tls_with_settings(&https.to_string(), None, tls);
@@ -193,6 +207,10 @@ pub fn build_with(snapshot: Snapshot, options: StartOptions) -> Result<GatewaySe
     server.add_service(proxy);
     server.add_service(admin_service);
     server.add_service(upkeep);
+    server.add_service(background_service(
+        "rollouts",
+        crate::rollout::Ticker(reloader.clone()),
+    ));
     server.add_service(background_service(
         "reload on SIGHUP",
         reload::watch::HangupReload(reloader.clone()),

@@ -45,6 +45,8 @@ pub struct Gateway {
     pub observed: Arc<crate::observed::Observed>,
     /// When a canary fallback was last logged (Unix seconds): at most one line per 10 s.
     pub fallback_logged: std::sync::atomic::AtomicU64,
+    /// Rollouts watch every answer of the routes they move.
+    pub rollouts: Arc<crate::rollout::Rollouts>,
 }
 
 /// Per-request state, shared by the phases.
@@ -834,6 +836,7 @@ impl ProxyHttp for Gateway {
         let version = ctx.model_version.as_deref().unwrap_or("-");
         if let (Some(r), Some(v)) = (&ctx.route, ctx.variant) {
             self.observed.record(r, v);
+            self.rollouts.observe(r, v, status, elapsed);
         }
         m.requests
             .with_label_values(&[route, variant, version, class])

@@ -113,6 +113,8 @@ mod tests {
             canary: weight.map(|w| Canary {
                 pool: "c".into(),
                 weight: w,
+                configured_weight: w,
+                rollout: None,
             }),
             sticky,
             salt: "m".into(),

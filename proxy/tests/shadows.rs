@@ -11,56 +11,6 @@ use common::*;
 use inference::{NamedTensor, Pool, PoolConfig, Tensor, TensorData};
 use serde_json::{Value, json};
 
-fn testdata_rows() -> (Vec<Vec<f32>>, Vec<i64>) {
-    let d: Value = serde_json::from_str(
-        &std::fs::read_to_string(repo().join("models/testdata/breast-cancer-1.json")).unwrap(),
-    )
-    .unwrap();
-    let rows = d["input"]["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            r.as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_f64().unwrap() as f32)
-                .collect()
-        })
-        .collect();
-    let labels = d["expected"]["label"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l.as_i64().unwrap())
-        .collect();
-    (rows, labels)
-}
-
-/// Rows on the way from a benign to a malignant sample: near the decision boundary two
-/// different models are bound to disagree on some of them.
-fn boundary_rows() -> Vec<Vec<f32>> {
-    let (rows, labels) = testdata_rows();
-    let of = |class: i64| -> Vec<&Vec<f32>> {
-        rows.iter()
-            .zip(&labels)
-            .filter(|(_, l)| **l == class)
-            .map(|(r, _)| r)
-            .take(6)
-            .collect()
-    };
-    let mut out = Vec::new();
-    for a in of(0) {
-        for b in of(1) {
-            for step in 1..10 {
-                let t = step as f32 / 10.0;
-                out.push(a.iter().zip(b).map(|(x, y)| x + t * (y - x)).collect());
-            }
-        }
-    }
-    out
-}
-
 /// Each row's label from one model version, one row per run (as the gateway sends them).
 async fn labels(version: u32, rows: &[Vec<f32>]) -> Vec<i64> {
     let path = repo().join(format!("models/breast-cancer/{version}/model.onnx"));
@@ -84,11 +34,6 @@ async fn labels(version: u32, rows: &[Vec<f32>]) -> Vec<i64> {
         }
     }
     out
-}
-
-fn body(row: &[f32]) -> String {
-    json!({"inputs": [{"name": "input", "shape": [1, row.len()], "datatype": "FP32", "data": row}]})
-        .to_string()
 }
 
 /// Polls the report until `n` mirrored requests are in it.
@@ -140,7 +85,7 @@ async fn a_disagreeing_shadow_yields_exactly_its_disagreements() {
                     ("x-api-key", g.keys.batch.as_str()),
                     ("x-request-id", id.as_str()),
                 ],
-                body(row),
+                row_body(row),
             )
             .await;
         assert_eq!(r.status, 200, "{:?}", r.body);

@@ -227,6 +227,13 @@ pub struct ServerFile {
     /// Log lines as `text` (for people) or `json` (one object per line, for log pipelines).
     #[serde(default = "default_log_format")]
     pub log_format: String,
+    /// The rollout engine's own state (step, weight, decisions), so a restart resumes.
+    #[serde(default = "default_rollout_state")]
+    pub rollout_state: String,
+}
+
+fn default_rollout_state() -> String {
+    "data/rollouts.json".into()
 }
 
 fn default_log_format() -> String {
@@ -242,6 +249,7 @@ impl Default for ServerFile {
             watch: true,
             upgrade_sock: None,
             log_format: default_log_format(),
+            rollout_state: default_rollout_state(),
         }
     }
 }
@@ -450,6 +458,53 @@ pub struct CanaryFile {
     pub pool: String,
     /// Percent of traffic, 0–100.
     pub weight: i64,
+    /// A progressive rollout the gateway runs by itself.
+    #[serde(default)]
+    pub rollout: Option<RolloutFile>,
+}
+
+/// `rollout: {steps: [5, 25, 50, 100], interval: 5m, min_requests: 500, gates: {...},
+/// on_failure: rollback}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutFile {
+    pub steps: Vec<i64>,
+    /// How long each step is watched before its gates are evaluated (`30s`, `5m`, `1h`).
+    pub interval: String,
+    /// Canary requests a window needs before its gates count (fewer: wait).
+    #[serde(default = "default_min_requests")]
+    pub min_requests: i64,
+    #[serde(default)]
+    pub gates: GatesFile,
+    #[serde(default)]
+    pub on_failure: OnFailure,
+}
+
+fn default_min_requests() -> i64 {
+    100
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatesFile {
+    /// Canary error rate minus stable error rate, at most (0.01: one point).
+    pub max_error_rate_delta: Option<f64>,
+    /// Canary p99 latency over stable p99 latency, at most.
+    pub max_p99_ratio: Option<f64>,
+    /// Share of mirrored predictions where the canary model agrees with stable, at least
+    /// (needs a shadow of the canary pool on the route).
+    pub min_shadow_agreement: Option<f64>,
+    /// Comparisons a window needs before the agreement gate counts.
+    pub min_comparisons: Option<i64>,
+}
+
+/// What a failed gate does: `rollback` (weight 0) or `hold` (keep the weight, stop).
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnFailure {
+    #[default]
+    Rollback,
+    Hold,
 }
 
 /// `sticky: api_key`, `sticky: none`, or `sticky: {header: x-user-id}`.

@@ -16,8 +16,8 @@ use std::time::Duration;
 use inference::PoolConfig;
 
 use crate::keys::KeyStore;
-pub use file::OnUnavailable;
 use file::{FileConfig, RateFile, StickyFile};
+pub use file::{OnFailure, OnUnavailable};
 pub use locate::Path;
 
 /// A problem in a config file, with where it is.
@@ -222,8 +222,36 @@ pub enum Sticky {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Canary {
     pub pool: String,
-    /// Percent of traffic, 0–100.
+    /// Percent of traffic, 0–100: what is served (a rollout may set it).
     pub weight: u8,
+    /// The weight written in the file (an edit of it takes precedence over a rollout).
+    pub configured_weight: u8,
+    /// A progressive rollout run by the gateway (`crate::rollout`).
+    pub rollout: Option<Rollout>,
+}
+
+/// A validated rollout policy.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rollout {
+    /// Weights, ascending, each 1–100.
+    pub steps: Vec<u8>,
+    pub interval: Duration,
+    pub min_requests: u64,
+    pub max_error_rate_delta: Option<f64>,
+    pub max_p99_ratio: Option<f64>,
+    pub min_shadow_agreement: Option<f64>,
+    pub min_comparisons: u64,
+    pub on_failure: OnFailure,
+}
+
+// Gates are finite numbers (validated), so equality is total.
+impl Eq for Rollout {}
+
+impl Rollout {
+    /// Identifies a policy: a rollout whose policy changes starts again from its first step.
+    pub fn fingerprint(&self) -> String {
+        format!("{self:?}")
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -281,6 +309,8 @@ pub struct Config {
     pub watch: bool,
     /// The socket for handing listeners to a new process (`gateway run --upgrade`).
     pub upgrade_sock: PathBuf,
+    /// The rollout engine's state file (`crate::rollout`).
+    pub rollout_state: PathBuf,
     /// `text` or `json` (read at start; see `main.rs`).
     pub log_format: String,
     pub shadow: ShadowSettings,
@@ -709,9 +739,15 @@ pub fn parse(file: &FsPath, source: &str) -> Result<Config, Vec<ConfigError>> {
                     "the canary pool is the stable pool",
                 );
             }
+            let rollout = c
+                .rollout
+                .map(|r| rollout(&mut errors, r, &path.key("canary").key("rollout")));
+            let weight = percent(&mut errors, c.weight, &path.key("canary").key("weight"));
             Canary {
                 pool: c.pool,
-                weight: percent(&mut errors, c.weight, &path.key("canary").key("weight")),
+                weight,
+                configured_weight: weight,
+                rollout,
             }
         });
         let shadows = shadows
@@ -725,7 +761,21 @@ pub fn parse(file: &FsPath, source: &str) -> Result<Config, Vec<ConfigError>> {
                     percent: percent(&mut errors, s.percent, &at.key("percent")),
                 }
             })
-            .collect();
+            .collect::<Vec<Shadow>>();
+        if let Some(c) = &canary
+            && c.rollout
+                .as_ref()
+                .is_some_and(|r| r.min_shadow_agreement.is_some())
+            && !shadows.iter().any(|s| s.pool == c.pool)
+        {
+            errors.add(
+                &path.key("canary").key("rollout").key("gates").key("min_shadow_agreement"),
+                format!(
+                    "needs a shadow of the canary pool to measure agreement: shadows: [{{pool: {}, percent: 10}}]",
+                    c.pool
+                ),
+            );
+        }
         let sticky = match sticky {
             None => Sticky::None,
             Some(StickyFile::Named(n)) if n == "none" => Sticky::None,
@@ -790,6 +840,7 @@ pub fn parse(file: &FsPath, source: &str) -> Result<Config, Vec<ConfigError>> {
         shutdown_grace,
         watch: server.watch,
         upgrade_sock,
+        rollout_state: relative(&server.rollout_state),
         log_format: server.log_format,
         shadow,
         pools: pool_specs,
@@ -803,6 +854,81 @@ fn positive(errors: &mut Errors, v: i64, min: i64, max: i64, path: &Path) -> usi
         return min.max(0) as usize;
     }
     v as usize
+}
+
+fn rollout(errors: &mut Errors, r: file::RolloutFile, at: &Path) -> Rollout {
+    if r.steps.is_empty() {
+        errors.add(
+            &at.key("steps"),
+            "needs at least one weight, e.g. [5, 25, 50, 100]".to_string(),
+        );
+    }
+    let mut steps = Vec::new();
+    for (i, w) in r.steps.iter().enumerate() {
+        let p = at.key("steps").index(i);
+        if !(1..=100).contains(w) {
+            errors.add(&p, format!("must be between 1 and 100, got {w}"));
+        } else if steps
+            .last()
+            .is_some_and(|last| u8::try_from(*w).unwrap_or(0) <= *last)
+        {
+            errors.add(
+                &p,
+                format!("steps must rise; {w} follows {}", steps.last().unwrap_or(&0)),
+            );
+        } else {
+            steps.push(*w as u8);
+        }
+    }
+    let interval = match humantime::parse_duration(&r.interval) {
+        Ok(d) if d >= Duration::from_secs(1) => d,
+        Ok(_) => {
+            errors.add(&at.key("interval"), "must be at least 1s".to_string());
+            Duration::from_secs(1)
+        }
+        Err(e) => {
+            errors.add(
+                &at.key("interval"),
+                format!("{:?}: {e} (e.g. 30s, 5m, 1h)", r.interval),
+            );
+            Duration::from_secs(60)
+        }
+    };
+    let min_requests = positive(errors, r.min_requests, 1, 100_000_000, &at.key("min_requests")) as u64;
+    let g = at.key("gates");
+    let mut fraction = |v: Option<f64>, name: &str, max: f64| {
+        v.inspect(|x| {
+            if !x.is_finite() || *x < 0.0 || *x > max {
+                errors.add(&g.key(name), format!("must be between 0 and {max}, got {x}"));
+            }
+        })
+    };
+    let max_error_rate_delta = fraction(r.gates.max_error_rate_delta, "max_error_rate_delta", 1.0);
+    let max_p99_ratio = fraction(r.gates.max_p99_ratio, "max_p99_ratio", 1000.0);
+    let min_shadow_agreement = fraction(r.gates.min_shadow_agreement, "min_shadow_agreement", 1.0);
+    if max_error_rate_delta.is_none() && max_p99_ratio.is_none() && min_shadow_agreement.is_none() {
+        errors.add(
+            &g,
+            "name at least one gate: max_error_rate_delta, max_p99_ratio or min_shadow_agreement".to_string(),
+        );
+    }
+    let min_comparisons = positive(
+        errors,
+        r.gates.min_comparisons.unwrap_or(100),
+        1,
+        100_000_000,
+        &g.key("min_comparisons"),
+    ) as u64;
+    Rollout {
+        steps,
+        interval,
+        min_requests,
+        max_error_rate_delta,
+        max_p99_ratio,
+        min_shadow_agreement,
+        min_comparisons,
+        on_failure: r.on_failure,
+    }
 }
 
 fn percent(errors: &mut Errors, v: i64, path: &Path) -> u8 {

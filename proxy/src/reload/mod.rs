@@ -25,6 +25,7 @@ use serde::Serialize;
 
 use crate::config::{self, Config, ConfigError, Errors, Path as YamlPath};
 use crate::metrics::Metrics;
+use crate::rollout::Rollouts;
 use crate::state::Snapshot;
 use crate::tls::{self, CertResolver};
 pub use diff::Diff;
@@ -41,6 +42,8 @@ pub enum Trigger {
     Signal,
     /// `POST /admin/reload`.
     Admin,
+    /// The rollout engine moved a weight (or the operator told it to).
+    Rollout,
 }
 
 /// A reload that took effect.
@@ -106,6 +109,8 @@ pub struct Reloader {
     /// One reload at a time, whatever triggered it.
     busy: Mutex<()>,
     retire: crossbeam_channel::Sender<(Arc<Snapshot>, Vec<String>)>,
+    /// Lays the rollout engine's weights over every config before it is built.
+    rollouts: Arc<Rollouts>,
 }
 
 fn now() -> String {
@@ -142,6 +147,7 @@ impl Reloader {
         state: Arc<ArcSwap<Snapshot>>,
         certs: Arc<CertResolver>,
         metrics: Arc<Metrics>,
+        rollouts: Arc<Rollouts>,
     ) -> Arc<Reloader> {
         let snap = state.load_full();
         let running = snap.config.clone();
@@ -173,6 +179,7 @@ impl Reloader {
             }),
             busy: Mutex::new(()),
             retire: tx,
+            rollouts,
         })
     }
 
@@ -216,6 +223,66 @@ impl Reloader {
         trigger == Trigger::File && status.rejected_hash.as_deref() == Some(hash)
     }
 
+    pub fn rollouts(&self) -> &Arc<Rollouts> {
+        &self.rollouts
+    }
+
+    /// Serves the weights the rollout engine holds now: the config in force with them laid
+    /// over it, as a new generation (pools, limiters and shadow slots are all reused). Does
+    /// nothing when no weight differs. Blocking, but quick: call it off the async threads.
+    pub fn apply_rollouts(&self) {
+        let _one_at_a_time = self.busy.lock();
+        let current = self.state.load_full();
+        let mut config = current.config.clone();
+        self.rollouts.adopt(&mut config);
+        let weight = |c: &Config, route: &str| {
+            c.routes
+                .get(route)
+                .and_then(|r| r.canary.as_ref())
+                .map(|c| c.weight)
+        };
+        if config
+            .routes
+            .keys()
+            .all(|r| weight(&config, r) == weight(&current.config, r))
+        {
+            return;
+        }
+        match Snapshot::build_from(config, Some(&current)) {
+            Ok(snap) => {
+                let diff = Diff::between(&current, &snap, &self.running, false);
+                let old = self.state.swap(Arc::new(snap));
+                let _ = self.retire.send((old, Vec::new()));
+                let mut status = self.status.lock();
+                status.generation += 1;
+                status.loaded_at = now();
+                let applied = Applied {
+                    generation: status.generation,
+                    hash: status.hash.clone(),
+                    at: status.loaded_at.clone(),
+                    trigger: Trigger::Rollout,
+                    diff,
+                };
+                status.history.push_front(applied.clone());
+                status.history.truncate(HISTORY);
+                self.metrics.config_generation.set(status.generation as i64);
+                self.metrics.config_loaded_at.set(unix_now());
+                tracing::info!(
+                    generation = applied.generation,
+                    "rollout applied: {}",
+                    applied.diff
+                );
+            }
+            Err(errors) => {
+                // Only weights differ from a config that built: this is not expected.
+                tracing::error!(
+                    "rollout weights could not be applied: {}",
+                    crate::server::format_errors(&errors)
+                );
+            }
+        }
+    }
+
     /// Runs the pipeline once. Blocking (models may load): call it off the async threads.
     pub fn reload(&self, trigger: Trigger) -> Outcome {
         let _one_at_a_time = self.busy.lock();
@@ -257,8 +324,9 @@ impl Reloader {
         }
 
         let tls_changed = tls != self.status.lock().tls_hash;
-        let built = parsed.and_then(|config| {
+        let built = parsed.and_then(|mut config| {
             reloadable(&config)?;
+            self.rollouts.adopt(&mut config);
             let cert = if tls_changed {
                 Some(
                     tls::load_certified_key(&config.tls_cert, &config.tls_key).map_err(|e| {

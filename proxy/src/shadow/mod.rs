@@ -114,17 +114,25 @@ struct Inner {
     connector: Arc<Connector>,
     queue: crossbeam_queue::ArrayQueue<Queued>,
     breakers: breaker::Breakers,
+    /// A rollout's agreement gate reads the comparisons of the canary's pool as a shadow.
+    rollouts: Arc<crate::rollout::Rollouts>,
 }
 
 impl Mirror {
     /// Starts taking jobs on `runtime`.
-    pub fn new(recorder: Recorder, metrics: Arc<Metrics>, runtime: &ShadowRuntime) -> Mirror {
+    pub fn new(
+        recorder: Recorder,
+        metrics: Arc<Metrics>,
+        runtime: &ShadowRuntime,
+        rollouts: Arc<crate::rollout::Rollouts>,
+    ) -> Mirror {
         let mirror = Mirror(Arc::new(Inner {
             recorder,
             metrics,
             connector: Arc::new(Connector::new(None)),
             queue: crossbeam_queue::ArrayQueue::new(QUEUE),
             breakers: breaker::Breakers::default(),
+            rollouts,
         }));
         let dispatcher = mirror.clone();
         runtime.0.spawn(async move { dispatcher.dispatch().await });
@@ -384,6 +392,9 @@ impl Mirror {
             _ => None,
         };
         if let Some(c) = &comparison {
+            self.0
+                .rollouts
+                .observe_comparison(&key.route, &key.shadow, &key.primary_version, c.agrees());
             if c.agrees() {
                 m.shadow_agreements.with_label_values(&labels).inc();
             } else {

@@ -708,3 +708,60 @@ pub fn terminate(mut child: std::process::Child) -> std::process::ExitStatus {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// The breast-cancer test vectors: held-out rows and stable's labels for them.
+pub fn testdata_rows() -> (Vec<Vec<f32>>, Vec<i64>) {
+    let d: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("models/testdata/breast-cancer-1.json")).unwrap(),
+    )
+    .unwrap();
+    let rows = d["input"]["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            r.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32)
+                .collect()
+        })
+        .collect();
+    let labels = d["expected"]["label"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_i64().unwrap())
+        .collect();
+    (rows, labels)
+}
+
+/// Rows on the way from a benign to a malignant sample: near the decision boundary two
+/// different models are bound to disagree on some of them.
+pub fn boundary_rows() -> Vec<Vec<f32>> {
+    let (rows, labels) = testdata_rows();
+    let of = |class: i64| -> Vec<&Vec<f32>> {
+        rows.iter()
+            .zip(&labels)
+            .filter(|(_, l)| **l == class)
+            .map(|(r, _)| r)
+            .take(6)
+            .collect()
+    };
+    let mut out = Vec::new();
+    for a in of(0) {
+        for b in of(1) {
+            for step in 1..10 {
+                let t = step as f32 / 10.0;
+                out.push(a.iter().zip(b).map(|(x, y)| x + t * (y - x)).collect());
+            }
+        }
+    }
+    out
+}
+
+/// An inference request for one breast-cancer row.
+pub fn row_body(row: &[f32]) -> String {
+    serde_json::json!({"inputs": [{"name": "input", "shape": [1, row.len()], "datatype": "FP32", "data": row}]})
+        .to_string()
+}
