@@ -16,6 +16,10 @@
 //! - `GET /admin/config/diff`  what each recent reload changed, newest first
 //! - `POST /admin/reload`  reload now (as the file watcher and SIGHUP do); 200 when applied or
 //!   unchanged, 422 with every error when refused
+//! - `GET /admin/rollouts`  every rollout: status, step, weight, the open window's figures,
+//!   decisions with their reasons
+//! - `POST /admin/rollouts/{route}/{pause|resume|promote|abort}`  the operator's word (404:
+//!   no such rollout; 409: not possible in its state)
 //! - `GET /admin/shadow/report[?route=&since=1h]`  shadow comparisons, JSON
 //! - `GET /admin/shadow/report.html[?route=&since=]`  the same as a self-contained page
 

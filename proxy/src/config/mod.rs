@@ -982,7 +982,20 @@ impl Config {
             let (stable_pct, canary_txt) = match canary {
                 Some(c) => (
                     100 - c.weight as u32,
-                    format!(", canary {}% -> {}", c.weight, pool(&c.pool)),
+                    format!(
+                        ", canary {}% -> {}{}",
+                        c.weight,
+                        pool(&c.pool),
+                        c.rollout.as_ref().map_or(String::new(), |r| format!(
+                            " (rollout: weights {} every {}, from the first step; {} on failure)",
+                            r.steps.iter().map(u8::to_string).collect::<Vec<_>>().join(" → "),
+                            humantime::format_duration(r.interval),
+                            match r.on_failure {
+                                OnFailure::Rollback => "roll back",
+                                OnFailure::Hold => "hold",
+                            }
+                        ))
+                    ),
                 ),
                 None => (100, String::new()),
             };
