@@ -13,8 +13,8 @@ fn models() -> String {
         .to_string()
 }
 
-/// A valid config; each case below breaks one thing in it.
-fn base() -> String {
+/// A valid config; each case below breaks one thing in it (the rollout tests build on it too).
+pub(crate) fn base() -> String {
     format!(
         "tls: {{cert: nowhere/server.crt, key: nowhere/server.key, generate_dev_cert: true}}
 auth: {{keys_file: nowhere/keys.yaml, create_dev_key: true}}

@@ -5,23 +5,17 @@ use std::path::PathBuf;
 use super::*;
 use crate::config;
 
+/// The config tests' base config, with the canary's weight, a rollout and shadows.
 fn config(rollout: &str, weight: u8, shadows: &str) -> Config {
-    let models = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models");
-    let text = format!(
-        "tls: {{cert: nowhere/server.crt, key: nowhere/server.key, generate_dev_cert: true}}
-auth: {{keys_file: nowhere/keys.yaml, create_dev_key: true}}
-models_dir: {}
-pools:
-  a: {{local: {{model: breast-cancer, version: 1}}}}
-  b: {{local: {{model: breast-cancer, version: 2}}}}
-routes:
-  - model: m
-    stable: a
-    canary: {{pool: b, weight: {weight}, rollout: {rollout}}}
-    shadows: [{shadows}]
-",
-        models.display()
-    );
+    let text = config::tests::base()
+        .replace(
+            "canary: {pool: b, weight: 10}",
+            &format!("canary: {{pool: b, weight: {weight}, rollout: {rollout}}}"),
+        )
+        .replace(
+            "shadows: [{pool: b, percent: 50}]",
+            &format!("shadows: [{shadows}]"),
+        );
     config::parse(&PathBuf::from("t.yaml"), &text).unwrap_or_else(|e| panic!("{e:?}"))
 }
 
