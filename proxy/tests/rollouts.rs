@@ -81,15 +81,6 @@ async fn served_weight(g: &Gateway) -> u64 {
     routes["routes"][0]["canary"]["weight"].as_u64().unwrap()
 }
 
-async fn metric(g: &Gateway, series: &str) -> f64 {
-    let (_, scrape) = admin_get(g, "/metrics").await;
-    scrape
-        .lines()
-        .find(|l| l.starts_with(series))
-        .and_then(|l| l.rsplit_once(' ')?.1.parse().ok())
-        .unwrap_or(0.0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_good_canary_is_promoted_through_every_step() {
     let policy = "{steps: [20, 50, 100], interval: 1s, min_requests: 15, gates: {max_error_rate_delta: 0.01, max_p99_ratio: 50}}";

@@ -206,15 +206,6 @@ async fn two_gateways_sharing_one_redis_admit_rate_times_time_plus_burst() {
     assert!(!keys[0].contains(&a.keys.dev));
 }
 
-async fn metric(g: &Gateway, series: &str) -> f64 {
-    let (_, scrape) = admin_get(g, "/metrics").await;
-    scrape
-        .lines()
-        .filter(|l| l.starts_with(series))
-        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
-        .sum()
-}
-
 /// Sends `n` requests with `key` on one connection, as fast as they are answered.
 async fn burst_of(g: &Gateway, key: &str, n: usize) -> Vec<u16> {
     let mut conn = connect(g.https, &g.tls, Proto::H1).await;

@@ -519,6 +519,17 @@ pub async fn admin_get(g: &Gateway, path: &str) -> (u16, String) {
     (status, String::from_utf8_lossy(&body).to_string())
 }
 
+/// The value of a series in the admin listener's scrape (`name{labels}`, labels in
+/// Prometheus' sorted order), summed over the lines that start with it; 0 when absent.
+pub async fn metric(g: &Gateway, series: &str) -> f64 {
+    let (_, scrape) = admin_get(g, "/metrics").await;
+    scrape
+        .lines()
+        .filter(|l| l.starts_with(series))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+        .sum()
+}
+
 /// How a [`FakeUpstream`] answers inference requests (health checks always get 200).
 #[derive(Clone, Copy, Debug)]
 pub enum Misbehaviour {
