@@ -628,9 +628,11 @@ impl Gateway {
         }
         add_gateway_headers(&mut header, ctx);
         ctx.status = status;
-        // A response sent before the request body was read leaves bytes on the connection
-        // that would be parsed as the next request: close it instead of reusing it.
-        if !session.is_body_done() {
+        // A response sent before the request body was read (a refusal) leaves bytes on the
+        // connection that would be parsed as the next request: read a small declared body
+        // first, so that the client keeps its connection (a refused client would otherwise
+        // pay a new TLS handshake per request); close the connection in any other case.
+        if !session.is_body_done() && !drain_small_body(session).await {
             session.set_keepalive(None);
         }
         if session
@@ -653,6 +655,31 @@ impl Gateway {
         self.respond(session, ctx, status, "application/json", body, &extra)
             .await;
     }
+}
+
+/// Bodies up to this size are read and dropped before a refusal, within [`DRAIN_TIMEOUT`].
+const DRAIN_MAX_BYTES: usize = 64 * 1024;
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Reads and drops an HTTP/1 request body not yet read, when it declares a length of at most
+/// [`DRAIN_MAX_BYTES`] and arrives within [`DRAIN_TIMEOUT`]. True when the connection can
+/// carry another request. (HTTP/2 needs none of this: a stream ends on its own.)
+async fn drain_small_body(session: &mut Session) -> bool {
+    if session.is_http2() {
+        return true;
+    }
+    let declared = session
+        .req_header()
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if declared.is_none_or(|n| n > DRAIN_MAX_BYTES) {
+        return false;
+    }
+    matches!(
+        tokio::time::timeout(DRAIN_TIMEOUT, session.drain_request_body()).await,
+        Ok(Ok(()))
+    ) && session.is_body_done()
 }
 
 /// The shadows a request goes to, its input, and the primary's latency.

@@ -134,6 +134,35 @@ async fn api_keys() {
     }
 }
 
+/// A refusal sent before the body is read keeps an HTTP/1.1 connection open when the body
+/// is small (it is read and dropped first), and closes it when the body is too large.
+#[tokio::test(flavor = "multi_thread")]
+async fn refusals_keep_http1_connections_for_small_bodies() {
+    let g = default_gateway();
+    let path = "/v2/models/breast-cancer/infer";
+    let good = [("x-api-key", g.keys.dev.as_str())];
+    let mut conn = connect(g.https, &g.tls, Proto::H1).await;
+    for refused in [
+        vec![],
+        vec![("x-api-key", "wrong")],
+        vec![("x-api-key", g.keys.disabled.as_str())],
+    ] {
+        let r = conn.send("POST", path, &refused, example()).await;
+        assert!(matches!(r.status, 401 | 403), "{:?}", r.body);
+        assert_ne!(r.header("connection"), Some("close"));
+        let r = conn.try_send("POST", path, &good, example()).await;
+        assert_eq!(r.map(|r| r.status), Ok(200), "the connection survives a refusal");
+    }
+    // Over the drain limit (64 KiB): refused, and the connection is not reused.
+    let big = format!("{{\"inputs\": [], \"pad\": \"{}\"}}", "x".repeat(100 * 1024));
+    let r = conn.send("POST", path, &[("x-api-key", "wrong")], big).await;
+    assert_eq!(r.status, 401);
+    assert!(
+        conn.try_send("POST", path, &good, example()).await.is_err(),
+        "a connection with an unread body must not carry another request"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn rate_limits_per_key_tier_and_ip() {
     let g = start(&format!(
