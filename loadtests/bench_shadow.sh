@@ -4,8 +4,9 @@
 #
 #  - the gateway (local pool breast-cancer/1) with no shadow, then with a local shadow
 #    (breast-cancer/3) at 100%: max requests/s and CPU per request with wrk (closed loop),
-#    then p50/p99 at half the no-shadow maximum with loadgen (open loop); how many copies
-#    were compared and how many dropped, from the gateway's own metrics;
+#    then p50/p99 at half the no-shadow maximum with loadgen (open loop), the two gateways
+#    taking turns over several runs (medians: this machine's noise comes in bursts); how
+#    many copies were compared and how many dropped, from the gateway's own metrics;
 #  - nginx proxying to an inference-server, without and with `mirror` at 100% to a second
 #    inference-server, measured the same way.
 #
@@ -23,10 +24,11 @@ parse_bench_args "$@"
 peer_bench_setup shadow-bench wrk nginx curl
 
 P_GW=18543; P_ADMIN=18902; P_NGINX=18544; P_UP=18301; P_SHADOW=18302
-gw_config() { # file shadows-yaml
+P_GW_M=18545; P_ADMIN_M=18903 # the mirrored gateway, when both run side by side
+gw_config() { # file shadows-yaml store
   cat > "$1" <<EOF
 $(gateway_config_head)
-shadow: {max_in_flight: 256, store: shadows.sqlite3}
+shadow: {max_in_flight: 256, store: $3}
 pools:
   v1: {local: {model: breast-cancer, version: 1, instances: 1, max_batch: 32}}
   v3: {local: {model: breast-cancer, version: 3, instances: 1, max_batch: 32}}
@@ -36,34 +38,64 @@ routes:
 $2
 EOF
 }
-gw_config "$WORK/plain.yaml" ""
-gw_config "$WORK/mirrored.yaml" "    shadows: [{pool: v3, percent: 100}]"
+gw_config "$WORK/plain.yaml" "" plain.sqlite3
+# The mirrored gateway listens elsewhere, so that both can run side by side.
+(P_GW=$P_GW_M P_ADMIN=$P_ADMIN_M; gw_config "$WORK/mirrored.yaml" "    shadows: [{pool: v3, percent: 100}]" shadows.sqlite3)
 KEY="$("$BIN/gateway" keys add --tenant bench --keys-file "$WORK/api-keys.yaml" 2>/dev/null)"
 URL_GW="https://127.0.0.1:$P_GW/v2/models/breast-cancer/infer"
+URL_GW_M="https://127.0.0.1:$P_GW_M/v2/models/breast-cancer/infer"
 
-# Sum of a metric's series on the admin listener.
+# Sum of a metric's series on the mirrored gateway's admin listener.
 metric() {
-  curl -s "http://127.0.0.1:$P_ADMIN/metrics" | awk -v name="$1" 'index($0, name) == 1 { s += $NF } END { printf "%d", s }'
+  { curl -s "http://127.0.0.1:$P_ADMIN_M/metrics" || true; } | awk -v name="$1" 'index($0, name) == 1 { s += $NF } END { printf "%d", s }'
 }
-# gateway_run NAME CONFIG: max requests/s (wrk), then p99 at $RATE (half the max when
-# unset); prints rps p50 p99 cpu errors fixed_p50 fixed_p99 fixed_errors, then the copies
-# compared and dropped during the max run and during the fixed-rate run.
-gateway_run() {
-  local name="$1" config="$2" gw rps p50 p99 cpu err f50 f99 ferr c1 d1 c2 d2
-  gw=$(start_gateway_on "$config" "127.0.0.1:$P_GW"); PIDS+=("$gw")
-  read -r rps p50 p99 cpu err < <(measure "$name" "$gw" "$URL_GW")
-  c1=$(metric gateway_shadow_requests_total); d1=$(metric gateway_shadow_dropped_total)
-  read -r f50 f99 ferr < <(fixed_rate "$name" "$URL_GW" "${RATE:-$((rps / 2))}" "$WORK/ca.crt")
-  c2=$(metric gateway_shadow_requests_total); d2=$(metric gateway_shadow_dropped_total)
-  echo "$rps $p50 $p99 $cpu $err $f50 $f99 $ferr $c1 $d1 $((c2 - c1)) $((d2 - d1))"
+median() { tr ' ' '\n' | sort -n | awk '{ v[NR] = $1 } END { print (NR % 2 ? v[(NR + 1) / 2] : int((v[NR / 2] + v[NR / 2 + 1]) / 2)) }'; }
+
+# --- maximum requests/s: each configuration alone on the server core; the copies compared
+# and dropped meanwhile, from the mirrored gateway's counters ---
+max_run() { # name config addr: rps p50 p99 cpu errors compared dropped
+  local gw c d out
+  gw=$(start_gateway_on "$2" "$3"); PIDS+=("$gw")
+  c=$(metric gateway_shadow_requests_total); d=$(metric gateway_shadow_dropped_total)
+  out="$(measure "$1" "$gw" "https://$3/v2/models/breast-cancer/infer")"
+  echo "$out $(( $(metric gateway_shadow_requests_total) - c )) $(( $(metric gateway_shadow_dropped_total) - d ))"
   stop_pid "$gw"
 }
+read -r G0_RPS G0_P50 G0_P99 G0_CPU G0_ERR _ _ < <(max_run "gateway, no shadow" "$WORK/plain.yaml" "127.0.0.1:$P_GW")
+read -r G1_RPS G1_P50 G1_P99 G1_CPU G1_ERR G1_CMP G1_DROP < <(max_run "gateway, 100% to a local shadow" "$WORK/mirrored.yaml" "127.0.0.1:$P_GW_M")
 
-# --- the gateway: the fixed rate is half the no-shadow maximum, for both runs ---
-RATE=""
-read -r G0_RPS G0_P50 G0_P99 G0_CPU G0_ERR G0_F50 G0_F99 G0_FERR _ _ _ _ < <(gateway_run "gateway, no shadow" "$WORK/plain.yaml")
+# --- p50/p99 at half the no-shadow maximum (open loop). This machine's noise comes in
+# bursts, which one run of each cannot tell from a difference: both gateways run side by side
+# (one receives load at a time) and take turns, ROUNDS runs each; the figures are medians. ---
 RATE=$((G0_RPS / 2))
-read -r G1_RPS G1_P50 G1_P99 G1_CPU G1_ERR G1_F50 G1_F99 G1_FERR G1_CMP G1_DROP G1_FCMP G1_FDROP < <(gateway_run "gateway, 100% to a local shadow" "$WORK/mirrored.yaml")
+FIXED=$(( DURATION / 3 > 1 ? DURATION / 3 : 1 )); ROUNDS=6
+[ "$DURATION" -le 3 ] && ROUNDS=4
+[ "$QUICK" = 1 ] && ROUNDS=2
+gw0=$(start_gateway_on "$WORK/plain.yaml" "127.0.0.1:$P_GW"); PIDS+=("$gw0")
+gw1=$(start_gateway_on "$WORK/mirrored.yaml" "127.0.0.1:$P_GW_M"); PIDS+=("$gw1")
+c0=$(metric gateway_shadow_requests_total); d0=$(metric gateway_shadow_dropped_total)
+P50S0=(); P99S0=(); P50S1=(); P99S1=(); G0_FERR=0; G1_FERR=0; ROUND_RATIOS=()
+plain_turn() { DURATION=$FIXED BENCH_CSV="" fixed_rate "gateway, no shadow ($round/$ROUNDS)" "$URL_GW" "$RATE" "$WORK/ca.crt"; }
+mirrored_turn() { DURATION=$FIXED BENCH_CSV="" fixed_rate "gateway, 100% to a local shadow ($round/$ROUNDS)" "$URL_GW_M" "$RATE" "$WORK/ca.crt"; }
+for round in $(seq "$ROUNDS"); do
+  # Either goes first in turn (ABBA), so that neither always follows the other.
+  if [ $((round % 2)) = 1 ]; then
+    read -r a50 a99 aerr < <(plain_turn); read -r b50 b99 berr < <(mirrored_turn)
+  else
+    read -r b50 b99 berr < <(mirrored_turn); read -r a50 a99 aerr < <(plain_turn)
+  fi
+  P50S0+=("$a50"); P99S0+=("$a99"); P50S1+=("$b50"); P99S1+=("$b99")
+  G0_FERR=$((G0_FERR + aerr)); G1_FERR=$((G1_FERR + berr))
+  ROUND_RATIOS+=("$(ratio "$b99" "$a99")")
+done
+G1_FCMP=$(( $(metric gateway_shadow_requests_total) - c0 )); G1_FDROP=$(( $(metric gateway_shadow_dropped_total) - d0 ))
+stop_pid "$gw0"; stop_pid "$gw1"
+G0_F50=$(echo "${P50S0[*]}" | median); G0_F99=$(echo "${P99S0[*]}" | median)
+G1_F50=$(echo "${P50S1[*]}" | median); G1_F99=$(echo "${P99S1[*]}" | median)
+for row in "gateway, no shadow|$G0_F50|$G0_F99|$G0_FERR" "gateway, 100% to a local shadow|$G1_F50|$G1_F99|$G1_FERR"; do
+  IFS='|' read -r n f50 f99 ferr <<<"$row"
+  echo "shadow,\"$n @ $RATE/s (median of $ROUNDS runs)\",fixed,$RATE,$f50,,,,$f99,,,$ferr" >> "$BENCH_CSV"
+done
 
 # --- nginx: primary and mirror are inference-servers on core 1 ---
 for port in "$P_UP" "$P_SHADOW"; do
@@ -109,10 +141,12 @@ REPORT="$RESULTS/shadow.md"
   echo
   echo "| server | max requests/s | p99 | CPU µs/request | errors | fixed rate | p50 | p99 | errors |"
   echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
-  echo "| gateway, no shadow | $G0_RPS | $(ms "$G0_P99") | $G0_CPU | $G0_ERR | $RATE/s | $(ms "$G0_F50") | $(ms "$G0_F99") | $G0_FERR |"
-  echo "| gateway, local shadow 100% | $G1_RPS | $(ms "$G1_P99") | $G1_CPU | $G1_ERR | $RATE/s | $(ms "$G1_F50") | $(ms "$G1_F99") | $G1_FERR |"
+  echo "| gateway, no shadow | $G0_RPS | $(ms "$G0_P99") | $G0_CPU | $G0_ERR | $RATE/s ¹ | $(ms "$G0_F50") | $(ms "$G0_F99") | $G0_FERR |"
+  echo "| gateway, local shadow 100% | $G1_RPS | $(ms "$G1_P99") | $G1_CPU | $G1_ERR | $RATE/s ¹ | $(ms "$G1_F50") | $(ms "$G1_F99") | $G1_FERR |"
   echo "| nginx, no mirror | $N0_RPS | $(ms "$N0_P99") | $N0_CPU | $N0_ERR | $N_RATE/s | $(ms "$N0_F50") | $(ms "$N0_F99") | $N0_FERR |"
   echo "| nginx, mirror 100% | $N1_RPS | $(ms "$N1_P99") | $N1_CPU | $N1_ERR | $N_RATE/s | $(ms "$N1_F50") | $(ms "$N1_F99") | $N1_FERR |"
+  echo
+  echo "¹ The gateway's fixed-rate figures are medians of $ROUNDS runs of ${FIXED} s each, the two gateways taking turns (side by side, one loaded at a time, either first in turn); p99 ratio per turn: ${ROUND_RATIOS[*]}. nginx's are one run each (a reference)."
   echo
   echo "- gateway: requests/s loss with 100% mirroring ${G_LOSS}% (target ≤ 20%: $T_LOSS); p99 at $RATE/s ${G_P99}× without (target ≤ 1.15: $T_P99)"
   echo "- gateway copies at $RATE/s: $G1_FCMP compared, $G1_FDROP dropped; at the maximum rate: $G1_CMP compared, $G1_DROP dropped. Shadows run at idle CPU priority: on a saturated core they wait, fill the in-flight cap and further copies are dropped (counted) instead of slowing the primary."
