@@ -30,6 +30,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import sklearn
 import skl2onnx
@@ -115,6 +116,12 @@ def export(estimator, n_features):
     # skl2onnx names the graph and outputs from Python object ids in some versions; pin
     # everything that could vary between runs.
     onx.graph.name = "model"
+    # skl2onnx lists the opset imports in an order that varies from one process to the
+    # next (seen here: about one run in ten swapped "" and "ai.onnx.ml"), some twice; sort
+    # them and list each once.
+    imports = sorted({(o.domain, o.version) for o in onx.opset_import})
+    del onx.opset_import[:]
+    onx.opset_import.extend(onnx.helper.make_opsetid(domain, version) for domain, version in imports)
     onx.producer_name = "models/train.py"
     onx.producer_version = f"skl2onnx {skl2onnx.__version__}, scikit-learn {sklearn.__version__}"
     outputs = [o.name for o in onx.graph.output]
