@@ -139,18 +139,27 @@ parse_bench_args() {
 # They set BIN (release binaries), WORK (scratch folder), CONNS, BODY and KEY (an API key).
 
 # peer_bench_setup NAME TOOL...: what every peer benchmark starts with — set-up, the tools,
-# release binaries, a fresh $WORK ($RESULTS/NAME), and every pid in PIDS stopped on exit.
+# the binaries, a fresh $WORK ($RESULTS/NAME), and every pid in PIDS stopped on exit.
+# Measurements use the `dist` profile (whole-program LTO, what deploy/Dockerfile ships);
+# --quick, which only proves the harness, uses the `release` build the tests made.
 peer_bench_setup() {
   local name="$1"; shift
   CONNS=64
   BODY="$ROOT/models/example.json"
-  BIN="$ROOT/target/release"
   "$ROOT/scripts/setup.sh"
   ensure_tools "$@"
-  say "building gateway, inference-server and loadgen (release)"
-  # `cargo test --no-run` builds the binaries with the same features as the test suite, so
-  # running after scripts/test.sh compiles nothing again.
-  (cd "$ROOT" && cargo test --release --quiet --workspace --no-run)
+  if [ "$QUICK" = 1 ]; then
+    PROFILE=release
+    say "building gateway, inference-server and loadgen (release)"
+    # `cargo test --no-run` builds the binaries with the same features as the test suite, so
+    # running after scripts/test.sh compiles nothing again.
+    (cd "$ROOT" && cargo test --release --quiet --workspace --no-run)
+  else
+    PROFILE=dist
+    say "building gateway, inference-server and loadgen (profile dist: the first build takes several minutes)"
+    (cd "$ROOT" && cargo build --profile dist --quiet --workspace --bins)
+  fi
+  BIN="$ROOT/target/$PROFILE"
   WORK="$RESULTS/$name"
   rm -rf "$WORK"; mkdir -p "$WORK"
   bench_csv "${name%-bench}"

@@ -1,33 +1,36 @@
 //! `http` pools: remote Open Inference Protocol servers (our `inference-server`, or Triton)
-//! reached through pingora's upstream machinery: its load balancer (round-robin over the
-//! endpoints that pass pingora's active HTTP health checks), its HTTP connector and kept-alive
-//! connection pool, its HTTP/1.1 client.
+//! reached through pingora's upstream machinery: its load balancer's active HTTP health
+//! checks (requests go round-robin over the endpoints that pass them), its transport
+//! connector and kept-alive connection pool, its HTTP/1.1 response reader.
 //!
 //! Requests are forwarded whole by [`forward`] rather than streamed through pingora's proxy
 //! state machine: inference bodies are small and already read (the gateway must see them to
 //! check their size and, for the simple endpoint, convert them), and measured on this
 //! project's benchmark the direct exchange costs well under half the CPU per request of
-//! the general-purpose streaming path (loadtests/bench_gateway.sh).
+//! the general-purpose streaming path (loadtests/bench_gateway.sh). The request line,
+//! headers and body leave in one write: pingora's client writes the header and the body
+//! separately, and each write to a loopback or LAN peer is a segment and a wake-up.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use inference::{DataType, ModelMetadata, TensorSpec};
 use parking_lot::Mutex;
-use pingora::connectors::http::Connector;
-use pingora::http::RequestHeader;
-use pingora::lb::LoadBalancer;
+use pingora::connectors::TransportConnector;
 use pingora::lb::health_check::HttpHealthCheck;
 use pingora::lb::selection::RoundRobin;
-use pingora::protocols::http::client::HttpSession;
-use pingora::upstreams::peer::HttpPeer;
+use pingora::lb::{Backend, LoadBalancer};
+use pingora::protocols::http::v1::client::HttpSession;
+use pingora::upstreams::peer::{HttpPeer, Peer};
 use pingora::{Error, ErrorType};
+use tokio::io::AsyncWriteExt;
 
 use crate::errors::GatewayError;
 
@@ -36,7 +39,11 @@ use crate::config::HttpSpec;
 pub struct RemotePool {
     pub name: String,
     pub spec: HttpSpec,
+    /// Runs the health checks and keeps each endpoint's readiness.
     lb: LoadBalancer<RoundRobin>,
+    endpoints: Vec<Endpoint>,
+    /// Round-robin position.
+    next: AtomicUsize,
     /// The upstream's model signature, fetched once an endpoint answers; the simple JSON
     /// endpoint needs it to build requests.
     metadata: ArcSwapOption<ModelMetadata>,
@@ -58,23 +65,35 @@ impl RemotePool {
         hc.consecutive_failure = 1;
         hc.consecutive_success = 1;
         lb.set_health_check(Box::new(hc));
+        let endpoints = spec
+            .endpoints
+            .iter()
+            .map(|&addr| Endpoint::new(addr, &spec))
+            .collect();
         Ok(RemotePool {
             name: name.to_string(),
             spec,
             lb,
+            endpoints,
+            next: AtomicUsize::new(0),
             metadata: ArcSwapOption::empty(),
             last_check: Mutex::new(None),
         })
     }
 
     /// A healthy endpoint, round-robin; `avoid` skips the one that just failed to connect.
+    fn pick(&self, avoid: Option<SocketAddr>) -> Option<&Endpoint> {
+        let n = self.endpoints.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let backends = self.lb.backends();
+        (0..n)
+            .map(|i| &self.endpoints[(start + i) % n])
+            .find(|e| Some(e.addr) != avoid && backends.ready(&e.backend))
+    }
+
+    /// The address of a healthy endpoint, if there is one.
     pub fn select(&self, avoid: Option<SocketAddr>) -> Option<SocketAddr> {
-        let n = self.spec.endpoints.len().max(1) * 2;
-        self.lb
-            .select_with(b"", n, |backend, healthy| {
-                healthy && backend.addr.as_inet() != avoid.as_ref()
-            })
-            .and_then(|b| b.addr.as_inet().copied())
+        self.pick(avoid).map(|e| e.addr)
     }
 
     pub fn healthy_endpoints(&self) -> usize {
@@ -84,17 +103,6 @@ impl RemotePool {
             .iter()
             .filter(|b| self.lb.backends().ready(b))
             .count()
-    }
-
-    /// The pingora peer for an endpoint, with this pool's timeouts.
-    pub fn peer(&self, addr: SocketAddr) -> Box<HttpPeer> {
-        let mut peer = HttpPeer::new(addr, false, String::new());
-        peer.options.connection_timeout = Some(self.spec.connect_timeout);
-        peer.options.read_timeout = Some(self.spec.timeout);
-        peer.options.write_timeout = Some(self.spec.timeout);
-        // Kept-alive upstream connections are reused for this long when idle.
-        peer.options.idle_timeout = Some(Duration::from_secs(60));
-        Box::new(peer)
     }
 
     /// The upstream path for a protocol path's tail (`/infer`, `/ready`, ``).
@@ -135,6 +143,40 @@ impl RemotePool {
     }
 }
 
+/// One upstream endpoint, with what every request to it reuses.
+struct Endpoint {
+    addr: SocketAddr,
+    /// The load balancer's key for its health.
+    backend: Backend,
+    /// pingora's peer, with this pool's timeouts, and its connection-pool key.
+    peer: HttpPeer,
+    reuse_hash: u64,
+    /// The `host` header's value.
+    host: String,
+}
+
+impl Endpoint {
+    fn new(addr: SocketAddr, spec: &HttpSpec) -> Endpoint {
+        let mut peer = HttpPeer::new(addr, false, String::new());
+        peer.options.connection_timeout = Some(spec.connect_timeout);
+        peer.options.read_timeout = Some(spec.timeout);
+        peer.options.write_timeout = Some(spec.timeout);
+        // Kept-alive upstream connections are reused for this long when idle.
+        peer.options.idle_timeout = Some(Duration::from_secs(60));
+        Endpoint {
+            addr,
+            backend: Backend {
+                addr: pingora::protocols::l4::socket::SocketAddr::Inet(addr),
+                weight: 1,
+                ext: Default::default(),
+            },
+            reuse_hash: peer.reuse_hash(),
+            peer,
+            host: addr.to_string(),
+        }
+    }
+}
+
 /// A request to forward: method, upstream path, body, and the headers the upstream needs.
 pub struct Outbound<'a> {
     pub method: &'a str,
@@ -164,18 +206,19 @@ pub struct Inbound {
 /// request is written it is never sent again — inference need not be idempotent.
 pub async fn forward(
     pool: &RemotePool,
-    connector: &Connector,
+    connector: &TransportConnector,
     out: &Outbound<'_>,
 ) -> Result<Inbound, GatewayError> {
     let mut avoid = None;
     for attempt in 0..2 {
-        let addr = pool.select(avoid).or_else(|| pool.select(None)).ok_or_else(|| {
-            GatewayError::NoHealthyUpstream {
-                pool: pool.name.clone(),
-            }
-        })?;
-        let peer = pool.peer(addr);
-        match exchange(pool, connector, &peer, addr, out).await {
+        let endpoint =
+            pool.pick(avoid)
+                .or_else(|| pool.pick(None))
+                .ok_or_else(|| GatewayError::NoHealthyUpstream {
+                    pool: pool.name.clone(),
+                })?;
+        let addr = endpoint.addr;
+        match exchange(pool, connector, endpoint, out).await {
             Ok(inbound) => return Ok(inbound),
             Err(Failure::NotDelivered(reason)) if attempt == 0 => {
                 tracing::debug!(pool = %pool.name, %addr, "retrying once on another endpoint: {reason}");
@@ -215,48 +258,29 @@ fn describe(e: &Error) -> String {
 
 async fn exchange(
     pool: &RemotePool,
-    connector: &Connector,
-    peer: &HttpPeer,
-    addr: SocketAddr,
+    connector: &TransportConnector,
+    endpoint: &Endpoint,
     out: &Outbound<'_>,
 ) -> Result<Inbound, Failure> {
-    let (session, reused) = connector
-        .get_http_session(peer)
+    let peer = &endpoint.peer;
+    let (mut stream, reused) = connector
+        .get_stream(peer)
         .await
         .map_err(|e| Failure::NotDelivered(describe(&e)))?;
-    let HttpSession::H1(mut h1) = session else {
-        return Err(Failure::Failed("upstream did not speak HTTP/1.1".into()));
-    };
-    let mut req = RequestHeader::build(out.method, out.path.as_bytes(), Some(6))
-        .map_err(|e| Failure::Failed(e.to_string()))?;
-    let header = |req: &mut RequestHeader, k: &'static str, v: &str| {
-        req.insert_header(k, v)
-            .map_err(|e| Failure::Failed(e.to_string()))
-    };
-    header(&mut req, "host", &addr.to_string())?;
-    header(&mut req, "content-length", &out.body.len().to_string())?;
-    header(&mut req, "x-request-id", out.request_id)?;
-    if let Some(ct) = out.content_type {
-        header(&mut req, "content-type", ct)?;
-    }
-    if let Some(n) = out.header_length {
-        header(&mut req, inference::protocol::HEADER_LENGTH, n)?;
-    }
+    let wire = request_wire(out, &endpoint.host).map_err(|e| Failure::Failed(e.into()))?;
     let deadline = pool.spec.timeout;
     let write = async {
-        h1.write_request_header(Box::new(req)).await?;
-        if !out.body.is_empty() {
-            h1.write_body(&out.body).await?;
-        }
-        h1.finish_body().await
+        stream.write_all(&wire).await?;
+        stream.flush().await
     };
     match tokio::time::timeout(deadline, write).await {
         Err(_) => return Err(Failure::TimedOut),
         // A pooled connection the server had closed: nothing was delivered.
-        Ok(Err(e)) if reused => return Err(Failure::NotDelivered(describe(&e))),
-        Ok(Err(e)) => return Err(Failure::Failed(describe(&e))),
-        Ok(Ok(_)) => {}
+        Ok(Err(e)) if reused => return Err(Failure::NotDelivered(e.to_string())),
+        Ok(Err(e)) => return Err(Failure::Failed(e.to_string())),
+        Ok(Ok(())) => {}
     }
+    let mut h1 = HttpSession::new_with_options(stream, peer);
     let read = async {
         h1.read_response().await?;
         let mut body = bytes::BytesMut::new();
@@ -290,13 +314,47 @@ async fn exchange(
         content_type: get("content-type"),
         header_length: get(inference::protocol::HEADER_LENGTH),
         body,
-        endpoint: addr,
+        endpoint: endpoint.addr,
     };
     h1.respect_keepalive();
-    connector
-        .release_http_session(HttpSession::H1(h1), peer, peer.options.idle_timeout)
-        .await;
+    if let Some(stream) = h1.reuse().await {
+        connector.release_stream(stream, endpoint.reuse_hash, peer.options.idle_timeout);
+    }
     Ok(inbound)
+}
+
+/// The request line, headers and body, to be written at once.
+fn request_wire(out: &Outbound<'_>, host: &str) -> Result<BytesMut, &'static str> {
+    // Values that come from the client were parsed as header values already (no CR or LF);
+    // the check keeps a request from ever being split, whatever the caller passes.
+    let fields = [
+        out.path,
+        out.request_id,
+        out.content_type.unwrap_or(""),
+        out.header_length.unwrap_or(""),
+    ];
+    if fields.iter().any(|f| f.bytes().any(|b| b == b'\r' || b == b'\n')) {
+        return Err("a header value holds a line break");
+    }
+    let mut wire = BytesMut::with_capacity(256 + out.path.len() + out.request_id.len() + out.body.len());
+    let put = |wire: &mut BytesMut, parts: &[&[u8]]| parts.iter().for_each(|p| wire.put_slice(p));
+    put(
+        &mut wire,
+        &[out.method.as_bytes(), b" ", out.path.as_bytes(), b" HTTP/1.1\r\n"],
+    );
+    let length = out.body.len().to_string();
+    let mut headers = vec![
+        ("host", host),
+        ("content-length", length.as_str()),
+        ("x-request-id", out.request_id),
+    ];
+    headers.extend(out.content_type.map(|v| ("content-type", v)));
+    headers.extend(out.header_length.map(|v| (inference::protocol::HEADER_LENGTH, v)));
+    for (name, value) in headers {
+        put(&mut wire, &[name.as_bytes(), b": ", value.as_bytes(), b"\r\n"]);
+    }
+    put(&mut wire, &[b"\r\n", &out.body]);
+    Ok(wire)
 }
 
 /// `GET /v2/models/{m}/versions/{v}` from one endpoint, as a [`ModelMetadata`].
@@ -352,4 +410,50 @@ async fn fetch_metadata(addr: SocketAddr, path: &str, timeout: Duration) -> Resu
         outputs,
         batchable,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outbound<'a>(body: &'static [u8], content_type: Option<&'a str>, request_id: &'a str) -> Outbound<'a> {
+        Outbound {
+            method: "POST",
+            path: "/v2/models/m/versions/1/infer",
+            body: Bytes::from_static(body),
+            request_id,
+            content_type,
+            header_length: None,
+            max_response_bytes: 1 << 20,
+        }
+    }
+
+    #[test]
+    fn the_request_is_one_buffer_with_its_body() {
+        let wire = request_wire(
+            &outbound(b"{\"inputs\":[]}", Some("application/json"), "r-1"),
+            "10.0.0.7:8000",
+        )
+        .unwrap();
+        assert_eq!(
+            std::str::from_utf8(&wire).unwrap(),
+            "POST /v2/models/m/versions/1/infer HTTP/1.1\r\nhost: 10.0.0.7:8000\r\ncontent-length: 13\r\n\
+             x-request-id: r-1\r\ncontent-type: application/json\r\n\r\n{\"inputs\":[]}"
+        );
+        let get = Outbound {
+            method: "GET",
+            path: "/v2/models/m/versions/1",
+            ..outbound(b"", None, "r-2")
+        };
+        assert_eq!(
+            std::str::from_utf8(&request_wire(&get, "h:1").unwrap()).unwrap(),
+            "GET /v2/models/m/versions/1 HTTP/1.1\r\nhost: h:1\r\ncontent-length: 0\r\nx-request-id: r-2\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn a_line_break_in_a_value_is_refused() {
+        assert!(request_wire(&outbound(b"", Some("text/plain\r\nx-evil: 1"), "r"), "h:1").is_err());
+        assert!(request_wire(&outbound(b"", None, "r\n"), "h:1").is_err());
+    }
 }

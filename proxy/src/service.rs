@@ -16,7 +16,7 @@ use bytes::{Bytes, BytesMut};
 use http::HeaderName;
 use inference::InferError;
 use inference::protocol::{self, Endpoint, ModelRef};
-use pingora::connectors::http::Connector;
+use pingora::connectors::TransportConnector;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
@@ -39,7 +39,7 @@ pub struct Gateway {
     pub state: Arc<ArcSwap<Snapshot>>,
     pub metrics: Arc<Metrics>,
     /// Upstream connections for remote pools, kept alive between requests.
-    pub connector: Arc<Connector>,
+    pub connector: Arc<TransportConnector>,
     pub mirror: Mirror,
     /// The split served over the last minute, for `GET /admin/routes`.
     pub observed: Arc<crate::observed::Observed>,
@@ -617,16 +617,19 @@ impl Gateway {
         body: Bytes,
         extra: &[(&'static str, String)],
     ) {
-        let mut header = match ResponseHeader::build(status, Some(8)) {
+        // Names go out lower-case (as HTTP/2 requires anyway): pingora then keeps no second
+        // map of their spelling. The fixed names are distinct, so appending them is enough;
+        // the extra ones replace (a refusal's rate-limit headers are in both).
+        let mut header = match ResponseHeader::build_no_case(status, Some(10)) {
             Ok(h) => h,
             Err(_) => return,
         };
-        let _ = header.insert_header(http::header::CONTENT_TYPE, content_type);
-        let _ = header.insert_header(http::header::CONTENT_LENGTH, body.len());
+        let _ = header.append_header(http::header::CONTENT_TYPE, content_type);
+        let _ = header.append_header(http::header::CONTENT_LENGTH, body.len());
+        add_gateway_headers(&mut header, ctx);
         for (k, v) in extra {
             let _ = header.insert_header(*k, v.as_str());
         }
-        add_gateway_headers(&mut header, ctx);
         ctx.status = status;
         // A response sent before the request body was read (a refusal) leaves bytes on the
         // connection that would be parsed as the next request: read a small declared body
@@ -776,17 +779,17 @@ const RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
 
 /// `x-request-id`, the variant and version, and the rate-limit state.
 fn add_gateway_headers(header: &mut ResponseHeader, ctx: &Ctx) {
-    let _ = header.insert_header(X_REQUEST_ID, ctx.request_id.as_str());
+    let _ = header.append_header(X_REQUEST_ID, ctx.request_id.as_str());
     if let Some(v) = ctx.variant {
-        let _ = header.insert_header(X_MODEL_VARIANT, v.as_str());
+        let _ = header.append_header(X_MODEL_VARIANT, v.as_str());
     }
     if let Some(v) = &ctx.model_version {
-        let _ = header.insert_header(X_MODEL_VERSION, v.as_str());
+        let _ = header.append_header(X_MODEL_VERSION, v.as_str());
     }
     if let Some(d) = &ctx.rate {
-        let _ = header.insert_header(RATELIMIT_LIMIT, d.limit);
-        let _ = header.insert_header(RATELIMIT_REMAINING, d.remaining);
-        let _ = header.insert_header(RATELIMIT_RESET, d.reset_secs);
+        let _ = header.append_header(RATELIMIT_LIMIT, d.limit);
+        let _ = header.append_header(RATELIMIT_REMAINING, d.remaining);
+        let _ = header.append_header(RATELIMIT_RESET, d.reset_secs);
     }
 }
 

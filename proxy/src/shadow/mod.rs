@@ -30,7 +30,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use inference::NamedTensor;
 use inference::protocol;
-use pingora::connectors::http::Connector;
+use pingora::connectors::TransportConnector;
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::config::Route;
@@ -111,7 +111,7 @@ struct Inner {
     recorder: Recorder,
     metrics: Arc<Metrics>,
     /// Shadows' own upstream connections (see the module comment).
-    connector: Arc<Connector>,
+    connector: Arc<TransportConnector>,
     queue: crossbeam_queue::ArrayQueue<Queued>,
     breakers: breaker::Breakers,
     /// A rollout's agreement gate reads the comparisons of the canary's pool as a shadow.
@@ -129,7 +129,7 @@ impl Mirror {
         let mirror = Mirror(Arc::new(Inner {
             recorder,
             metrics,
-            connector: Arc::new(Connector::new(None)),
+            connector: Arc::new(TransportConnector::new(None)),
             queue: crossbeam_queue::ArrayQueue::new(QUEUE),
             breakers: breaker::Breakers::default(),
             rollouts,
