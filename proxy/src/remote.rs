@@ -96,6 +96,13 @@ impl RemotePool {
         self.pick(avoid).map(|e| e.addr)
     }
 
+    /// Whether any endpoint passes its health check; unlike [`Self::select`], it does not
+    /// move the round-robin on (a check before each request would skip every other endpoint).
+    pub fn any_healthy(&self) -> bool {
+        let backends = self.lb.backends();
+        self.endpoints.iter().any(|e| backends.ready(&e.backend))
+    }
+
     pub fn healthy_endpoints(&self) -> usize {
         self.lb
             .backends()
@@ -449,6 +456,34 @@ mod tests {
             std::str::from_utf8(&request_wire(&get, "h:1").unwrap()).unwrap(),
             "GET /v2/models/m/versions/1 HTTP/1.1\r\nhost: h:1\r\ncontent-length: 0\r\nx-request-id: r-2\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn requests_alternate_over_healthy_endpoints() {
+        let endpoints: Vec<SocketAddr> = vec!["127.0.0.1:1".parse().unwrap(), "127.0.0.1:2".parse().unwrap()];
+        let pool = RemotePool::new(
+            "p",
+            HttpSpec {
+                endpoints: endpoints.clone(),
+                model: "m".into(),
+                version: 1,
+                connect_timeout: Duration::from_secs(1),
+                timeout: Duration::from_secs(1),
+                health_interval: Duration::from_secs(1),
+                health_path: "/v2/health/ready".into(),
+            },
+        )
+        .unwrap();
+        // Endpoints count as healthy until a check says otherwise; asking does not take a turn.
+        let picks: Vec<SocketAddr> = (0..4)
+            .map(|_| {
+                assert!(pool.any_healthy());
+                pool.select(None).unwrap()
+            })
+            .collect();
+        assert_eq!(picks, [endpoints[0], endpoints[1], endpoints[0], endpoints[1]]);
+        assert_eq!(pool.select(Some(endpoints[0])), Some(endpoints[1]));
+        assert_eq!(pool.select(Some(endpoints[0])), Some(endpoints[1]));
     }
 
     #[test]

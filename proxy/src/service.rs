@@ -279,7 +279,7 @@ impl Gateway {
                 Ok(())
             }
             (Backend::Remote(pool), kind) => {
-                if pool.select(None).is_none() {
+                if !pool.any_healthy() {
                     return Err(GatewayError::NoHealthyUpstream {
                         pool: pool.name.clone(),
                     });
