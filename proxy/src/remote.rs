@@ -270,10 +270,17 @@ async fn exchange(
     out: &Outbound<'_>,
 ) -> Result<Inbound, Failure> {
     let peer = &endpoint.peer;
-    let (mut stream, reused) = connector
-        .get_stream(peer)
-        .await
-        .map_err(|e| Failure::NotDelivered(describe(&e)))?;
+    let (mut stream, reused) = match connector.reused_stream(peer).await {
+        Some(stream) => (stream, true),
+        // Connecting (a TLS client handshake included) is a future of about 8 KB: boxed, so
+        // that every request's future neither carries nor copies it for the rare new connection.
+        None => (
+            Box::pin(connector.new_stream(peer))
+                .await
+                .map_err(|e| Failure::NotDelivered(describe(&e)))?,
+            false,
+        ),
+    };
     let wire = request_wire(out, &endpoint.host).map_err(|e| Failure::Failed(e.into()))?;
     let deadline = pool.spec.timeout;
     let write = async {

@@ -186,8 +186,9 @@ pub fn build_with(snapshot: Snapshot, options: StartOptions) -> Result<GatewaySe
         observed: observed.clone(),
         fallback_logged: Default::default(),
         rollouts: rollouts.clone(),
+        closing: Default::default(),
     };
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "gateway");
+    let mut proxy = Service::new("gateway".to_string(), gateway);
     proxy.add_tls_with_settings(&https.to_string(), None, tls);
 
     let admin_app = Admin {
