@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
-use http::HeaderName;
+use http::{HeaderName, HeaderValue};
 use inference::InferError;
 use inference::protocol::{self, Endpoint, ModelRef};
 use pingora::ErrorType;
@@ -147,6 +147,7 @@ impl Gateway {
         let path = session.req_header().uri.path().to_string();
         let target =
             parse_target(&path).ok_or_else(|| InferError::NotFound(format!("no route for {path}")))?;
+        let kind = target_kind(&target);
         let method = session.req_header().method.as_str().to_string();
         let allowed = match &target {
             Target::Protocol(e) => e.method(),
@@ -239,7 +240,7 @@ impl Gateway {
 
         // 4. Answer: in-process, or through the remote pool.
         let limit = snap.config.limits.max_body_bytes;
-        match (backend, target_kind(&path)) {
+        match (backend, kind) {
             (Backend::Local(pool), kind) => {
                 let meta = pool.metadata();
                 match (kind, model_ref) {
@@ -647,19 +648,25 @@ impl Gateway {
         body: Bytes,
         extra: &[(&'static str, String)],
     ) {
-        // Names go out lower-case (as HTTP/2 requires anyway): pingora then keeps no second
-        // map of their spelling. The fixed names are distinct, so appending them is enough;
-        // the extra ones replace (a refusal's rate-limit headers are in both).
-        let mut header = match ResponseHeader::build_no_case(status, Some(10)) {
-            Ok(h) => h,
-            Err(_) => return,
-        };
-        let _ = header.append_header(http::header::CONTENT_TYPE, content_type);
-        let _ = header.append_header(http::header::CONTENT_LENGTH, body.len());
-        add_gateway_headers(&mut header, ctx);
-        for (k, v) in extra {
-            let _ = header.insert_header(*k, v.as_str());
+        // The header map is built directly (pingora's `append_header` re-parses every name, a
+        // third of this function's cost), with names in lower case as HTTP/2 requires anyway.
+        // The fixed names are distinct, so appending them is enough; the extra ones replace (a
+        // refusal's rate-limit headers are in both).
+        let (mut parts, ()) = http::Response::new(()).into_parts();
+        parts.status = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+        let headers = &mut parts.headers;
+        headers.reserve(10);
+        if let Ok(v) = HeaderValue::from_str(content_type) {
+            headers.append(http::header::CONTENT_TYPE, v);
         }
+        headers.append(http::header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        add_gateway_headers(headers, ctx);
+        for (k, v) in extra {
+            if let Ok(v) = HeaderValue::from_str(v) {
+                headers.insert(*k, v);
+            }
+        }
+        let header = ResponseHeader::from(parts);
         ctx.status = status;
         // A response sent before the request body was read (a refusal) leaves bytes on the
         // connection that would be parsed as the next request: read a small declared body
@@ -724,12 +731,12 @@ enum Kind {
     Config,
 }
 
-fn target_kind(path: &str) -> Kind {
-    match parse_target(path) {
-        Some(Target::Simple(_)) => Kind::Simple,
-        Some(Target::Protocol(Endpoint::ModelReady(_))) => Kind::Ready,
-        Some(Target::Protocol(Endpoint::ModelConfig(_))) => Kind::Config,
-        Some(Target::Protocol(Endpoint::Model(_))) => Kind::Metadata,
+fn target_kind(target: &Target<'_>) -> Kind {
+    match target {
+        Target::Simple(_) => Kind::Simple,
+        Target::Protocol(Endpoint::ModelReady(_)) => Kind::Ready,
+        Target::Protocol(Endpoint::ModelConfig(_)) => Kind::Config,
+        Target::Protocol(Endpoint::Model(_)) => Kind::Metadata,
         _ => Kind::Infer,
     }
 }
@@ -804,18 +811,24 @@ const RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remai
 const RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
 
 /// `x-request-id`, the variant and version, and the rate-limit state.
-fn add_gateway_headers(header: &mut ResponseHeader, ctx: &Ctx) {
-    let _ = header.append_header(X_REQUEST_ID, ctx.request_id.as_str());
-    if let Some(v) = ctx.variant {
-        let _ = header.append_header(X_MODEL_VARIANT, v.as_str());
+fn add_gateway_headers(headers: &mut http::HeaderMap, ctx: &Ctx) {
+    if let Ok(v) = HeaderValue::from_str(&ctx.request_id) {
+        headers.append(X_REQUEST_ID, v);
     }
-    if let Some(v) = &ctx.model_version {
-        let _ = header.append_header(X_MODEL_VERSION, v.as_str());
+    if let Some(v) = ctx.variant {
+        headers.append(X_MODEL_VARIANT, HeaderValue::from_static(v.as_str()));
+    }
+    if let Some(v) = ctx
+        .model_version
+        .as_deref()
+        .and_then(|v| HeaderValue::from_str(v).ok())
+    {
+        headers.append(X_MODEL_VERSION, v);
     }
     if let Some(d) = &ctx.rate {
-        let _ = header.append_header(RATELIMIT_LIMIT, d.limit);
-        let _ = header.append_header(RATELIMIT_REMAINING, d.remaining);
-        let _ = header.append_header(RATELIMIT_RESET, d.reset_secs);
+        headers.append(RATELIMIT_LIMIT, HeaderValue::from(d.limit));
+        headers.append(RATELIMIT_REMAINING, HeaderValue::from(d.remaining));
+        headers.append(RATELIMIT_RESET, HeaderValue::from(d.reset_secs));
     }
 }
 

@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
@@ -161,6 +162,33 @@ async fn refusals_keep_http1_connections_for_small_bodies() {
         conn.try_send("POST", path, &good, example()).await.is_err(),
         "a connection with an unread body must not carry another request"
     );
+}
+
+/// A request pingora cannot parse gets the gateway's JSON error and a request id, then the
+/// connection closes (where the next request would begin is unknown).
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_requests_get_the_json_error() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let g = default_gateway();
+    let mut config = (*g.tls).clone();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(g.https).await.unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(rustls::pki_types::ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    tls.write_all(
+        b"POST /v2/models/breast-cancer/infer HTTP/1.1\r\nhost: localhost\r\nbad header line\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer).to_lowercase();
+    assert!(answer.starts_with("http/1.1 400"), "{answer}");
+    assert!(answer.contains("content-type: application/json"), "{answer}");
+    assert!(answer.contains("x-request-id: "), "{answer}");
+    assert!(answer.contains("\"error\":\"malformed request"), "{answer}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
