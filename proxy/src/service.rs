@@ -6,8 +6,8 @@
 //! every answer — success or error — leaves through the same writer with the same headers.
 //! That is why this is an [`HttpServerApp`] on pingora's server sessions rather than a
 //! `ProxyHttp`: the proxy framework's streaming phases, cache and modules were never entered,
-//! yet its per-request state (about 26 KB of futures and session moved into boxes on every
-//! request) cost about a fifth of the proxy path's CPU.
+//! yet its per-request state (a session with a cache, and a 12 KB future moved into a box on
+//! every request) cost an eighth of a proxied request's instructions (callgrind, 124k → 109k).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
