@@ -388,13 +388,9 @@ impl Gateway {
                     }
                 };
                 ctx.upstream = Some(answer.endpoint);
-                if mirrored
-                    && answer.status == 200
-                    && let Ok(decoded) =
-                        protocol::decode_response(&answer.body, answer.header_length.as_deref())
-                {
-                    self.observe_predictions(ctx, &route.model, &decoded.outputs);
-                }
+                // The answer is decoded for the prediction metrics after it has been sent.
+                let observed = (mirrored && answer.status == 200)
+                    .then(|| (answer.body.clone(), answer.header_length.clone()));
                 let primary = shadows.as_ref().map(|_| shadow::Primary::Oip {
                     status: answer.status,
                     body: answer.body.clone(),
@@ -417,6 +413,11 @@ impl Gateway {
                 }
                 self.respond(session, ctx, answer.status, &content_type, body, &extra)
                     .await;
+                if let Some((body, header_length)) = observed
+                    && let Ok(decoded) = protocol::decode_response(&body, header_length.as_deref())
+                {
+                    self.observe_predictions(ctx, &route.model, &decoded.outputs);
+                }
                 if let Some(primary) = primary {
                     self.mirror(snap, ctx, shadows, || primary);
                 }
