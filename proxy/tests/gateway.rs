@@ -570,6 +570,31 @@ async fn remote_pool_serves_through_inference_server() {
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(r.json()["model_version"], "2");
     assert!(r.json()["confidence"].as_f64().is_some());
+    // Remote answers feed the prediction metrics too; they are decoded once the answer is
+    // sent, so the count may trail the last response by a moment.
+    let series = [
+        (
+            "gateway_prediction_confidence_count{route=\"breast-cancer\",variant=\"canary\"}",
+            2.0,
+        ),
+        (
+            "gateway_predictions_total{class=\"0\",route=\"breast-cancer\",variant=\"canary\"}",
+            2.0,
+        ),
+        (
+            "gateway_prediction_confidence_count{route=\"remote-only\",variant=\"stable\"}",
+            1.0,
+        ),
+    ];
+    for (name, want) in series {
+        let started = std::time::Instant::now();
+        let mut seen = metric(&g, name).await;
+        while seen != want && started.elapsed() < Duration::from_secs(2) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            seen = metric(&g, name).await;
+        }
+        assert_eq!(seen, want, "{name}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
