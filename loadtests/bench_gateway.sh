@@ -8,12 +8,17 @@
 #      one worker each), all pinned to the same core: max requests/s and CPU µs per request
 #      with wrk (closed loop), then p50/p99 at one fixed rate with loadgen (open loop).
 #
-#   loadtests/bench_gateway.sh            15 s per measurement
-#   loadtests/bench_gateway.sh --short    3 s per measurement
-#   loadtests/bench_gateway.sh --quick    1 s per measurement (proves the harness works)
+#   loadtests/bench_gateway.sh            15 s per measurement, 3 rounds
+#   loadtests/bench_gateway.sh --short    3 s per measurement, 3 rounds
+#   loadtests/bench_gateway.sh --quick    1 s per measurement, 1 round (proves the harness works)
 #   loadtests/bench_gateway.sh --strict   exit 1 when a target is missed
+#   ROUNDS=5 loadtests/bench_gateway.sh   more rounds
 #
 # Cores: the server under test on core 0; wrk, loadgen and (b)'s upstream on core 1.
+# Rounds: the servers compared take turns, once each per round, and the report gives each
+# one's median over the rounds. On a shared host the CPU's speed drifts over minutes; a
+# ratio of two measurements made one after the other, minutes apart, moves with it, while
+# the median of turns taken side by side moves less.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -41,16 +46,71 @@ KEY="$("$BIN/gateway" keys add --tenant bench --keys-file "$WORK/api-keys.yaml" 
 
 start_gateway() { start_gateway_on "$1" "127.0.0.1:$P_GW"; }
 
-# === (a) full path over HTTPS vs the bare server over HTTP ===
-taskset -c "$SERVER_CPU" "$BIN/inference-server" --models "$ROOT/models" --listen "127.0.0.1:$P_BARE" --threads 1 >"$WORK/bare.log" 2>&1 &
-BARE=$!; PIDS+=("$BARE")
-wait_port "127.0.0.1:$P_BARE" || die "inference-server did not start"
-read -r A_BARE_RPS A_BARE_P50 A_BARE_P99 A_BARE_CPU A_BARE_ERR < <(measure "inference-server (http)" "$BARE" "http://127.0.0.1:$P_BARE/v2/models/breast-cancer/versions/1/infer")
-stop_pid "$BARE"
+ROUNDS="${ROUNDS:-3}"; [ "$QUICK" = 1 ] && ROUNDS=1
+MAX="$WORK/max.txt"; FIXED="$WORK/fixed.txt"; : >"$MAX"; : >"$FIXED"
+# round_name NAME ROUND: the name a measurement's CSV row carries (charts show the median).
+round_name() {
+  local label
+  case "$1" in
+    bare) label="inference-server (http)" ;;
+    local) label="gateway, local pool (https)" ;;
+    gateway) label="gateway, remote pool" ;;
+    *) label="$1" ;;
+  esac
+  if [ "$ROUNDS" = 1 ]; then echo "$label"; else echo "$label (round $2)"; fi
+}
+# median NAME FIELD FILE: the median of one field over NAME's rows (tab-separated).
+median() {
+  awk -F'\t' -v n="$1" -v f="$2" '$1 == n { print $f }' "$3" | sort -g |
+    awk '{ v[NR] = $1 } END { if (NR == 0) print 0; else if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+# per_round NAME_A NAME_B FIELD FILE: A/B of one field, round by round.
+per_round() {
+  paste <(awk -F'\t' -v n="$1" -v f="$3" '$1 == n { print $f }' "$4") \
+    <(awk -F'\t' -v n="$2" -v f="$3" '$1 == n { print $f }' "$4") |
+    awk '{ printf "%s%.2f", (NR > 1 ? ", " : ""), ($2 > 0 ? $1 / $2 : 0) }'
+}
+# max_row NAME ROUND PID URL: one closed-loop measurement, appended to $MAX.
+max_row() {
+  local name="$1" round="$2" rps p50 p99 cpu err; shift 2
+  read -r rps p50 p99 cpu err < <(measure "$(round_name "$name" "$round")" "$@")
+  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$rps" "$p50" "$p99" "$cpu" "$err" >>"$MAX"
+}
+# fixed_row NAME ROUND URL RATE: one open-loop measurement, appended to $FIXED.
+fixed_row() {
+  local name="$1" round="$2" p50 p99 err
+  read -r p50 p99 err < <(fixed_rate "$(round_name "$name" "$round")" "$3" "$4" "$WORK/ca.crt")
+  printf '%s\t%s\t%s\t%s\n' "$name" "$p50" "$p99" "$err" >>"$FIXED"
+}
+start_bare() {
+  taskset -c "$SERVER_CPU" "$BIN/inference-server" --models "$ROOT/models" --listen "127.0.0.1:$P_BARE" --threads 1 >"$WORK/bare.log" 2>&1 &
+  local pid=$!
+  wait_port "127.0.0.1:$P_BARE" || die "inference-server did not start"
+  echo "$pid"
+}
+start_nginx() {
+  taskset -c "$SERVER_CPU" nginx -c "$WORK/nginx.conf" >"$WORK/nginx.log" 2>&1 &
+  local pid=$!
+  wait_port "127.0.0.1:$P_NGINX" || die "nginx did not start: $(cat "$WORK/nginx.err" 2>/dev/null)"
+  echo "$pid"
+}
+start_haproxy() {
+  taskset -c "$SERVER_CPU" haproxy -db -f "$WORK/haproxy.cfg" >"$WORK/haproxy.log" 2>&1 &
+  local pid=$!
+  wait_port "127.0.0.1:$P_HAPROXY" || die "haproxy did not start: $(cat "$WORK/haproxy.log")"
+  echo "$pid"
+}
 
-GW=$(start_gateway "$WORK/local.yaml"); PIDS+=("$GW")
-read -r A_GW_RPS A_GW_P50 A_GW_P99 A_GW_CPU A_GW_ERR < <(measure "gateway, local pool (https)" "$GW" "https://127.0.0.1:$P_GW/v2/models/breast-cancer/infer")
-stop_pid "$GW"
+# === (a) full path over HTTPS vs the bare server over HTTP ===
+for r in $(seq "$ROUNDS"); do
+  say "(a) round $r of $ROUNDS"
+  BARE=$(start_bare); PIDS+=("$BARE")
+  max_row bare "$r" "$BARE" "http://127.0.0.1:$P_BARE/v2/models/breast-cancer/versions/1/infer"
+  stop_pid "$BARE"
+  GW=$(start_gateway "$WORK/local.yaml"); PIDS+=("$GW")
+  max_row local "$r" "$GW" "https://127.0.0.1:$P_GW/v2/models/breast-cancer/infer"
+  stop_pid "$GW"
+done
 
 # === (b) proxies in front of a remote inference-server ===
 taskset -c "$CLIENT_CPU" "$BIN/inference-server" --models "$ROOT/models" --listen "127.0.0.1:$P_UP" --threads 1 >"$WORK/upstream.log" 2>&1 &
@@ -59,6 +119,7 @@ wait_port "127.0.0.1:$P_UP" || die "the upstream inference-server did not start"
 PATH_B="/v2/models/breast-cancer/versions/1/infer"
 
 nginx_proxy_conf "$WORK/nginx.conf" "$P_NGINX" "upstream infer { server 127.0.0.1:$P_UP; keepalive 128; }"
+cat "$WORK/server.crt" "$WORK/server.key" > "$WORK/combined.pem"
 cat > "$WORK/haproxy.cfg" <<EOF
 # One thread, TLS at the front, kept-alive upstream connections reused across clients.
 global
@@ -78,67 +139,83 @@ backend be
   server up 127.0.0.1:$P_UP
 EOF
 
-GW=$(start_gateway "$WORK/remote.yaml"); PIDS+=("$GW")
-cat "$WORK/server.crt" "$WORK/server.key" > "$WORK/combined.pem"
-read -r B_GW_RPS B_GW_P50 B_GW_P99 B_GW_CPU B_GW_ERR < <(measure "gateway, remote pool" "$GW" "https://127.0.0.1:$P_GW$PATH_B")
-stop_pid "$GW"
+for r in $(seq "$ROUNDS"); do
+  say "(b) round $r of $ROUNDS"
+  GW=$(start_gateway "$WORK/remote.yaml"); PIDS+=("$GW")
+  max_row gateway "$r" "$GW" "https://127.0.0.1:$P_GW$PATH_B"
+  stop_pid "$GW"
+  NGINX=$(start_nginx); PIDS+=("$NGINX")
+  max_row nginx "$r" "$NGINX" "https://127.0.0.1:$P_NGINX$PATH_B"
+  stop_pid "$NGINX"
+  HAP=$(start_haproxy); PIDS+=("$HAP")
+  max_row haproxy "$r" "$HAP" "https://127.0.0.1:$P_HAPROXY$PATH_B"
+  stop_pid "$HAP"
+done
 
-taskset -c "$SERVER_CPU" nginx -c "$WORK/nginx.conf" >"$WORK/nginx.log" 2>&1 &
-NGINX=$!; PIDS+=("$NGINX")
-wait_port "127.0.0.1:$P_NGINX" || die "nginx did not start: $(cat "$WORK/nginx.err" 2>/dev/null)"
-read -r B_NG_RPS B_NG_P50 B_NG_P99 B_NG_CPU B_NG_ERR < <(measure "nginx" "$NGINX" "https://127.0.0.1:$P_NGINX$PATH_B")
-stop_pid "$NGINX"
-
-taskset -c "$SERVER_CPU" haproxy -db -f "$WORK/haproxy.cfg" >"$WORK/haproxy.log" 2>&1 &
-HAP=$!; PIDS+=("$HAP")
-wait_port "127.0.0.1:$P_HAPROXY" || die "haproxy did not start: $(cat "$WORK/haproxy.log")"
-read -r B_HA_RPS B_HA_P50 B_HA_P99 B_HA_CPU B_HA_ERR < <(measure "haproxy" "$HAP" "https://127.0.0.1:$P_HAPROXY$PATH_B")
-stop_pid "$HAP"
-
-# --- p99 at one fixed rate: half the slowest proxy's maximum, the same for all three ---
-RATE=$(printf '%s\n' "$B_GW_RPS" "$B_NG_RPS" "$B_HA_RPS" | sort -n | head -1 | awk '{ printf "%d", $1 / 2 }')
-fixed() { fixed_rate "$1" "$2" "$RATE" "$WORK/ca.crt"; }
-GW=$(start_gateway "$WORK/remote.yaml"); PIDS+=("$GW")
-read -r F_GW_P50 F_GW_P99 F_GW_ERR < <(fixed gateway "https://127.0.0.1:$P_GW$PATH_B"); stop_pid "$GW"
-taskset -c "$SERVER_CPU" nginx -c "$WORK/nginx.conf" >"$WORK/nginx.log" 2>&1 & NGINX=$!; PIDS+=("$NGINX")
-wait_port "127.0.0.1:$P_NGINX"
-read -r F_NG_P50 F_NG_P99 F_NG_ERR < <(fixed nginx "https://127.0.0.1:$P_NGINX$PATH_B"); stop_pid "$NGINX"
-taskset -c "$SERVER_CPU" haproxy -db -f "$WORK/haproxy.cfg" >"$WORK/haproxy.log" 2>&1 & HAP=$!; PIDS+=("$HAP")
-wait_port "127.0.0.1:$P_HAPROXY"
-read -r F_HA_P50 F_HA_P99 F_HA_ERR < <(fixed haproxy "https://127.0.0.1:$P_HAPROXY$PATH_B"); stop_pid "$HAP"
+# --- p99 at one fixed rate: half the slowest proxy's median maximum, the same for all three ---
+RATE=$(for n in gateway nginx haproxy; do median "$n" 2 "$MAX"; done | sort -g | head -1 | awk '{ printf "%d", $1 / 2 }')
+for r in $(seq "$ROUNDS"); do
+  say "(b) fixed rate, round $r of $ROUNDS"
+  GW=$(start_gateway "$WORK/remote.yaml"); PIDS+=("$GW")
+  fixed_row gateway "$r" "https://127.0.0.1:$P_GW$PATH_B" "$RATE"; stop_pid "$GW"
+  NGINX=$(start_nginx); PIDS+=("$NGINX")
+  fixed_row nginx "$r" "https://127.0.0.1:$P_NGINX$PATH_B" "$RATE"; stop_pid "$NGINX"
+  HAP=$(start_haproxy); PIDS+=("$HAP")
+  fixed_row haproxy "$r" "https://127.0.0.1:$P_HAPROXY$PATH_B" "$RATE"; stop_pid "$HAP"
+done
 stop_pid "$UP"
+
+# Medians over the rounds (requests/s, p50, p99, CPU µs/request); errors summed.
+for n in bare local gateway nginx haproxy; do
+  for f in 2 3 4 5; do printf -v "M_${n}_$f" '%s' "$(median "$n" "$f" "$MAX")"; done
+  printf -v "E_$n" '%s' "$(awk -F'\t' -v n="$n" '$1 == n { s += $6 } END { print s + 0 }' "$MAX")"
+done
+for n in gateway nginx haproxy; do
+  for f in 2 3; do printf -v "F_${n}_$f" '%s' "$(median "$n" "$f" "$FIXED")"; done
+  printf -v "FE_$n" '%s' "$(awk -F'\t' -v n="$n" '$1 == n { s += $4 } END { print s + 0 }' "$FIXED")"
+done
+A_BARE_RPS=$M_bare_2; A_GW_RPS=$M_local_2; B_GW_RPS=$M_gateway_2; B_NG_RPS=$M_nginx_2; B_HA_RPS=$M_haproxy_2
+B_GW_CPU=$M_gateway_5; B_NG_CPU=$M_nginx_5; F_GW_P99=$F_gateway_3; F_NG_P99=$F_nginx_3; F_HA_P99=$F_haproxy_3
 
 KEEP="$(ratio "$A_GW_RPS" "$A_BARE_RPS")"
 R_NG="$(ratio "$B_GW_RPS" "$B_NG_RPS")"; R_HA="$(ratio "$B_GW_RPS" "$B_HA_RPS")"
-BEST_P99=$(printf '%s\n' "$F_NG_P99" "$F_HA_P99" | sort -n | head -1)
+BEST_P99=$(printf '%s\n' "$F_NG_P99" "$F_HA_P99" | sort -g | head -1)
 R_P99="$(ratio "$F_GW_P99" "$BEST_P99")"
 T_KEEP="$(check "$KEEP" '>=' 0.70)"; T_NG="$(check "$R_NG" '>=' 1.0)"; T_HA="$(check "$R_HA" '>=' 0.9)"
 T_CPU="$(check "$B_GW_CPU" '<=' "$B_NG_CPU")"; T_P99="$(check "$R_P99" '<=' 1.2)"
+row() { # label name: one table row of medians
+  local r="M_$2_2" p50="M_$2_3" p99="M_$2_4" cpu="M_$2_5" err="E_$2"
+  printf '| %s | %.0f | %s | %s | %.1f | %s |' "$1" "${!r}" "$(ms "${!p50}")" "$(ms "${!p99}")" "${!cpu}" "${!err}"
+}
+frow() { # name: the fixed-rate columns
+  local p50="F_$1_2" p99="F_$1_3" err="FE_$1"
+  printf ' %s | %s | %s |' "$(ms "${!p50}")" "$(ms "${!p99}")" "${!err}"
+}
 
 REPORT="$RESULTS/gateway.md"
 {
   echo "## (a) gateway full path (HTTPS) vs inference-server (HTTP)"
   echo
-  echo "breast-cancer/1, one JSON row per request, $CONNS connections, ${DURATION} s, server on core $SERVER_CPU (1 I/O thread + 1 pool worker), wrk on core $CLIENT_CPU, binaries of cargo profile $PROFILE ($(date -u +%F), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs))."
+  echo "breast-cancer/1, one JSON row per request, $CONNS connections, ${DURATION} s per measurement, medians of $ROUNDS round(s) taken in turns, server on core $SERVER_CPU (1 I/O thread + 1 pool worker), wrk on core $CLIENT_CPU, binaries of cargo profile $PROFILE ($(date -u +%F), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs))."
   echo
   echo "| server | requests/s | p50 | p99 | CPU µs/request | errors |"
   echo "| --- | ---: | ---: | ---: | ---: | ---: |"
-  echo "| inference-server, HTTP | $A_BARE_RPS | $(ms "$A_BARE_P50") | $(ms "$A_BARE_P99") | $A_BARE_CPU | $A_BARE_ERR |"
-  echo "| gateway, HTTPS + key + limit + split + local pool | $A_GW_RPS | $(ms "$A_GW_P50") | $(ms "$A_GW_P99") | $A_GW_CPU | $A_GW_ERR |"
+  row "inference-server, HTTP" bare; echo
+  row "gateway, HTTPS + key + limit + split + local pool" local; echo
   echo
-  echo "- the gateway keeps ${KEEP} of the bare server's requests/s (target ≥ 0.70: $T_KEEP)"
+  echo "- the gateway keeps ${KEEP} of the bare server's requests/s (target ≥ 0.70: $T_KEEP; per round: $(per_round local bare 2 "$MAX"))"
   echo
   echo "## (b) proxying to a remote inference-server (TLS at the front, one worker each)"
   echo
   echo "| proxy | max requests/s | p50 | p99 | CPU µs/request | errors | p50 @ ${RATE}/s | p99 @ ${RATE}/s | errors @ ${RATE}/s |"
   echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
-  echo "| gateway | $B_GW_RPS | $(ms "$B_GW_P50") | $(ms "$B_GW_P99") | $B_GW_CPU | $B_GW_ERR | $(ms "$F_GW_P50") | $(ms "$F_GW_P99") | $F_GW_ERR |"
-  echo "| nginx $(nginx -v 2>&1 | sed 's/.*nginx\///') | $B_NG_RPS | $(ms "$B_NG_P50") | $(ms "$B_NG_P99") | $B_NG_CPU | $B_NG_ERR | $(ms "$F_NG_P50") | $(ms "$F_NG_P99") | $F_NG_ERR |"
-  echo "| HAProxy $(haproxy -v 2>&1 | head -1 | awk '{print $3}') | $B_HA_RPS | $(ms "$B_HA_P50") | $(ms "$B_HA_P99") | $B_HA_CPU | $B_HA_ERR | $(ms "$F_HA_P50") | $(ms "$F_HA_P99") | $F_HA_ERR |"
+  row gateway gateway; frow gateway; echo
+  row "nginx $(nginx -v 2>&1 | sed 's/.*nginx\///')" nginx; frow nginx; echo
+  row "HAProxy $(haproxy -v 2>&1 | head -1 | awk '{print $3}')" haproxy; frow haproxy; echo
   echo
-  echo "- requests/s: ${R_NG}× nginx (target ≥ 1.0: $T_NG), ${R_HA}× HAProxy (target ≥ 0.9: $T_HA)"
-  echo "- CPU µs/request: gateway $B_GW_CPU vs nginx $B_NG_CPU (target ≤ nginx: $T_CPU), HAProxy $B_HA_CPU"
-  echo "- p99 at ${RATE} requests/s: ${R_P99}× the best peer's (target ≤ 1.2: $T_P99)"
+  echo "- requests/s: ${R_NG}× nginx (target ≥ 1.0: $T_NG; per round: $(per_round gateway nginx 2 "$MAX")), ${R_HA}× HAProxy (target ≥ 0.9: $T_HA; per round: $(per_round gateway haproxy 2 "$MAX"))"
+  echo "- CPU µs/request: gateway $B_GW_CPU vs nginx $B_NG_CPU (target ≤ nginx: $T_CPU; gateway/nginx per round: $(per_round gateway nginx 5 "$MAX")), HAProxy $M_haproxy_5"
+  echo "- p99 at ${RATE} requests/s: ${R_P99}× the best peer's (target ≤ 1.2: $T_P99; gateway/nginx per round: $(per_round gateway nginx 3 "$FIXED"), gateway/HAProxy: $(per_round gateway haproxy 3 "$FIXED"))"
   echo "- the upstream inference-server shares core $CLIENT_CPU with the load generator"
 } | tee "$REPORT"
 say "report written to ${REPORT#"$ROOT"/}"

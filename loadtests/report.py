@@ -14,6 +14,7 @@ import datetime
 import os
 import pathlib
 import platform
+import re
 
 import matplotlib
 
@@ -48,8 +49,27 @@ def save(fig, path):
     return path.name
 
 
+ROUND = re.compile(r" \(round \d+\)")
+
+
+def median_rounds(rows, kind, key):
+    """One row per server: a benchmark that measures in rounds ("name (round 2)") is shown
+    by its median round on `key` (what its report's table gives), under the plain name."""
+    groups = {}
+    for r in rows:
+        if r["kind"] == kind:
+            groups.setdefault(ROUND.sub("", r["name"]), []).append(r)
+    out = []
+    for name, group in groups.items():
+        group = sorted(group, key=lambda r: float(r[key] or 0))
+        row = dict(group[(len(group) - 1) // 2])
+        row["name"] = name if len(group) == 1 else f"{name} (median of {len(group)})"
+        out.append(row)
+    return out
+
+
 def throughput_chart(bench, rows, out):
-    rows = [r for r in rows if r["kind"] == "max"]
+    rows = median_rounds(rows, "max", "rps")
     if not rows:
         return None
     names = [r["name"] for r in rows]
@@ -64,7 +84,7 @@ def throughput_chart(bench, rows, out):
 
 
 def latency_chart(bench, rows, kind, title, out):
-    rows = [r for r in rows if r["kind"] == kind]
+    rows = median_rounds(rows, kind, "p99_us" if kind == "fixed" else "rps")
     if not rows:
         return None
     fig, ax = plt.subplots(figsize=(8, 4.2))
