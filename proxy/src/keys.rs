@@ -80,7 +80,11 @@ pub struct KeyStore {
 /// SHA-256 of a key, with ring's assembly implementation (SHA extensions or AVX2 where the
 /// CPU has them): it runs on every authenticated request.
 pub fn digest(key: &str) -> [u8; 32] {
-    let d = ring::digest::digest(&ring::digest::SHA256, key.as_bytes());
+    digest_bytes(key.as_bytes())
+}
+
+pub fn digest_bytes(key: &[u8]) -> [u8; 32] {
+    let d = ring::digest::digest(&ring::digest::SHA256, key);
     d.as_ref().try_into().expect("SHA-256 is 32 bytes")
 }
 
@@ -166,9 +170,13 @@ impl KeyStore {
     /// key. The final equality check is constant-time all the same, so that no byte-by-byte
     /// early exit exists anywhere on this path.
     pub fn lookup(&self, presented: &str) -> Lookup {
-        let d = digest(presented);
-        match self.by_digest.get(&d) {
-            Some(info) if bool::from(info.digest.ct_eq(&d)) => {
+        self.lookup_digest(&digest(presented))
+    }
+
+    /// Looks a key up by the SHA-256 digest of what was presented (see [`Self::lookup`]).
+    pub fn lookup_digest(&self, d: &[u8; 32]) -> Lookup {
+        match self.by_digest.get(d) {
+            Some(info) if bool::from(info.digest.ct_eq(d)) => {
                 if info.disabled {
                     Lookup::Disabled(info.clone())
                 } else {

@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod coalesce;
 pub mod config;
 pub mod errors;
 pub mod keys;

@@ -27,6 +27,17 @@ const CONFIDENCE: [f64; 10] = [0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.999,
 /// a model with a huge output cannot make series without bound.
 pub const MAX_CLASS_LABEL: i64 = 100;
 
+/// A predicted class as its metric label: `"0"` to `"100"`, else `"other"` (made once, not
+/// formatted on every prediction).
+pub fn class_label(class: i64) -> &'static str {
+    static LABELS: std::sync::LazyLock<Vec<String>> =
+        std::sync::LazyLock::new(|| (0..=MAX_CLASS_LABEL).map(|c| c.to_string()).collect());
+    usize::try_from(class)
+        .ok()
+        .and_then(|c| LABELS.get(c))
+        .map_or("other", String::as_str)
+}
+
 /// TLS handshake failures of the client listener. pingora reports them only in its log, so
 /// [`HandshakeFailures`] (a tracing layer the binary installs) counts them here; one process
 /// has one client listener, so the count is process-wide.
@@ -458,5 +469,19 @@ impl Collector for PoolCollector {
             .into_iter()
             .filter(|f| !f.get_metric().is_empty())
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn class_labels_are_bounded() {
+        assert_eq!(class_label(0), "0");
+        assert_eq!(class_label(7), "7");
+        assert_eq!(class_label(MAX_CLASS_LABEL), "100");
+        assert_eq!(class_label(MAX_CLASS_LABEL + 1), "other");
+        assert_eq!(class_label(-1), "other");
     }
 }

@@ -1,7 +1,7 @@
 //! `http` pools: remote Open Inference Protocol servers (our `inference-server`, or Triton)
 //! reached through pingora's upstream machinery: its load balancer's active HTTP health
-//! checks (requests go round-robin over the endpoints that pass them), its transport
-//! connector and kept-alive connection pool, its HTTP/1.1 response reader.
+//! checks (requests go round-robin over the endpoints that pass them) and its transport
+//! connector (connect timeouts, TCP options, TLS when asked).
 //!
 //! Requests are forwarded whole by [`forward`] rather than streamed through pingora's proxy
 //! state machine: inference bodies are small and already read (the gateway must see them to
@@ -10,14 +10,22 @@
 //! the general-purpose streaming path (loadtests/bench_gateway.sh). The request line,
 //! headers and body leave in one write: pingora's client writes the header and the body
 //! separately, and each write to a loopback or LAN peer is a segment and a wake-up.
+//!
+//! Kept-alive connections wait in each endpoint's own idle list, and answers are parsed with
+//! `httparse` directly. pingora's connection pool spawned a task per request to watch the
+//! connection it was given back, and its HTTP/1 client built a header map with a case map
+//! for every answer: together about an eighth of a proxied request's instructions
+//! (callgrind). A connection the server closed while idle is found when it is taken (its
+//! socket reads as closed) or by the pool's upkeep, and is dropped.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -27,10 +35,10 @@ use pingora::connectors::TransportConnector;
 use pingora::lb::health_check::HttpHealthCheck;
 use pingora::lb::selection::RoundRobin;
 use pingora::lb::{Backend, LoadBalancer};
-use pingora::protocols::http::v1::client::HttpSession;
-use pingora::upstreams::peer::{HttpPeer, Peer};
+use pingora::protocols::Stream;
+use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::errors::GatewayError;
 
@@ -48,6 +56,9 @@ pub struct RemotePool {
     /// endpoint needs it to build requests.
     metadata: ArcSwapOption<ModelMetadata>,
     last_check: Mutex<Option<Instant>>,
+    /// `/v2/models/{model}/versions/{version}`, and the same with `/infer`.
+    model_path: String,
+    infer_path: String,
 }
 
 impl RemotePool {
@@ -70,7 +81,10 @@ impl RemotePool {
             .iter()
             .map(|&addr| Endpoint::new(addr, &spec))
             .collect();
+        let model_path = format!("/v2/models/{}/versions/{}", spec.model, spec.version);
         Ok(RemotePool {
+            infer_path: format!("{model_path}/infer"),
+            model_path,
             name: name.to_string(),
             spec,
             lb,
@@ -114,10 +128,12 @@ impl RemotePool {
 
     /// The upstream path for a protocol path's tail (`/infer`, `/ready`, ``).
     pub fn upstream_path(&self, tail: &str) -> String {
-        format!(
-            "/v2/models/{}/versions/{}{tail}",
-            self.spec.model, self.spec.version
-        )
+        format!("{}{tail}", self.model_path)
+    }
+
+    /// The upstream's inference path (every request's: kept rather than formatted each time).
+    pub fn infer_path(&self) -> &str {
+        &self.infer_path
     }
 
     pub fn metadata(&self) -> Option<Arc<ModelMetadata>> {
@@ -139,6 +155,9 @@ impl RemotePool {
             return;
         }
         self.lb.backends().run_health_check(true).await;
+        for e in &self.endpoints {
+            e.idle.purge();
+        }
         if self.metadata.load().is_none()
             && let Some(addr) = self.select(None)
         {
@@ -155,11 +174,66 @@ struct Endpoint {
     addr: SocketAddr,
     /// The load balancer's key for its health.
     backend: Backend,
-    /// pingora's peer, with this pool's timeouts, and its connection-pool key.
+    /// pingora's peer, with this pool's timeouts.
     peer: HttpPeer,
-    reuse_hash: u64,
+    /// Kept-alive connections to this endpoint.
+    idle: IdleConnections,
     /// The `host` header's value.
     host: String,
+}
+
+/// Most kept-alive connections an endpoint keeps (more than the gateway's concurrency to one
+/// endpoint ever needs on the benchmarks; beyond it a connection is closed once used).
+const MAX_IDLE: usize = 512;
+
+/// An endpoint's idle connections, the most recently used last.
+struct IdleConnections {
+    list: Mutex<Vec<(Stream, Instant)>>,
+    /// Connections idle for longer are closed.
+    timeout: Duration,
+}
+
+impl IdleConnections {
+    /// A connection still open, the most recently used first.
+    fn take(&self) -> Option<Stream> {
+        loop {
+            let (mut stream, since) = self.list.lock().pop()?;
+            if since.elapsed() < self.timeout && still_open(&mut stream) {
+                return Some(stream);
+            }
+        }
+    }
+
+    fn put(&self, mut stream: Stream) {
+        if !still_open(&mut stream) {
+            return;
+        }
+        let mut list = self.list.lock();
+        if list.len() < MAX_IDLE {
+            list.push((stream, Instant::now()));
+        }
+    }
+
+    /// Closes connections idle too long, or that the server closed.
+    fn purge(&self) {
+        let mut list = self.list.lock();
+        list.retain_mut(|(stream, since)| since.elapsed() < self.timeout && still_open(stream));
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.list.lock().len()
+    }
+}
+
+/// Whether an idle connection can carry a request: nothing to read, not even its end. A
+/// server never speaks first on an idle HTTP/1 connection, so data means a broken exchange.
+/// (The readiness is the runtime's: no system call is made unless the socket has news.)
+fn still_open(stream: &mut Stream) -> bool {
+    let mut byte = [0u8; 1];
+    let read = std::pin::pin!(tokio::task::unconstrained(stream.read(&mut byte)));
+    read.poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+        .is_pending()
 }
 
 impl Endpoint {
@@ -177,7 +251,10 @@ impl Endpoint {
                 weight: 1,
                 ext: Default::default(),
             },
-            reuse_hash: peer.reuse_hash(),
+            idle: IdleConnections {
+                list: Mutex::new(Vec::new()),
+                timeout: peer.options.idle_timeout.unwrap_or(Duration::from_secs(60)),
+            },
             peer,
             host: addr.to_string(),
         }
@@ -269,13 +346,12 @@ async fn exchange(
     endpoint: &Endpoint,
     out: &Outbound<'_>,
 ) -> Result<Inbound, Failure> {
-    let peer = &endpoint.peer;
-    let (mut stream, reused) = match connector.reused_stream(peer).await {
+    let (mut stream, reused) = match endpoint.idle.take() {
         Some(stream) => (stream, true),
         // Connecting (a TLS client handshake included) is a future of about 8 KB: boxed, so
         // that every request's future neither carries nor copies it for the rare new connection.
         None => (
-            Box::pin(connector.new_stream(peer))
+            Box::pin(connector.new_stream(&endpoint.peer))
                 .await
                 .map_err(|e| Failure::NotDelivered(describe(&e)))?,
             false,
@@ -294,47 +370,233 @@ async fn exchange(
         Ok(Err(e)) => return Err(Failure::Failed(e.to_string())),
         Ok(Ok(())) => {}
     }
-    let mut h1 = HttpSession::new_with_options(stream, peer);
-    let read = async {
-        h1.read_response().await?;
-        let mut body = bytes::BytesMut::new();
-        while let Some(chunk) = h1.read_body_bytes().await? {
-            if body.len() + chunk.len() > out.max_response_bytes {
-                return Error::e_explain(
-                    ErrorType::InvalidHTTPHeader,
-                    "upstream answer over the size limit",
-                );
-            }
-            body.extend_from_slice(&chunk);
-        }
-        Ok(body.freeze())
-    };
-    let body = match tokio::time::timeout(deadline, read).await {
+    let answer = match tokio::time::timeout(deadline, read_answer(&mut stream, out.max_response_bytes)).await
+    {
         Err(_) => return Err(Failure::TimedOut),
-        Ok(Err(e)) => return Err(Failure::Failed(describe(&e))),
-        Ok(Ok(body)) => body,
+        Ok(Err(e)) => return Err(Failure::Failed(e)),
+        Ok(Ok(answer)) => answer,
     };
-    let resp = h1
-        .resp_header()
-        .ok_or_else(|| Failure::Failed("no response header".into()))?;
-    let get = |name: &str| {
-        resp.headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    };
-    let inbound = Inbound {
-        status: resp.status.as_u16(),
-        content_type: get("content-type"),
-        header_length: get(inference::protocol::HEADER_LENGTH),
-        body,
-        endpoint: endpoint.addr,
-    };
-    h1.respect_keepalive();
-    if let Some(stream) = h1.reuse().await {
-        connector.release_stream(stream, endpoint.reuse_hash, peer.options.idle_timeout);
+    if answer.keep_alive {
+        endpoint.idle.put(stream);
     }
-    Ok(inbound)
+    Ok(Inbound {
+        status: answer.status,
+        content_type: answer.content_type,
+        header_length: answer.header_length,
+        body: answer.body,
+        endpoint: endpoint.addr,
+    })
+}
+
+/// Largest answer header accepted from an upstream.
+const MAX_ANSWER_HEADER: usize = 64 * 1024;
+/// Most header fields an answer may have.
+const MAX_ANSWER_FIELDS: usize = 64;
+
+/// An upstream's answer, read whole.
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    content_type: Option<String>,
+    header_length: Option<String>,
+    body: Bytes,
+    /// Whether the connection can carry another request.
+    keep_alive: bool,
+}
+
+/// How an answer's body is delimited (RFC 9112, section 6.3).
+enum Framing {
+    Length(usize),
+    Chunked,
+    /// Until the server closes the connection.
+    Close,
+}
+
+/// Reads one HTTP/1 answer: its header (interim `1xx` answers skipped) and its whole body,
+/// framed by `content-length`, chunked, or by the end of the connection.
+async fn read_answer(stream: &mut Stream, max_body: usize) -> Result<Answer, String> {
+    let mut buf = BytesMut::with_capacity(4096);
+    loop {
+        if stream.read_buf(&mut buf).await.map_err(|e| e.to_string())? == 0 {
+            return Err("the upstream closed the connection before answering".into());
+        }
+        let mut fields = [httparse::EMPTY_HEADER; MAX_ANSWER_FIELDS];
+        let mut head = httparse::Response::new(&mut fields);
+        let parsed = head
+            .parse(&buf)
+            .map_err(|e| format!("invalid answer header from the upstream: {e}"))?;
+        let httparse::Status::Complete(header_len) = parsed else {
+            if buf.len() > MAX_ANSWER_HEADER {
+                return Err("the upstream's answer header is too large".into());
+            }
+            continue;
+        };
+        let status = head.code.unwrap_or(0);
+        if (100..200).contains(&status) {
+            // `100 Continue` and other interim answers: the final one follows.
+            buf.advance(header_len);
+            if !buf.is_empty() {
+                let mut rest = buf.split();
+                std::mem::swap(&mut buf, &mut rest);
+            }
+            continue;
+        }
+        let mut content_type = None;
+        let mut header_length = None;
+        let mut length: Option<usize> = None;
+        let mut chunked = false;
+        let mut close = head.version == Some(0);
+        for field in head.headers.iter() {
+            let value = || {
+                std::str::from_utf8(field.value)
+                    .map(|v| v.trim().to_string())
+                    .ok()
+            };
+            let name = field.name;
+            if name.eq_ignore_ascii_case("content-length") {
+                let n = std::str::from_utf8(field.value)
+                    .ok()
+                    .and_then(|v| v.trim().parse::<usize>().ok())
+                    .ok_or("the upstream sent an invalid content-length")?;
+                if length.is_some_and(|m| m != n) {
+                    return Err("the upstream sent conflicting content-lengths".into());
+                }
+                length = Some(n);
+            } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                chunked = field
+                    .value
+                    .rsplit(|&b| b == b',')
+                    .next()
+                    .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+                if !chunked {
+                    return Err("the upstream sent a transfer-encoding other than chunked".into());
+                }
+            } else if name.eq_ignore_ascii_case("connection") {
+                let v = field.value.trim_ascii();
+                if v.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if v.eq_ignore_ascii_case(b"keep-alive") && head.version == Some(0) {
+                    close = false;
+                }
+            } else if name.eq_ignore_ascii_case("content-type") {
+                content_type = value();
+            } else if name.eq_ignore_ascii_case(inference::protocol::HEADER_LENGTH) {
+                header_length = value();
+            }
+        }
+        let framing = if status == 204 || status == 304 {
+            Framing::Length(0)
+        } else if chunked {
+            // Both framings at once: chunked wins, and the connection is not trusted again.
+            close |= length.is_some();
+            Framing::Chunked
+        } else if let Some(n) = length {
+            Framing::Length(n)
+        } else {
+            close = true;
+            Framing::Close
+        };
+        buf.advance(header_len);
+        let body = read_body(stream, buf, framing, max_body).await?;
+        return Ok(Answer {
+            status,
+            content_type,
+            header_length,
+            body,
+            keep_alive: !close,
+        });
+    }
+}
+
+/// Reads more of an answer that is not complete yet: the connection's end is an error.
+async fn more(stream: &mut Stream, buf: &mut BytesMut) -> Result<(), String> {
+    match stream.read_buf(buf).await {
+        Ok(0) => Err("the upstream closed the connection mid-answer".to_string()),
+        Ok(_) => Ok(()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// The body after the header; `buf` holds what was read past the header already.
+async fn read_body(
+    stream: &mut Stream,
+    mut buf: BytesMut,
+    framing: Framing,
+    max: usize,
+) -> Result<Bytes, String> {
+    let too_large = || "the upstream's answer is over the size limit".to_string();
+    match framing {
+        Framing::Length(n) => {
+            if n > max {
+                return Err(too_large());
+            }
+            buf.reserve(n.saturating_sub(buf.len()));
+            while buf.len() < n {
+                more(stream, &mut buf).await?;
+            }
+            if buf.len() > n {
+                return Err("the upstream sent more than its content-length".into());
+            }
+            Ok(buf.freeze())
+        }
+        Framing::Close => loop {
+            if buf.len() > max {
+                return Err(too_large());
+            }
+            match stream.read_buf(&mut buf).await {
+                Ok(0) => return Ok(buf.freeze()),
+                Ok(_) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        },
+        Framing::Chunked => {
+            let mut body = BytesMut::new();
+            loop {
+                let (skip, size) = loop {
+                    match httparse::parse_chunk_size(&buf) {
+                        Ok(httparse::Status::Complete((skip, size))) => break (skip, size),
+                        Ok(httparse::Status::Partial) if buf.len() < 1024 => {
+                            more(stream, &mut buf).await?;
+                        }
+                        _ => return Err("the upstream sent an invalid chunk".into()),
+                    }
+                };
+                buf.advance(skip);
+                let size = usize::try_from(size).map_err(|_| too_large())?;
+                if size == 0 {
+                    // Trailer fields, if any, up to the empty line: read and dropped.
+                    loop {
+                        if let Some(end) = buf.windows(2).position(|w| w == b"\r\n") {
+                            let line_empty = end == 0;
+                            buf.advance(end + 2);
+                            if line_empty {
+                                break;
+                            }
+                        } else if buf.len() > MAX_ANSWER_HEADER {
+                            return Err("the upstream's trailer is too large".into());
+                        } else {
+                            more(stream, &mut buf).await?;
+                        }
+                    }
+                    if !buf.is_empty() {
+                        return Err("the upstream sent more than its chunked body".into());
+                    }
+                    return Ok(body.freeze());
+                }
+                if body.len() + size > max {
+                    return Err(too_large());
+                }
+                while buf.len() < size + 2 {
+                    more(stream, &mut buf).await?;
+                }
+                body.extend_from_slice(&buf[..size]);
+                if &buf[size..size + 2] != b"\r\n" {
+                    return Err("the upstream sent an invalid chunk".into());
+                }
+                buf.advance(size + 2);
+            }
+        }
+    }
 }
 
 /// The request line, headers and body, to be written at once.
@@ -491,6 +753,149 @@ mod tests {
         assert_eq!(picks, [endpoints[0], endpoints[1], endpoints[0], endpoints[1]]);
         assert_eq!(pool.select(Some(endpoints[0])), Some(endpoints[1]));
         assert_eq!(pool.select(Some(endpoints[0])), Some(endpoints[1]));
+    }
+
+    /// What `read_answer` makes of `wire`, sent in pieces of `piece` bytes, then the stream
+    /// closed when `close` (else left open).
+    async fn answer(wire: &[u8], piece: usize, close: bool, max: usize) -> Result<Answer, String> {
+        let (ours, mut theirs) = tokio::io::duplex(1 << 16);
+        let wire = wire.to_vec();
+        let writer = tokio::spawn(async move {
+            for part in wire.chunks(piece.max(1)) {
+                theirs.write_all(part).await.unwrap();
+                tokio::task::yield_now().await;
+            }
+            if !close {
+                // Kept open until the reader is done.
+                std::future::pending::<()>().await;
+            }
+        });
+        let mut stream: Stream = Box::new(ours);
+        let got = read_answer(&mut stream, max).await;
+        writer.abort();
+        got
+    }
+
+    #[tokio::test]
+    async fn answers_framed_by_length_chunks_or_close() {
+        let plain =
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nContent-Length: 11\r\n\r\n{\"ok\":true}";
+        for piece in [1, 7, plain.len()] {
+            let a = answer(plain, piece, false, 1 << 20).await.unwrap();
+            assert_eq!(
+                (a.status, &a.body[..], a.keep_alive),
+                (200, &b"{\"ok\":true}"[..], true)
+            );
+            assert_eq!(a.content_type.as_deref(), Some("application/json"));
+        }
+
+        let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\n3;ext=1\r\nefg\r\n0\r\nx-trailer: 1\r\n\r\n";
+        for piece in [1, 5, chunked.len()] {
+            let a = answer(chunked, piece, false, 1 << 20).await.unwrap();
+            assert_eq!((&a.body[..], a.keep_alive), (&b"abcdefg"[..], true));
+        }
+
+        // Neither length nor chunks: the body ends with the connection, which is not reused.
+        let a = answer(b"HTTP/1.1 503 Busy\r\n\r\nlater", 3, true, 1 << 20)
+            .await
+            .unwrap();
+        assert_eq!((a.status, &a.body[..], a.keep_alive), (503, &b"later"[..], false));
+
+        // An interim answer is skipped; `connection: close` and HTTP/1.0 end reuse.
+        let a = answer(
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+            4,
+            false,
+            1 << 20,
+        )
+        .await
+        .unwrap();
+        assert_eq!((a.status, &a.body[..], a.keep_alive), (200, &b"ok"[..], false));
+        let a = answer(
+            b"HTTP/1.0 200 OK\r\ncontent-length: 0\r\n\r\n",
+            64,
+            false,
+            1 << 20,
+        )
+        .await
+        .unwrap();
+        assert!(!a.keep_alive);
+        let a = answer(b"HTTP/1.1 204 No Content\r\n\r\n", 64, false, 1 << 20)
+            .await
+            .unwrap();
+        assert_eq!((a.status, a.body.len(), a.keep_alive), (204, 0, true));
+        let a = answer(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ninference-header-content-length: 1\r\n\r\n{",
+            64,
+            false,
+            1 << 20,
+        )
+        .await
+        .unwrap();
+        assert_eq!(a.header_length.as_deref(), Some("1"));
+    }
+
+    #[tokio::test]
+    async fn broken_or_oversized_answers_are_errors() {
+        let cases: [(&[u8], bool, usize); 7] = [
+            (b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nab", true, 1 << 20),
+            (
+                b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nab",
+                false,
+                1 << 20,
+            ),
+            (b"HTTP/1.1 200 OK\r\ncontent-length: 20\r\n\r\n", false, 10),
+            (
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n",
+                false,
+                1 << 20,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
+                false,
+                1 << 20,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n20\r\n",
+                false,
+                16,
+            ),
+            (b"NOT HTTP\r\n\r\n", false, 1 << 20),
+        ];
+        for (wire, close, max) in cases {
+            let got = answer(wire, 64, close, max).await;
+            assert!(got.is_err(), "{:?} gave {got:?}", String::from_utf8_lossy(wire));
+        }
+        assert!(
+            answer(b"", 1, true, 1 << 20).await.is_err(),
+            "closed before answering"
+        );
+    }
+
+    #[tokio::test]
+    async fn idle_connections_closed_by_the_server_are_not_reused() {
+        let idle = IdleConnections {
+            list: Mutex::new(Vec::new()),
+            timeout: Duration::from_secs(60),
+        };
+        let (open, _open_peer) = tokio::io::duplex(64);
+        let (closed, closed_peer) = tokio::io::duplex(64);
+        idle.put(Box::new(open));
+        idle.put(Box::new(closed));
+        assert_eq!(idle.len(), 2);
+        drop(closed_peer);
+        idle.purge();
+        assert_eq!(idle.len(), 1, "the closed one is dropped");
+        assert!(idle.take().is_some());
+        assert!(idle.take().is_none());
+
+        let expired = IdleConnections {
+            list: Mutex::new(Vec::new()),
+            timeout: Duration::ZERO,
+        };
+        let (s, _peer) = tokio::io::duplex(64);
+        expired.put(Box::new(s));
+        assert!(expired.take().is_none(), "idle longer than the timeout");
     }
 
     #[test]

@@ -188,7 +188,7 @@ pub fn build_with(snapshot: Snapshot, options: StartOptions) -> Result<GatewaySe
         rollouts: rollouts.clone(),
         closing: Default::default(),
     };
-    let mut proxy = Service::new("gateway".to_string(), gateway);
+    let mut proxy = Service::new("gateway".to_string(), crate::service::Front(Arc::new(gateway)));
     proxy.add_tls_with_settings(&https.to_string(), None, tls);
 
     let admin_app = Admin {
