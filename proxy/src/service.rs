@@ -418,10 +418,18 @@ impl Gateway {
                 }
                 self.respond(session, ctx, answer.status, &content_type, body, &extra)
                     .await;
-                if let Some((body, header_length)) = observed
-                    && let Ok(decoded) = protocol::decode_response(&body, header_length.as_deref())
-                {
-                    self.observe_predictions(ctx, &route.model, &decoded.outputs);
+                if let Some((body, header_length)) = observed {
+                    let predictions = header_length
+                        .is_none()
+                        .then(|| shadow::compare::predictions_from_json(&body))
+                        .flatten()
+                        .or_else(|| {
+                            let decoded = protocol::decode_response(&body, header_length.as_deref()).ok()?;
+                            Some(shadow::compare::predictions(&decoded.outputs))
+                        });
+                    if let Some(predictions) = predictions {
+                        self.record_predictions(ctx, &route.model, predictions);
+                    }
                 }
                 if let Some(primary) = primary {
                     self.mirror(snap, ctx, shadows, || primary);
@@ -470,7 +478,10 @@ impl Gateway {
 
     /// Class counts and confidence of a classifier's predictions, by route and variant.
     fn observe_predictions<O: shadow::compare::Output>(&self, ctx: &Ctx, route: &str, outputs: &[O]) {
-        let predictions = shadow::compare::predictions(outputs);
+        self.record_predictions(ctx, route, shadow::compare::predictions(outputs));
+    }
+
+    fn record_predictions(&self, ctx: &Ctx, route: &str, predictions: Vec<(i64, Option<f64>)>) {
         if predictions.is_empty() {
             return;
         }
