@@ -153,14 +153,14 @@ impl Gateway {
         let target =
             parse_target(&path).ok_or_else(|| InferError::NotFound(format!("no route for {path}")))?;
         let kind = target_kind(&target);
-        let method = session.req_header().method.as_str().to_string();
+        let method = session.req_header().method.clone();
         let allowed = match &target {
             Target::Protocol(e) => e.method(),
             Target::Simple(_) => "POST",
         };
-        if method != allowed {
+        if method.as_str() != allowed {
             return Err(InferError::MethodNotAllowed {
-                method,
+                method: method.to_string(),
                 path: path.clone(),
                 allowed,
             }
@@ -689,11 +689,15 @@ impl Gateway {
         // connection that would be parsed as the next request: read a small declared body
         // first, so that the client keeps its connection (a refused client would otherwise
         // pay a new TLS handshake per request); close the connection in any other case.
-        if !session.is_body_done() && !drain_small_body(session).await {
+        let closing = !session.is_body_done() && !drain_small_body(session).await;
+        if closing {
             session.set_keepalive(None);
         }
-        if session.write_response_header(Box::new(header)).await.is_ok() {
-            let _ = session.write_response_body(body, true).await;
+        if session.write_response_header(Box::new(header)).await.is_ok()
+            && session.write_response_body(body, true).await.is_ok()
+            && closing
+        {
+            linger(session).await;
         }
     }
 
@@ -735,6 +739,28 @@ async fn drain_small_body(session: &mut Session) -> bool {
     ) && session.is_body_done()
 }
 
+/// After a refusal on a connection that will close, the client's body is read and dropped for
+/// at most this long, up to [`LINGER_MAX_BYTES`] (nginx's "lingering close").
+const LINGER_TIME: Duration = Duration::from_secs(1);
+const LINGER_MAX_BYTES: usize = 4 << 20;
+
+/// Reads what remains of a request body after its answer was sent, before the connection
+/// closes. Closing a socket with unread bytes makes the kernel reset the connection, and a
+/// reset destroys what the client had received but not yet read: a client still sending a
+/// large body would see "connection reset" instead of the 401 or 413 it was sent.
+async fn linger(session: &mut Session) {
+    let drain = async {
+        let mut read = 0;
+        while read <= LINGER_MAX_BYTES {
+            match session.read_request_body().await {
+                Ok(Some(chunk)) => read += chunk.len(),
+                _ => break,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER_TIME, drain).await;
+}
+
 /// The shadows a request goes to, its input, and the primary's latency.
 type Shadows = (Vec<shadow::Pick>, shadow::Input, Duration);
 
@@ -760,12 +786,17 @@ fn target_kind(target: &Target<'_>) -> Kind {
 
 /// A versioned path pins the variant whose pool serves that version.
 fn variant_for_version(route: &Route, snap: &Snapshot, version: &str) -> Result<Variant, GatewayError> {
-    let version_of = |pool: &str| snap.config.pools.get(pool).map(|p| p.version().to_string());
-    if version_of(&route.stable).as_deref() == Some(version) {
+    // The path's version as a number, when written as one would write it ("7", not "07").
+    let asked = (version == "0" || !version.starts_with('0'))
+        .then(|| version.parse::<u64>().ok())
+        .flatten()
+        .filter(|_| version.bytes().all(|b| b.is_ascii_digit()));
+    let serves = |pool: &str| asked.is_some() && snap.config.pools.get(pool).map(|p| p.version()) == asked;
+    if serves(&route.stable) {
         return Ok(Variant::Stable);
     }
     if let Some(c) = &route.canary
-        && version_of(&c.pool).as_deref() == Some(version)
+        && serves(&c.pool)
     {
         return Ok(Variant::Canary);
     }
