@@ -2,6 +2,7 @@
 //! them. The gateway (`proxy/`) embeds the pools in-process; the `inference-server` binary
 //! serves them over HTTP for deployments that put models on their own machines.
 //!
+//! - [`alloc`]: the binaries' global allocator (mimalloc).
 //! - [`runtime`]: finds and loads the ONNX Runtime library, once per process.
 //! - [`model`]: a model's signature from its graph; request checks against it.
 //! - [`pool`]: per-model-version worker threads, bounded queue, dynamic batching.
@@ -10,6 +11,7 @@
 //! - [`protocol`]: Open Inference Protocol paths, JSON and binary bodies.
 //! - [`server`]: the hyper server behind `inference-server`.
 
+pub mod alloc;
 pub mod batch;
 pub mod error;
 pub mod model;

@@ -200,11 +200,7 @@ impl Admin {
             .and_then(|v| v.strip_prefix("Bearer "))
             .or_else(|| headers.get("x-admin-token").and_then(|v| v.to_str().ok()));
         presented.is_some_and(|p| {
-            subtle::ConstantTimeEq::ct_eq(
-                crate::keys::digest(p).as_slice(),
-                crate::keys::digest(token).as_slice(),
-            )
-            .into()
+            constant_time_eq::constant_time_eq_32(&crate::keys::digest(p), &crate::keys::digest(token))
         })
     }
 

@@ -5,14 +5,13 @@
 use std::sync::Arc;
 
 use http::HeaderMap;
-use subtle::ConstantTimeEq;
 
 use crate::errors::GatewayError;
 use crate::keys::{KeyInfo, KeyStore, Lookup};
 
 /// The key a request presents, if any. `x-api-key` wins when both are sent.
 pub fn presented_key(headers: &HeaderMap) -> Option<&str> {
-    if let Some(v) = headers.get("x-api-key") {
+    if let Some(v) = headers.get(crate::names::X_API_KEY) {
         return v.to_str().ok().map(str::trim).filter(|k| !k.is_empty());
     }
     let auth = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?.trim();
@@ -42,7 +41,7 @@ impl KeyMemo {
     /// The digest of `key`, computed only when it differs from the last one.
     fn digest(&mut self, key: &str) -> [u8; 32] {
         let key = key.as_bytes();
-        if self.key.is_empty() || self.key.len() != key.len() || !bool::from(self.key.as_slice().ct_eq(key)) {
+        if self.key.is_empty() || !constant_time_eq::constant_time_eq(&self.key, key) {
             self.digest = crate::keys::digest_bytes(key);
             self.key.clear();
             self.key.extend_from_slice(key);

@@ -16,7 +16,6 @@ use std::path::Path;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use subtle::ConstantTimeEq;
 
 use crate::config::{ConfigError, Errors, Path as YamlPath, yaml_error};
 
@@ -74,7 +73,9 @@ pub enum Lookup {
 
 #[derive(Debug, Clone, Default)]
 pub struct KeyStore {
-    by_digest: HashMap<[u8; 32], Arc<KeyInfo>>,
+    /// Hashed with foldhash (seeded per process) rather than SipHash: every request looks a
+    /// digest up, and SHA-256 digests are spread evenly already.
+    by_digest: HashMap<[u8; 32], Arc<KeyInfo>, foldhash::fast::RandomState>,
 }
 
 /// SHA-256 of a key, with ring's assembly implementation (SHA extensions or AVX2 where the
@@ -176,7 +177,7 @@ impl KeyStore {
     /// Looks a key up by the SHA-256 digest of what was presented (see [`Self::lookup`]).
     pub fn lookup_digest(&self, d: &[u8; 32]) -> Lookup {
         match self.by_digest.get(d) {
-            Some(info) if bool::from(info.digest.ct_eq(d)) => {
+            Some(info) if constant_time_eq::constant_time_eq_32(&info.digest, d) => {
                 if info.disabled {
                     Lookup::Disabled(info.clone())
                 } else {

@@ -16,6 +16,7 @@ pub mod keys;
 pub mod limits;
 pub mod maintenance;
 pub mod metrics;
+pub mod names;
 pub mod observed;
 pub mod ratelimit;
 pub mod reload;

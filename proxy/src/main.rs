@@ -11,7 +11,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 // Many small allocations cross threads (parsed tensors go to pool workers and back):
 // mimalloc handles that faster than glibc malloc (measured with loadtests/).
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: inference::alloc::MiMalloc = inference::alloc::MiMalloc;
 
 #[derive(Parser)]
 #[command(

@@ -21,7 +21,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
@@ -82,7 +82,7 @@ impl RemotePool {
             .map(|&addr| Endpoint::new(addr, &spec))
             .collect();
         let model_path = format!("/v2/models/{}/versions/{}", spec.model, spec.version);
-        Ok(RemotePool {
+        let pool = RemotePool {
             infer_path: format!("{model_path}/infer"),
             model_path,
             name: name.to_string(),
@@ -92,17 +92,18 @@ impl RemotePool {
             next: AtomicUsize::new(0),
             metadata: ArcSwapOption::empty(),
             last_check: Mutex::new(None),
-        })
+        };
+        pool.refresh_readiness();
+        Ok(pool)
     }
 
     /// A healthy endpoint, round-robin; `avoid` skips the one that just failed to connect.
     fn pick(&self, avoid: Option<SocketAddr>) -> Option<&Endpoint> {
         let n = self.endpoints.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let backends = self.lb.backends();
         (0..n)
             .map(|i| &self.endpoints[(start + i) % n])
-            .find(|e| Some(e.addr) != avoid && backends.ready(&e.backend))
+            .find(|e| Some(e.addr) != avoid && e.ready.load(Ordering::Relaxed))
     }
 
     /// The address of a healthy endpoint, if there is one.
@@ -113,17 +114,24 @@ impl RemotePool {
     /// Whether any endpoint passes its health check; unlike [`Self::select`], it does not
     /// move the round-robin on (a check before each request would skip every other endpoint).
     pub fn any_healthy(&self) -> bool {
-        let backends = self.lb.backends();
-        self.endpoints.iter().any(|e| backends.ready(&e.backend))
+        self.endpoints.iter().any(|e| e.ready.load(Ordering::Relaxed))
     }
 
     pub fn healthy_endpoints(&self) -> usize {
-        self.lb
-            .backends()
-            .get_backend()
+        self.endpoints
             .iter()
-            .filter(|b| self.lb.backends().ready(b))
+            .filter(|e| e.ready.load(Ordering::Relaxed))
             .count()
+    }
+
+    /// Copies each endpoint's readiness from the load balancer, which changes it only when a
+    /// health check runs. (Asking the load balancer hashes the backend twice: a tenth of a
+    /// request's own work in the gateway, twice per request.)
+    fn refresh_readiness(&self) {
+        let backends = self.lb.backends();
+        for e in &self.endpoints {
+            e.ready.store(backends.ready(&e.backend), Ordering::Relaxed);
+        }
     }
 
     /// The upstream path for a protocol path's tail (`/infer`, `/ready`, ``).
@@ -155,6 +163,7 @@ impl RemotePool {
             return;
         }
         self.lb.backends().run_health_check(true).await;
+        self.refresh_readiness();
         for e in &self.endpoints {
             e.idle.purge();
         }
@@ -174,6 +183,8 @@ struct Endpoint {
     addr: SocketAddr,
     /// The load balancer's key for its health.
     backend: Backend,
+    /// Whether its last health check passed (true until the first one says otherwise).
+    ready: AtomicBool,
     /// pingora's peer, with this pool's timeouts.
     peer: HttpPeer,
     /// Kept-alive connections to this endpoint.
@@ -204,10 +215,9 @@ impl IdleConnections {
         }
     }
 
-    fn put(&self, mut stream: Stream) {
-        if !still_open(&mut stream) {
-            return;
-        }
+    /// Keeps a connection whose answer was read whole. (Whether the server has closed it
+    /// since is checked when it is taken, and by [`Self::purge`].)
+    fn put(&self, stream: Stream) {
         let mut list = self.list.lock();
         if list.len() < MAX_IDLE {
             list.push((stream, Instant::now()));
@@ -251,6 +261,7 @@ impl Endpoint {
                 weight: 1,
                 ext: Default::default(),
             },
+            ready: AtomicBool::new(true),
             idle: IdleConnections {
                 list: Mutex::new(Vec::new()),
                 timeout: peer.options.idle_timeout.unwrap_or(Duration::from_secs(60)),
@@ -453,7 +464,9 @@ async fn read_answer(stream: &mut Stream, max_body: usize) -> Result<Answer, Str
                     .ok()
             };
             let name = field.name;
-            if name.eq_ignore_ascii_case("content-length") {
+            // Lengths compared first: most fields are none of these.
+            let is = |wanted: &str| name.len() == wanted.len() && name.eq_ignore_ascii_case(wanted);
+            if is("content-length") {
                 let n = std::str::from_utf8(field.value)
                     .ok()
                     .and_then(|v| v.trim().parse::<usize>().ok())
@@ -462,7 +475,7 @@ async fn read_answer(stream: &mut Stream, max_body: usize) -> Result<Answer, Str
                     return Err("the upstream sent conflicting content-lengths".into());
                 }
                 length = Some(n);
-            } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            } else if is("transfer-encoding") {
                 chunked = field
                     .value
                     .rsplit(|&b| b == b',')
@@ -471,16 +484,16 @@ async fn read_answer(stream: &mut Stream, max_body: usize) -> Result<Answer, Str
                 if !chunked {
                     return Err("the upstream sent a transfer-encoding other than chunked".into());
                 }
-            } else if name.eq_ignore_ascii_case("connection") {
+            } else if is("connection") {
                 let v = field.value.trim_ascii();
                 if v.eq_ignore_ascii_case(b"close") {
                     close = true;
                 } else if v.eq_ignore_ascii_case(b"keep-alive") && head.version == Some(0) {
                     close = false;
                 }
-            } else if name.eq_ignore_ascii_case("content-type") {
+            } else if is("content-type") {
                 content_type = value();
-            } else if name.eq_ignore_ascii_case(inference::protocol::HEADER_LENGTH) {
+            } else if is(inference::protocol::HEADER_LENGTH) {
                 header_length = value();
             }
         }
@@ -609,7 +622,10 @@ fn request_wire(out: &Outbound<'_>, host: &str) -> Result<BytesMut, &'static str
         out.content_type.unwrap_or(""),
         out.header_length.unwrap_or(""),
     ];
-    if fields.iter().any(|f| f.bytes().any(|b| b == b'\r' || b == b'\n')) {
+    if fields
+        .iter()
+        .any(|f| memchr::memchr2(b'\r', b'\n', f.as_bytes()).is_some())
+    {
         return Err("a header value holds a line break");
     }
     let mut wire = BytesMut::with_capacity(256 + out.path.len() + out.request_id.len() + out.body.len());

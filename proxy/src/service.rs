@@ -35,6 +35,10 @@ use crate::errors::GatewayError;
 use crate::keys::KeyInfo;
 use crate::limits;
 use crate::metrics::Metrics;
+use crate::names::{
+    INFERENCE_HEADER_LENGTH, RATELIMIT_LIMIT, RATELIMIT_REMAINING, RATELIMIT_RESET, X_CANARY,
+    X_MODEL_VARIANT, X_MODEL_VERSION, X_REQUEST_ID,
+};
 use crate::ratelimit::Decision;
 use crate::remote;
 use crate::shadow::{self, Mirror};
@@ -210,7 +214,7 @@ impl Gateway {
                     _ => None,
                 };
                 let request = split::Request {
-                    x_canary: headers.get("x-canary").map(|v| v.as_bytes()),
+                    x_canary: headers.get(X_CANARY).map(|v| v.as_bytes()),
                     key_digest: ctx.key.as_ref().map(|k| k.digest()),
                     sticky_header,
                 };
@@ -254,7 +258,7 @@ impl Gateway {
                         let header_length = session
                             .req_header()
                             .headers
-                            .get(protocol::HEADER_LENGTH)
+                            .get(INFERENCE_HEADER_LENGTH)
                             .map(|v| v.to_str().unwrap_or("?").to_string());
                         let request = protocol::decode_request(&body, header_length.as_deref())?;
                         let selected = protocol::select_outputs(meta, &request)?;
@@ -332,7 +336,7 @@ impl Gateway {
                     Bytes::new()
                 };
                 let headers = &session.req_header().headers;
-                let header_str = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+                let header_str = |name: HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
                 let mut features = None;
                 let body = if kind == Kind::Simple {
                     let meta = pool.metadata().ok_or_else(|| {
@@ -361,7 +365,7 @@ impl Gateway {
                     header_length: if kind == Kind::Simple {
                         None
                     } else {
-                        header_str(protocol::HEADER_LENGTH).map(str::to_string)
+                        header_str(INFERENCE_HEADER_LENGTH).map(str::to_string)
                     },
                 });
                 let out = remote::Outbound {
@@ -372,12 +376,12 @@ impl Gateway {
                     content_type: if kind == Kind::Simple {
                         Some("application/json")
                     } else {
-                        header_str("content-type")
+                        header_str(http::header::CONTENT_TYPE)
                     },
                     header_length: if kind == Kind::Simple {
                         None
                     } else {
-                        header_str(protocol::HEADER_LENGTH)
+                        header_str(INFERENCE_HEADER_LENGTH)
                     },
                     max_response_bytes: limit.max(1 << 20),
                 };
@@ -485,6 +489,12 @@ impl Gateway {
         if predictions.is_empty() {
             return;
         }
+        if let Some(series) = self.series(ctx) {
+            for (class, top) in predictions {
+                series.prediction(&self.metrics, class, top);
+            }
+            return;
+        }
         let variant = ctx.variant.map_or("-", Variant::as_str);
         let confidence = self.metrics.confidence.with_label_values(&[route, variant]);
         for (class, top) in predictions {
@@ -496,6 +506,16 @@ impl Gateway {
                 .with_label_values(&[route, variant, crate::metrics::class_label(class)])
                 .inc();
         }
+    }
+
+    /// The metric series of the request's route and variant, once both are known.
+    fn series<'c>(&self, ctx: &'c Ctx) -> Option<&'c crate::metrics::VariantSeries> {
+        let (Some(snap), Some(route), Some(variant), Some(version)) =
+            (&ctx.snapshot, &ctx.route, ctx.variant, &ctx.model_version)
+        else {
+            return None;
+        };
+        snap.series.get(&self.metrics, route, variant, version)
     }
 
     /// Stable, when the canary the weight chose cannot serve (a local model failing every
@@ -650,9 +670,10 @@ impl Gateway {
                 }
             }
         };
-        let tier = key.tier.clone();
+        // Counted before the key moves into the context (its tier is the label).
+        let refused = self.limited(ctx, decision, &key.tier);
         ctx.key = Some(key);
-        self.limited(ctx, decision, &tier)
+        refused
     }
 
     /// Writes a complete response with the gateway's headers.
@@ -840,6 +861,10 @@ async fn read_body(session: &mut Session, limit: usize) -> Result<Bytes, Gateway
                 if body.len() + chunk.len() > limit {
                     return Err(InferError::PayloadTooLarge { limit }.into());
                 }
+                // The usual case, a body that came whole: kept as it is, not copied again.
+                if body.is_empty() && session.is_body_done() {
+                    return Ok(chunk);
+                }
                 body.extend_from_slice(&chunk);
             }
             Ok(None) => return Ok(body.freeze()),
@@ -849,14 +874,6 @@ async fn read_body(session: &mut Session, limit: usize) -> Result<Bytes, Gateway
         }
     }
 }
-
-// Header names parsed once, not on every response.
-const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-const X_MODEL_VARIANT: HeaderName = HeaderName::from_static("x-model-variant");
-const X_MODEL_VERSION: HeaderName = HeaderName::from_static("x-model-version");
-const RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
-const RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
-const RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
 
 /// `x-request-id`, the variant and version, and the rate-limit state.
 fn add_gateway_headers(headers: &mut http::HeaderMap, ctx: &Ctx) {
@@ -917,29 +934,26 @@ impl Gateway {
         let variant = ctx.variant.map_or("-", Variant::as_str);
         let elapsed = ctx.started.map_or(Duration::ZERO, |t| t.elapsed());
         let m = &self.metrics;
-        let class = match status / 100 {
-            1 => "1xx",
-            2 => "2xx",
-            3 => "3xx",
-            4 => "4xx",
-            5 => "5xx",
-            _ => "none",
-        };
         let version = ctx.model_version.as_deref().unwrap_or("-");
         if let (Some(r), Some(v)) = (&ctx.route, ctx.variant) {
             self.observed.record(r, v);
             self.rollouts.observe(r, v, status, elapsed);
         }
-        m.requests
-            .with_label_values(&[route, variant, version, class])
-            .inc();
-        m.duration
-            .with_label_values(&[route, variant])
-            .observe(elapsed.as_secs_f64());
-        if let Some(d) = ctx.inference {
-            m.inference
+        if let Some(series) = self.series(ctx) {
+            series.request(m, status, elapsed, ctx.inference);
+        } else {
+            // Refused before a variant was chosen (or for a route a reload removed).
+            m.requests
+                .with_label_values(&[route, variant, version, crate::metrics::status_class(status)])
+                .inc();
+            m.duration
                 .with_label_values(&[route, variant])
-                .observe(d.as_secs_f64());
+                .observe(elapsed.as_secs_f64());
+            if let Some(d) = ctx.inference {
+                m.inference
+                    .with_label_values(&[route, variant])
+                    .observe(d.as_secs_f64());
+            }
         }
         if let Some(err) = &ctx.error {
             m.errors.with_label_values(&[err.kind()]).inc();

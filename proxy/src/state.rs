@@ -46,6 +46,8 @@ pub struct Snapshot {
     pub shared_limiter: Option<Arc<SharedLimiter>>,
     /// Per route: shadow requests in flight, at most `shadow.max_in_flight`.
     pub shadow_slots: BTreeMap<String, Arc<tokio::sync::Semaphore>>,
+    /// Each route variant's per-request metric series, found once per snapshot.
+    pub series: crate::metrics::SeriesCache,
 }
 
 /// A warm-up inference slower than this fails the load: the model would not serve either.
@@ -144,6 +146,7 @@ impl Snapshot {
             })
             .collect();
         Ok(Snapshot {
+            series: crate::metrics::SeriesCache::new(config.routes.keys()),
             config,
             pools,
             keys,

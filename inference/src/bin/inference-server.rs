@@ -17,7 +17,7 @@ use inference::{ModelRepository, PoolConfig};
 // worker thread and outputs come back): mimalloc's thread-local free lists handle that
 // pattern markedly faster than glibc malloc (measured with loadtests/bench_inference.sh).
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: inference::alloc::MiMalloc = inference::alloc::MiMalloc;
 
 #[derive(Parser, Debug)]
 #[command(

@@ -34,7 +34,8 @@ const SHARDS: usize = 16;
 /// "theoretical arrival time".
 pub struct BoundedStore<K: Hash + Eq> {
     shards: Vec<Mutex<lru::LruCache<K, u64>>>,
-    hasher: std::hash::RandomState,
+    /// Picks the shard; foldhash rather than SipHash (a key's digest or an address).
+    hasher: foldhash::fast::RandomState,
 }
 
 impl<K: Hash + Eq + Clone> BoundedStore<K> {
@@ -44,7 +45,7 @@ impl<K: Hash + Eq + Clone> BoundedStore<K> {
             shards: (0..SHARDS)
                 .map(|_| Mutex::new(lru::LruCache::new(per_shard)))
                 .collect(),
-            hasher: std::hash::RandomState::new(),
+            hasher: foldhash::fast::RandomState::default(),
         }
     }
 

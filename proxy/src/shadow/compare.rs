@@ -112,38 +112,19 @@ pub fn classes<O: Output>(outputs: &[O]) -> Option<Vec<i64>> {
 ///
 /// Decoding the answer into tensors first (names, types and every value copied, each scalar
 /// kept with its JSON kind) was the largest single cost of a proxied request after the
-/// gateway's own I/O. This reads only what predictions need, without copying strings.
-/// `None` whenever it is not sure to agree with a full decode: outputs of other types,
-/// `parameters`, nested `data`, integers too large for an `f64` — the caller then decodes.
+/// gateway's own I/O. This reads only what predictions need ([`super::scan`]), without
+/// copying strings. `None` whenever it is not sure to agree with a full decode: outputs of
+/// other types, `parameters`, nested `data`, escapes, integers too large for an `f64`, numbers
+/// serde_json might round otherwise — the caller then decodes.
 pub fn predictions_from_json(json: &[u8]) -> Option<Vec<(i64, Option<f64>)>> {
     use inference::DataType;
-    use std::borrow::Cow;
 
-    #[derive(serde::Deserialize)]
-    struct Answer<'a> {
-        #[serde(default, borrow)]
-        #[allow(dead_code)] // read for its type: a full decode refuses a non-string
-        model_version: Option<Cow<'a, str>>,
-        #[serde(borrow)]
-        outputs: Vec<View<'a>>,
-    }
-    #[derive(serde::Deserialize)]
-    struct View<'a> {
-        #[serde(borrow)]
-        name: Cow<'a, str>,
-        #[serde(borrow)]
-        datatype: Cow<'a, str>,
-        shape: Vec<usize>,
-        data: Option<Vec<f64>>,
-        parameters: Option<serde::de::IgnoredAny>,
-    }
-
-    let answer: Answer = serde_json::from_slice(json).ok()?;
+    let views = super::scan::outputs(json)?;
     // What `predictions` reads of each output: its name, type, shape, and values as f64.
-    let mut outputs = Vec::with_capacity(answer.outputs.len());
-    for o in answer.outputs {
-        let dtype = DataType::parse(&o.datatype).ok()?;
-        let mut data = o.data.filter(|_| o.parameters.is_none())?;
+    let mut outputs = Vec::with_capacity(views.len());
+    for o in views {
+        let dtype = DataType::parse(o.datatype).ok()?;
+        let mut data = o.data?;
         if inference::tensor::element_count(&o.shape)? != data.len() {
             return None;
         }

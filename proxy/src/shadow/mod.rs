@@ -15,6 +15,7 @@
 //!
 //! - [`breaker`]: a shadow that keeps failing gets a rest, not every request
 //! - [`compare`]: one pair's comparison
+//! - [`scan`]: the outputs of an answer read straight from its JSON (the prediction metrics)
 //! - [`store`]: SQLite, written in batches by one thread
 //! - [`report`], [`html`]: what model owners read
 
@@ -22,6 +23,7 @@ pub mod breaker;
 pub mod compare;
 pub mod html;
 pub mod report;
+pub mod scan;
 pub mod store;
 
 use std::sync::Arc;
