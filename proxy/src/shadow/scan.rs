@@ -40,12 +40,7 @@ pub fn outputs(json: &[u8]) -> Option<Vec<OutputView<'_>>> {
     let mut model_version = false;
     s.object(|s, key| match key {
         "outputs" if outputs.is_none() => {
-            let mut list = Vec::with_capacity(2);
-            s.array(|s| {
-                list.push(s.output()?);
-                Some(())
-            })?;
-            outputs = Some(list);
+            outputs = Some(s.list(Scanner::output)?);
             Some(())
         }
         // A full decode wants a string (or null) here; a repeated field is an error to it.
@@ -150,6 +145,16 @@ impl<'a> Scanner<'a> {
         }
     }
 
+    /// An array's elements, each read by `item`.
+    fn list<T>(&mut self, mut item: impl FnMut(&mut Self) -> Option<T>) -> Option<Vec<T>> {
+        let mut items = Vec::with_capacity(2);
+        self.array(|s| {
+            items.push(item(s)?);
+            Some(())
+        })?;
+        Some(items)
+    }
+
     /// A number as serde_json makes it an `f64`: the significand's integer divided or
     /// multiplied by one power of ten. Only where that is exact in both (a significand below
     /// 2^53, a power up to 10^22) is it read here; serde_json would round the rest its own way.
@@ -236,25 +241,13 @@ impl<'a> Scanner<'a> {
             match key {
                 "name" if name.is_none() => name = Some(s.string()?),
                 "datatype" if datatype.is_none() => datatype = Some(s.string()?),
-                "shape" if shape.is_none() => {
-                    let mut dims = Vec::with_capacity(2);
-                    s.array(|s| {
-                        dims.push(s.dimension()?);
-                        Some(())
-                    })?;
-                    shape = Some(dims);
-                }
+                "shape" if shape.is_none() => shape = Some(s.list(Self::dimension)?),
                 "data" if data.is_none() => {
                     data = Some(if s.peek()? == b'n' {
                         s.literal("null")?;
                         None
                     } else {
-                        let mut values = Vec::new();
-                        s.array(|s| {
-                            values.push(s.number()?);
-                            Some(())
-                        })?;
-                        Some(values)
+                        Some(s.list(Self::number)?)
                     });
                 }
                 // A repeated field, or parameters (which a full decode reads): not here.
