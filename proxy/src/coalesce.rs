@@ -10,6 +10,9 @@
 //! `100 Continue`, a header-only answer), up to one record's worth of plaintext.
 //!
 //! HTTP/2 needs none of this: the `h2` crate already writes its frames through one buffer.
+//!
+//! It also replays bytes already read from the connection (by the gateway's own HTTP/1
+//! reader, [`crate::h1`], when it hands a request it does not serve to pingora's session).
 
 use std::fmt;
 use std::io;
@@ -36,14 +39,22 @@ pub struct Coalesced {
     buf: Vec<u8>,
     /// How much of `buf` the inner stream has taken.
     written: usize,
+    /// Bytes read from `inner` before this stream was made, returned first.
+    prefix: bytes::Bytes,
 }
 
 impl Coalesced {
     pub fn new(inner: Stream) -> Coalesced {
+        Coalesced::with_prefix(inner, bytes::Bytes::new())
+    }
+
+    /// A stream whose reads return `prefix` before anything more from `inner`.
+    pub fn with_prefix(inner: Stream, prefix: bytes::Bytes) -> Coalesced {
         Coalesced {
             inner,
             buf: Vec::new(),
             written: 0,
+            prefix,
         }
     }
 
@@ -91,7 +102,13 @@ impl AsyncWrite for Coalesced {
 
 impl AsyncRead for Coalesced {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+        let this = self.get_mut();
+        if !this.prefix.is_empty() {
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
     }
 }
 
@@ -156,7 +173,13 @@ impl GetSocketDigest for Coalesced {
 #[async_trait]
 impl Peek for Coalesced {
     async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
-        self.inner.try_peek(buf).await
+        if self.prefix.is_empty() {
+            return self.inner.try_peek(buf).await;
+        }
+        // Only a peek the held bytes answer whole is reported as done.
+        let n = self.prefix.len().min(buf.len());
+        buf[..n].copy_from_slice(&self.prefix[..n]);
+        Ok(n == buf.len())
     }
 }
 
@@ -165,6 +188,7 @@ impl fmt::Debug for Coalesced {
         f.debug_struct("Coalesced")
             .field("inner", &self.inner)
             .field("held", &(self.buf.len() - self.written))
+            .field("replaying", &self.prefix.len())
             .finish()
     }
 }
@@ -200,6 +224,21 @@ mod tests {
         let mut got = vec![0u8; 40];
         peer.read_exact(&mut got).await.unwrap();
         assert_eq!(&got, b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+    }
+
+    #[tokio::test]
+    async fn reads_return_the_prefix_first() {
+        use tokio::io::AsyncReadExt;
+        let (inner, mut peer) = recording();
+        let mut s = Coalesced::with_prefix(inner, bytes::Bytes::from_static(b"GET / HTTP/1.1\r\n"));
+        peer.write_all(b"host: x\r\n\r\n").await.unwrap();
+        drop(peer);
+        let mut small = [0u8; 4];
+        s.read_exact(&mut small).await.unwrap();
+        assert_eq!(&small, b"GET ");
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(rest, b"/ HTTP/1.1\r\nhost: x\r\n\r\n");
     }
 
     #[tokio::test]

@@ -12,6 +12,7 @@ pub mod auth;
 pub mod coalesce;
 pub mod config;
 pub mod errors;
+pub mod h1;
 pub mod keys;
 pub mod limits;
 pub mod maintenance;

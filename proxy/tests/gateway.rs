@@ -306,6 +306,96 @@ async fn routing_errors_and_limits() {
     assert_eq!((r.status, r.header("x-model-variant")), (200, Some("canary")));
 }
 
+/// HTTP/1.1 requests sent back to back in one write are answered in order by the gateway's
+/// own reader. A request it does not read (a chunked body, HTTP/1.0) goes with the connection
+/// to pingora's session, which gets the bytes already read and serves what follows.
+#[tokio::test(flavor = "multi_thread")]
+async fn pipelined_http1_requests_and_the_handoff_to_pingora() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let g = default_gateway();
+    let body = example();
+    let key = g.keys.dev.clone();
+    let path = "/v2/models/breast-cancer/versions/1/infer";
+    let plain = |extra: &str| {
+        format!(
+            "POST {path} HTTP/1.1\r\nhost: localhost\r\nx-api-key: {key}\r\ncontent-length: {}\r\n{extra}\r\n{body}",
+            body.len()
+        )
+    };
+    let chunked = format!(
+        "POST {path} HTTP/1.1\r\nhost: localhost\r\nx-api-key: {key}\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+        body.len()
+    );
+    let http10 = format!(
+        "POST {path} HTTP/1.0\r\nhost: localhost\r\nx-api-key: {key}\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    // In one write; the connection closes after the last answer, cleanly.
+    // (requests, answers, of which 200): a GET of the infer path is answered 405.
+    let get_and_close = plain("connection: close\r\n").replace("POST", "GET");
+    for (requests, answers, ok) in [
+        (vec![plain(""), plain(""), plain("connection: close\r\n")], 3, 3),
+        (vec![plain(""), get_and_close], 2, 1),
+        (vec![plain(""), http10], 2, 2),
+    ] {
+        let mut tls = connect_raw_h1(&g).await;
+        tls.write_all(requests.concat().as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        let end = tokio::time::timeout(Duration::from_secs(20), tls.read_to_end(&mut answer))
+            .await
+            .expect("the connection closes after the last answer");
+        let answer = String::from_utf8_lossy(&answer).to_lowercase();
+        assert!(end.is_ok(), "{end:?} after {answer}");
+        assert_eq!(answer.matches("x-request-id: ").count(), answers, "{answer}");
+        assert_eq!(answer.matches(" 200 ok\r\n").count(), ok, "{answer}");
+        assert!(answer.ends_with("}"), "{answer}");
+    }
+    // One at a time: plain, chunked (handed over), then plain ones served by pingora.
+    let mut tls = connect_raw_h1(&g).await;
+    for request in [plain(""), chunked, plain(""), plain("")] {
+        tls.write_all(request.as_bytes()).await.unwrap();
+        let (head, reply) = read_h1_answer(&mut tls).await;
+        assert!(head.starts_with("http/1.1 200 ok\r\n"), "{head}");
+        assert!(head.contains("x-model-variant: stable\r\n"), "{head}");
+        assert!(reply.contains("\"outputs\""), "{reply}");
+    }
+}
+
+/// One HTTP/1.1 answer with a `content-length`: its header (lower case) and its body.
+async fn read_h1_answer(tls: &mut (impl tokio::io::AsyncRead + Unpin)) -> (String, String) {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut byte = [0u8; 1];
+    while !got.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(10), tls.read(&mut byte))
+            .await
+            .expect("an answer within 10 s")
+            .unwrap();
+        assert_eq!(n, 1, "the connection closed in an answer's header");
+        got.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&got).to_lowercase();
+    let length: usize = head
+        .split("content-length: ")
+        .nth(1)
+        .and_then(|v| v.split("\r\n").next()?.parse().ok())
+        .expect("a content-length");
+    let mut body = vec![0u8; length];
+    tls.read_exact(&mut body).await.unwrap();
+    (head, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// A TLS connection that offers only HTTP/1.1, for requests written by hand.
+async fn connect_raw_h1(g: &Gateway) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let mut config = (*g.tls).clone();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(g.https).await.unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(rustls::pki_types::ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap()
+}
+
 /// A chunked body (no length declared) is cut off with 413 once it passes the limit.
 #[tokio::test(flavor = "multi_thread")]
 async fn chunked_body_over_the_limit() {

@@ -34,11 +34,24 @@ impl<'a> Endpoint<'a> {
         if rest.is_empty() {
             return Some(Endpoint::Server);
         }
-        let parts: Vec<&str> = rest.strip_prefix('/')?.split('/').collect();
-        if parts.iter().any(|p| p.is_empty()) {
-            return None;
+        // At most five segments (models/m/versions/v/infer), split without allocating: this
+        // runs for every request the gateway serves.
+        let mut parts = [""; 5];
+        let mut n = 0;
+        let mut rest = rest.strip_prefix('/')?;
+        loop {
+            let end = rest.bytes().position(|b| b == b'/').unwrap_or(rest.len());
+            if end == 0 || n == parts.len() {
+                return None;
+            }
+            parts[n] = &rest[..end];
+            n += 1;
+            match rest.get(end + 1..) {
+                Some(next) => rest = next,
+                None => break,
+            }
         }
-        match parts.as_slice() {
+        match &parts[..n] {
             ["health", "live"] => Some(Endpoint::Live),
             ["health", "ready"] => Some(Endpoint::Ready),
             ["models", model, tail @ ..] => {
@@ -100,6 +113,9 @@ mod tests {
     #[case("/v2x", None)]
     #[case("/v1/models/a", None)]
     #[case("/", None)]
+    #[case("/v2/models/a/versions/1/infer/x", None)]
+    #[case("/v2//health/live", None)]
+    #[case("/v2/health/live/", None)]
     fn paths(#[case] path: &str, #[case] want: Option<Endpoint<'static>>) {
         assert_eq!(Endpoint::parse(path), want);
     }

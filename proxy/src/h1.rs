@@ -1,0 +1,540 @@
+//! The gateway's own HTTP/1.1 reader and writer, for the requests that make up nearly all of
+//! its traffic; pingora's HTTP/1 session for everything else.
+//!
+//! pingora's session builds two header maps per request (one keeps the case of names), checks
+//! the request again, serializes the answer from a header map, and is made anew for every
+//! request of a kept-alive connection. Measured with callgrind on the proxy benchmark, that
+//! was about a sixth of a proxied request's instructions. Here a request is parsed by httparse
+//! (as pingora does) into one header map whose values point into the bytes read, its body is
+//! read by its `Content-Length`, and its answer leaves in one write (one TLS record).
+//!
+//! Only plain requests are read here: HTTP/1.1, `GET` or `POST`, an origin-form target, a
+//! header block under [`FAST_HEADER_BYTES`], at most one `Host`, one `Content-Length` of digits
+//! or none, and no `Transfer-Encoding`, `Expect` or `Upgrade`. At the first request that is not
+//! (or that httparse refuses), the connection and the bytes already read go to pingora's
+//! session ([`Next::Handoff`]), whose rules and errors apply from there on, unchanged.
+
+use std::io;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderName, HeaderValue, Method, StatusCode};
+use pingora::http::RequestHeader;
+use pingora::protocols::Stream;
+use pingora::protocols::l4::socket::SocketAddr;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::names::{X_API_KEY, X_CANARY, X_REQUEST_ID};
+
+/// Header blocks up to this size are read here; a larger one goes to pingora's session (and
+/// meets the gateway's own 431 there, or pingora's limit).
+pub const FAST_HEADER_BYTES: usize = 16 * 1024;
+/// At most this many header lines; more go to pingora's session.
+const MAX_HEADERS: usize = 64;
+/// How long a kept-alive connection may wait for its next request, and how long one read of
+/// a request in progress may take (pingora's own read timeout).
+pub const IDLE: Duration = Duration::from_secs(60);
+const READ: Duration = Duration::from_secs(60);
+/// How long writing one answer may take before the connection is given up.
+const WRITE: Duration = Duration::from_secs(60);
+
+/// What [`Conn::next_request`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Next {
+    /// A request header was read: [`Conn::req_header`] is set.
+    Request,
+    /// The client closed the connection, went quiet for [`IDLE`], or broke off a request.
+    Closed,
+    /// A request this reader does not serve: the connection goes to pingora's session.
+    Handoff,
+}
+
+/// One HTTP/1.1 connection, read and written by the gateway itself.
+pub struct Conn {
+    stream: Stream,
+    /// Bytes read and not yet taken: the rest of a body, or the next (pipelined) requests.
+    buf: BytesMut,
+    req: Option<RequestHeader>,
+    /// Body bytes declared and not yet read.
+    body_left: usize,
+    keepalive: bool,
+    /// Set by a failed read or write: the connection carries no further request.
+    broken: bool,
+    status: Option<u16>,
+    bytes_in: usize,
+    bytes_out: usize,
+    client: Option<SocketAddr>,
+    /// The answer being written (kept between requests to save an allocation).
+    out: Vec<u8>,
+}
+
+/// An answer's header fields, handed to [`Conn::write_response`] one by one as (name, value):
+/// names in lower case, values as they are to be sent.
+pub trait Fields {
+    fn each(&self, f: &mut dyn FnMut(&[u8], &[u8]));
+}
+
+impl Conn {
+    pub fn new(stream: Stream) -> Conn {
+        let client = stream.get_socket_digest().and_then(|d| d.peer_addr().cloned());
+        Conn {
+            stream,
+            buf: BytesMut::new(),
+            req: None,
+            body_left: 0,
+            keepalive: true,
+            broken: false,
+            status: None,
+            bytes_in: 0,
+            bytes_out: 0,
+            client,
+            out: Vec::new(),
+        }
+    }
+
+    /// Reads the next request's header (its body is read on demand).
+    pub async fn next_request(&mut self) -> Next {
+        self.req = None;
+        self.status = None;
+        self.bytes_in = 0;
+        self.bytes_out = 0;
+        loop {
+            if !self.buf.is_empty() {
+                match self.parse() {
+                    Parsed::Complete => return Next::Request,
+                    Parsed::Handoff => return Next::Handoff,
+                    Parsed::Partial if self.buf.len() >= FAST_HEADER_BYTES => return Next::Handoff,
+                    Parsed::Partial => {}
+                }
+            }
+            let wait = if self.buf.is_empty() { IDLE } else { READ };
+            if self.fill(4096, wait).await.is_err() {
+                return Next::Closed;
+            }
+        }
+    }
+
+    /// Reads more into `buf` (at least `want` bytes of room), within `wait`.
+    async fn fill(&mut self, want: usize, wait: Duration) -> io::Result<()> {
+        if self.buf.capacity() - self.buf.len() < want {
+            self.buf.reserve(want.max(4096));
+        }
+        let result = match tokio::time::timeout(wait, self.stream.read_buf(&mut self.buf)).await {
+            Err(_) => Err(io::ErrorKind::TimedOut.into()),
+            Ok(Ok(0)) => Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e),
+        };
+        if result.is_err() {
+            self.broken = true;
+        }
+        result
+    }
+
+    fn parse(&mut self) -> Parsed {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut headers);
+        let end = match req.parse(&self.buf) {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) => return Parsed::Partial,
+            Err(_) => return Parsed::Handoff,
+        };
+        let (Some(1), Some(method @ ("GET" | "POST")), Some(path)) = (req.version, req.method, req.path)
+        else {
+            return Parsed::Handoff;
+        };
+        if !path.starts_with('/') {
+            return Parsed::Handoff;
+        }
+        let mut length = None;
+        let mut keepalive = true;
+        let mut hosts = 0;
+        for h in req.headers.iter() {
+            let name = h.name.as_bytes();
+            if name.eq_ignore_ascii_case(b"content-length") {
+                match (length, parse_length(h.value)) {
+                    (None, Some(n)) => length = Some(n),
+                    _ => return Parsed::Handoff,
+                }
+            } else if name.eq_ignore_ascii_case(b"connection") {
+                if h.value.eq_ignore_ascii_case(b"close") {
+                    keepalive = false;
+                } else if !h.value.eq_ignore_ascii_case(b"keep-alive") {
+                    return Parsed::Handoff;
+                }
+            } else if name.eq_ignore_ascii_case(b"host") {
+                hosts += 1;
+                if hosts > 1 {
+                    return Parsed::Handoff;
+                }
+            } else if name.eq_ignore_ascii_case(b"transfer-encoding")
+                || name.eq_ignore_ascii_case(b"expect")
+                || name.eq_ignore_ascii_case(b"upgrade")
+            {
+                return Parsed::Handoff;
+            }
+        }
+        let (mut parts, ()) = http::Request::new(()).into_parts();
+        parts.method = if method == "GET" {
+            Method::GET
+        } else {
+            Method::POST
+        };
+        parts.headers.reserve(req.headers.len());
+        // Names are made now; the target and values are cut from the header block once it
+        // leaves `buf` (no copies).
+        let base = self.buf.as_ptr() as usize;
+        let span = |s: &[u8]| {
+            let start = s.as_ptr() as usize - base;
+            start..start + s.len()
+        };
+        let target = span(path.as_bytes());
+        let mut fields = Vec::with_capacity(req.headers.len());
+        for h in req.headers.iter() {
+            let Some(name) = header_name(h.name.as_bytes()) else {
+                return Parsed::Handoff;
+            };
+            fields.push((name, span(h.value)));
+        }
+        let head = self.buf.split_to(end).freeze();
+        let Ok(uri) = http::Uri::from_maybe_shared(head.slice(target)) else {
+            self.restore(head);
+            return Parsed::Handoff;
+        };
+        parts.uri = uri;
+        for (name, value) in fields {
+            // httparse allows exactly the bytes a HeaderValue may hold, so this never fails.
+            let Ok(value) = HeaderValue::from_maybe_shared(head.slice(value)) else {
+                self.restore(head);
+                return Parsed::Handoff;
+            };
+            parts.headers.append(name, value);
+        }
+        let header = RequestHeader::from(parts);
+        self.req = Some(header);
+        self.body_left = length.unwrap_or(0);
+        self.keepalive = keepalive;
+        Parsed::Complete
+    }
+
+    /// Puts a header block taken from `buf` back in front of it.
+    fn restore(&mut self, head: Bytes) {
+        let mut all = BytesMut::with_capacity(head.len() + self.buf.len());
+        all.extend_from_slice(&head);
+        all.extend_from_slice(&self.buf);
+        self.buf = all;
+    }
+
+    /// The request read by the last [`Conn::next_request`] that returned [`Next::Request`].
+    pub fn req_header(&self) -> &RequestHeader {
+        self.req.as_ref().expect("a request was read")
+    }
+
+    /// The next piece of the request body; `None` once it has all been read.
+    pub async fn read_body(&mut self) -> io::Result<Option<Bytes>> {
+        if self.body_left == 0 {
+            return Ok(None);
+        }
+        if self.buf.is_empty() {
+            self.fill(self.body_left.min(64 * 1024), READ).await?;
+        }
+        let n = self.buf.len().min(self.body_left);
+        self.body_left -= n;
+        self.bytes_in += n;
+        Ok(Some(self.buf.split_to(n).freeze()))
+    }
+
+    pub fn is_body_done(&self) -> bool {
+        self.body_left == 0
+    }
+
+    /// The answer ends the connection (`connection: close`).
+    pub fn close_after(&mut self) {
+        self.keepalive = false;
+    }
+
+    /// Whether another request may follow on this connection.
+    pub fn reusable(&self) -> bool {
+        self.keepalive && !self.broken && self.body_left == 0 && self.status.is_some()
+    }
+
+    /// Writes a whole answer: status line, `fields`, `date`, `connection`, body; one write.
+    pub async fn write_response(
+        &mut self,
+        status: u16,
+        fields: &(dyn Fields + Sync),
+        body: &[u8],
+    ) -> io::Result<()> {
+        let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        // These carry no body (RFC 9110 6.4.1), nor, but for 304, a length.
+        let bodyless =
+            code.is_informational() || code == StatusCode::NO_CONTENT || code == StatusCode::NOT_MODIFIED;
+        let out = &mut self.out;
+        out.clear();
+        out.extend_from_slice(b"HTTP/1.1 ");
+        out.extend_from_slice(code.as_str().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(code.canonical_reason().unwrap_or("").as_bytes());
+        out.extend_from_slice(b"\r\n");
+        fields.each(&mut |name, value| {
+            let dropped = bodyless && code != StatusCode::NOT_MODIFIED && name == b"content-length";
+            if !dropped && valid_value(value) {
+                line(out, name, value);
+            }
+        });
+        line(
+            out,
+            b"date",
+            pingora::protocols::http::date::get_cached_date().as_bytes(),
+        );
+        let connection: &[u8] = if self.keepalive { b"keep-alive" } else { b"close" };
+        line(out, b"connection", connection);
+        out.extend_from_slice(b"\r\n");
+        if !bodyless {
+            out.extend_from_slice(body);
+        }
+        self.status = Some(status);
+        let sent = async {
+            self.stream.write_all(&self.out).await?;
+            self.stream.flush().await
+        };
+        let result = match tokio::time::timeout(WRITE, sent).await {
+            Ok(r) => r,
+            Err(_) => Err(io::ErrorKind::TimedOut.into()),
+        };
+        match &result {
+            Ok(()) if !bodyless => self.bytes_out += body.len(),
+            Ok(()) => {}
+            Err(_) => self.broken = true,
+        }
+        result
+    }
+
+    pub fn response_status(&self) -> Option<u16> {
+        self.status
+    }
+
+    pub fn body_bytes_read(&self) -> usize {
+        self.bytes_in
+    }
+
+    pub fn body_bytes_sent(&self) -> usize {
+        self.bytes_out
+    }
+
+    pub fn client_addr(&self) -> Option<&SocketAddr> {
+        self.client.as_ref()
+    }
+
+    /// Ends the connection as pingora does: TLS `close_notify`, then the socket's write side.
+    pub async fn shutdown(mut self) {
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            pingora::protocols::Shutdown::shutdown(&mut *self.stream),
+        )
+        .await;
+    }
+
+    /// The connection and every byte read from it that was not taken: for pingora's session.
+    pub fn into_handoff(self) -> (Stream, Bytes) {
+        (self.stream, self.buf.freeze())
+    }
+}
+
+enum Parsed {
+    Complete,
+    Partial,
+    Handoff,
+}
+
+/// A `Content-Length` of digits only (at most 19, so it fits), as RFC 9110 8.6 writes it.
+fn parse_length(v: &[u8]) -> Option<usize> {
+    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(v).ok()?.parse().ok()
+}
+
+/// The gateway's own names come from [`crate::names`] without being parsed again.
+fn header_name(name: &[u8]) -> Option<HeaderName> {
+    for known in [&X_API_KEY, &X_REQUEST_ID, &X_CANARY] {
+        if name.eq_ignore_ascii_case(known.as_str().as_bytes()) {
+            return Some(known.clone());
+        }
+    }
+    HeaderName::from_bytes(name).ok()
+}
+
+/// What `HeaderValue::from_bytes` accepts: no control characters but tab.
+fn valid_value(v: &[u8]) -> bool {
+    v.iter().all(|&b| (b >= 0x20 && b != 0x7f) || b == b'\t')
+}
+
+fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::DuplexStream;
+
+    fn pair() -> (Conn, DuplexStream) {
+        let (a, b) = tokio::io::duplex(1 << 20);
+        (Conn::new(Box::new(a)), b)
+    }
+
+    struct Two;
+    impl Fields for Two {
+        fn each(&self, f: &mut dyn FnMut(&[u8], &[u8])) {
+            f(b"content-type", b"application/json");
+            f(b"content-length", b"2");
+            f(b"x-bad", b"a\r\nx-injected: 1");
+        }
+    }
+
+    async fn read_answer(peer: &mut DuplexStream) -> String {
+        use tokio::io::AsyncReadExt;
+        let mut got = vec![0u8; 4096];
+        let n = peer.read(&mut got).await.unwrap();
+        String::from_utf8_lossy(&got[..n]).into_owned()
+    }
+
+    #[tokio::test]
+    async fn pipelined_requests_are_read_one_after_another() {
+        let (mut conn, mut peer) = pair();
+        peer.write_all(
+            b"POST /v2/models/m/infer HTTP/1.1\r\nHost: x\r\nX-Api-Key: k1\r\nContent-Length: 5\r\n\r\nhelloGET /v2/health/live HTTP/1.1\r\nhost: x\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        assert_eq!(conn.next_request().await, Next::Request);
+        let req = conn.req_header();
+        assert_eq!(
+            (req.method.as_str(), req.uri.path()),
+            ("POST", "/v2/models/m/infer")
+        );
+        assert_eq!(req.headers.get("x-api-key").unwrap(), "k1");
+        assert_eq!(req.headers.get(X_API_KEY).unwrap(), "k1");
+        assert!(!conn.is_body_done());
+        assert_eq!(conn.read_body().await.unwrap().as_deref(), Some(&b"hello"[..]));
+        assert_eq!(conn.read_body().await.unwrap(), None);
+        assert_eq!(conn.body_bytes_read(), 5);
+        conn.write_response(200, &Two, b"{}").await.unwrap();
+        let answer = read_answer(&mut peer).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n"),
+            "{answer}"
+        );
+        assert!(
+            answer.contains("\r\nconnection: keep-alive\r\n\r\n{}"),
+            "{answer}"
+        );
+        assert!(
+            !answer.contains("x-injected"),
+            "a value with CR LF is not written: {answer}"
+        );
+        assert!(conn.reusable());
+        assert_eq!(conn.next_request().await, Next::Request);
+        assert_eq!(conn.req_header().uri.path(), "/v2/health/live");
+        assert!(conn.is_body_done());
+    }
+
+    #[tokio::test]
+    async fn a_body_and_a_header_split_across_reads() {
+        let (mut conn, mut peer) = pair();
+        let task = tokio::spawn(async move {
+            for part in [
+                &b"POST /p HTTP/1.1\r\nho"[..],
+                b"st: x\r\ncontent-length: 6\r\n\r\nab",
+                b"cd",
+                b"ef",
+            ] {
+                peer.write_all(part).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            peer
+        });
+        assert_eq!(conn.next_request().await, Next::Request);
+        let mut body = Vec::new();
+        while let Some(chunk) = conn.read_body().await.unwrap() {
+            body.extend_from_slice(&chunk);
+        }
+        assert_eq!(body, b"abcdef");
+        drop(task.await.unwrap());
+        assert_eq!(conn.next_request().await, Next::Closed, "the client closed");
+    }
+
+    #[tokio::test]
+    async fn connection_close_is_honoured() {
+        let (mut conn, mut peer) = pair();
+        peer.write_all(b"GET /v2 HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(conn.next_request().await, Next::Request);
+        conn.write_response(204, &Two, b"{}").await.unwrap();
+        let answer = read_answer(&mut peer).await;
+        assert!(
+            answer.ends_with("connection: close\r\n\r\n"),
+            "no body for 204: {answer}"
+        );
+        assert!(!answer.contains("content-length"), "{answer}");
+        assert!(!conn.reusable());
+    }
+
+    #[tokio::test]
+    async fn other_requests_go_to_pingora_with_every_byte() {
+        let cases: [&[u8]; 10] = [
+            b"GET /v2 HTTP/1.0\r\n\r\n",
+            b"PUT /v2 HTTP/1.1\r\nhost: x\r\n\r\n",
+            b"HEAD /v2 HTTP/1.1\r\nhost: x\r\n\r\n",
+            b"POST /p HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+            b"POST /p HTTP/1.1\r\ncontent-length: 1\r\ncontent-length: 1\r\n\r\nab",
+            b"POST /p HTTP/1.1\r\ncontent-length: +1\r\n\r\na",
+            b"POST /p HTTP/1.1\r\nexpect: 100-continue\r\ncontent-length: 1\r\n\r\n",
+            b"GET /v2 HTTP/1.1\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n",
+            b"GET http://x/v2 HTTP/1.1\r\nhost: y\r\n\r\n",
+            b"GET /v2 HTTP/1.1\r\nbad header line\r\n\r\n",
+        ];
+        for case in cases {
+            let (mut conn, mut peer) = pair();
+            peer.write_all(case).await.unwrap();
+            assert_eq!(
+                conn.next_request().await,
+                Next::Handoff,
+                "{}",
+                String::from_utf8_lossy(case)
+            );
+            let (_, rest) = conn.into_handoff();
+            assert_eq!(&rest[..], case);
+        }
+        // A header block too large for this reader goes too, with what was read of it (the
+        // rest is still on the connection).
+        let (mut conn, mut peer) = pair();
+        let big = format!("GET /v2 HTTP/1.1\r\nx-pad: {}\r\n", "a".repeat(FAST_HEADER_BYTES));
+        peer.write_all(big.as_bytes()).await.unwrap();
+        assert_eq!(conn.next_request().await, Next::Handoff);
+        let read = conn.into_handoff().1;
+        assert!(
+            read.len() >= FAST_HEADER_BYTES && big.as_bytes().starts_with(&read),
+            "{} bytes",
+            read.len()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_request_broken_off_closes() {
+        let (mut conn, mut peer) = pair();
+        peer.write_all(b"POST /p HTTP/1.1\r\ncontent-length: 10\r\n\r\nabc")
+            .await
+            .unwrap();
+        assert_eq!(conn.next_request().await, Next::Request);
+        assert_eq!(conn.read_body().await.unwrap().as_deref(), Some(&b"abc"[..]));
+        drop(peer);
+        assert!(conn.read_body().await.is_err());
+        assert!(!conn.reusable());
+    }
+}
