@@ -22,6 +22,7 @@ use http::{HeaderName, HeaderValue, Method, StatusCode};
 use pingora::http::RequestHeader;
 use pingora::protocols::Stream;
 use pingora::protocols::l4::socket::SocketAddr;
+use pingora_timeout::fast_timeout::fast_timeout;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::names::{X_API_KEY, X_CANARY, X_REQUEST_ID};
@@ -119,7 +120,7 @@ impl Conn {
         if self.buf.capacity() - self.buf.len() < want {
             self.buf.reserve(want.max(4096));
         }
-        let result = match tokio::time::timeout(wait, self.stream.read_buf(&mut self.buf)).await {
+        let result = match fast_timeout(wait, self.stream.read_buf(&mut self.buf)).await {
             Err(_) => Err(io::ErrorKind::TimedOut.into()),
             Ok(Ok(0)) => Err(io::ErrorKind::UnexpectedEof.into()),
             Ok(Ok(_)) => Ok(()),
@@ -298,7 +299,7 @@ impl Conn {
             self.stream.write_all(&self.out).await?;
             self.stream.flush().await
         };
-        let result = match tokio::time::timeout(WRITE, sent).await {
+        let result = match fast_timeout(WRITE, sent).await {
             Ok(r) => r,
             Err(_) => Err(io::ErrorKind::TimedOut.into()),
         };

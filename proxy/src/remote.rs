@@ -38,6 +38,7 @@ use pingora::lb::{Backend, LoadBalancer};
 use pingora::protocols::Stream;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType};
+use pingora_timeout::fast_timeout::fast_timeout;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::errors::GatewayError;
@@ -374,15 +375,14 @@ async fn exchange(
         stream.write_all(&wire).await?;
         stream.flush().await
     };
-    match tokio::time::timeout(deadline, write).await {
+    match fast_timeout(deadline, write).await {
         Err(_) => return Err(Failure::TimedOut),
         // A pooled connection the server had closed: nothing was delivered.
         Ok(Err(e)) if reused => return Err(Failure::NotDelivered(e.to_string())),
         Ok(Err(e)) => return Err(Failure::Failed(e.to_string())),
         Ok(Ok(())) => {}
     }
-    let answer = match tokio::time::timeout(deadline, read_answer(&mut stream, out.max_response_bytes)).await
-    {
+    let answer = match fast_timeout(deadline, read_answer(&mut stream, out.max_response_bytes)).await {
         Err(_) => return Err(Failure::TimedOut),
         Ok(Err(e)) => return Err(Failure::Failed(e)),
         Ok(Ok(answer)) => answer,
