@@ -173,16 +173,33 @@ tree_ticks() {
   for p in "$1" $(pgrep -P "$1" || true); do total=$((total + $(cpu_ticks "$p"))); done
   echo "$total"
 }
-# run_wrk with whole-tree CPU accounting.
+# core_jiffies: "busy steal total" of the server core, then of the client core (/proc/stat).
+core_jiffies() {
+  awk -v s="cpu$SERVER_CPU" -v c="cpu$CLIENT_CPU" '$1 == s || $1 == c {
+    # user nice system idle iowait irq softirq steal: busy is all but idle and iowait.
+    total = $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9
+    line[$1] = sprintf("%d %d %d", total - $5 - $6 - $9, $9, total)
+  } END { print line[s], line[c] }' /proc/stat
+}
+# core_busy BEFORE AFTER: "server% client% steal%" between two core_jiffies readings (steal:
+# time the hypervisor gave to someone else, both cores, a measure of the host's noise).
+core_busy() {
+  awk -v a="$1" -v b="$2" 'BEGIN { split(a, x, " "); split(b, y, " ")
+    server = (y[3] - x[3]) > 0 ? (y[3] - x[3]) : 1; client = (y[6] - x[6]) > 0 ? (y[6] - x[6]) : 1
+    printf "%.0f %.0f %.1f", 100 * (y[1] - x[1]) / server, 100 * (y[4] - x[4]) / client, 100 * (y[2] - x[2] + y[5] - x[5]) / (server + client) }'
+}
+# run_wrk with whole-tree CPU accounting. When CORES_TSV is set, a row "name server% client%
+# steal%" is added to it: how busy each core was, which says which side was the bottleneck.
 measure() { # name pid url [wrk args...]
   local name="$1" pid="$2" url="$3"; shift 3
   say "$name: warm-up"
   WRK_BODY="$BODY" WRK_API_KEY="$KEY" taskset -c "$CLIENT_CPU" wrk -t1 -c"$CONNS" -d"${WARMUP}s" -s "$WRK_LUA" "$url" >/dev/null 2>&1 || true
   say "$name: measuring for ${DURATION}s at $CONNS connections"
-  local before after out
-  before="$(tree_ticks "$pid")"
+  local before after out cores_before cores
+  before="$(tree_ticks "$pid")"; cores_before="$(core_jiffies)"
   out="$(WRK_BODY="$BODY" WRK_API_KEY="$KEY" taskset -c "$CLIENT_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" -s "$WRK_LUA" "$url")"
-  after="$(tree_ticks "$pid")"
+  after="$(tree_ticks "$pid")"; cores="$(core_busy "$cores_before" "$(core_jiffies)")"
+  if [ -n "${CORES_TSV:-}" ]; then printf '%s\t%s\n' "$name" "${cores// /$'\t'}" >>"$CORES_TSV"; fi
   echo "$out" | wrk_figures "$name" "$((after - before))"
 }
 
