@@ -11,7 +11,7 @@
 # figures, ratios and targets, with PNG charts of throughput and latency distributions.
 # Servers run on core 0, load generators on core 1 (lib.sh).
 #
-#   loadtests/bench_all.sh            15 s per measurement (the gateway's part in 3 rounds)
+#   loadtests/bench_all.sh            15 s per measurement (the gateway's part in 5 rounds)
 #   loadtests/bench_all.sh --short    3 s per measurement
 #   loadtests/bench_all.sh --quick    1 s per measurement: proves the harness works, in under
 #                                     2 minutes once built (what CI runs)
