@@ -24,6 +24,15 @@ pub enum InferError {
     /// The body is larger than the configured limit.
     #[error("request body is larger than the limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    /// More rows than the model takes in one request.
+    #[error("the request has {rows} rows; this model takes at most {limit} per request (send several)")]
+    TooManyRows { rows: usize, limit: usize },
+    /// The answer would be larger than the configured limit.
+    #[error("the answer would be larger than the limit of {limit} bytes; ask for fewer rows or outputs")]
+    AnswerTooLarge { limit: usize },
+    /// The request's body did not arrive within the deadline (slow or stalled client).
+    #[error("the request body did not arrive within {limit_ms} ms")]
+    BodyTimeout { limit_ms: u64 },
     /// The pool's queue is full: the request was shed before any work was done on it.
     #[error("model {model} is overloaded (queue of {capacity} requests is full); retry later")]
     Overloaded { model: String, capacity: usize },
@@ -46,7 +55,10 @@ impl InferError {
             InferError::BadRequest(_) => 400,
             InferError::NotFound(_) => 404,
             InferError::MethodNotAllowed { .. } => 405,
-            InferError::PayloadTooLarge { .. } => 413,
+            InferError::BodyTimeout { .. } => 408,
+            InferError::PayloadTooLarge { .. }
+            | InferError::TooManyRows { .. }
+            | InferError::AnswerTooLarge { .. } => 413,
             InferError::Overloaded { .. } | InferError::NotReady(_) => 503,
             InferError::Internal(_) => 500,
         }
@@ -87,6 +99,8 @@ mod tests {
         assert_eq!(InferError::bad_request("x").status(), 400);
         assert_eq!(InferError::bad_request("x").retry_after(), None);
         assert_eq!(InferError::PayloadTooLarge { limit: 1 }.status(), 413);
+        assert_eq!(InferError::TooManyRows { rows: 2, limit: 1 }.status(), 413);
+        assert_eq!(InferError::AnswerTooLarge { limit: 1 }.status(), 413);
         assert_eq!(InferError::NotFound("m".into()).status(), 404);
     }
 

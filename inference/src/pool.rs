@@ -11,8 +11,11 @@
 //!   up to `max_batch` rows, and runs them as one ORT call. Small models spend most of a call
 //!   in fixed overhead, so one call of 32 rows costs little more than one call of 1 row.
 //!   Only requests of the same pool meet in a batch, so models never mix.
-//! - A failing batch (ORT error, or a panic in our code) fails exactly the requests in that
-//!   batch; the worker carries on with the next one.
+//! - One bad request fails alone: when a batch of several fails (ORT error, or a panic in our
+//!   code), each of its requests runs again by itself, so only the one that caused it gets
+//!   the error. A failure counts against the pool's health only when the model cannot run
+//!   its warm-up input either: a client whose input breaks the model gets a 400 and cannot
+//!   make the pool unready for everyone else (nor, answering 5xx, roll a canary back).
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
@@ -52,7 +55,14 @@ pub struct PoolConfig {
     /// this for pools that only serve shadow copies, so that they never take the CPU from
     /// the client path.
     pub idle_priority: bool,
+    /// Most rows one request may carry (413 above): a bound on how long one request can hold
+    /// a worker, and on its outputs' size.
+    pub max_rows: usize,
 }
+
+/// Rows per request by default: one request of 4,096 rows of the bundled MLP runs in a few
+/// milliseconds, and its answer stays under a megabyte of JSON.
+pub const DEFAULT_MAX_ROWS: usize = 4096;
 
 impl Default for PoolConfig {
     fn default() -> Self {
@@ -64,6 +74,7 @@ impl Default for PoolConfig {
             intra_threads: 1,
             reject_non_finite: true,
             idle_priority: false,
+            max_rows: DEFAULT_MAX_ROWS,
         }
     }
 }
@@ -83,6 +94,9 @@ impl PoolConfig {
         }
         if self.intra_threads == 0 {
             errors.push("intra_threads must be at least 1");
+        }
+        if self.max_rows == 0 {
+            errors.push("max_rows must be at least 1");
         }
         if errors.is_empty() {
             Ok(())
@@ -115,6 +129,9 @@ pub struct PoolStats {
     pub batches: AtomicU64,
     pub rejected: AtomicU64,
     pub failed: AtomicU64,
+    /// Of `failed`: requests whose own input made the model fail (it ran others, or its
+    /// warm-up input); answered 400, not counted against health.
+    pub input_failures: AtomicU64,
     /// Requests whose caller had gone (timed out, disconnected) before a worker reached them.
     pub abandoned: AtomicU64,
     /// Batches per bucket of [`BATCH_BUCKETS`] (not cumulative), plus one above the last.
@@ -131,6 +148,7 @@ pub struct StatsSnapshot {
     pub batches: u64,
     pub rejected: u64,
     pub failed: u64,
+    pub input_failures: u64,
     pub abandoned: u64,
     pub batch_sizes: [u64; BATCH_BUCKETS.len() + 1],
     pub consecutive_failures: u64,
@@ -191,6 +209,7 @@ impl Pool {
                 let worker = Worker {
                     rx: rx.clone(),
                     runner,
+                    probe: None,
                     meta: meta.clone(),
                     max_batch: config.max_batch.max(1),
                     max_delay: config.max_delay,
@@ -245,6 +264,7 @@ impl Pool {
             batches: s.batches.load(Ordering::Relaxed),
             rejected: s.rejected.load(Ordering::Relaxed),
             failed: s.failed.load(Ordering::Relaxed),
+            input_failures: s.input_failures.load(Ordering::Relaxed),
             abandoned: s.abandoned.load(Ordering::Relaxed),
             batch_sizes: std::array::from_fn(|i| s.batch_sizes[i].load(Ordering::Relaxed)),
             consecutive_failures: s.consecutive_failures.load(Ordering::Relaxed),
@@ -256,24 +276,10 @@ impl Pool {
     /// not pay ONNX Runtime's first-run cost. Blocks the calling thread (never call it on an
     /// async worker); safe inside or outside a runtime.
     pub fn warm(&self, timeout: Duration) -> Result<(), String> {
-        let inputs = self
+        let checked = self
             .meta
-            .inputs
-            .iter()
-            .map(|spec| {
-                let shape: Vec<usize> = spec
-                    .shape
-                    .iter()
-                    .map(|&d| if d > 0 { d as usize } else { 1 })
-                    .collect();
-                let len = shape.iter().product();
-                Ok(NamedTensor {
-                    name: spec.name.clone(),
-                    tensor: Tensor::new(shape, TensorData::zeros(spec.datatype, len))?,
-                })
-            })
-            .collect::<Result<Vec<_>, String>>()?;
-        let checked = self.meta.check_inputs(inputs, false).map_err(|e| e.to_string())?;
+            .check_inputs(warm_up_inputs(&self.meta)?, false)
+            .map_err(|e| e.to_string())?;
         let mut rx = self.submit(checked).map_err(|e| e.to_string())?;
         // Polled rather than `blocking_recv`, which panics when called inside a runtime.
         let deadline = Instant::now() + timeout;
@@ -297,6 +303,12 @@ impl Pool {
     /// Checks, queues and awaits one request. Outputs come back in the model's output order.
     pub async fn infer(&self, inputs: Vec<NamedTensor>) -> Result<Vec<Tensor>, InferError> {
         let checked = self.meta.check_inputs(inputs, self.config.reject_non_finite)?;
+        if checked.rows > self.config.max_rows {
+            return Err(InferError::TooManyRows {
+                rows: checked.rows,
+                limit: self.config.max_rows,
+            });
+        }
         self.submit(checked)?.await.map_err(|_| {
             InferError::Internal(format!("the worker for {} stopped before answering", self.label))
         })?
@@ -347,9 +359,31 @@ impl Drop for Pool {
     }
 }
 
+/// One row of zeros for every input (dynamic dimensions 1): what [`Pool::warm`] runs, and what
+/// a worker runs to tell a model that fails from an input that makes it fail.
+fn warm_up_inputs(meta: &ModelMetadata) -> Result<Vec<NamedTensor>, String> {
+    meta.inputs
+        .iter()
+        .map(|spec| {
+            let shape: Vec<usize> = spec
+                .shape
+                .iter()
+                .map(|&d| if d > 0 { d as usize } else { 1 })
+                .collect();
+            let len = shape.iter().product();
+            Ok(NamedTensor {
+                name: spec.name.clone(),
+                tensor: Tensor::new(shape, TensorData::zeros(spec.datatype, len))?,
+            })
+        })
+        .collect()
+}
+
 struct Worker {
     rx: Receiver<Job>,
     runner: Box<dyn Runner>,
+    /// The warm-up inputs in the model's order, made on first need.
+    probe: Option<Vec<Tensor>>,
     meta: Arc<ModelMetadata>,
     max_batch: usize,
     max_delay: Duration,
@@ -397,7 +431,7 @@ impl Worker {
     }
 
     fn run_batch(&mut self, batch: Vec<Job>) {
-        let stats = &self.stats;
+        let stats = self.stats.clone();
         let before = batch.len();
         let batch: Vec<Job> = batch.into_iter().filter(|job| !job.reply.is_closed()).collect();
         stats
@@ -419,7 +453,7 @@ impl Worker {
         stats.batch_sizes[bucket].fetch_add(1, Ordering::Relaxed);
 
         let runner = &mut self.runner;
-        let outcome = catch_unwind(AssertUnwindSafe(|| {
+        let outcome = guarded(|| {
             if batch.len() == 1 {
                 let outputs = runner.run(&batch[0].inputs)?;
                 return batch::split(outputs, &rows);
@@ -428,35 +462,113 @@ impl Worker {
             let stacked = batch::stack(&inputs)?;
             let outputs = runner.run(&stacked)?;
             batch::split(outputs, &rows)
-        }));
-        let failure = match outcome {
-            Ok(Ok(per_request)) => {
+        });
+        let failed = match outcome {
+            Ok(per_request) => {
                 stats.consecutive_failures.store(0, Ordering::Relaxed);
                 for (job, outputs) in batch.into_iter().zip(per_request) {
                     let _ = job.reply.send(Ok(outputs));
                 }
                 return;
             }
-            Ok(Err(reason)) => reason,
-            Err(panic) => {
-                let what = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown panic".to_string());
-                format!("worker panicked: {what}")
+            Err(reason) if batch.len() == 1 => {
+                let job = batch.into_iter().next().expect("one job");
+                self.fail(vec![(job, reason)], false);
+                return;
+            }
+            Err(reason) => {
+                // One request may have broken the batch: each runs again by itself, so that
+                // only the one that caused it fails.
+                tracing::warn!(
+                    model = %self.meta.name,
+                    version = %self.meta.version,
+                    requests = batch.len(),
+                    "batch failed ({reason}); running its requests one by one"
+                );
+                batch
             }
         };
-        tracing::error!(
-            model = %self.meta.name,
-            version = %self.meta.version,
-            requests = batch.len(),
-            "batch failed: {failure}"
-        );
-        stats.failed.fetch_add(batch.len() as u64, Ordering::Relaxed);
-        stats.consecutive_failures.fetch_add(1, Ordering::Relaxed);
-        for job in batch {
-            let _ = job.reply.send(Err(InferError::Internal(failure.clone())));
+        let mut others_ran = false;
+        let mut failures = Vec::new();
+        for job in failed {
+            let runner = &mut self.runner;
+            match guarded(|| runner.run(&job.inputs)) {
+                Ok(outputs) => {
+                    others_ran = true;
+                    let _ = job.reply.send(Ok(outputs));
+                }
+                Err(reason) => failures.push((job, reason)),
+            }
+        }
+        if failures.is_empty() {
+            stats.consecutive_failures.store(0, Ordering::Relaxed);
+        } else {
+            self.fail(failures, others_ran);
+        }
+    }
+
+    /// Answers requests whose run failed. It is the input's fault when the model ran other
+    /// requests (of the same batch) or runs its warm-up input now: 400, and the pool stays
+    /// healthy. Otherwise the model is failing: 500, one more failure in a row.
+    fn fail(&mut self, failures: Vec<(Job, String)>, others_ran: bool) {
+        let stats = self.stats.clone();
+        let model_runs = others_ran || self.probe_runs();
+        stats.failed.fetch_add(failures.len() as u64, Ordering::Relaxed);
+        if model_runs {
+            stats.consecutive_failures.store(0, Ordering::Relaxed);
+            stats
+                .input_failures
+                .fetch_add(failures.len() as u64, Ordering::Relaxed);
+        } else {
+            stats.consecutive_failures.fetch_add(1, Ordering::Relaxed);
+        }
+        for (job, reason) in failures {
+            if model_runs {
+                tracing::info!(
+                    model = %self.meta.name,
+                    version = %self.meta.version,
+                    "a request's input made the model fail (answered 400): {reason}"
+                );
+                let _ = job.reply.send(Err(InferError::bad_request(format!(
+                    "the model cannot run on this input (it runs on others): {reason}"
+                ))));
+            } else {
+                tracing::error!(
+                    model = %self.meta.name,
+                    version = %self.meta.version,
+                    "inference failed, and the model fails its warm-up input too: {reason}"
+                );
+                let _ = job.reply.send(Err(InferError::Internal(reason)));
+            }
+        }
+    }
+
+    /// Whether the model runs its warm-up input (one row of zeros) right now.
+    fn probe_runs(&mut self) -> bool {
+        if self.probe.is_none() {
+            let inputs = warm_up_inputs(&self.meta)
+                .and_then(|i| self.meta.check_inputs(i, false).map_err(|e| e.to_string()));
+            match inputs {
+                Ok(checked) => self.probe = Some(checked.tensors),
+                Err(_) => return false,
+            }
+        }
+        let (runner, probe) = (&mut self.runner, self.probe.as_deref().unwrap_or_default());
+        guarded(|| runner.run(probe)).is_ok()
+    }
+}
+
+/// Runs `f`, turning a panic into an error: a bug hit by one batch must not end the worker.
+fn guarded<T>(f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(result) => result,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".to_string());
+            Err(format!("worker panicked: {what}"))
         }
     }
 }

@@ -6,17 +6,21 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use serde_json::json;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 
 use crate::error::InferError;
@@ -31,14 +35,43 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 4 << 20;
 /// How long a shutdown waits for requests in flight before closing their connections.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
+/// The server's limits. Each bounds what one client can hold (time, memory, a connection);
+/// `docs/limits.md` gives the reasons and the gateway's equivalents.
+#[derive(Clone, Debug)]
 pub struct ServerOptions {
+    /// Larger bodies: 413.
     pub max_body_bytes: usize,
+    /// Larger request heads (request line and headers): 431. hyper's read buffer is the limit,
+    /// and it cannot be set below 8 KiB.
+    pub max_header_bytes: usize,
+    /// A request's head must arrive within this time of the connection opening or of the
+    /// previous answer; otherwise the connection closes. hyper times the wait for the next
+    /// request and the head itself as one, so this also closes idle HTTP/1.1 connections.
+    pub header_timeout: Duration,
+    /// A request's whole body must arrive within this time (408 otherwise).
+    pub body_timeout: Duration,
+    /// A connection that moves no byte for this long is closed (HTTP/2: GOAWAY first).
+    pub idle_timeout: Duration,
+    /// Open connections at most; more are closed as soon as they are accepted.
+    pub max_connections: usize,
+    /// Answers larger than this are refused (413) before they are encoded.
+    pub max_answer_bytes: usize,
 }
+
+/// Answers up to twice the largest request: with names listed once and rows bounded, only a
+/// model with very large outputs reaches it.
+pub const DEFAULT_MAX_ANSWER_BYTES: usize = 8 << 20;
 
 impl Default for ServerOptions {
     fn default() -> Self {
         ServerOptions {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_header_bytes: 16 << 10,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 4096,
+            max_answer_bytes: DEFAULT_MAX_ANSWER_BYTES,
         }
     }
 }
@@ -50,6 +83,58 @@ pub struct InferenceServer {
 }
 
 type HttpResponse = Response<Full<Bytes>>;
+
+/// Notes when a connection last moved a byte, for the idle timeout.
+struct Watched<T> {
+    inner: T,
+    born: Instant,
+    /// Milliseconds after `born` of the last read or write that moved bytes.
+    last: Arc<AtomicU64>,
+}
+
+impl<T> Watched<T> {
+    fn touch(&self) {
+        self.last
+            .store(self.born.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.touch();
+        }
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, data);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        polled
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
 
 impl InferenceServer {
     pub fn new(repo: Arc<ModelRepository>, options: ServerOptions) -> Arc<InferenceServer> {
@@ -63,8 +148,22 @@ impl InferenceServer {
     /// Serves HTTP/1.1 and HTTP/2 (prior knowledge) on `listener` until `shutdown` resolves,
     /// then lets requests in flight finish (up to 10 s).
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
-        let builder = auto::Builder::new(TokioExecutor::new());
-        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        let limits = &self.options;
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_timeout)
+            .max_buf_size(limits.max_header_bytes.max(8192));
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+            .max_concurrent_streams(100);
+        let builder = Arc::new(builder);
+        let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+        let (stop, stopping) = tokio::sync::watch::channel(false);
+        let refused = AtomicU64::new(0);
         tokio::pin!(shutdown);
         loop {
             let (stream, peer) = tokio::select! {
@@ -79,6 +178,18 @@ impl InferenceServer {
                 },
                 () = &mut shutdown => break,
             };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                // Over the connection limit: closed at once, before a byte is read.
+                if refused.fetch_add(1, Ordering::Relaxed).is_multiple_of(1000) {
+                    tracing::warn!(
+                        max = limits.max_connections,
+                        refused = refused.load(Ordering::Relaxed),
+                        "connection limit reached: new connections are closed at once"
+                    );
+                }
+                drop(stream);
+                continue;
+            };
             // Responses are small and written whole: Nagle would only add latency.
             let _ = stream.set_nodelay(true);
             let server = self.clone();
@@ -86,19 +197,56 @@ impl InferenceServer {
                 let server = server.clone();
                 async move { Ok::<_, Infallible>(server.handle(req).await) }
             });
-            let conn = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .into_owned();
-            let conn = graceful.watch(conn);
+            let last = Arc::new(AtomicU64::new(0));
+            let io = Watched {
+                inner: stream,
+                born: Instant::now(),
+                last: last.clone(),
+            };
+            let builder = builder.clone();
+            let idle = limits.idle_timeout;
+            let mut stopping = stopping.clone();
             tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(%peer, "connection ended with an error: {e}");
+                let _slot = slot;
+                let born = io.born;
+                let conn = builder.serve_connection(TokioIo::new(io), service);
+                tokio::pin!(conn);
+                let mut closing = false;
+                loop {
+                    let quiet_for = born
+                        .elapsed()
+                        .saturating_sub(Duration::from_millis(last.load(Ordering::Relaxed)));
+                    let check_in = idle.saturating_sub(quiet_for).max(Duration::from_millis(10));
+                    tokio::select! {
+                        result = conn.as_mut() => {
+                            if let Err(e) = result {
+                                tracing::debug!(%peer, "connection ended with an error: {e}");
+                            }
+                            return;
+                        }
+                        changed = stopping.changed(), if !closing => {
+                            if changed.is_err() || *stopping.borrow() {
+                                closing = true;
+                                conn.as_mut().graceful_shutdown();
+                            }
+                        }
+                        () = tokio::time::sleep(check_in), if !closing => {
+                            let quiet = born.elapsed().saturating_sub(Duration::from_millis(last.load(Ordering::Relaxed)));
+                            if quiet >= idle {
+                                tracing::debug!(%peer, "closing a connection idle for {quiet:?}");
+                                closing = true;
+                                conn.as_mut().graceful_shutdown();
+                            }
+                        }
+                    }
                 }
             });
         }
         tracing::info!("shutting down: waiting for requests in flight");
+        let _ = stop.send(true);
+        let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
         tokio::select! {
-            () = graceful.shutdown() => {}
+            _ = slots.acquire_many(all) => {}
             () = tokio::time::sleep(SHUTDOWN_GRACE) => {
                 tracing::warn!("requests still in flight after {SHUTDOWN_GRACE:?}; closing them");
             }
@@ -111,7 +259,7 @@ impl InferenceServer {
             .headers()
             .get("x-request-id")
             .and_then(|v| v.to_str().ok())
-            .filter(|v| !v.is_empty() && v.len() <= 128)
+            .filter(|v| usable_request_id(v))
             .map(str::to_string)
             .unwrap_or_else(new_request_id);
         let mut response = match self.route(req, &request_id).await {
@@ -187,20 +335,33 @@ impl InferenceServer {
             .headers()
             .get(protocol::HEADER_LENGTH)
             .map(|v| v.to_str().unwrap_or("?").to_string());
-        let body = read_body(req, self.options.max_body_bytes).await?;
+        let body = read_body(req, self.options.max_body_bytes, self.options.body_timeout).await?;
         let request = protocol::decode_request(&body, header_length.as_deref())?;
         let selected = protocol::select_outputs(pool.metadata(), &request)?;
         let id = request.id.clone().unwrap_or_else(|| request_id.to_string());
         let outputs = pool.infer(request.inputs).await?;
         let meta = pool.metadata();
-        let encoded = protocol::encode_response(meta, &meta.name, &meta.version, &id, &selected, &outputs);
+        let encoded = protocol::encode_response(
+            meta,
+            &meta.name,
+            &meta.version,
+            &id,
+            &selected,
+            &outputs,
+            self.options.max_answer_bytes,
+        )?;
         Ok(encoded_response(encoded))
     }
 }
 
 /// Reads the whole body, refusing (413) one larger than `limit` — by its declared length
-/// before reading anything, or as soon as the bytes read pass the limit.
-pub async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, InferError> {
+/// before reading anything, or as soon as the bytes read pass the limit — and (408) one
+/// that has not arrived within `deadline`.
+pub async fn read_body(
+    req: Request<Incoming>,
+    limit: usize,
+    deadline: Duration,
+) -> Result<Bytes, InferError> {
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -209,7 +370,12 @@ pub async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, In
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(InferError::PayloadTooLarge { limit });
     }
-    match Limited::new(req.into_body(), limit).collect().await {
+    let collected = tokio::time::timeout(deadline, Limited::new(req.into_body(), limit).collect())
+        .await
+        .map_err(|_| InferError::BodyTimeout {
+            limit_ms: deadline.as_millis() as u64,
+        })?;
+    match collected {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
             Err(InferError::PayloadTooLarge { limit })
@@ -218,6 +384,13 @@ pub async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, In
             "could not read the request body: {e}"
         ))),
     }
+}
+
+/// Whether a caller's `x-request-id` is kept (and echoed): 1 to 128 printable ASCII
+/// characters, so that it cannot break a log line or smuggle control bytes; otherwise the
+/// server makes its own. The gateway applies the same rule.
+pub fn usable_request_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic())
 }
 
 /// A random 128-bit id, hex: unique enough to find one request in the logs.

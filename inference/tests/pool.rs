@@ -145,6 +145,8 @@ async fn fixed_shape_models_run_one_request_at_a_time() {
 struct Gate {
     open: Mutex<bool>,
     changed: Condvar,
+    /// Every run fails while set: a model that cannot run at all.
+    broken: std::sync::atomic::AtomicBool,
 }
 
 impl Gate {
@@ -170,6 +172,9 @@ impl Runner for GatedEcho {
             open = self.gate.changed.wait(open).unwrap();
         }
         drop(open); // panicking while holding it would poison the gate for the next batch
+        if self.gate.broken.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err("the model is broken".into());
+        }
         if let TensorData::F32(v) = inputs[0].data()
             && v.contains(&POISON)
         {
@@ -275,19 +280,50 @@ async fn a_panic_fails_only_its_batch() {
     ];
     gate.open();
     assert!(warmup.await.unwrap().is_ok());
-    for rx in same_batch {
-        let err = rx.await.unwrap().unwrap_err();
-        assert_eq!(err.status(), 500);
-        assert!(
-            err.to_string().contains("worker panicked: poisoned input"),
-            "{err}"
-        );
-    }
+    // The batch of three failed; run one by one, only the poisoned request fails, and as the
+    // model ran the others, it is the input's fault: 400, not 500.
+    let [one, poisoned, two] = same_batch;
+    assert_eq!(
+        one.await.unwrap().unwrap()[0].data(),
+        &TensorData::F32(vec![1.0, 1.0])
+    );
+    assert_eq!(
+        two.await.unwrap().unwrap()[0].data(),
+        &TensorData::F32(vec![2.0, 2.0])
+    );
+    let err = poisoned.await.unwrap().unwrap_err();
+    assert_eq!(err.status(), 400);
+    assert!(
+        err.to_string().contains("worker panicked: poisoned input"),
+        "{err}"
+    );
     // The worker survived: the next request is answered.
     let after = pool.submit(row(5.0)).unwrap().await.unwrap().unwrap();
     assert_eq!(after[0].data(), &TensorData::F32(vec![5.0, 5.0]));
     let s = pool.stats();
-    assert_eq!(s.failed, 3);
+    assert_eq!((s.failed, s.input_failures), (1, 1));
+    assert!(pool.healthy());
+}
+
+/// Inputs that make the model fail, again and again, never make the pool unready: the model
+/// runs its warm-up input each time, so the failures are the inputs'.
+#[tokio::test]
+async fn failing_inputs_do_not_count_against_health() {
+    let config = PoolConfig {
+        instances: 1,
+        max_batch: 1,
+        ..PoolConfig::default()
+    };
+    let (pool, gate, _started) = echo_pool(config);
+    gate.open();
+    for _ in 0..3 * inference::pool::UNHEALTHY_AFTER {
+        let err = pool.submit(row(POISON)).unwrap().await.unwrap().unwrap_err();
+        assert_eq!(err.status(), 400, "{err}");
+    }
+    assert!(pool.healthy());
+    let s = pool.stats();
+    assert_eq!(s.input_failures, 3 * inference::pool::UNHEALTHY_AFTER);
+    assert_eq!(s.consecutive_failures, 0);
 }
 
 #[tokio::test]
@@ -300,12 +336,15 @@ async fn a_pool_that_keeps_failing_is_unhealthy_until_a_batch_succeeds() {
     let (pool, gate, _started) = echo_pool(config);
     gate.open();
     assert!(pool.healthy());
+    gate.broken.store(true, std::sync::atomic::Ordering::Relaxed);
     for i in 0..inference::pool::UNHEALTHY_AFTER {
         assert!(pool.healthy(), "unhealthy after only {i} failures");
-        assert!(pool.submit(row(POISON)).unwrap().await.unwrap().is_err());
+        let err = pool.submit(row(1.0)).unwrap().await.unwrap().unwrap_err();
+        assert_eq!(err.status(), 500, "the model fails its warm-up input too: {err}");
     }
     assert!(!pool.healthy());
     // The warm-up probe is an ordinary batch: its success makes the pool healthy again.
+    gate.broken.store(false, std::sync::atomic::Ordering::Relaxed);
     pool.warm(Duration::from_secs(5)).unwrap();
     assert!(pool.healthy());
     let s = pool.stats();
@@ -332,14 +371,34 @@ async fn an_onnx_runtime_error_fails_only_its_request() {
             tensor: Tensor::new(vec![1, 1], TensorData::I64(vec![i])).unwrap(),
         }]
     };
+    // The model runs its warm-up input (index 0), so index 42 is the input's fault: 400.
     let err = pool.infer(index(42)).await.unwrap_err();
-    assert_eq!(err.status(), 500);
+    assert_eq!(err.status(), 400);
     assert!(
         err.to_string().contains("out of"),
         "ORT's reason is passed on: {err}"
     );
     let ok = pool.infer(index(3)).await.unwrap();
     assert_eq!(ok[0].data(), &TensorData::F32(vec![30.0]));
+    assert!(pool.healthy());
+    // Rows over the pool's cap are refused before they are queued.
+    let capped = Pool::load(
+        "gather",
+        "1",
+        &fixtures_dir().join("gather/1/model.onnx"),
+        PoolConfig {
+            max_rows: 2,
+            ..PoolConfig::default()
+        },
+    )
+    .unwrap();
+    let three = vec![NamedTensor {
+        name: "index".into(),
+        tensor: Tensor::new(vec![3, 1], TensorData::I64(vec![0, 1, 2])).unwrap(),
+    }];
+    let err = capped.infer(three).await.unwrap_err();
+    assert_eq!(err.status(), 413, "{err}");
+    assert_eq!(capped.stats().requests, 0, "refused before it was queued");
 }
 
 /// Dropping a pool answers everything it accepted before the workers exit.

@@ -26,6 +26,7 @@ async fn server() -> TestServer {
         repo,
         ServerOptions {
             max_body_bytes: SMALL_LIMIT,
+            ..ServerOptions::default()
         },
     )
     .await

@@ -22,6 +22,11 @@
 //!   no such rollout; 409: not possible in its state)
 //! - `GET /admin/shadow/report[?route=&since=1h]`  shadow comparisons, JSON
 //! - `GET /admin/shadow/report.html[?route=&since=]`  the same as a self-contained page
+//!
+//! A request whose `Host` is neither the listener's address, `localhost` (on a loopback or
+//! wildcard listener) nor a name in `listen.admin_hosts` is refused with 403, and so is a
+//! `POST` whose `Origin` is not one of those: a web page in an operator's browser cannot
+//! reach the listener through DNS rebinding, nor change anything with a cross-site form.
 
 use std::sync::Arc;
 
@@ -46,6 +51,43 @@ pub struct Admin {
     pub reloader: Arc<Reloader>,
     pub observed: Arc<Observed>,
     pub token: Option<String>,
+    pub connections: Arc<crate::admission::connections::Connections>,
+    pub budget: Arc<crate::admission::budget::Budget>,
+}
+
+/// Whether `host` (a `Host` header, or an `Origin`'s host and port) names this listener:
+/// its own address, `localhost` when it listens on loopback or everywhere, an address of
+/// this machine when it listens everywhere, or a configured name.
+fn host_allowed(host: &str, listener: std::net::SocketAddr, names: &[String]) -> bool {
+    let host = host.trim().to_ascii_lowercase();
+    if names.iter().any(|n| n.eq_ignore_ascii_case(&host)) {
+        return true;
+    }
+    let (name, port) = if let Some(rest) = host.strip_prefix('[') {
+        // [::1]:9901
+        match rest.split_once(']') {
+            Some((addr, tail)) => (addr, tail.strip_prefix(':')),
+            None => return false,
+        }
+    } else if host.matches(':').count() > 1 {
+        (host.as_str(), None)
+    } else {
+        match host.split_once(':') {
+            Some((n, p)) => (n, Some(p)),
+            None => (host.as_str(), None),
+        }
+    };
+    if port.is_some_and(|p| p.parse::<u16>().ok() != Some(listener.port())) {
+        return false;
+    }
+    if names.iter().any(|n| n.eq_ignore_ascii_case(name)) {
+        return true;
+    }
+    let ip = listener.ip();
+    match name.parse::<std::net::IpAddr>() {
+        Ok(literal) => literal == ip || ip.is_unspecified(),
+        Err(_) => name == "localhost" && (ip.is_loopback() || ip.is_unspecified()),
+    }
 }
 
 fn reply(status: u16, content_type: &str, body: Vec<u8>) -> http::Response<Vec<u8>> {
@@ -130,6 +172,8 @@ impl Admin {
             .tracked_clients
             .with_label_values(&["all"])
             .set(snap.limiters.tracked() as i64);
+        self.metrics.connections_open.set(self.connections.open() as i64);
+        self.metrics.inflight_bytes.set(self.budget.used() as i64);
         if let Some(shared) = &snap.shared_limiter {
             self.metrics.set_redis_up(shared.up());
         }
@@ -258,7 +302,21 @@ impl Admin {
                 "redis_up": s.up(),
             })),
         });
-        json!({"file": snap.config.file.display().to_string(), "routes": routes, "pools": pools, "rate_limits": rate_limits, "shadow": shadow, "keys": snap.keys.len()})
+        let l = &snap.config.limits;
+        let limits = json!({
+            "max_body_bytes": l.max_body_bytes,
+            "max_header_bytes": l.max_header_bytes,
+            "handshake_timeout_ms": l.handshake_timeout.as_millis() as u64,
+            "header_timeout_ms": l.header_timeout.as_millis() as u64,
+            "body_timeout_ms": l.body_timeout.as_millis() as u64,
+            "idle_timeout_s": l.idle_timeout.as_secs(),
+            "max_connections": l.max_connections,
+            "max_rows": l.max_rows,
+            "max_answer_bytes": l.max_answer_bytes,
+            "max_inflight_bytes": l.max_inflight_bytes,
+            "max_inflight_bytes_per_key": l.max_inflight_bytes_per_key,
+        });
+        json!({"file": snap.config.file.display().to_string(), "routes": routes, "pools": pools, "rate_limits": rate_limits, "limits": limits, "shadow": shadow, "keys": snap.keys.len()})
     }
 
     /// `POST /admin/rollouts/{route}/{pause|resume|promote|abort}`: the operator's word,
@@ -303,10 +361,25 @@ impl Admin {
         }
     }
 
-    /// Runs a reload off the async threads (models may load) and says what happened.
+    /// Runs a reload off the async threads (models may load) and says what happened: the keys
+    /// file (on its own), then the config.
     async fn reload(&self) -> http::Response<Vec<u8>> {
         let reloader = self.reloader.clone();
-        let outcome = tokio::task::spawn_blocking(move || reloader.reload(Trigger::Admin)).await;
+        let outcome = tokio::task::spawn_blocking(move || {
+            let keys = reloader.reload_keys(Trigger::Admin);
+            (keys, reloader.reload(Trigger::Admin))
+        })
+        .await;
+        let (keys, outcome) = match outcome {
+            Ok((keys, config)) => (Some(keys), Ok(config)),
+            Err(e) => (None, Err(e)),
+        };
+        let keys_json = match &keys {
+            Some(Outcome::Applied(a)) => json!({"result": "ok", "summary": a.diff.to_string()}),
+            Some(Outcome::Rejected(r)) => json!({"result": "rejected", "errors": r.errors}),
+            _ => json!({"result": "unchanged"}),
+        };
+        let keys_refused = matches!(keys, Some(Outcome::Rejected(_)));
         let generation = self.reloader.status().generation;
         let (status, body) = match outcome {
             Ok(Outcome::Unchanged) => (
@@ -323,6 +396,13 @@ impl Admin {
             ),
             Err(e) => (500, json!({"result": "failed", "error": e.to_string()})),
         };
+        let mut body = body;
+        body["keys"] = keys_json;
+        let status = if status == 200 && keys_refused {
+            422
+        } else {
+            status
+        };
         reply(status, "application/json", body.to_string().into_bytes())
     }
 }
@@ -333,6 +413,38 @@ impl ServeHttp for Admin {
         let snap = self.state.load_full();
         let path = session.req_header().uri.path().to_string();
         let post = session.req_header().method == http::Method::POST;
+        let headers = &session.req_header().headers;
+        let names = &snap.config.admin_hosts;
+        let listener = snap.config.admin;
+        let host = headers
+            .get(http::header::HOST)
+            .map(|h| h.to_str().unwrap_or("\u{0}"));
+        if let Some(host) = host
+            && !host_allowed(host, listener, names)
+        {
+            return reply(
+                403,
+                "application/json",
+                inference::error::error_body(&format!(
+                    "Host {host:?} is not this admin listener's ({listener}, localhost, or listen.admin_hosts)"
+                ))
+                .into_bytes(),
+            );
+        }
+        if post && let Some(origin) = headers.get(http::header::ORIGIN) {
+            let origin = origin.to_str().unwrap_or("");
+            let host = origin.split_once("://").map_or(origin, |(_, h)| h);
+            if !host_allowed(host, listener, names) {
+                return reply(
+                    403,
+                    "application/json",
+                    inference::error::error_body(&format!(
+                        "a POST from Origin {origin:?} is refused: only this listener's own pages may change anything"
+                    ))
+                    .into_bytes(),
+                );
+            }
+        }
         match path.as_str() {
             "/metrics" => {
                 self.refresh_gauges(&snap);
@@ -406,6 +518,34 @@ impl ServeHttp for Admin {
                 ))
                 .into_bytes(),
             ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_allowed;
+
+    #[test]
+    fn hosts_of_the_listener_are_allowed_and_others_refused() {
+        let loopback: std::net::SocketAddr = "127.0.0.1:9901".parse().unwrap();
+        let any: std::net::SocketAddr = "0.0.0.0:9901".parse().unwrap();
+        let names = vec!["gateway-admin.internal".to_string()];
+        for (host, listener, ok) in [
+            ("127.0.0.1:9901", loopback, true),
+            ("localhost:9901", loopback, true),
+            ("LOCALHOST", loopback, true),
+            ("127.0.0.1:9902", loopback, false),
+            ("evil.example:9901", loopback, false),
+            ("evil.example", loopback, false),
+            ("10.1.2.3:9901", loopback, false),
+            ("10.1.2.3:9901", any, true),
+            ("[::1]:9901", any, true),
+            ("gateway-admin.internal", loopback, true),
+            ("gateway-admin.internal:9901", any, true),
+            ("attacker.localhost", loopback, false),
+        ] {
+            assert_eq!(host_allowed(host, listener, &names), ok, "{host} on {listener}");
         }
     }
 }

@@ -1,5 +1,7 @@
 //! API key authentication: `Authorization: Bearer <key>` or `x-api-key: <key>`.
-//! Missing → 401 with `WWW-Authenticate`; unknown → 401; disabled → 403. The key is never
+//! Missing → 401 with `WWW-Authenticate`; unknown → 401; disabled → 403; two different keys
+//! in one request (two `x-api-key` fields, or one that differs from the bearer token) → 400,
+//! as which one would count is a guess a proxy in front may make otherwise. The key is never
 //! logged or used as a metric label: downstream code sees only [`KeyInfo`] (id, tenant, tier).
 
 use std::sync::Arc;
@@ -9,17 +11,42 @@ use http::HeaderMap;
 use crate::errors::GatewayError;
 use crate::keys::{KeyInfo, KeyStore, Lookup};
 
-/// The key a request presents, if any. `x-api-key` wins when both are sent.
-pub fn presented_key(headers: &HeaderMap) -> Option<&str> {
-    if let Some(v) = headers.get(crate::names::X_API_KEY) {
-        return v.to_str().ok().map(str::trim).filter(|k| !k.is_empty());
+/// The key a request presents, if any; a 400 when it presents two different ones.
+pub fn presented_key(headers: &HeaderMap) -> Result<Option<&str>, GatewayError> {
+    let mut found: Option<&str> = None;
+    for v in headers.get_all(crate::names::X_API_KEY) {
+        keep(
+            &mut found,
+            v.to_str().ok().map(str::trim).filter(|k| !k.is_empty()),
+        )?;
     }
-    let auth = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?.trim();
-    let (scheme, token) = auth.split_once(' ')?;
-    if scheme.eq_ignore_ascii_case("bearer") {
-        Some(token.trim()).filter(|t| !t.is_empty())
-    } else {
-        None
+    for v in headers.get_all(http::header::AUTHORIZATION) {
+        let bearer = v.to_str().ok().map(str::trim).and_then(|auth| {
+            let (scheme, token) = auth.split_once(' ')?;
+            scheme
+                .eq_ignore_ascii_case("bearer")
+                .then(|| token.trim())
+                .filter(|t| !t.is_empty())
+        });
+        keep(&mut found, bearer)?;
+    }
+    Ok(found)
+}
+
+/// Adds a key seen in one header field to what was found so far: the same key again is
+/// fine, another one is not.
+fn keep<'h>(found: &mut Option<&'h str>, key: Option<&'h str>) -> Result<(), GatewayError> {
+    match (*found, key) {
+        (_, None) => Ok(()),
+        (None, Some(k)) => {
+            *found = Some(k);
+            Ok(())
+        }
+        (Some(a), Some(b)) if a == b => Ok(()),
+        (Some(_), Some(_)) => Err(GatewayError::BadHeader(
+            "the request carries two different API keys (x-api-key and Authorization, or one of them twice): send one"
+                .into(),
+        )),
     }
 }
 
@@ -56,7 +83,7 @@ pub fn authenticate(
     headers: &HeaderMap,
     memo: Option<&mut KeyMemo>,
 ) -> Result<Arc<KeyInfo>, GatewayError> {
-    let Some(key) = presented_key(headers) else {
+    let Some(key) = presented_key(headers)? else {
         return Err(GatewayError::MissingKey);
     };
     let found = match memo {
@@ -84,23 +111,39 @@ mod tests {
 
     #[test]
     fn both_header_forms_are_read() {
+        let key = |pairs: &[(&'static str, &'static str)]| {
+            presented_key(&headers(pairs)).unwrap().map(str::to_string)
+        };
+        let some = |k: &str| Some(k.to_string());
+        assert_eq!(key(&[("authorization", "Bearer abc")]), some("abc"));
+        assert_eq!(key(&[("authorization", "bearer  abc ")]), some("abc"));
+        assert_eq!(key(&[("x-api-key", "xyz")]), some("xyz"));
         assert_eq!(
-            presented_key(&headers(&[("authorization", "Bearer abc")])),
-            Some("abc")
+            key(&[("x-api-key", "xyz"), ("authorization", "Bearer xyz")]),
+            some("xyz")
         );
+        assert_eq!(key(&[("x-api-key", "xyz"), ("x-api-key", "xyz")]), some("xyz"));
         assert_eq!(
-            presented_key(&headers(&[("authorization", "bearer  abc ")])),
-            Some("abc")
+            key(&[("x-api-key", "xyz"), ("authorization", "Basic abc")]),
+            some("xyz")
         );
-        assert_eq!(presented_key(&headers(&[("x-api-key", "xyz")])), Some("xyz"));
-        assert_eq!(
-            presented_key(&headers(&[("x-api-key", "xyz"), ("authorization", "Bearer abc")])),
-            Some("xyz")
-        );
-        assert_eq!(presented_key(&headers(&[("authorization", "Basic abc")])), None);
-        assert_eq!(presented_key(&headers(&[("authorization", "Bearer")])), None);
-        assert_eq!(presented_key(&headers(&[("x-api-key", "  ")])), None);
-        assert_eq!(presented_key(&headers(&[])), None);
+        assert_eq!(key(&[("authorization", "Basic abc")]), None);
+        assert_eq!(key(&[("authorization", "Bearer")]), None);
+        assert_eq!(key(&[("x-api-key", "  ")]), None);
+        assert_eq!(key(&[]), None);
+    }
+
+    #[test]
+    fn two_different_keys_are_refused() {
+        for pairs in [
+            &[("x-api-key", "a"), ("x-api-key", "b")][..],
+            &[("x-api-key", "a"), ("authorization", "Bearer b")],
+            &[("authorization", "Bearer a"), ("authorization", "Bearer b")],
+        ] {
+            let err = presented_key(&headers(pairs)).unwrap_err();
+            assert_eq!(err.status(), 400, "{pairs:?}");
+            assert!(err.to_string().contains("two different API keys"), "{err}");
+        }
     }
 
     #[test]

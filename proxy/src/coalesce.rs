@@ -58,6 +58,13 @@ impl Coalesced {
         }
     }
 
+    /// The inner stream, and the bytes still to be replayed. Anything written is flushed
+    /// already (pingora flushes every answer).
+    pub fn into_parts(self) -> (Stream, bytes::Bytes) {
+        debug_assert!(self.written == self.buf.len(), "unflushed writes");
+        (self.inner, self.prefix)
+    }
+
     /// Hands everything held to the inner stream (without flushing it).
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.written < self.buf.len() {

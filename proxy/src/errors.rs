@@ -35,6 +35,17 @@ pub enum GatewayError {
     BadGateway { pool: String, reason: String },
     #[error("upstream of pool {pool} did not answer within {timeout_ms} ms")]
     GatewayTimeout { pool: String, timeout_ms: u128 },
+    /// The bytes of requests in flight are at their budget (all requests, or this key's).
+    #[error("the gateway is at its budget for requests in flight{}; retry shortly", if *.per_key { " from this API key" } else { "" })]
+    Busy { per_key: bool },
+    /// A versioned path from a key that may not choose the variant.
+    #[error(
+        "this API key may not choose the model version (auth.may_choose_variant); call /v2/models/{model}/infer"
+    )]
+    VariantChoiceNotAllowed { model: String },
+    /// Too many failed authentications from this client address.
+    #[error("too many failed authentications from this address; retry in {0} s")]
+    AuthFailuresLimited(u64),
 }
 
 impl GatewayError {
@@ -50,6 +61,9 @@ impl GatewayError {
             GatewayError::NoHealthyUpstream { .. } => 503,
             GatewayError::BadGateway { .. } => 502,
             GatewayError::GatewayTimeout { .. } => 504,
+            GatewayError::Busy { .. } => 503,
+            GatewayError::VariantChoiceNotAllowed { .. } => 403,
+            GatewayError::AuthFailuresLimited(_) => 429,
         }
     }
 
@@ -57,9 +71,10 @@ impl GatewayError {
         match self {
             GatewayError::Infer(e) => e.retry_after(),
             GatewayError::RateLimited(d) => Some(Duration::from_secs(d.retry_after_secs.max(1))),
-            GatewayError::NoHealthyUpstream { .. } | GatewayError::LimiterUnavailable => {
-                Some(Duration::from_secs(1))
-            }
+            GatewayError::NoHealthyUpstream { .. }
+            | GatewayError::LimiterUnavailable
+            | GatewayError::Busy { .. } => Some(Duration::from_secs(1)),
+            GatewayError::AuthFailuresLimited(secs) => Some(Duration::from_secs((*secs).max(1))),
             _ => None,
         }
     }
@@ -94,6 +109,9 @@ impl GatewayError {
             GatewayError::Infer(InferError::NotFound(_)) => "not_found",
             GatewayError::Infer(InferError::MethodNotAllowed { .. }) => "method_not_allowed",
             GatewayError::Infer(InferError::PayloadTooLarge { .. }) => "payload_too_large",
+            GatewayError::Infer(InferError::TooManyRows { .. }) => "too_many_rows",
+            GatewayError::Infer(InferError::AnswerTooLarge { .. }) => "answer_too_large",
+            GatewayError::Infer(InferError::BodyTimeout { .. }) => "body_timeout",
             GatewayError::Infer(InferError::Overloaded { .. }) => "overloaded",
             GatewayError::Infer(InferError::NotReady(_)) => "not_ready",
             GatewayError::Infer(InferError::Internal(_)) => "internal",
@@ -107,6 +125,9 @@ impl GatewayError {
             GatewayError::NoHealthyUpstream { .. } => "no_healthy_upstream",
             GatewayError::BadGateway { .. } => "bad_gateway",
             GatewayError::GatewayTimeout { .. } => "gateway_timeout",
+            GatewayError::Busy { .. } => "inflight_budget",
+            GatewayError::VariantChoiceNotAllowed { .. } => "variant_choice_not_allowed",
+            GatewayError::AuthFailuresLimited(_) => "auth_failures_limited",
         }
     }
 }
@@ -150,6 +171,11 @@ mod tests {
                 },
                 504,
             ),
+            (GatewayError::Busy { per_key: true }, 503),
+            (GatewayError::VariantChoiceNotAllowed { model: "m".into() }, 403),
+            (GatewayError::AuthFailuresLimited(3), 429),
+            (InferError::TooManyRows { rows: 9, limit: 2 }.into(), 413),
+            (InferError::BodyTimeout { limit_ms: 5 }.into(), 408),
         ];
         for (e, status) in cases {
             assert_eq!(e.status(), status, "{e}");

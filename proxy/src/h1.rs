@@ -10,12 +10,18 @@
 //!
 //! Only plain requests are read here: HTTP/1.1, `GET` or `POST`, an origin-form target, a
 //! header block under [`FAST_HEADER_BYTES`], at most one `Host`, one `Content-Length` of digits
-//! or none, and no `Transfer-Encoding`, `Expect` or `Upgrade`. At the first request that is not
-//! (or that httparse refuses), the connection and the bytes already read go to pingora's
-//! session ([`Next::Handoff`]), whose rules and errors apply from there on, unchanged.
+//! or none, no `Transfer-Encoding` or `Upgrade`, and no `Expect` but `100-continue`. For any
+//! other request (or one httparse refuses), the connection and the bytes already read go to
+//! pingora's session ([`Next::Handoff`]) for that request, whose rules and errors apply to it.
+//!
+//! Deadlines ([`Waits`]): a connection with no request in flight waits `idle` for the next
+//! one; once its first byte has come, the whole header block must arrive within `header`
+//! ([`Next::HeaderTimeout`]: 408), however slowly it trickles; each body has its own deadline
+//! ([`Conn::read_body`]). A header block over `max_header_bytes` is refused as soon as that
+//! many bytes have come ([`Next::HeaderTooLarge`]: 431), before any more is read.
 
 use std::io;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderName, HeaderValue, Method, StatusCode};
@@ -32,20 +38,34 @@ use crate::names::{X_API_KEY, X_CANARY, X_REQUEST_ID};
 pub const FAST_HEADER_BYTES: usize = 16 * 1024;
 /// At most this many header lines; more go to pingora's session.
 const MAX_HEADERS: usize = 64;
-/// How long a kept-alive connection may wait for its next request, and how long one read of
-/// a request in progress may take (pingora's own read timeout).
-pub const IDLE: Duration = Duration::from_secs(60);
-const READ: Duration = Duration::from_secs(60);
-/// How long writing one answer may take before the connection is given up.
+/// How long writing one answer may take before the connection is given up (a client that
+/// does not read its answers holds nothing longer).
 const WRITE: Duration = Duration::from_secs(60);
+
+/// How long [`Conn::next_request`] may wait.
+#[derive(Clone, Copy, Debug)]
+pub struct Waits {
+    /// For the first byte of the next request.
+    pub idle: Duration,
+    /// For the whole header block, from its first byte.
+    pub header: Duration,
+    /// A header block longer than this is refused.
+    pub max_header_bytes: usize,
+}
 
 /// What [`Conn::next_request`] found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Next {
     /// A request header was read: [`Conn::req_header`] is set.
     Request,
-    /// The client closed the connection, went quiet for [`IDLE`], or broke off a request.
+    /// The client closed the connection, or broke off a request.
     Closed,
+    /// No request began within the idle wait.
+    Idle,
+    /// A request began but its header block did not arrive within its deadline.
+    HeaderTimeout,
+    /// The header block is longer than the limit.
+    HeaderTooLarge,
     /// A request this reader does not serve: the connection goes to pingora's session.
     Handoff,
 }
@@ -58,6 +78,10 @@ pub struct Conn {
     req: Option<RequestHeader>,
     /// Body bytes declared and not yet read.
     body_left: usize,
+    /// The request asked for `100 Continue` before it sends its body, and has not had it.
+    expect_continue: bool,
+    /// When the first byte of the request being read came (its header deadline runs from it).
+    head_started: Option<Instant>,
     keepalive: bool,
     /// Set by a failed read or write: the connection carries no further request.
     broken: bool,
@@ -77,12 +101,20 @@ pub trait Fields {
 
 impl Conn {
     pub fn new(stream: Stream) -> Conn {
+        Conn::with_buffer(stream, &[])
+    }
+
+    /// A connection of which `read` was already read (by pingora's session, for a request it
+    /// served: what followed that request).
+    pub fn with_buffer(stream: Stream, read: &[u8]) -> Conn {
         let client = stream.get_socket_digest().and_then(|d| d.peer_addr().cloned());
         Conn {
             stream,
-            buf: BytesMut::new(),
+            buf: BytesMut::from(read),
             req: None,
             body_left: 0,
+            expect_continue: false,
+            head_started: None,
             keepalive: true,
             broken: false,
             status: None,
@@ -93,26 +125,59 @@ impl Conn {
         }
     }
 
-    /// Reads the next request's header (its body is read on demand).
-    pub async fn next_request(&mut self) -> Next {
+    /// Reads the next request's header (its body is read on demand), within `waits`.
+    /// Cancel-safe: what was read stays buffered, and the header deadline keeps its start.
+    pub async fn next_request(&mut self, waits: Waits) -> Next {
         self.req = None;
         self.status = None;
         self.bytes_in = 0;
         self.bytes_out = 0;
         loop {
             if !self.buf.is_empty() {
+                let started = *self.head_started.get_or_insert_with(Instant::now);
                 match self.parse() {
-                    Parsed::Complete => return Next::Request,
-                    Parsed::Handoff => return Next::Handoff,
-                    Parsed::Partial if self.buf.len() >= FAST_HEADER_BYTES => return Next::Handoff,
+                    Parsed::Complete => {
+                        self.head_started = None;
+                        return Next::Request;
+                    }
+                    Parsed::Handoff => {
+                        self.head_started = None;
+                        return Next::Handoff;
+                    }
+                    Parsed::Partial if self.buf.len() > waits.max_header_bytes => {
+                        return Next::HeaderTooLarge;
+                    }
+                    Parsed::Partial if self.buf.len() >= FAST_HEADER_BYTES => {
+                        self.head_started = None;
+                        return Next::Handoff;
+                    }
                     Parsed::Partial => {}
                 }
-            }
-            let wait = if self.buf.is_empty() { IDLE } else { READ };
-            if self.fill(4096, wait).await.is_err() {
-                return Next::Closed;
+                let Some(left) = waits.header.checked_sub(started.elapsed()) else {
+                    return Next::HeaderTimeout;
+                };
+                match self.fill(4096, left).await {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::TimedOut => return Next::HeaderTimeout,
+                    Err(_) => return Next::Closed,
+                }
+            } else {
+                match self.fill(4096, waits.idle).await {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                        // Nothing began: the connection is as good as it was.
+                        self.broken = false;
+                        return Next::Idle;
+                    }
+                    Err(_) => return Next::Closed,
+                }
             }
         }
+    }
+
+    /// When the header block being read (if any) has to be complete.
+    pub fn header_started(&self) -> Option<Instant> {
+        self.head_started
     }
 
     /// Reads more into `buf` (at least `want` bytes of room), within `wait`.
@@ -150,6 +215,7 @@ impl Conn {
         let mut length = None;
         let mut keepalive = true;
         let mut hosts = 0;
+        let mut expect_continue = false;
         for h in req.headers.iter() {
             let name = h.name.as_bytes();
             if name.eq_ignore_ascii_case(b"content-length") {
@@ -168,9 +234,12 @@ impl Conn {
                 if hosts > 1 {
                     return Parsed::Handoff;
                 }
-            } else if name.eq_ignore_ascii_case(b"transfer-encoding")
-                || name.eq_ignore_ascii_case(b"expect")
-                || name.eq_ignore_ascii_case(b"upgrade")
+            } else if name.eq_ignore_ascii_case(b"expect") {
+                if !h.value.eq_ignore_ascii_case(b"100-continue") || expect_continue {
+                    return Parsed::Handoff;
+                }
+                expect_continue = true;
+            } else if name.eq_ignore_ascii_case(b"transfer-encoding") || name.eq_ignore_ascii_case(b"upgrade")
             {
                 return Parsed::Handoff;
             }
@@ -214,6 +283,7 @@ impl Conn {
         let header = RequestHeader::from(parts);
         self.req = Some(header);
         self.body_left = length.unwrap_or(0);
+        self.expect_continue = expect_continue && self.body_left > 0;
         self.keepalive = keepalive;
         Parsed::Complete
     }
@@ -231,18 +301,42 @@ impl Conn {
         self.req.as_ref().expect("a request was read")
     }
 
-    /// The next piece of the request body; `None` once it has all been read.
-    pub async fn read_body(&mut self) -> io::Result<Option<Bytes>> {
+    /// The next piece of the request body; `None` once it has all been read. Each read must
+    /// come by `deadline` (the whole body's). A request that asked for `100 Continue` gets it
+    /// now, when its body is first wanted.
+    pub async fn read_body(&mut self, deadline: Instant) -> io::Result<Option<Bytes>> {
         if self.body_left == 0 {
             return Ok(None);
         }
+        if self.expect_continue {
+            self.expect_continue = false;
+            let sent = async {
+                self.stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
+                self.stream.flush().await
+            };
+            if let Err(e) = fast_timeout(WRITE, sent)
+                .await
+                .unwrap_or(Err(io::ErrorKind::TimedOut.into()))
+            {
+                self.broken = true;
+                return Err(e);
+            }
+        }
         if self.buf.is_empty() {
-            self.fill(self.body_left.min(64 * 1024), READ).await?;
+            let left = deadline.saturating_duration_since(Instant::now());
+            self.fill(self.body_left.min(64 * 1024), left).await?;
         }
         let n = self.buf.len().min(self.body_left);
         self.body_left -= n;
         self.bytes_in += n;
         Ok(Some(self.buf.split_to(n).freeze()))
+    }
+
+    /// The request asked for `100 Continue` and has not had it: it may not send its body
+    /// unless told to, so a refusal must not wait for it (and the connection cannot carry
+    /// another request, as the body may yet come).
+    pub fn awaits_continue(&self) -> bool {
+        self.expect_continue
     }
 
     pub fn is_body_done(&self) -> bool {
@@ -257,6 +351,25 @@ impl Conn {
     /// Whether another request may follow on this connection.
     pub fn reusable(&self) -> bool {
         self.keepalive && !self.broken && self.body_left == 0 && self.status.is_some()
+    }
+
+    /// Writes a bare error answer (no request was read: a header block too large or too
+    /// slow) that ends the connection.
+    pub async fn refuse(&mut self, status: u16, message: &str) {
+        struct Json<'a>(&'a str, usize);
+        impl Fields for Json<'_> {
+            fn each(&self, f: &mut dyn FnMut(&[u8], &[u8])) {
+                f(b"content-type", b"application/json");
+                f(b"content-length", itoa::Buffer::new().format(self.1).as_bytes());
+                f(b"x-request-id", self.0.as_bytes());
+            }
+        }
+        let body = inference::error::error_body(message);
+        let id = inference::server::new_request_id();
+        self.keepalive = false;
+        let _ = self
+            .write_response(status, &Json(&id, body.len()), body.as_bytes())
+            .await;
     }
 
     /// Writes a whole answer: status line, `fields`, `date`, `connection`, body; one write.
@@ -383,6 +496,16 @@ mod tests {
     use super::*;
     use tokio::io::DuplexStream;
 
+    const WAITS: Waits = Waits {
+        idle: Duration::from_secs(5),
+        header: Duration::from_secs(5),
+        max_header_bytes: 64 * 1024,
+    };
+
+    fn far() -> Instant {
+        Instant::now() + Duration::from_secs(5)
+    }
+
     fn pair() -> (Conn, DuplexStream) {
         let (a, b) = tokio::io::duplex(1 << 20);
         (Conn::new(Box::new(a)), b)
@@ -412,7 +535,7 @@ mod tests {
         )
         .await
         .unwrap();
-        assert_eq!(conn.next_request().await, Next::Request);
+        assert_eq!(conn.next_request(WAITS).await, Next::Request);
         let req = conn.req_header();
         assert_eq!(
             (req.method.as_str(), req.uri.path()),
@@ -421,8 +544,11 @@ mod tests {
         assert_eq!(req.headers.get("x-api-key").unwrap(), "k1");
         assert_eq!(req.headers.get(X_API_KEY).unwrap(), "k1");
         assert!(!conn.is_body_done());
-        assert_eq!(conn.read_body().await.unwrap().as_deref(), Some(&b"hello"[..]));
-        assert_eq!(conn.read_body().await.unwrap(), None);
+        assert_eq!(
+            conn.read_body(far()).await.unwrap().as_deref(),
+            Some(&b"hello"[..])
+        );
+        assert_eq!(conn.read_body(far()).await.unwrap(), None);
         assert_eq!(conn.body_bytes_read(), 5);
         conn.write_response(200, &Two, b"{}").await.unwrap();
         let answer = read_answer(&mut peer).await;
@@ -439,7 +565,7 @@ mod tests {
             "a value with CR LF is not written: {answer}"
         );
         assert!(conn.reusable());
-        assert_eq!(conn.next_request().await, Next::Request);
+        assert_eq!(conn.next_request(WAITS).await, Next::Request);
         assert_eq!(conn.req_header().uri.path(), "/v2/health/live");
         assert!(conn.is_body_done());
     }
@@ -459,14 +585,14 @@ mod tests {
             }
             peer
         });
-        assert_eq!(conn.next_request().await, Next::Request);
+        assert_eq!(conn.next_request(WAITS).await, Next::Request);
         let mut body = Vec::new();
-        while let Some(chunk) = conn.read_body().await.unwrap() {
+        while let Some(chunk) = conn.read_body(far()).await.unwrap() {
             body.extend_from_slice(&chunk);
         }
         assert_eq!(body, b"abcdef");
         drop(task.await.unwrap());
-        assert_eq!(conn.next_request().await, Next::Closed, "the client closed");
+        assert_eq!(conn.next_request(WAITS).await, Next::Closed, "the client closed");
     }
 
     #[tokio::test]
@@ -475,7 +601,7 @@ mod tests {
         peer.write_all(b"GET /v2 HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
             .await
             .unwrap();
-        assert_eq!(conn.next_request().await, Next::Request);
+        assert_eq!(conn.next_request(WAITS).await, Next::Request);
         conn.write_response(204, &Two, b"{}").await.unwrap();
         let answer = read_answer(&mut peer).await;
         assert!(
@@ -495,7 +621,7 @@ mod tests {
             b"POST /p HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
             b"POST /p HTTP/1.1\r\ncontent-length: 1\r\ncontent-length: 1\r\n\r\nab",
             b"POST /p HTTP/1.1\r\ncontent-length: +1\r\n\r\na",
-            b"POST /p HTTP/1.1\r\nexpect: 100-continue\r\ncontent-length: 1\r\n\r\n",
+            b"POST /p HTTP/1.1\r\nexpect: 200-ok\r\ncontent-length: 1\r\n\r\n",
             b"GET /v2 HTTP/1.1\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n",
             b"GET http://x/v2 HTTP/1.1\r\nhost: y\r\n\r\n",
             b"GET /v2 HTTP/1.1\r\nbad header line\r\n\r\n",
@@ -504,7 +630,7 @@ mod tests {
             let (mut conn, mut peer) = pair();
             peer.write_all(case).await.unwrap();
             assert_eq!(
-                conn.next_request().await,
+                conn.next_request(WAITS).await,
                 Next::Handoff,
                 "{}",
                 String::from_utf8_lossy(case)
@@ -517,7 +643,7 @@ mod tests {
         let (mut conn, mut peer) = pair();
         let big = format!("GET /v2 HTTP/1.1\r\nx-pad: {}\r\n", "a".repeat(FAST_HEADER_BYTES));
         peer.write_all(big.as_bytes()).await.unwrap();
-        assert_eq!(conn.next_request().await, Next::Handoff);
+        assert_eq!(conn.next_request(WAITS).await, Next::Handoff);
         let read = conn.into_handoff().1;
         assert!(
             read.len() >= FAST_HEADER_BYTES && big.as_bytes().starts_with(&read),
@@ -532,10 +658,75 @@ mod tests {
         peer.write_all(b"POST /p HTTP/1.1\r\ncontent-length: 10\r\n\r\nabc")
             .await
             .unwrap();
-        assert_eq!(conn.next_request().await, Next::Request);
-        assert_eq!(conn.read_body().await.unwrap().as_deref(), Some(&b"abc"[..]));
+        assert_eq!(conn.next_request(WAITS).await, Next::Request);
+        assert_eq!(conn.read_body(far()).await.unwrap().as_deref(), Some(&b"abc"[..]));
         drop(peer);
-        assert!(conn.read_body().await.is_err());
+        assert!(conn.read_body(far()).await.is_err());
         assert!(!conn.reusable());
+    }
+
+    #[tokio::test]
+    async fn a_header_that_trickles_in_meets_its_deadline() {
+        let (mut conn, mut peer) = pair();
+        let waits = Waits {
+            header: Duration::from_millis(300),
+            ..WAITS
+        };
+        let writer = tokio::spawn(async move {
+            // One byte every 50 ms: each read is quick, the whole header never comes.
+            for b in b"POST /p HTTP/1.1\r\nhost: x\r\nx-slow: aaaaaaaaaaaaaaaaaaaa" {
+                if peer.write_all(&[*b]).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        let started = Instant::now();
+        assert_eq!(conn.next_request(waits).await, Next::HeaderTimeout);
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(250) && took < Duration::from_millis(1500),
+            "{took:?}"
+        );
+        writer.abort();
+    }
+
+    #[tokio::test]
+    async fn idle_connections_and_header_floods_end() {
+        let (mut conn, _peer) = pair();
+        let waits = Waits {
+            idle: Duration::from_millis(100),
+            ..WAITS
+        };
+        assert_eq!(conn.next_request(waits).await, Next::Idle);
+        let (mut conn, mut peer) = pair();
+        let waits = Waits {
+            max_header_bytes: 1024,
+            ..WAITS
+        };
+        peer.write_all(format!("GET /v2 HTTP/1.1\r\nx-pad: {}", "a".repeat(2000)).as_bytes())
+            .await
+            .unwrap();
+        assert_eq!(conn.next_request(waits).await, Next::HeaderTooLarge);
+    }
+
+    #[tokio::test]
+    async fn expect_100_continue_is_answered_when_the_body_is_wanted() {
+        let (mut conn, mut peer) = pair();
+        peer.write_all(b"POST /p HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\ncontent-length: 2\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(conn.next_request(WAITS).await, Next::Request);
+        assert!(conn.awaits_continue());
+        let reader = tokio::spawn(async move {
+            let mut got = vec![0u8; 25];
+            peer.read_exact(&mut got).await.unwrap();
+            assert_eq!(&got, b"HTTP/1.1 100 Continue\r\n\r\n");
+            peer.write_all(b"ok").await.unwrap();
+            peer
+        });
+        assert_eq!(conn.read_body(far()).await.unwrap().as_deref(), Some(&b"ok"[..]));
+        assert!(!conn.awaits_continue());
+        drop(reader.await.unwrap());
     }
 }

@@ -3,16 +3,15 @@
 //!
 //! ```yaml
 //! keys:
-//!   - id: key_5f2c9a1b        # first 8 hex of the digest: safe to log and to show
-//!     sha256: 5f2c9a1b…        # hex digest of the key
+//!   - id: key_5f2c9a1b0c3d4e5f6a7b8c9d   # the digest's first 24 hex digits: safe to log and to show
+//!     sha256: 5f2c9a1b…                 # hex digest of the key
 //!     tenant: dev
 //!     tier: default            # a name under rate_limits.tiers, or "default"
 //!     disabled: false          # a disabled key is refused with 403
 //! ```
 
 use std::collections::HashMap;
-use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -48,7 +47,8 @@ fn default_tier() -> String {
 /// What a key grants. The key itself is never kept.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyInfo {
-    /// `key_` + the digest's first 8 hex digits: names the key in logs without revealing it.
+    /// `key_` + the digest's first 24 hex digits (8 in files made before): names the key in
+    /// logs without revealing it.
     pub id: String,
     pub tenant: String,
     pub tier: String,
@@ -89,14 +89,46 @@ pub fn digest_bytes(key: &[u8]) -> [u8; 32] {
     d.as_ref().try_into().expect("SHA-256 is 32 bytes")
 }
 
+/// Bytes of the digest an id shows: 96 bits, so two keys' ids never meet in practice (a
+/// billion keys collide with a probability of about 10^-11; the 32-bit ids of earlier files
+/// were likely to collide from about 65,000 keys). A duplicate id is refused all the same.
+const ID_BYTES: usize = 12;
+/// What ids of keys made before were: still accepted when they name their digest.
+const LEGACY_ID_BYTES: usize = 4;
+
 fn key_id(digest: &[u8; 32]) -> String {
-    format!("key_{}", hex::encode(&digest[..4]))
+    format!("key_{}", hex::encode(&digest[..ID_BYTES]))
+}
+
+/// The id of a key (what `gateway keys list` and the access log show for it).
+pub fn id_of(key: &str) -> String {
+    key_id(&digest(key))
+}
+
+/// Whether `id` is written as a key id is (`key_` and 8 or 24 lower-case hex digits).
+pub fn looks_like_id(id: &str) -> bool {
+    id.strip_prefix("key_").is_some_and(|h| {
+        (h.len() == 2 * ID_BYTES || h.len() == 2 * LEGACY_ID_BYTES)
+            && h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
+/// Whether `id` is the id of the key with this digest (current or earlier form).
+fn id_names(id: &str, digest: &[u8; 32]) -> bool {
+    id == key_id(digest) || id == format!("key_{}", hex::encode(&digest[..LEGACY_ID_BYTES]))
 }
 
 impl KeyStore {
     /// Reads a keys file; every malformed entry is reported with its place.
     pub fn load(file: &Path) -> Result<KeyStore, Vec<ConfigError>> {
         let source = crate::config::read_source(file)?;
+        Self::parse(file, &source)
+    }
+
+    /// [`KeyStore::load`] of text already read from `file`.
+    pub fn parse(file: &Path, source: &str) -> Result<KeyStore, Vec<ConfigError>> {
+        let source = source.to_string();
         // An empty file is a store with no keys yet.
         let parsed: KeysFile = if source.trim().is_empty() {
             KeysFile { keys: Vec::new() }
@@ -105,6 +137,7 @@ impl KeyStore {
         };
         let mut errors = Errors::new(file, &source);
         let mut store = KeyStore::default();
+        let mut ids = std::collections::HashSet::new();
         for (i, entry) in parsed.keys.into_iter().enumerate() {
             let at = YamlPath::root().key("keys").index(i);
             let KeyEntry {
@@ -122,11 +155,14 @@ impl KeyStore {
                 );
                 continue;
             }
-            if id != key_id(&digest) {
+            if !id_names(&id, &digest) {
                 errors.add(
                     &at.key("id"),
                     format!("must be {} (derived from the digest)", key_id(&digest)),
                 );
+            }
+            if !ids.insert(id.clone()) {
+                errors.add(&at.key("id"), format!("{id} is the id of another key too"));
             }
             if tenant.is_empty() {
                 errors.add(&at.key("tenant"), "must not be empty");
@@ -154,6 +190,22 @@ impl KeyStore {
 
     pub fn keys(&self) -> impl Iterator<Item = &KeyInfo> {
         self.by_digest.values().map(Arc::as_ref)
+    }
+
+    /// A problem for each key whose tier `rate_limits.tiers` does not define.
+    pub fn unknown_tiers(&self, limits: &crate::config::RateLimits) -> Vec<String> {
+        let mut problems: Vec<String> = self
+            .keys()
+            .filter(|k| k.tier != "default" && !limits.tiers.contains_key(&k.tier))
+            .map(|k| {
+                format!(
+                    "key {} has tier {:?}, which rate_limits.tiers does not define",
+                    k.id, k.tier
+                )
+            })
+            .collect();
+        problems.sort();
+        problems
     }
 
     pub fn len(&self) -> usize {
@@ -207,35 +259,42 @@ pub fn add_key(file: &Path, tenant: &str, tier: &str) -> Result<(String, String)
             "tenant {tenant:?} must be non-empty letters, digits, '-', '_' or '.'"
         ));
     }
-    let mut parsed = read_keys_file(file)?;
-    let key = generate_key();
-    let d = digest(&key);
-    let id = key_id(&d);
-    parsed.keys.push(KeyEntry {
-        id: id.clone(),
-        sha256: hex::encode(d),
-        tenant: tenant.to_string(),
-        tier: tier.to_string(),
-        disabled: false,
-    });
-    write_keys_file(file, &parsed)?;
-    Ok((key, id))
+    edit(file, |parsed| {
+        // A new key whose id another key has is drawn again (never seen in practice).
+        let (key, d, id) = loop {
+            let key = generate_key();
+            let d = digest(&key);
+            let id = key_id(&d);
+            if !parsed.keys.iter().any(|k| k.id == id) {
+                break (key, d, id);
+            }
+        };
+        parsed.keys.push(KeyEntry {
+            id: id.clone(),
+            sha256: hex::encode(d),
+            tenant: tenant.to_string(),
+            tier: tier.to_string(),
+            disabled: false,
+        });
+        Ok((key, id))
+    })
 }
 
 /// Disables (revokes) or re-enables the key with this id. A running gateway that watches
 /// the file refuses the key (403) within a couple of seconds.
 pub fn set_disabled(file: &Path, id: &str, disabled: bool) -> Result<(), String> {
-    let mut parsed = read_keys_file(file)?;
-    let Some(entry) = parsed.keys.iter_mut().find(|k| k.id == id) else {
-        let ids: Vec<&str> = parsed.keys.iter().map(|k| k.id.as_str()).collect();
-        return Err(format!(
-            "no key {id:?} in {} (keys: {})",
-            file.display(),
-            ids.join(", ")
-        ));
-    };
-    entry.disabled = disabled;
-    write_keys_file(file, &parsed)
+    edit(file, |parsed| {
+        let Some(entry) = parsed.keys.iter_mut().find(|k| k.id == id) else {
+            let ids: Vec<&str> = parsed.keys.iter().map(|k| k.id.as_str()).collect();
+            return Err(format!(
+                "no key {id:?} in {} (keys: {})",
+                file.display(),
+                ids.join(", ")
+            ));
+        };
+        entry.disabled = disabled;
+        Ok(())
+    })
 }
 
 /// `(id, tenant, tier, disabled)` of every key in the file: what `gateway keys list` shows.
@@ -258,27 +317,73 @@ fn read_keys_file(file: &Path) -> Result<KeysFile, String> {
     serde_yaml::from_str::<KeysFile>(&text).map_err(|e| yaml_error(file, &e).to_string())
 }
 
-fn write_keys_file(file: &Path, parsed: &KeysFile) -> Result<(), String> {
-    let body = serde_yaml::to_string(parsed).map_err(|e| e.to_string())?;
-    let text =
-        format!("# API keys of the gateway: SHA-256 digests only. Add keys with `gateway keys add`.\n{body}");
+/// Reads the keys file, changes it and writes it back, holding `<file>.lock` throughout: two
+/// edits at once (two operators, or a script) are made one after the other, and neither is
+/// lost.
+fn edit<T>(file: &Path, change: impl FnOnce(&mut KeysFile) -> Result<T, String>) -> Result<T, String> {
     if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     }
-    // Write to a temporary file and rename, so a running gateway never reads half a file.
-    let tmp = file.with_extension("yaml.tmp");
-    {
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let mut f = options
-            .open(&tmp)
-            .map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
-        f.write_all(text.as_bytes())
-            .map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+    let _lock = FileLock::exclusive(&lock_path(file))?;
+    let mut parsed = read_keys_file(file)?;
+    let out = change(&mut parsed)?;
+    let body = serde_yaml::to_string(&parsed).map_err(|e| e.to_string())?;
+    let text =
+        format!("# API keys of the gateway: SHA-256 digests only. Add keys with `gateway keys add`.\n{body}");
+    crate::durable::write_atomically(file, text.as_bytes(), 0o600)?;
+    Ok(out)
+}
+
+fn lock_path(file: &Path) -> PathBuf {
+    let mut name = file.file_name().unwrap_or_default().to_os_string();
+    name.push(".lock");
+    file.with_file_name(name)
+}
+
+/// An exclusive `flock` on a file, released when dropped (or when the process ends).
+pub struct FileLock {
+    _file: std::fs::File,
+}
+
+impl FileLock {
+    /// Waits for the lock.
+    pub fn exclusive(path: &Path) -> Result<FileLock, String> {
+        let f = Self::open(path)?;
+        // SAFETY: flock on a file descriptor this function owns.
+        if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&f), libc::LOCK_EX) } != 0 {
+            return Err(format!(
+                "cannot lock {}: {}",
+                path.display(),
+                std::io::Error::last_os_error()
+            ));
+        }
+        Ok(FileLock { _file: f })
     }
-    std::fs::rename(&tmp, file).map_err(|e| format!("cannot write {}: {e}", file.display()))
+
+    /// The lock if nobody holds it now, else `None`.
+    pub fn try_exclusive(path: &Path) -> Result<Option<FileLock>, String> {
+        let f = Self::open(path)?;
+        // SAFETY: flock on a file descriptor this function owns.
+        let got = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&f), libc::LOCK_EX | libc::LOCK_NB) };
+        if got == 0 {
+            return Ok(Some(FileLock { _file: f }));
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            Ok(None)
+        } else {
+            Err(format!("cannot lock {}: {e}", path.display()))
+        }
+    }
+
+    fn open(path: &Path) -> Result<std::fs::File, String> {
+        let mut options = std::fs::OpenOptions::new();
+        options.read(true).write(true).create(true).truncate(false);
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        options
+            .open(path)
+            .map_err(|e| format!("cannot open {}: {e}", path.display()))
+    }
 }
 
 #[cfg(test)]
@@ -332,6 +437,69 @@ mod tests {
             KeyStore::load(&file).unwrap().lookup(&key),
             Lookup::Disabled(_)
         ));
+    }
+
+    #[test]
+    fn ids_are_long_legacy_ids_still_load_and_duplicates_are_refused() {
+        let file = temp("ids");
+        let (key, id) = add_key(&file, "acme", "default").unwrap();
+        assert_eq!(id.len(), "key_".len() + 24, "{id}");
+        assert!(looks_like_id(&id));
+        // A file written before, with the 8-digit id of the same key, loads.
+        let d = digest(&key);
+        let legacy = format!(
+            "keys:\n  - id: key_{}\n    sha256: {}\n    tenant: old\n",
+            hex::encode(&d[..4]),
+            hex::encode(d)
+        );
+        std::fs::write(&file, &legacy).unwrap();
+        assert!(matches!(
+            KeyStore::load(&file).unwrap().lookup(&key),
+            Lookup::Valid(_)
+        ));
+        // Two keys with one id: refused, with the place of the second.
+        let other = digest("gwk_other");
+        let twice = format!(
+            "{legacy}  - id: key_{}\n    sha256: {}\n    tenant: x\n",
+            hex::encode(&d[..4]),
+            hex::encode(other)
+        );
+        std::fs::write(&file, twice).unwrap();
+        let errors = KeyStore::load(&file).unwrap_err();
+        assert!(
+            errors.iter().any(|e| e.message.contains("the id of another key")),
+            "{errors:?}"
+        );
+    }
+
+    /// Edits made at once by several writers all land: the lock makes them take turns.
+    #[test]
+    fn concurrent_edits_lose_nothing() {
+        let file = temp("concurrent");
+        let threads: Vec<_> = (0..8)
+            .map(|i| {
+                let file = file.clone();
+                std::thread::spawn(move || {
+                    (0..5)
+                        .map(|_| add_key(&file, &format!("t{i}"), "default").unwrap().1)
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let made: Vec<String> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+        let listed: Vec<String> = list(&file).unwrap().into_iter().map(|k| k.0).collect();
+        assert_eq!(listed.len(), 40);
+        for id in made {
+            assert!(listed.contains(&id), "{id} was lost");
+        }
+        // No temporary file is left behind.
+        let leftovers: Vec<_> = std::fs::read_dir(file.parent().unwrap())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().to_string())
+            .filter(|n| n.contains(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
     }
 
     #[test]

@@ -8,9 +8,11 @@
 //! [`rollout`] moves a canary's weight by itself, step by step, behind gates.
 
 pub mod admin;
+pub mod admission;
 pub mod auth;
 pub mod coalesce;
 pub mod config;
+pub mod durable;
 pub mod errors;
 pub mod h1;
 pub mod keys;

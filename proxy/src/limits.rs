@@ -25,7 +25,7 @@ pub fn request_id(req: &RequestHeader) -> String {
     req.headers
         .get(crate::names::X_REQUEST_ID)
         .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .filter(|v| inference::server::usable_request_id(v))
         .map_or_else(inference::server::new_request_id, str::to_string)
 }
 

@@ -107,8 +107,8 @@ enum Command {
         /// `*.sqlite3` files) to merge the stores of several replicas into one report
         #[arg(long)]
         store: Vec<PathBuf>,
-        /// Latest disagreements listed per shadow
-        #[arg(long, default_value_t = 20)]
+        /// Latest disagreements listed per shadow (at most 1000)
+        #[arg(long, default_value_t = 20, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=1000))]
         latest: usize,
         /// Instead of a report, write a consistent copy of the store to this file (safe while
         /// the gateway writes), to merge several replicas' stores elsewhere

@@ -1,6 +1,6 @@
 //! Background upkeep, following whatever snapshot is current: health checks of remote pools
 //! (each at its own interval), probes of local pools whose model keeps failing, eviction of
-//! idle rate-limiter state and of routes the config dropped.
+//! idle rate-limiter state and of routes the config dropped, and the TLS handshake deadline.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,6 +26,7 @@ const PROBE_EVERY: Duration = Duration::from_secs(2);
 pub struct Maintenance {
     pub state: Arc<ArcSwap<Snapshot>>,
     pub observed: Arc<Observed>,
+    pub connections: Arc<crate::admission::connections::Connections>,
 }
 
 #[async_trait]
@@ -41,6 +42,7 @@ impl BackgroundService for Maintenance {
                 _ = tick.tick() => {}
             }
             let snap = self.state.load_full();
+            self.connections.sweep(snap.config.limits.handshake_timeout);
             for backend in snap.pools.values() {
                 if let Backend::Remote(pool) = backend {
                     pool.maintain(false).await;

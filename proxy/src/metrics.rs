@@ -206,6 +206,11 @@ pub struct Metrics {
     pub config_generation: IntGauge,
     pub config_loaded_at: IntGauge,
     pub in_flight: IntGauge,
+    pub connections_open: IntGauge,
+    pub connections_refused: IntCounterVec,
+    pub connection_timeouts: IntCounterVec,
+    pub inflight_bytes: IntGauge,
+    pub variant_choice_ignored: IntCounterVec,
 }
 
 fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -372,6 +377,29 @@ impl Metrics {
                 "When the config in force was loaded (Unix time)",
             ),
             in_flight: single("requests_in_flight", "Client requests being answered right now"),
+            connections_open: single(
+                "connections_open",
+                "Client connections open (accepted and not yet closed), at most limits.max_connections",
+            ),
+            connections_refused: counter(
+                "connections_refused_total",
+                "Client connections closed as they were accepted: max_connections reached, or a bad PROXY protocol header",
+                &["reason"],
+            ),
+            connection_timeouts: counter(
+                "connection_timeouts_total",
+                "Client connections closed by a deadline: tls_handshake, header (the request's header block), body, idle (no request)",
+                &["phase"],
+            ),
+            inflight_bytes: single(
+                "inflight_bytes",
+                "Bytes of request bodies and decoded tensors held by requests in flight (limits.max_inflight_bytes)",
+            ),
+            variant_choice_ignored: counter(
+                "variant_choice_ignored_total",
+                "x-canary headers ignored because the key may not choose a variant (auth.may_choose_variant)",
+                &["route"],
+            ),
             registry,
             names: Vec::new(),
         };
@@ -414,6 +442,11 @@ impl Metrics {
             Box::new(m.config_generation.clone()),
             Box::new(m.config_loaded_at.clone()),
             Box::new(m.in_flight.clone()),
+            Box::new(m.connections_open.clone()),
+            Box::new(m.connections_refused.clone()),
+            Box::new(m.connection_timeouts.clone()),
+            Box::new(m.inflight_bytes.clone()),
+            Box::new(m.variant_choice_ignored.clone()),
             Box::new(build),
         ];
         for c in collectors {

@@ -80,6 +80,7 @@ fn check_bindable(addr: SocketAddr, what: &str) -> Result<(), String> {
 pub struct GatewayServer {
     server: Server,
     state: Arc<ArcSwap<Snapshot>>,
+    connections: Arc<crate::admission::connections::Connections>,
     recorder: Recorder,
     shadow_runtime: ShadowRuntime,
     metrics: Arc<Metrics>,
@@ -173,6 +174,9 @@ pub fn build_with(snapshot: Snapshot, options: StartOptions) -> Result<GatewaySe
     };
 
     let observed = Arc::new(crate::observed::Observed::default());
+    let connections = crate::admission::connections::Connections::new(state.clone(), metrics.clone());
+    let budget = Arc::new(crate::admission::budget::Budget::default());
+    let idle = state.load().config.limits.idle_timeout;
     let gateway = Gateway {
         state: state.clone(),
         metrics: metrics.clone(),
@@ -187,8 +191,18 @@ pub fn build_with(snapshot: Snapshot, options: StartOptions) -> Result<GatewaySe
         fallback_logged: Default::default(),
         rollouts: rollouts.clone(),
         closing: Default::default(),
+        budget: budget.clone(),
+        connections: connections.clone(),
+        server_options: crate::service::connection::server_options(idle),
     };
     let mut proxy = Service::new("gateway".to_string(), crate::service::Front(Arc::new(gateway)));
+    // Every accepted connection is counted (and refused over the limit), and a load
+    // balancer's PROXY header read, before its TLS handshake.
+    proxy
+        .endpoints()
+        .set_pre_tls_callback(Arc::new(crate::admission::connections::Admit(
+            connections.clone(),
+        )));
     proxy.add_tls_with_settings(&https.to_string(), None, tls);
 
     let admin_app = Admin {
@@ -198,6 +212,8 @@ pub fn build_with(snapshot: Snapshot, options: StartOptions) -> Result<GatewaySe
         reloader: reloader.clone(),
         observed: observed.clone(),
         token: options.admin_token.clone(),
+        connections: connections.clone(),
+        budget,
     };
     let mut admin_service = Service::new("admin".to_string(), HttpServer::new_app(admin_app));
     admin_service.add_tcp(&admin.to_string());
@@ -207,6 +223,7 @@ pub fn build_with(snapshot: Snapshot, options: StartOptions) -> Result<GatewaySe
         Maintenance {
             state: state.clone(),
             observed: observed.clone(),
+            connections: connections.clone(),
         },
     );
 
@@ -224,6 +241,7 @@ pub fn build_with(snapshot: Snapshot, options: StartOptions) -> Result<GatewaySe
     Ok(GatewayServer {
         server,
         state,
+        connections,
         recorder,
         shadow_runtime,
         metrics,
@@ -245,13 +263,16 @@ impl GatewayServer {
         self.reloader.clone()
     }
 
-    /// Serves until `shutdown` fires. Then: the listeners stop accepting, requests in flight
-    /// get up to `server.shutdown_grace_s` to finish (it returns as soon as they have), shadow
-    /// copies in flight a moment to land, and the shadow store writes everything it accepted.
+    /// Serves until `shutdown` fires. Then: the listeners stop accepting; connections drain
+    /// (requests in flight finish; kept-alive HTTP/1.1 ones answer their next request with
+    /// `Connection: close`, HTTP/2 ones get a GOAWAY), for up to `server.shutdown_grace_s`,
+    /// and it returns as soon as the last one has closed; shadow copies in flight get a
+    /// moment to land, and the shadow store writes everything it accepted.
     pub fn run(self, shutdown: Box<dyn ShutdownSignalWatch + Send>) {
         let GatewayServer {
             server,
             state,
+            connections,
             recorder,
             shadow_runtime,
             metrics,
@@ -262,7 +283,7 @@ impl GatewayServer {
         } = self;
         let mut phases = server.watch_execution_phase();
         // pingora sleeps its whole grace period after a shutdown signal; it does so on a
-        // thread of its own, and this one ends the wait early once nothing is in flight.
+        // thread of its own, and this one ends the wait early once nothing is left to drain.
         let pingora = std::thread::Builder::new()
             .name("pingora-main".into())
             .spawn(move || {
@@ -280,26 +301,30 @@ impl GatewayServer {
         drop(watch);
         let started = Instant::now();
         let deadline = started + grace;
-        let mut told = false;
-        while metrics.in_flight.get() > 0 && Instant::now() < deadline {
-            if !told {
-                tracing::info!(
-                    in_flight = metrics.in_flight.get(),
-                    grace = ?grace,
-                    "stopped accepting; waiting for requests in flight"
-                );
-                told = true;
-            }
+        let handshake = state.load().config.limits.handshake_timeout;
+        let busy = || metrics.in_flight.get() > 0 || connections.open() > 0;
+        if busy() {
+            tracing::info!(
+                in_flight = metrics.in_flight.get(),
+                connections = connections.open(),
+                grace = ?grace,
+                "stopped accepting; draining connections"
+            );
+        }
+        while busy() && Instant::now() < deadline {
+            // The upkeep loop has stopped: connections still in their TLS handshake are
+            // held to their deadline here.
+            connections.sweep(handshake);
             std::thread::sleep(Duration::from_millis(10));
         }
-        let left = metrics.in_flight.get();
-        if left > 0 {
+        if busy() {
             tracing::warn!(
-                in_flight = left,
-                "grace period over; cutting the remaining requests"
+                in_flight = metrics.in_flight.get(),
+                connections = connections.open(),
+                "grace period over; cutting what is left"
             );
         } else {
-            tracing::info!(waited = ?started.elapsed(), "requests in flight finished");
+            tracing::info!(waited = ?started.elapsed(), "connections drained");
         }
         // Shadows in flight get a moment to land in the store, which then writes everything.
         shadow_runtime

@@ -14,7 +14,9 @@
 
 use inference::{DataType, InferError, ModelMetadata, NamedTensor, Tensor, TensorData, TensorSpec};
 use serde::Deserialize;
+use serde::de::{self, DeserializeSeed, Deserializer, SeqAccess, Visitor};
 use serde_json::json;
+use serde_json::value::RawValue;
 
 /// The request, flattened.
 #[derive(Debug, Clone, PartialEq)]
@@ -28,52 +30,178 @@ pub struct Features {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Body {
-    features: serde_json::Value,
+struct Body<'a> {
+    #[serde(borrow)]
+    features: &'a RawValue,
 }
 
+const NOT_NUMBERS: &str = "`features` must be a list of numbers, or a list of such lists of equal length";
+
+/// Reads the body straight into a flat list of values: no JSON tree is built, and a row whose
+/// length differs from the first row's is refused as soon as it is read, before any more of
+/// the request is taken in (the list grows only with the numbers actually sent).
 pub fn parse(body: &[u8]) -> Result<Features, InferError> {
     let body: Body = serde_json::from_slice(body).map_err(|e| {
         InferError::bad_request(format!(
             "invalid JSON: {e}; expected {{\"features\": [numbers]}} or {{\"features\": [[numbers], ...]}}"
         ))
     })?;
-    let not_numbers = || {
-        InferError::bad_request(
-            "`features` must be a list of numbers, or a list of such lists of equal length",
-        )
-    };
-    let number = |v: &serde_json::Value| v.as_f64().ok_or_else(not_numbers);
-    let list = body.features.as_array().ok_or_else(not_numbers)?;
-    if list.is_empty() {
+    let mut read = Read::default();
+    let mut de = serde_json::Deserializer::from_str(body.features.get());
+    let parsed = serde::Deserializer::deserialize_any(&mut de, &mut read);
+    if let Some(problem) = read.problem {
+        return Err(InferError::bad_request(problem));
+    }
+    parsed.map_err(|_| InferError::bad_request(NOT_NUMBERS))?;
+    if read.rows == 0 {
         return Err(InferError::bad_request("`features` is empty"));
     }
-    if list[0].is_array() {
-        let cols = list[0].as_array().map_or(0, Vec::len);
-        let mut values = Vec::with_capacity(list.len() * cols);
-        for row in list {
-            let row = row.as_array().ok_or_else(not_numbers)?;
-            if row.len() != cols {
-                return Err(not_numbers());
+    Ok(Features {
+        cols: read.cols.unwrap_or(read.values.len()),
+        values: read.values,
+        rows: read.rows,
+        single: read.single,
+    })
+}
+
+/// The parse in progress.
+#[derive(Default)]
+struct Read {
+    values: Vec<f64>,
+    rows: usize,
+    /// The first row's length (lists of rows).
+    cols: Option<usize>,
+    single: bool,
+    /// Why the body was refused, in the client's terms.
+    problem: Option<String>,
+}
+
+impl Read {
+    fn refuse<E: de::Error>(&mut self, problem: &str) -> E {
+        self.problem.get_or_insert_with(|| problem.to_string());
+        E::custom(problem)
+    }
+}
+
+/// The top level: a list of numbers (one row) or of lists (rows).
+impl<'de> Visitor<'de> for &mut Read {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(NOT_NUMBERS)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(Item(&mut *self))?.is_some() {}
+        if self.single && self.values.is_empty() {
+            self.rows = 0;
+        }
+        Ok(())
+    }
+}
+
+/// One element of the top-level list: a number (the list is one row) or a row.
+struct Item<'r>(&'r mut Read);
+
+impl<'de> DeserializeSeed<'de> for Item<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Item<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(NOT_NUMBERS)
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<(), E> {
+        let read = self.0;
+        if read.cols.is_some() {
+            return Err(read.refuse(NOT_NUMBERS));
+        }
+        read.single = true;
+        read.rows = 1;
+        read.values.push(v);
+        Ok(())
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<(), E> {
+        self.visit_f64(v as f64)
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<(), E> {
+        self.visit_f64(v as f64)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let read = self.0;
+        if read.single {
+            return Err(read.refuse(NOT_NUMBERS));
+        }
+        let before = read.values.len();
+        while let Some(v) = seq.next_element::<Number>()? {
+            let Some(v) = v.0 else {
+                return Err(read.refuse(NOT_NUMBERS));
+            };
+            if read.cols.is_some_and(|cols| read.values.len() - before >= cols) {
+                return Err(read.refuse(NOT_NUMBERS));
             }
-            for v in row {
-                values.push(number(v)?);
+            read.values.push(v);
+        }
+        let len = read.values.len() - before;
+        if len == 0 {
+            return Err(read.refuse(NOT_NUMBERS));
+        }
+        match read.cols {
+            None => read.cols = Some(len),
+            Some(cols) if cols != len => return Err(read.refuse(NOT_NUMBERS)),
+            Some(_) => {}
+        }
+        read.rows += 1;
+        Ok(())
+    }
+}
+
+/// A number, or `None` for anything else (so that the refusal says what `features` must be).
+struct Number(Option<f64>);
+
+impl<'de> Deserialize<'de> for Number {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Number;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a number")
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Number, E> {
+                Ok(Number(Some(v)))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Number, E> {
+                Ok(Number(Some(v as f64)))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Number, E> {
+                Ok(Number(Some(v as f64)))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Number, E> {
+                Ok(Number(None))
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<Number, E> {
+                Ok(Number(None))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Number, E> {
+                Ok(Number(None))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, _: A) -> Result<Number, A::Error> {
+                Ok(Number(None))
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, _: A) -> Result<Number, A::Error> {
+                Ok(Number(None))
             }
         }
-        Ok(Features {
-            values,
-            rows: list.len(),
-            cols,
-            single: false,
-        })
-    } else {
-        let values = list.iter().map(number).collect::<Result<Vec<_>, _>>()?;
-        Ok(Features {
-            cols: values.len(),
-            values,
-            rows: 1,
-            single: true,
-        })
+        d.deserialize_any(V)
     }
 }
 
@@ -238,7 +366,13 @@ mod tests {
     fn bad_bodies() {
         for (body, want) in [
             (&br#"{"features": []}"#[..], "empty"),
+            (br#"{"features": [[]]}"#, "list of numbers"),
             (br#"{"features": [[1, 2], [3]]}"#, "equal length"),
+            (br#"{"features": [[1, 2], [3, 4, 5]]}"#, "equal length"),
+            (br#"{"features": [1, [2]]}"#, "equal length"),
+            (br#"{"features": [[1], 2]}"#, "equal length"),
+            (br#"{"features": [[1, "a"]]}"#, "list of numbers"),
+            (br#"{"features": 3}"#, "list of numbers"),
             (br#"{"features": ["a"]}"#, "list of numbers"),
             (br#"{"inputs": []}"#, "expected {\"features\""),
             (br#"nope"#, "invalid JSON"),

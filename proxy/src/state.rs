@@ -159,6 +159,22 @@ impl Snapshot {
     pub fn route(&self, model: &str) -> Option<&Route> {
         self.config.routes.get(model)
     }
+
+    /// This snapshot with other keys (a reload of the keys file alone): everything else is
+    /// shared, nothing is loaded.
+    pub fn with_keys(&self, keys: KeyStore) -> Snapshot {
+        let mut config = self.config.clone();
+        config.keys = Some(keys.clone());
+        Snapshot {
+            series: crate::metrics::SeriesCache::new(config.routes.keys()),
+            config,
+            pools: self.pools.clone(),
+            keys,
+            limiters: self.limiters.clone(),
+            shared_limiter: self.shared_limiter.clone(),
+            shadow_slots: self.shadow_slots.clone(),
+        }
+    }
 }
 
 /// One health check of each pool, on a thread of its own: the caller may itself be inside

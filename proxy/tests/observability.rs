@@ -1,12 +1,15 @@
 //! What operators watch: /metrics passes `promtool check metrics` under load and keeps its
 //! label sets bounded against hostile paths and keys; every series the Grafana dashboard and
 //! the alert rules use exists; the rules pass `promtool`'s checks and unit tests; readiness
-//! reflects a broken model, and a canary that cannot serve hands its traffic to stable.
+//! reflects a broken model (never a client's input that breaks it), and a canary that cannot
+//! serve hands its traffic to stable.
 
 mod common;
 
 use std::collections::BTreeSet;
 use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -258,15 +261,42 @@ async fn ready(g: &Gateway) -> (u16, Value) {
     (status, serde_json::from_str(&body).unwrap())
 }
 
+/// A gateway on [`gather_body`] whose pool `pool` is a [`breakable_pool`] of the gather model.
+fn start_breakable(route_extra: &str, pool: &str) -> (Gateway, Arc<AtomicBool>) {
+    let broken = Arc::new(AtomicBool::new(false));
+    let model = repo().join("inference/tests/fixtures/models/gather/1/model.onnx");
+    let flag = broken.clone();
+    let g = start_patched(&gather_body(route_extra), Layout::File, |snap| {
+        snap.pools
+            .insert(pool.to_string(), breakable_pool(&model, "gather", flag));
+    });
+    (g, broken)
+}
+
+/// Inputs that make ONNX Runtime fail (an index out of range) are the client's: each gets a
+/// 400, and the pool stays ready however many come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_inputs_do_not_make_a_pool_unready() {
+    let g = start(&gather_body(""));
+    for _ in 0..3 * inference::pool::UNHEALTHY_AFTER {
+        let r = gather(&g, 50, &[]).await;
+        assert_eq!(r.status, 400, "{}", r.error());
+        assert!(r.error().contains("cannot run on this input"), "{}", r.error());
+    }
+    assert_eq!(ready(&g).await.0, 200);
+    assert_eq!(gather(&g, 3, &[]).await.status, 200);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_reflects_a_model_that_keeps_failing_and_recovers() {
-    let g = start(&gather_body(""));
+    let (g, broken) = start_breakable("", "g1");
     assert_eq!(ready(&g).await.0, 200);
     assert_eq!(admin_get(&g, "/health/live").await.0, 200);
     assert_eq!(admin_get(&g, "/health/startup").await.0, 200);
     assert_eq!(gather(&g, 3, &[]).await.status, 200);
+    broken.store(true, Ordering::Relaxed);
     for _ in 0..inference::pool::UNHEALTHY_AFTER {
-        assert_eq!(gather(&g, 50, &[]).await.status, 500);
+        assert_eq!(gather(&g, 3, &[]).await.status, 500);
     }
     let (status, body) = ready(&g).await;
     assert_eq!(status, 503, "{body}");
@@ -275,7 +305,8 @@ async fn readiness_reflects_a_model_that_keeps_failing_and_recovers() {
         body["problems"][0].as_str().unwrap().contains("stable pool g1"),
         "{body}"
     );
-    // The upkeep loop probes it with one inference; it runs, so the pool is ready again.
+    // The upkeep loop probes it with one inference; once it runs, the pool is ready again.
+    broken.store(false, Ordering::Relaxed);
     let start = Instant::now();
     while ready(&g).await.0 != 200 {
         assert!(
@@ -288,10 +319,11 @@ async fn readiness_reflects_a_model_that_keeps_failing_and_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_canary_that_cannot_serve_hands_its_traffic_to_stable() {
-    let g = start(&gather_body("    canary: {pool: g2, weight: 100}\n"));
+    let (g, broken) = start_breakable("    canary: {pool: g2, weight: 100}\n", "g2");
     assert_eq!(gather(&g, 3, &[]).await.header("x-model-variant"), Some("canary"));
+    broken.store(true, Ordering::Relaxed);
     for _ in 0..inference::pool::UNHEALTHY_AFTER {
-        assert_eq!(gather(&g, 50, &[("x-canary", "true")]).await.status, 500);
+        assert_eq!(gather(&g, 3, &[("x-canary", "true")]).await.status, 500);
     }
     // Weight 100, but the canary fails: stable answers, and it is counted.
     let r = gather(&g, 3, &[]).await;

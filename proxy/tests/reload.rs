@@ -346,7 +346,7 @@ async fn a_revoked_key_is_refused_within_2s_and_a_new_key_works() {
         200
     );
     let keys_file = g.dir.join("api-keys.yaml");
-    let id = format!("key_{}", &hex::encode(proxy::keys::digest(&g.keys.dev))[..8]);
+    let id = proxy::keys::id_of(&g.keys.dev);
     proxy::keys::set_disabled(&keys_file, &id, true).unwrap();
     let took = until(Duration::from_secs(2), "the revocation", || async {
         infer(&g, Proto::H1, &g.keys.dev, "breast-cancer", &[])

@@ -39,7 +39,7 @@ async fn labels(version: u32, rows: &[Vec<f32>]) -> Vec<i64> {
 /// Polls the report until `n` mirrored requests are in it.
 async fn report_with(g: &Gateway, n: u64) -> Value {
     for _ in 0..100 {
-        let (status, text) = admin_get(g, "/admin/shadow/report?latest=10000").await;
+        let (status, text) = admin_get(g, "/admin/shadow/report?latest=1000").await;
         assert_eq!(status, 200, "{text}");
         let report: Value = serde_json::from_str(&text).unwrap();
         let done: u64 = report["pairs"]

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use inference::server::{DEFAULT_MAX_BODY_BYTES, InferenceServer, ServerOptions};
+use inference::server::{DEFAULT_MAX_ANSWER_BYTES, DEFAULT_MAX_BODY_BYTES, InferenceServer, ServerOptions};
 use inference::{ModelRepository, PoolConfig};
 
 // Requests allocate many small, short-lived buffers across threads (parsed tensors go to a
@@ -55,6 +55,28 @@ struct Args {
     /// Largest request body accepted, in bytes (larger: 413)
     #[arg(long, default_value_t = DEFAULT_MAX_BODY_BYTES)]
     max_body_bytes: usize,
+    /// Largest request head (request line and headers), in bytes, at least 8192 (larger: 431)
+    #[arg(long, default_value_t = 16384)]
+    max_header_bytes: usize,
+    /// A request's head must arrive within this many ms of the connection opening or of the
+    /// previous answer (also how long an idle HTTP/1.1 connection is kept)
+    #[arg(long, default_value_t = 10_000)]
+    header_timeout_ms: u64,
+    /// A request's body must arrive within this many ms (408 otherwise)
+    #[arg(long, default_value_t = 30_000)]
+    body_timeout_ms: u64,
+    /// A connection that moves no byte for this many seconds is closed
+    #[arg(long, default_value_t = 60)]
+    idle_timeout_s: u64,
+    /// Open connections at most; more are closed when accepted
+    #[arg(long, default_value_t = 4096)]
+    max_connections: usize,
+    /// Most rows per request (larger: 413)
+    #[arg(long, default_value_t = inference::pool::DEFAULT_MAX_ROWS)]
+    max_rows: usize,
+    /// Largest answer, in bytes (larger: 413, refused before it is encoded)
+    #[arg(long, default_value_t = DEFAULT_MAX_ANSWER_BYTES)]
+    max_answer_bytes: usize,
     /// Threads for network I/O (default: one per core)
     #[arg(long)]
     threads: Option<usize>,
@@ -86,8 +108,21 @@ fn run(args: Args) -> Result<(), String> {
         intra_threads: args.intra_threads,
         reject_non_finite: !args.allow_non_finite,
         idle_priority: false,
+        max_rows: args.max_rows,
     };
     config.validate()?;
+    for (flag, value) in [
+        ("--max-body-bytes", args.max_body_bytes),
+        ("--max-connections", args.max_connections),
+        ("--max-answer-bytes", args.max_answer_bytes),
+        ("--header-timeout-ms", args.header_timeout_ms as usize),
+        ("--body-timeout-ms", args.body_timeout_ms as usize),
+        ("--idle-timeout-s", args.idle_timeout_s as usize),
+    ] {
+        if value == 0 {
+            return Err(format!("{flag} must be at least 1"));
+        }
+    }
     inference::runtime::environment()?;
 
     let repo = ModelRepository::load(&args.models, &config).map_err(|errors| {
@@ -126,6 +161,12 @@ fn run(args: Args) -> Result<(), String> {
         Arc::new(repo),
         ServerOptions {
             max_body_bytes: args.max_body_bytes,
+            max_header_bytes: args.max_header_bytes,
+            header_timeout: Duration::from_millis(args.header_timeout_ms),
+            body_timeout: Duration::from_millis(args.body_timeout_ms),
+            idle_timeout: Duration::from_secs(args.idle_timeout_s),
+            max_connections: args.max_connections,
+            max_answer_bytes: args.max_answer_bytes,
         },
     );
     runtime.block_on(async {

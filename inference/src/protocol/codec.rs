@@ -11,8 +11,8 @@
 use crate::error::InferError;
 use crate::model::{ModelMetadata, NamedTensor};
 use crate::protocol::json::{
-    BinarySize, DataRef, InputJson, OutputJson, RequestJson, RequestWriteJson, ResponseJson,
-    ResponseReadJson, Scalar,
+    BinarySize, DataError, DataRef, InputJson, OutputJson, RequestJson, RequestWriteJson, ResponseJson,
+    ResponseReadJson, parse_data,
 };
 use crate::tensor::{DataType, Tensor, TensorData, element_count};
 
@@ -79,6 +79,20 @@ pub fn decode_request(body: &[u8], header_length: Option<&str>) -> Result<InferR
     if inputs.is_empty() {
         return Err(InferError::bad_request("the request has no inputs"));
     }
+    // A name listed twice is refused before any data is decoded: each output listed is
+    // encoded into the answer, so 30,000 copies of one name in a 1 MB request made a 40 MB
+    // answer (and binary outputs, gigabytes).
+    if let Some(name) = first_duplicate(inputs.iter().map(|i| i.name.as_str())) {
+        return Err(InferError::bad_request(format!(
+            "input {name:?} is given more than once"
+        )));
+    }
+    let outputs = outputs.unwrap_or_default();
+    if let Some(name) = first_duplicate(outputs.iter().map(|o| o.name.as_str())) {
+        return Err(InferError::bad_request(format!(
+            "output {name:?} is listed more than once in `outputs`"
+        )));
+    }
     let mut decoded = Vec::with_capacity(inputs.len());
     for input in inputs {
         decoded.push(decode_input(input, &mut binary, "input")?);
@@ -93,12 +107,21 @@ pub fn decode_request(body: &[u8], header_length: Option<&str>) -> Result<InferR
         id,
         inputs: decoded,
         outputs: outputs
-            .unwrap_or_default()
             .into_iter()
             .map(|o| (o.name, o.parameters.and_then(|p| p.binary_data)))
             .collect(),
         binary_output: parameters.and_then(|p| p.binary_data_output).unwrap_or(false),
     })
+}
+
+/// The first name that appears twice. Few names, so sorted copies beat a hash set.
+fn first_duplicate<'a>(names: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    let mut sorted: Vec<&str> = names.collect();
+    if sorted.len() < 2 {
+        return None;
+    }
+    sorted.sort_unstable();
+    sorted.windows(2).find(|w| w[0] == w[1]).map(|w| w[0])
 }
 
 /// Decodes a response body (JSON, or JSON plus binary outputs).
@@ -172,15 +195,22 @@ fn decode_input(input: InputJson, binary: &mut &[u8], role: &str) -> Result<Name
         (None, None) => {
             return Err(InferError::bad_request(format!("{role} {name:?} has no `data`")));
         }
-        (Some(flat), None) => {
-            if flat.0.len() != count {
+        (Some(raw), None) => match parse_data(raw, dtype, count) {
+            Ok(data) => data,
+            Err(DataError::Count(n)) => {
                 return Err(InferError::bad_request(format!(
-                    "{role} {name:?}: shape {shape:?} needs {count} elements but `data` has {}",
-                    flat.0.len()
+                    "{role} {name:?}: shape {shape:?} needs {count} elements but `data` has {n}"
                 )));
             }
-            from_scalars(role, &name, dtype, &flat.0)?
-        }
+            Err(DataError::Element { index, value }) => {
+                return Err(InferError::bad_request(format!(
+                    "{role} {name:?}: element {index} ({value}) is not a valid {dtype}"
+                )));
+            }
+            Err(DataError::Invalid(e)) => {
+                return Err(InferError::bad_request(format!("{role} {name:?}: `data`: {e}")));
+            }
+        },
         (None, Some(size)) => {
             let want = count.saturating_mul(dtype.size());
             if size as usize != want {
@@ -202,73 +232,6 @@ fn decode_input(input: InputJson, binary: &mut &[u8], role: &str) -> Result<Name
     let tensor =
         Tensor::new(shape, data).map_err(|e| InferError::bad_request(format!("{role} {name:?}: {e}")))?;
     Ok(NamedTensor { name, tensor })
-}
-
-/// Converts JSON scalars to `dtype`, refusing anything that would change a value's meaning
-/// (a fraction into an integer, an out-of-range integer, a number into BOOL).
-fn from_scalars(
-    role: &str,
-    name: &str,
-    dtype: DataType,
-    scalars: &[Scalar],
-) -> Result<TensorData, InferError> {
-    let bad = |i: usize| {
-        InferError::bad_request(format!(
-            "{role} {name:?}: element {i} ({}) is not a valid {dtype}",
-            scalars[i]
-        ))
-    };
-    macro_rules! ints {
-        ($t:ty, $var:ident) => {{
-            let mut out = Vec::with_capacity(scalars.len());
-            for (i, s) in scalars.iter().enumerate() {
-                let v: Option<$t> = match *s {
-                    Scalar::Int(x) => <$t>::try_from(x).ok(),
-                    Scalar::UInt(x) => <$t>::try_from(x).ok(),
-                    Scalar::Float(x) if x.fract() == 0.0 && x.abs() < 1e19 => <$t>::try_from(x as i128).ok(),
-                    _ => None,
-                };
-                out.push(v.ok_or_else(|| bad(i))?);
-            }
-            TensorData::$var(out)
-        }};
-    }
-    macro_rules! floats {
-        ($t:ty, $var:ident) => {{
-            let mut out = Vec::with_capacity(scalars.len());
-            for (i, s) in scalars.iter().enumerate() {
-                out.push(match *s {
-                    Scalar::Int(x) => x as $t,
-                    Scalar::UInt(x) => x as $t,
-                    Scalar::Float(x) => x as $t,
-                    Scalar::Bool(_) => return Err(bad(i)),
-                });
-            }
-            TensorData::$var(out)
-        }};
-    }
-    Ok(match dtype {
-        DataType::Bool => {
-            let mut out = Vec::with_capacity(scalars.len());
-            for (i, s) in scalars.iter().enumerate() {
-                match *s {
-                    Scalar::Bool(b) => out.push(b),
-                    _ => return Err(bad(i)),
-                }
-            }
-            TensorData::Bool(out)
-        }
-        DataType::U8 => ints!(u8, U8),
-        DataType::U16 => ints!(u16, U16),
-        DataType::U32 => ints!(u32, U32),
-        DataType::U64 => ints!(u64, U64),
-        DataType::I8 => ints!(i8, I8),
-        DataType::I16 => ints!(i16, I16),
-        DataType::I32 => ints!(i32, I32),
-        DataType::I64 => ints!(i64, I64),
-        DataType::F32 => floats!(f32, F32),
-        DataType::F64 => floats!(f64, F64),
-    })
 }
 
 fn from_le_bytes(role: &str, name: &str, dtype: DataType, bytes: &[u8]) -> Result<TensorData, InferError> {
@@ -346,8 +309,47 @@ pub fn select_outputs(
         .collect()
 }
 
-/// Encodes the selected outputs as the response body. `model_name` and `model_version` are
-/// what the caller asked for (a gateway answers with the public name it routed).
+/// The most bytes the selected outputs can take in an answer: binary outputs exactly, JSON
+/// ones at the longest each element can be written, plus the fields around them.
+pub fn response_len_bound(
+    meta: &ModelMetadata,
+    id: &str,
+    selected: &[(usize, bool)],
+    outputs: &[Tensor],
+) -> usize {
+    let mut total = 128 + meta.name.len() + id.len() * 6;
+    for &(index, as_binary) in selected {
+        let Some(tensor) = outputs.get(index) else {
+            continue;
+        };
+        let per_element = if as_binary {
+            tensor.dtype().size()
+        } else {
+            json_element_len(tensor.dtype()) + 1
+        };
+        total = total
+            .saturating_add(tensor.data().len().saturating_mul(per_element))
+            .saturating_add(96 + meta.outputs[index].name.len() * 6 + tensor.shape().len() * 21);
+    }
+    total
+}
+
+/// The longest a JSON number of `dtype` is written (serde_json's shortest round-trip form).
+fn json_element_len(dtype: DataType) -> usize {
+    match dtype {
+        DataType::Bool => 5,
+        DataType::U8 | DataType::I8 => 4,
+        DataType::U16 | DataType::I16 => 6,
+        DataType::U32 | DataType::I32 => 11,
+        DataType::U64 | DataType::I64 => 20,
+        DataType::F32 => 16,
+        DataType::F64 => 24,
+    }
+}
+
+/// Encodes the selected outputs as the response body, refusing (413) an answer that could
+/// be larger than `max_bytes` before anything is written. `model_name` and `model_version`
+/// are what the caller asked for (a gateway answers with the public name it routed).
 pub fn encode_response(
     meta: &ModelMetadata,
     model_name: &str,
@@ -355,7 +357,11 @@ pub fn encode_response(
     id: &str,
     selected: &[(usize, bool)],
     outputs: &[Tensor],
-) -> EncodedResponse {
+    max_bytes: usize,
+) -> Result<EncodedResponse, InferError> {
+    if response_len_bound(meta, id, selected, outputs) > max_bytes {
+        return Err(InferError::AnswerTooLarge { limit: max_bytes });
+    }
     let mut binary = Vec::new();
     let mut json_outputs = Vec::with_capacity(selected.len());
     for &(index, as_binary) in selected {
@@ -389,14 +395,14 @@ pub fn encode_response(
     };
     let mut body = serde_json::to_vec(&response).expect("response types always serialize");
     if binary.is_empty() && selected.iter().all(|&(_, b)| !b) {
-        return EncodedResponse { body, json_len: None };
+        return Ok(EncodedResponse { body, json_len: None });
     }
     let json_len = body.len();
     body.extend_from_slice(&binary);
-    EncodedResponse {
+    Ok(EncodedResponse {
         body,
         json_len: Some(json_len),
-    }
+    })
 }
 
 #[cfg(test)]
@@ -433,13 +439,16 @@ mod tests {
             vec![(0, true), (1, false)],
             vec![(0, true), (1, true)],
         ] {
-            let encoded = encode_response(&meta, "m", "3", "id", &selected, &outputs);
+            let encoded = encode_response(&meta, "m", "3", "id", &selected, &outputs, 1 << 20).unwrap();
+            assert!(encoded.body.len() <= response_len_bound(&meta, "id", &selected, &outputs));
             let length = encoded.json_len.map(|n| n.to_string());
             let decoded = decode_response(&encoded.body, length.as_deref()).unwrap();
             assert_eq!(decoded.model_version.as_deref(), Some("3"));
             let got: Vec<&Tensor> = decoded.outputs.iter().map(|o| &o.tensor).collect();
             assert_eq!(got, outputs.iter().collect::<Vec<_>>(), "{selected:?}");
         }
+        let too_small = encode_response(&meta, "m", "3", "id", &[(0, false), (1, false)], &outputs, 100);
+        assert_eq!(too_small.unwrap_err().status(), 413);
         let err = decode_response(
             br#"{"outputs":[{"name":"p","shape":[2],"datatype":"FP32","data":[1]}]}"#,
             None,
@@ -486,6 +495,23 @@ mod tests {
             let err = decode(&body).unwrap_err();
             assert!(err.to_string().contains(want), "{err} should contain {want}");
         }
+    }
+
+    #[test]
+    fn names_listed_twice_are_refused_before_decoding() {
+        let dup_output = r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[1]}],"outputs":[{"name":"y"},{"name":"z"},{"name":"y"}]}"#;
+        let err = decode(dup_output).unwrap_err();
+        assert_eq!(err.status(), 400);
+        assert!(
+            err.to_string().contains("output \"y\" is listed more than once"),
+            "{err}"
+        );
+        let dup_input = r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[1]},{"name":"x","shape":[1],"datatype":"FP32","data":[2]}]}"#;
+        let err = decode(dup_input).unwrap_err();
+        assert!(
+            err.to_string().contains("input \"x\" is given more than once"),
+            "{err}"
+        );
     }
 
     #[test]

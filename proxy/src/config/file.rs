@@ -40,6 +40,19 @@ pub struct ListenFile {
     pub https: String,
     #[serde(default = "default_admin")]
     pub admin: String,
+    /// Host names the admin listener answers to besides its own address (and `localhost`
+    /// on loopback): any other `Host` is refused, so a web page cannot reach it through DNS
+    /// rebinding.
+    #[serde(default)]
+    pub admin_hosts: Vec<String>,
+    /// Networks (CIDR) whose connections start with a PROXY protocol header (v1 or v2) from
+    /// a load balancer: the client address is the header's. Others send none.
+    #[serde(default)]
+    pub proxy_protocol: Vec<String>,
+    /// Networks (CIDR) of proxies whose `X-Forwarded-For` is believed: the client address is
+    /// the last one in it that is not such a proxy.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
 }
 
 fn default_https() -> String {
@@ -55,6 +68,9 @@ impl Default for ListenFile {
         ListenFile {
             https: default_https(),
             admin: default_admin(),
+            admin_hosts: Vec::new(),
+            proxy_protocol: Vec::new(),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -76,6 +92,19 @@ pub struct AuthFile {
     /// When the keys file is missing, create it with one development key (printed once).
     #[serde(default)]
     pub create_dev_key: bool,
+    /// Who may choose the variant that answers (`x-canary`, or a versioned path): these
+    /// tenants and key ids. Anyone else's `x-canary` is ignored (the split decides).
+    #[serde(default)]
+    pub may_choose_variant: ChooseVariantFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChooseVariantFile {
+    #[serde(default)]
+    pub tenants: Vec<String>,
+    #[serde(default)]
+    pub keys: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -103,6 +132,17 @@ pub struct RateLimitsFile {
     /// Share per-key limits across replicas through Redis; absent: each replica limits alone.
     #[serde(default)]
     pub redis: Option<RedisFile>,
+    /// Failed authentications (missing, unknown or disabled key) per client address; past
+    /// it the address gets 429 without its key being looked at.
+    #[serde(default = "default_auth_failure_rate")]
+    pub auth_failures: RateFile,
+}
+
+fn default_auth_failure_rate() -> RateFile {
+    RateFile {
+        per_second: 1,
+        burst: 20,
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -175,10 +215,13 @@ impl Default for RateLimitsFile {
             per_ip: default_ip_rate(),
             max_tracked_clients: default_tracked(),
             redis: None,
+            auth_failures: default_auth_failure_rate(),
         }
     }
 }
 
+/// What one client may hold: sizes, time, connections, work. `docs/limits.md` gives each
+/// limit's reason, its status code and the nginx and Envoy settings it stands for.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsFile {
@@ -186,6 +229,33 @@ pub struct LimitsFile {
     pub max_body_bytes: i64,
     #[serde(default = "default_header")]
     pub max_header_bytes: i64,
+    /// A connection's PROXY header and TLS handshake, from accept.
+    #[serde(default = "default_handshake_timeout")]
+    pub handshake_timeout_ms: i64,
+    /// A request's whole header block (HTTP/1.1), from its first byte.
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout_ms: i64,
+    /// A request's whole body, from the end of its header.
+    #[serde(default = "default_body_timeout")]
+    pub body_timeout_ms: i64,
+    /// A connection with no request in flight (HTTP/1.1 keep-alive, HTTP/2) is closed after.
+    #[serde(default = "default_idle")]
+    pub idle_timeout_s: i64,
+    /// Client connections open at once; more are closed as they are accepted.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: i64,
+    /// Rows per request, for local pools that do not set their own.
+    #[serde(default = "default_max_rows")]
+    pub max_rows: i64,
+    /// The largest answer a local pool's request may get.
+    #[serde(default = "default_max_answer")]
+    pub max_answer_bytes: i64,
+    /// Bytes of request bodies and decoded tensors in flight, all requests together.
+    #[serde(default = "default_inflight")]
+    pub max_inflight_bytes: i64,
+    /// The part of `max_inflight_bytes` one API key may hold.
+    #[serde(default = "default_inflight_per_key")]
+    pub max_inflight_bytes_per_key: i64,
 }
 
 fn default_body() -> i64 {
@@ -196,11 +266,56 @@ fn default_header() -> i64 {
     16 << 10
 }
 
+fn default_handshake_timeout() -> i64 {
+    10_000
+}
+
+fn default_header_timeout() -> i64 {
+    10_000
+}
+
+fn default_body_timeout() -> i64 {
+    30_000
+}
+
+fn default_idle() -> i64 {
+    60
+}
+
+fn default_max_connections() -> i64 {
+    8192
+}
+
+fn default_max_rows() -> i64 {
+    inference::pool::DEFAULT_MAX_ROWS as i64
+}
+
+fn default_max_answer() -> i64 {
+    inference::server::DEFAULT_MAX_ANSWER_BYTES as i64
+}
+
+fn default_inflight() -> i64 {
+    256 << 20
+}
+
+fn default_inflight_per_key() -> i64 {
+    64 << 20
+}
+
 impl Default for LimitsFile {
     fn default() -> Self {
         LimitsFile {
             max_body_bytes: default_body(),
             max_header_bytes: default_header(),
+            handshake_timeout_ms: default_handshake_timeout(),
+            header_timeout_ms: default_header_timeout(),
+            body_timeout_ms: default_body_timeout(),
+            idle_timeout_s: default_idle(),
+            max_connections: default_max_connections(),
+            max_rows: default_max_rows(),
+            max_answer_bytes: default_max_answer(),
+            max_inflight_bytes: default_inflight(),
+            max_inflight_bytes_per_key: default_inflight_per_key(),
         }
     }
 }
@@ -228,12 +343,10 @@ pub struct ServerFile {
     #[serde(default = "default_log_format")]
     pub log_format: String,
     /// The rollout engine's own state (step, weight, decisions), so a restart resumes.
-    #[serde(default = "default_rollout_state")]
-    pub rollout_state: String,
-}
-
-fn default_rollout_state() -> String {
-    "data/rollouts.json".into()
+    /// Default: `rollouts.json` beside the shadow store, the one place the gateway writes
+    /// (writable in the shipped compose and Kubernetes setups, where the config is not).
+    #[serde(default)]
+    pub rollout_state: Option<String>,
 }
 
 fn default_log_format() -> String {
@@ -249,7 +362,7 @@ impl Default for ServerFile {
             watch: true,
             upgrade_sock: None,
             log_format: default_log_format(),
-            rollout_state: default_rollout_state(),
+            rollout_state: None,
         }
     }
 }
@@ -287,9 +400,17 @@ pub struct ShadowSettingsFile {
     /// Fraction of agreeing pairs recorded with their inputs and outputs (all disagreements are).
     #[serde(default = "default_sample_agreements")]
     pub sample_agreements: f64,
-    /// Records are written in one batch per interval: a crash loses at most this much.
+    /// Records are written in one batch per interval: a crash loses at most this much
+    /// while the writer keeps up.
     #[serde(default = "default_flush_ms")]
     pub flush_ms: i64,
+    /// Records waiting to be written, at most (bytes): beyond, they are dropped and counted.
+    #[serde(default = "default_backlog")]
+    pub max_backlog_bytes: i64,
+}
+
+fn default_backlog() -> i64 {
+    64 << 20
 }
 
 fn default_shadow_in_flight() -> i64 {
@@ -338,6 +459,7 @@ impl Default for ShadowSettingsFile {
             keep_hours: default_keep_hours(),
             sample_agreements: default_sample_agreements(),
             flush_ms: default_flush_ms(),
+            max_backlog_bytes: default_backlog(),
         }
     }
 }
@@ -367,6 +489,9 @@ pub struct LocalPoolFile {
     pub max_delay_us: i64,
     #[serde(default = "default_queue")]
     pub queue_capacity: i64,
+    /// Rows per request (default: `limits.max_rows`).
+    #[serde(default)]
+    pub max_rows: Option<i64>,
 }
 
 fn one() -> i64 {

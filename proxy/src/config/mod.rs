@@ -4,6 +4,7 @@
 //! column. A file that fails is never used: the caller keeps what it had.
 
 pub mod file;
+pub mod limits;
 pub mod locate;
 
 use std::collections::BTreeMap;
@@ -18,6 +19,7 @@ use inference::PoolConfig;
 use crate::keys::KeyStore;
 use file::{FileConfig, RateFile, StickyFile};
 pub use file::{OnFailure, OnUnavailable};
+pub use limits::{ChooseVariant, ClientAddress, Limits};
 pub use locate::Path;
 
 /// A problem in a config file, with where it is.
@@ -106,6 +108,8 @@ pub struct RateLimits {
     pub max_tracked_clients: usize,
     /// Per-key limits shared through Redis (per-IP limits stay per replica).
     pub redis: Option<RedisLimits>,
+    /// Failed authentications per client address.
+    pub auth_failures: Rate,
 }
 
 #[derive(Clone, PartialEq, Eq)]
@@ -159,12 +163,6 @@ impl RateLimits {
     pub fn for_tier(&self, tier: &str) -> Rate {
         self.tiers.get(tier).copied().unwrap_or(self.default)
     }
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Limits {
-    pub max_body_bytes: usize,
-    pub max_header_bytes: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -271,6 +269,8 @@ pub struct ShadowSettings {
     pub keep_age: Duration,
     pub sample_agreements: f64,
     pub flush_interval: Duration,
+    /// Bytes of records waiting for the store's writer, at most.
+    pub max_backlog_bytes: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -293,6 +293,10 @@ pub struct Config {
     pub source: String,
     pub https: SocketAddr,
     pub admin: SocketAddr,
+    /// Host names the admin listener answers to besides its address.
+    pub admin_hosts: Vec<String>,
+    /// PROXY protocol and `X-Forwarded-For`: from whom a client address is believed.
+    pub client_address: ClientAddress,
     pub tls_cert: PathBuf,
     pub tls_key: PathBuf,
     pub generate_dev_cert: bool,
@@ -300,6 +304,8 @@ pub struct Config {
     pub create_dev_key: bool,
     /// The keys file's contents, or `None` when it is yet to be created.
     pub keys: Option<KeyStore>,
+    /// Who may choose a variant (`x-canary`, versioned paths).
+    pub may_choose_variant: ChooseVariant,
     pub rate_limits: RateLimits,
     pub limits: Limits,
     pub threads: usize,
@@ -337,8 +343,25 @@ pub fn load(file: &FsPath) -> Result<Config, Vec<ConfigError>> {
     parse(file, &source)
 }
 
-/// Validates config text; `file` names it in errors and anchors relative paths.
+/// Validates config text; `file` names it in errors and anchors relative paths. The keys file
+/// is read and checked too.
 pub fn parse(file: &FsPath, source: &str) -> Result<Config, Vec<ConfigError>> {
+    parse_with_keys(file, source, None)
+}
+
+/// The keys a reload keeps: the store in force, read from `file`. A reload of `routes.yaml`
+/// does not read the keys file again (the keys reload on their own), unless it names another.
+pub struct KeysInForce<'a> {
+    pub file: &'a FsPath,
+    pub store: &'a KeyStore,
+}
+
+/// [`parse`], taking the keys from `in_force` when the config still names its file.
+pub fn parse_with_keys(
+    file: &FsPath,
+    source: &str,
+    in_force: Option<KeysInForce<'_>>,
+) -> Result<Config, Vec<ConfigError>> {
     let parsed: FileConfig = serde_yaml::from_str(source).map_err(|e| vec![yaml_error(file, &e)])?;
     // Relative paths are relative to the config file (as given, so messages stay short).
     let base = file.parent().map(FsPath::to_path_buf).unwrap_or_default();
@@ -370,6 +393,31 @@ pub fn parse(file: &FsPath, source: &str) -> Result<Config, Vec<ConfigError>> {
     };
     let https = socket(&listen.https, root.key("listen").key("https"));
     let admin = socket(&listen.admin, root.key("listen").key("admin"));
+    let client_address = ClientAddress {
+        proxy_protocol: limits::networks(
+            &mut errors,
+            &listen.proxy_protocol,
+            &root.key("listen").key("proxy_protocol"),
+        ),
+        trusted_proxies: limits::networks(
+            &mut errors,
+            &listen.trusted_proxies,
+            &root.key("listen").key("trusted_proxies"),
+        ),
+    };
+    for (i, host) in listen.admin_hosts.iter().enumerate() {
+        if host.is_empty()
+            || !host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
+        {
+            errors.add(
+                &root.key("listen").key("admin_hosts").index(i),
+                format!("{host:?} is not a host name"),
+            );
+        }
+    }
+    let may_choose_variant = limits::choose_variant(&mut errors, auth.may_choose_variant);
 
     // TLS files: both readable, or both absent and allowed to be generated.
     let tls_cert = relative(&tls.cert);
@@ -422,6 +470,7 @@ pub fn parse(file: &FsPath, source: &str) -> Result<Config, Vec<ConfigError>> {
     let rl = root.key("rate_limits");
     let default_rate = rate(rate_limits.default, rl.key("default"));
     let per_ip = rate(rate_limits.per_ip, rl.key("per_ip"));
+    let auth_failures = rate(rate_limits.auth_failures, rl.key("auth_failures"));
     let tiers: BTreeMap<String, Rate> = rate_limits
         .tiers
         .into_iter()
@@ -459,25 +508,10 @@ pub fn parse(file: &FsPath, source: &str) -> Result<Config, Vec<ConfigError>> {
         per_ip,
         max_tracked_clients,
         redis,
+        auth_failures,
     };
 
-    let lim = root.key("limits");
-    let limits = Limits {
-        max_body_bytes: positive(
-            &mut errors,
-            limits.max_body_bytes,
-            1,
-            1 << 30,
-            &lim.key("max_body_bytes"),
-        ),
-        max_header_bytes: positive(
-            &mut errors,
-            limits.max_header_bytes,
-            256,
-            1 << 20,
-            &lim.key("max_header_bytes"),
-        ),
-    };
+    let limits = limits::limits(&mut errors, limits);
     let threads = match server.threads {
         None => std::thread::available_parallelism().map_or(1, |n| n.get()),
         Some(t) => positive(&mut errors, t, 1, 1024, &root.key("server").key("threads")),
@@ -557,45 +591,38 @@ pub fn parse(file: &FsPath, source: &str) -> Result<Config, Vec<ConfigError>> {
             60_000,
             &sh.key("flush_ms"),
         ) as u64),
+        max_backlog_bytes: positive(
+            &mut errors,
+            shadow.max_backlog_bytes,
+            1 << 20,
+            1 << 34,
+            &sh.key("max_backlog_bytes"),
+        ),
     };
 
     // Keys: readable and well-formed, or absent and allowed to be created.
     let keys_file = relative(&auth.keys_file);
-    let keys = if keys_file.exists() {
-        match KeyStore::load(&keys_file) {
-            Ok(store) => {
-                for key in store.keys() {
-                    if key.tier != "default" && !rate_limits.tiers.contains_key(&key.tier) {
-                        errors.add(
-                            &root.key("auth").key("keys_file"),
-                            format!(
-                                "key {} in {} has tier {:?}, which rate_limits.tiers does not define",
-                                key.id,
-                                keys_file.display(),
-                                key.tier
-                            ),
-                        );
-                    }
-                }
-                Some(store)
+    let keys = match in_force.filter(|k| k.file == keys_file) {
+        Some(k) => Some(k.store.clone()),
+        None if keys_file.exists() => KeyStore::load(&keys_file).map_err(|e| errors.list.extend(e)).ok(),
+        None => {
+            if !auth.create_dev_key {
+                errors.add(
+                    &root.key("auth").key("keys_file"),
+                    format!(
+                        "{} does not exist (create keys with `gateway keys add --tenant NAME`, or set create_dev_key: true)",
+                        keys_file.display()
+                    ),
+                );
             }
-            Err(e) => {
-                errors.list.extend(e);
-                None
-            }
+            None
         }
-    } else {
-        if !auth.create_dev_key {
-            errors.add(
-                &root.key("auth").key("keys_file"),
-                format!(
-                    "{} does not exist (create keys with `gateway keys add --tenant NAME`, or set create_dev_key: true)",
-                    keys_file.display()
-                ),
-            );
-        }
-        None
     };
+    if let Some(store) = &keys {
+        for problem in store.unknown_tiers(&rate_limits) {
+            errors.add(&root.key("auth").key("keys_file"), problem);
+        }
+    }
 
     let models_dir = relative(&models_dir);
     let mut pool_specs = BTreeMap::new();
@@ -650,6 +677,9 @@ pub fn parse(file: &FsPath, source: &str) -> Result<Config, Vec<ConfigError>> {
                         intra_threads: 1,
                         reject_non_finite: true,
                         idle_priority: false,
+                        max_rows: l.max_rows.map_or(limits.max_rows, |n| {
+                            positive(&mut errors, n, 1, 10_000_000, &p.key("max_rows"))
+                        }),
                     },
                 })
             }
@@ -827,12 +857,15 @@ pub fn parse(file: &FsPath, source: &str) -> Result<Config, Vec<ConfigError>> {
         source: source.to_string(),
         https,
         admin,
+        admin_hosts: listen.admin_hosts,
+        client_address,
         tls_cert,
         tls_key,
         generate_dev_cert: tls.generate_dev_cert,
         keys_file,
         create_dev_key: auth.create_dev_key,
         keys,
+        may_choose_variant,
         rate_limits,
         limits,
         threads,
@@ -840,7 +873,15 @@ pub fn parse(file: &FsPath, source: &str) -> Result<Config, Vec<ConfigError>> {
         shutdown_grace,
         watch: server.watch,
         upgrade_sock,
-        rollout_state: relative(&server.rollout_state),
+        rollout_state: server.rollout_state.as_deref().map_or_else(
+            || {
+                shadow
+                    .store
+                    .parent()
+                    .map_or_else(|| PathBuf::from("rollouts.json"), |d| d.join("rollouts.json"))
+            },
+            relative,
+        ),
         log_format: server.log_format,
         shadow,
         pools: pool_specs,

@@ -10,6 +10,7 @@
 //! these local limiters serve as the fallback while Redis cannot answer (`on_unavailable:
 //! open`).
 
+pub mod auth_failures;
 pub mod shared;
 
 use std::collections::BTreeMap;
@@ -144,6 +145,8 @@ pub struct RateLimiters<C: Clock = QuantaClock> {
     tiers: BTreeMap<String, (Rate, Limiter<[u8; 32], C>)>,
     default: (Rate, Limiter<[u8; 32], C>),
     per_ip: (Rate, Limiter<IpKey, C>),
+    /// Failed authentications per client address.
+    pub auth_failures: auth_failures::AuthFailures<C>,
     clock: C,
 }
 
@@ -177,6 +180,7 @@ impl<C: Clock + Clone> RateLimiters<C> {
                 config.per_ip,
                 Limiter::new(quota(config.per_ip), BoundedStore::new(cap), clock.clone()),
             ),
+            auth_failures: auth_failures::AuthFailures::new(config.auth_failures, cap, clock.clone()),
             clock,
         }
     }
@@ -234,6 +238,7 @@ impl<C: Clock + Clone> RateLimiters<C> {
             limiter.retain_recent();
         }
         self.per_ip.1.retain_recent();
+        self.auth_failures.evict_idle();
     }
 
     /// Clients tracked right now, over all limiters.
@@ -272,6 +277,7 @@ mod tests {
             per_ip: rate,
             max_tracked_clients: cap,
             redis: None,
+            auth_failures: rate,
         }
     }
 

@@ -148,6 +148,19 @@ impl Diff {
         let entries = [
             (false, pair("rate_limits", &o.rate_limits, &n.rate_limits)),
             (false, pair("limits", &o.limits, &n.limits)),
+            (false, pair("listen.admin_hosts", &o.admin_hosts, &n.admin_hosts)),
+            (
+                false,
+                pair("listen (client addresses)", &o.client_address, &n.client_address),
+            ),
+            (
+                false,
+                pair(
+                    "auth.may_choose_variant",
+                    &o.may_choose_variant,
+                    &n.may_choose_variant,
+                ),
+            ),
             (false, pair("server.access_log", &o.access_log, &n.access_log)),
             (
                 false,
@@ -177,6 +190,22 @@ impl Diff {
                 pair("shadow.keep_records", &ra.keep_records, &b.keep_records),
             ),
             (true, pair("shadow.keep_hours", &ra.keep_age, &b.keep_age)),
+            (
+                true,
+                pair(
+                    "shadow.max_backlog_bytes",
+                    &ra.max_backlog_bytes,
+                    &b.max_backlog_bytes,
+                ),
+            ),
+            (
+                true,
+                pair(
+                    "limits.idle_timeout_s",
+                    &r.limits.idle_timeout,
+                    &n.limits.idle_timeout,
+                ),
+            ),
             (
                 true,
                 pair(

@@ -1,6 +1,10 @@
 //! Hot reload of `routes.yaml`, the keys file and the TLS certificate, without dropping a
 //! request.
 //!
+//! The keys file reloads on its own ([`Reloader::reload_keys`]): a revoked key is refused
+//! within the watcher's debounce whatever the state of `routes.yaml` or the certificate, and
+//! a broken keys file is refused (the keys in force stay) without holding up `routes.yaml`.
+//!
 //! One pipeline for every trigger (file watcher, `SIGHUP`, `POST /admin/reload`):
 //! read → content hash (unchanged content is not a reload) → parse and validate exactly as
 //! `gateway check` does → build what is new (models loaded and warmed with one inference,
@@ -89,12 +93,29 @@ pub struct Status {
     pub files_rejected: bool,
     /// Settings edited in the file that only a restart applies.
     pub restart_required: Vec<String>,
+    /// The keys file, which reloads on its own.
+    pub keys: KeysStatus,
     #[serde(skip)]
     rejected_hash: Option<String>,
     #[serde(skip)]
     tls_hash: u128,
     #[serde(skip)]
     pub history: VecDeque<Applied>,
+}
+
+/// What `GET /admin/config` shows about the keys file.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct KeysStatus {
+    pub file: String,
+    pub hash: String,
+    pub loaded_at: String,
+    pub keys: usize,
+    pub last_error: Option<Rejected>,
+    /// True while the file on disk is a version that was refused (the keys in force are then
+    /// older than the file).
+    pub file_rejected: bool,
+    #[serde(skip)]
+    rejected_hash: Option<String>,
 }
 
 pub struct Reloader {
@@ -130,14 +151,18 @@ fn tls_hash(config: &Config) -> u128 {
     h.digest128()
 }
 
-/// Hash of everything a reload reads: the config text, the keys file and the TLS files.
-fn content_hash(source: &[u8], keys_file: &Path, tls: u128) -> String {
+/// Hash of what a config reload reads: the config text and the TLS files (the keys file
+/// reloads on its own).
+fn content_hash(source: &[u8], tls: u128) -> String {
     let mut h = xxhash_rust::xxh3::Xxh3::new();
     h.update(source);
     h.update(&[0]);
-    h.update(&read_or_empty(keys_file));
     h.update(&tls.to_le_bytes());
     format!("{:032x}", h.digest128())
+}
+
+fn bytes_hash(bytes: &[u8]) -> String {
+    format!("{:032x}", xxhash_rust::xxh3::xxh3_128(bytes))
 }
 
 impl Reloader {
@@ -152,7 +177,14 @@ impl Reloader {
         let snap = state.load_full();
         let running = snap.config.clone();
         let tls = tls_hash(&running);
-        let hash = content_hash(running.source.as_bytes(), &running.keys_file, tls);
+        let hash = content_hash(running.source.as_bytes(), tls);
+        let keys = KeysStatus {
+            file: running.keys_file.display().to_string(),
+            hash: bytes_hash(&read_or_empty(&running.keys_file)),
+            loaded_at: now(),
+            keys: snap.keys.len(),
+            ..KeysStatus::default()
+        };
         metrics.config_generation.set(1);
         metrics.config_loaded_at.set(unix_now());
         let (tx, rx) = crossbeam_channel::unbounded();
@@ -173,6 +205,7 @@ impl Reloader {
                 last_error: None,
                 files_rejected: false,
                 restart_required: Vec::new(),
+                keys,
                 rejected_hash: None,
                 tls_hash: tls,
                 history: VecDeque::new(),
@@ -292,7 +325,7 @@ impl Reloader {
         // Hashed with the keys and certificate paths in force first: when nothing changed
         // (a touch, the watcher seeing a reload's own writes) nothing is parsed.
         let mut tls = tls_hash(&current.config);
-        let mut hash = content_hash(bytes, &current.config.keys_file, tls);
+        let mut hash = content_hash(bytes, tls);
         if self.unchanged(&hash, trigger) {
             return Outcome::Unchanged;
         }
@@ -300,8 +333,12 @@ impl Reloader {
             Ok(bytes) => String::from_utf8(bytes.clone()).map_err(|_| "is not UTF-8 text".to_string()),
             Err(e) => Err(format!("cannot read: {e}")),
         };
+        let in_force = config::KeysInForce {
+            file: &current.config.keys_file,
+            store: &current.keys,
+        };
         let parsed = match text {
-            Ok(t) => config::parse(&self.path, &t),
+            Ok(t) => config::parse_with_keys(&self.path, &t, Some(in_force)),
             Err(message) => Err(vec![ConfigError {
                 file: self.path.clone(),
                 line: None,
@@ -310,14 +347,12 @@ impl Reloader {
                 message,
             }]),
         };
-        // The new file may name other keys or certificate files.
+        // The new file may name other certificate files.
         if let Ok(c) = &parsed
-            && (c.keys_file != current.config.keys_file
-                || c.tls_cert != current.config.tls_cert
-                || c.tls_key != current.config.tls_key)
+            && (c.tls_cert != current.config.tls_cert || c.tls_key != current.config.tls_key)
         {
             tls = tls_hash(c);
-            hash = content_hash(bytes, &c.keys_file, tls);
+            hash = content_hash(bytes, tls);
             if self.unchanged(&hash, trigger) {
                 return Outcome::Unchanged;
             }
@@ -359,6 +394,17 @@ impl Reloader {
                 status.rejected_hash = None;
                 status.files_rejected = false;
                 status.restart_required = diff.restart_required.clone();
+                let keys_file = self.state.load().config.keys_file.clone();
+                if status.keys.file != keys_file.display().to_string() {
+                    // Another keys file, loaded with this config: it is the one in force now.
+                    status.keys = KeysStatus {
+                        file: keys_file.display().to_string(),
+                        hash: bytes_hash(&read_or_empty(&keys_file)),
+                        loaded_at: now(),
+                        keys: self.state.load().keys.len(),
+                        ..KeysStatus::default()
+                    };
+                }
                 let applied = Applied {
                     generation: status.generation,
                     hash,
@@ -402,6 +448,126 @@ impl Reloader {
                         "config reload rejected, generation {} keeps serving: {e}",
                         status.generation
                     );
+                }
+                Outcome::Rejected(rejected)
+            }
+        }
+    }
+}
+
+impl Reloader {
+    /// Reloads the keys file alone, whatever the state of `routes.yaml` and the certificate:
+    /// read → content hash (unchanged: nothing) → parse and check (every entry, tiers against
+    /// the config in force) → the snapshot in force with the new keys, swapped. A file that
+    /// fails is refused like a config file: logged with its place, counted in
+    /// `gateway_config_reload_total{result="rejected"}`, shown on `/admin/config`; the keys in
+    /// force stay.
+    pub fn reload_keys(&self, trigger: Trigger) -> Outcome {
+        let _one_at_a_time = self.busy.lock();
+        let current = self.state.load_full();
+        let file = current.config.keys_file.clone();
+        let read = std::fs::read(&file);
+        let hash = bytes_hash(read.as_deref().unwrap_or_default());
+        {
+            let mut status = self.status.lock();
+            let keys = &mut status.keys;
+            if hash == keys.hash {
+                keys.rejected_hash = None;
+                keys.file_rejected = false;
+                return Outcome::Unchanged;
+            }
+            if trigger == Trigger::File && keys.rejected_hash.as_deref() == Some(hash.as_str()) {
+                return Outcome::Unchanged;
+            }
+        }
+        let loaded = match read {
+            Err(e) => Err(vec![ConfigError {
+                file: file.clone(),
+                line: None,
+                column: None,
+                path: String::new(),
+                message: format!("cannot read: {e} (the keys in force stay)"),
+            }]),
+            Ok(bytes) => String::from_utf8(bytes)
+                .map_err(|_| {
+                    vec![ConfigError {
+                        file: file.clone(),
+                        line: None,
+                        column: None,
+                        path: String::new(),
+                        message: "is not UTF-8 text".into(),
+                    }]
+                })
+                .and_then(|text| crate::keys::KeyStore::parse(&file, &text))
+                .and_then(|store| {
+                    let problems = store.unknown_tiers(&current.config.rate_limits);
+                    if problems.is_empty() {
+                        Ok(store)
+                    } else {
+                        Err(problems
+                            .into_iter()
+                            .map(|message| ConfigError {
+                                file: file.clone(),
+                                line: None,
+                                column: None,
+                                path: String::new(),
+                                message,
+                            })
+                            .collect())
+                    }
+                }),
+        };
+        match loaded {
+            Ok(store) => {
+                let count = store.len();
+                let snap = current.with_keys(store);
+                let diff = Diff::between(&current, &snap, &self.running, false);
+                let old = self.state.swap(Arc::new(snap));
+                let _ = self.retire.send((old, Vec::new()));
+                let mut status = self.status.lock();
+                status.generation += 1;
+                status.keys = KeysStatus {
+                    file: file.display().to_string(),
+                    hash: hash.clone(),
+                    loaded_at: now(),
+                    keys: count,
+                    ..KeysStatus::default()
+                };
+                let applied = Applied {
+                    generation: status.generation,
+                    hash,
+                    at: status.keys.loaded_at.clone(),
+                    trigger,
+                    diff,
+                };
+                status.history.push_front(applied.clone());
+                status.history.truncate(HISTORY);
+                self.metrics.config_reloads.with_label_values(&["ok"]).inc();
+                self.metrics.config_generation.set(status.generation as i64);
+                self.metrics.config_loaded_at.set(unix_now());
+                tracing::info!(
+                    file = %file.display(),
+                    generation = applied.generation,
+                    ?trigger,
+                    "keys reloaded: {}",
+                    applied.diff
+                );
+                Outcome::Applied(Box::new(applied))
+            }
+            Err(errors) => {
+                let rejected = Rejected {
+                    at: now(),
+                    trigger,
+                    hash: hash.clone(),
+                    errors: errors.iter().map(ToString::to_string).collect(),
+                };
+                let mut status = self.status.lock();
+                status.keys.rejected_hash = Some(hash);
+                status.keys.file_rejected = true;
+                status.keys.last_error = Some(rejected.clone());
+                self.metrics.config_reloads.with_label_values(&["rejected"]).inc();
+                for e in &rejected.errors {
+                    tracing::error!(?trigger, "keys file rejected, the keys in force stay: {e}");
                 }
                 Outcome::Rejected(rejected)
             }

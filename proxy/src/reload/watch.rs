@@ -109,6 +109,8 @@ pub fn start(reloader: Arc<Reloader>) -> Result<FileWatch, String> {
                         Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
                     }
                 }
+                // The keys first, on their own: a revocation never waits for another file.
+                reloader.reload_keys(Trigger::File);
                 if let Outcome::Applied(_) = reloader.reload(Trigger::File) {
                     // A reload may name files elsewhere (a new keys file): follow them too.
                     let files = reloader.watched_files();
@@ -151,7 +153,11 @@ impl BackgroundService for HangupReload {
             }
             tracing::info!("SIGHUP: reloading {}", self.0.path().display());
             let reloader = self.0.clone();
-            let _ = tokio::task::spawn_blocking(move || reloader.reload(Trigger::Signal)).await;
+            let _ = tokio::task::spawn_blocking(move || {
+                reloader.reload_keys(Trigger::Signal);
+                reloader.reload(Trigger::Signal)
+            })
+            .await;
         }
     }
 }

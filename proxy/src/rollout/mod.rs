@@ -11,12 +11,15 @@
 //! (admin API) act at once. An edit of the route's `weight` in `routes.yaml` takes precedence:
 //! the engine adopts the edited weight and pauses (`resume` continues from the first step at
 //! or above it). The engine never writes `routes.yaml`; its state (step, weight, history)
-//! lives in its own file (`server.rollout_state`), so a restart resumes where it was.
+//! lives in its own file (`server.rollout_state`), so a restart resumes where it was; one
+//! process at a time runs the engine ([`state_file`]), so that the two processes of a graceful
+//! upgrade never both move a weight.
 //!
 //! How a weight takes effect: the engine's weights are laid over the parsed config before a
 //! snapshot is built ([`Rollouts::adopt`]), on every reload and whenever the engine moves
 //! (`Reloader::apply_rollouts`), so a weight the engine set survives unrelated reloads.
 
+pub mod state_file;
 pub mod window;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -253,7 +256,7 @@ pub enum Refusal {
 }
 
 pub struct Rollouts {
-    file: Option<PathBuf>,
+    file: Option<state_file::StateFile>,
     clock: Arc<dyn Clock>,
     /// Route → state, for every route whose canary has a rollout.
     routes: Mutex<BTreeMap<String, RouteState>>,
@@ -273,29 +276,23 @@ impl Rollouts {
     /// Loads the state file, if any. A file that cannot be read is set aside (renamed
     /// `*.unreadable`) with a warning: rollouts then start again from their first step.
     pub fn new(file: Option<PathBuf>, clock: Arc<dyn Clock>, metrics: Arc<Metrics>) -> Arc<Rollouts> {
+        let file = file.map(state_file::StateFile::new);
         let mut routes = BTreeMap::new();
-        if let Some(path) = &file
-            && path.exists()
-        {
-            match std::fs::read_to_string(path)
-                .map_err(|e| e.to_string())
-                .and_then(|t| {
-                    serde_json::from_str::<BTreeMap<String, RouteState>>(&t).map_err(|e| e.to_string())
-                }) {
-                Ok(mut loaded) => {
-                    let now = clock.now();
-                    for s in loaded.values_mut() {
-                        s.window_started = now;
-                    }
-                    tracing::info!(file = %path.display(), routes = loaded.len(), "rollout state loaded: rollouts resume where they were");
-                    routes = loaded;
-                }
-                Err(e) => {
-                    let aside = path.with_extension("unreadable");
-                    let _ = std::fs::rename(path, &aside);
-                    tracing::warn!(file = %path.display(), moved_to = %aside.display(), "rollout state unreadable ({e}); rollouts start again");
-                }
+        if let Some(mut loaded) = file.as_ref().and_then(state_file::StateFile::load) {
+            let now = clock.now();
+            for s in loaded.values_mut() {
+                s.window_started = now;
             }
+            tracing::info!(
+                routes = loaded.len(),
+                "rollout state loaded: rollouts resume where they were"
+            );
+            routes = loaded;
+        }
+        if file.as_ref().is_some_and(|f| !f.leads()) {
+            tracing::info!(
+                "another gateway process runs the rollout engine (an upgrade): this one serves its weights and takes over when it stops"
+            );
         }
         Arc::new(Rollouts {
             file,
@@ -306,6 +303,39 @@ impl Rollouts {
             any: AtomicBool::new(false),
             metrics,
         })
+    }
+
+    /// Whether this process runs the engine (always, without a state file).
+    pub fn leads(&self) -> bool {
+        self.file.as_ref().is_none_or(state_file::StateFile::leads)
+    }
+
+    /// Stops running the engine (the process is stopping): another may take over.
+    pub fn resign(&self) {
+        if let Some(f) = &self.file {
+            f.resign();
+        }
+    }
+
+    /// Becomes the engine if the process that ran it has stopped: reads the state it left
+    /// (each route whose policy is the one in force), with fresh windows. True when it did.
+    fn take_over(&self) -> bool {
+        let Some(file) = &self.file else { return false };
+        if !file.try_lead() {
+            return false;
+        }
+        let now = self.clock.now();
+        let mut routes = self.routes.lock();
+        for (name, mut state) in file.load().unwrap_or_default() {
+            if let Some(s) = routes.get_mut(&name)
+                && s.policy == state.policy
+            {
+                state.window_started = now;
+                *s = state;
+            }
+        }
+        tracing::info!(file = %file.path().display(), "the rollout engine runs in this process now");
+        true
     }
 
     /// Lays the engine's weights over a freshly parsed (or current) config, and takes note
@@ -439,6 +469,10 @@ impl Rollouts {
     /// Evaluates every running rollout whose window is over. True when a weight changed
     /// (the caller then applies the weights: `Reloader::apply_rollouts`).
     pub fn tick(&self) -> bool {
+        if !self.leads() {
+            // The weights may have moved while the other process ran the engine.
+            return self.take_over();
+        }
         let now = self.clock.now();
         let policies = self.policies.lock().clone();
         let slots = self.slots.load_full();
@@ -547,6 +581,11 @@ impl Rollouts {
     /// Carries out an operator's command. The caller applies the weights and, for `resume`,
     /// the next reload re-opens the route's window.
     pub fn command(&self, route: &str, command: Command) -> Result<RouteState, Refusal> {
+        if !self.leads() {
+            return Err(Refusal::Conflict(
+                "another gateway process runs the rollout engine (an upgrade is under way): ask again in a few seconds".into(),
+            ));
+        }
         let now = self.clock.now();
         let mut routes = self.routes.lock();
         let Some(s) = routes.get_mut(route) else {
@@ -663,7 +702,7 @@ impl Rollouts {
                 )
             })
             .collect();
-        serde_json::json!({"state_file": self.file.as_ref().map(|f| f.display().to_string()), "rollouts": list})
+        serde_json::json!({"state_file": self.file.as_ref().map(|f| f.path().display().to_string()), "leader": self.leads(), "rollouts": list})
     }
 
     /// The state of one route (tests, CLI).
@@ -671,19 +710,10 @@ impl Rollouts {
         self.routes.lock().get(route).cloned()
     }
 
-    /// Writes the state file: to a temporary file, then renamed over, so a crash leaves the
-    /// old or the new state, never half of one.
+    /// Writes the state file (when this process runs the engine).
     fn persist(&self, routes: &BTreeMap<String, RouteState>) {
-        let Some(path) = &self.file else { return };
-        let text = serde_json::to_string_pretty(routes).expect("rollout state serializes");
-        let tmp = path.with_extension("tmp");
-        let written = path
-            .parent()
-            .map_or(Ok(()), std::fs::create_dir_all)
-            .and_then(|_| std::fs::write(&tmp, text))
-            .and_then(|_| std::fs::rename(&tmp, path));
-        if let Err(e) = written {
-            tracing::error!(file = %path.display(), "cannot write the rollout state: {e} (a restart would not resume it)");
+        if let Some(f) = &self.file {
+            f.write(routes);
         }
     }
 }
@@ -701,7 +731,11 @@ impl pingora::services::background::BackgroundService for Ticker {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = shutdown.changed() => return,
+                _ = shutdown.changed() => {
+                    // Stopping: a new process (an upgrade) may run the engine from now.
+                    self.0.rollouts().resign();
+                    return;
+                }
                 _ = tick.tick() => {}
             }
             if self.0.rollouts().tick() {

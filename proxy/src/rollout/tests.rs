@@ -308,7 +308,9 @@ fn a_restart_resumes_and_a_new_policy_starts_again() {
     );
     r.adopt(&mut changed);
     assert_eq!(weight(&changed), 1);
-    // A state file that cannot be read is set aside, not fatal.
+    // A state file that cannot be read is set aside, not fatal (by the process that runs
+    // the engine: the one before has stopped).
+    drop(r);
     std::fs::write(&file, "{not json").unwrap();
     let (r, _) = engine(Some(file.clone()));
     let mut c = config(POLICY, 10, "");

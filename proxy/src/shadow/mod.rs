@@ -71,6 +71,8 @@ pub struct Job {
     pub input: Input,
     pub primary: Primary,
     pub primary_latency: Duration,
+    /// The client chose the variant that answered: its comparisons do not feed rollout gates.
+    pub forced: bool,
 }
 
 /// A shadow that gets a copy, holding its in-flight slot.
@@ -229,6 +231,7 @@ impl Mirror {
             input,
             primary,
             primary_latency,
+            forced,
         } = job;
         // The original body, passed unchanged to remote shadows when there is one.
         let (inputs, raw) = match input {
@@ -285,6 +288,7 @@ impl Mirror {
                     shadow,
                     primary_latency,
                     shadow_latency,
+                    forced,
                 );
             }
         };
@@ -342,7 +346,7 @@ impl Mirror {
                         "application/json"
                     }),
                     header_length: header_length.as_deref(),
-                    max_response_bytes: snap.config.limits.max_body_bytes.max(1 << 20),
+                    max_response_bytes: snap.config.limits.max_answer_bytes,
                 };
                 let answer = remote::forward(p, &self.0.connector, &out)
                     .await
@@ -367,6 +371,7 @@ impl Mirror {
         shadow: Result<Vec<NamedTensor>, String>,
         primary_latency: Duration,
         shadow_latency: Duration,
+        forced: bool,
     ) {
         let Pick { key, _slot } = pick;
         self.0
@@ -394,9 +399,11 @@ impl Mirror {
             _ => None,
         };
         if let Some(c) = &comparison {
-            self.0
-                .rollouts
-                .observe_comparison(&key.route, &key.shadow, &key.primary_version, c.agrees());
+            if !forced {
+                self.0
+                    .rollouts
+                    .observe_comparison(&key.route, &key.shadow, &key.primary_version, c.agrees());
+            }
             if c.agrees() {
                 m.shadow_agreements.with_label_values(&labels).inc();
             } else {

@@ -37,7 +37,13 @@ impl Query {
             match k {
                 "route" if !v.is_empty() => q.route = Some(v.to_string()),
                 "since" if !v.is_empty() => q.since = Some(since(v)?),
-                "latest" => q.latest = v.parse().map_err(|_| format!("latest={v:?} is not a count"))?,
+                "latest" => {
+                    q.latest = v
+                        .parse()
+                        .ok()
+                        .filter(|n| *n <= MAX_LATEST)
+                        .ok_or_else(|| format!("latest={v:?}: give a count from 0 to {MAX_LATEST}"))?;
+                }
                 "route" | "since" => {}
                 other => return Err(format!("unknown parameter {other:?} (route, since, latest)")),
             }
@@ -46,11 +52,17 @@ impl Query {
     }
 }
 
-/// `1h` → now minus one hour.
+/// Disagreements listed per pair, at most (`latest`): each carries its inputs and outputs.
+pub const MAX_LATEST: usize = 1000;
+
+/// `1h` → now minus one hour (at most back to 1970).
 pub fn since(text: &str) -> Result<SystemTime, String> {
     let d = humantime::parse_duration(text)
         .map_err(|e| format!("since={text:?}: {e} (give a duration such as 15m, 1h, 2d)"))?;
-    Ok(SystemTime::now() - d)
+    SystemTime::now()
+        .checked_sub(d)
+        .filter(|t| *t >= SystemTime::UNIX_EPOCH)
+        .ok_or_else(|| format!("since={text:?} reaches back before 1970"))
 }
 
 #[derive(Debug, Serialize)]
@@ -532,5 +544,16 @@ mod tests {
         );
         assert!(Query::from_params(Some("colour=red")).is_err());
         assert!(Query::from_params(None).unwrap().since.is_none());
+        // Out of range: an error, never a panic or a query without bounds.
+        for bad in [
+            "since=100000000000y",
+            "since=600000d",
+            "latest=1001",
+            "latest=-1",
+            "latest=99999999999999999999",
+        ] {
+            assert!(Query::from_params(Some(bad)).is_err(), "{bad}");
+        }
+        assert_eq!(Query::from_params(Some("latest=1000")).unwrap().latest, 1000);
     }
 }

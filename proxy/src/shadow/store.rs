@@ -8,15 +8,21 @@
 //! - `records`: every disagreement and every error with its inputs and both outputs, plus a
 //!   sample of agreements (`shadow.sample_agreements`).
 //!
-//! Shadow tasks hand [`Event`]s to a bounded channel (never blocking: when it is full the
-//! event is counted and dropped); the writer polls them every 50 ms and commits one
-//! transaction per `shadow.flush_ms`. A crash loses at most the events of the last
-//! `flush_ms` + 50 ms (0.55 s by default); a graceful stop ([`Recorder::close`]) writes
-//! everything accepted.
+//! Shadow tasks hand [`Event`]s to a bounded channel (never blocking: when it is full, or
+//! when the records waiting to be written hold `shadow.max_backlog_bytes`, the event is
+//! counted and dropped); the writer polls them every 50 ms and commits one transaction per
+//! `shadow.flush_ms`. A crash loses what was not yet committed: the events of the last
+//! `flush_ms` + 50 ms (0.55 s by default) while the writer keeps up; when it falls behind (it
+//! runs at idle priority, so on a saturated machine it does), at most the backlog, whose age
+//! the writer reports after each commit ([`Recorder::lag`], `gateway_shadow_store_lag_seconds`).
+//! A graceful stop ([`Recorder::close`]) writes everything accepted. The file (and SQLite's
+//! `-wal` and `-shm` beside it, which take its mode) is made readable by its owner only: it
+//! holds inputs and outputs of real requests.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
@@ -50,6 +56,22 @@ pub struct Record {
     pub comparison: Option<Comparison>,
     pub primary_latency: Duration,
     pub shadow_latency: Option<Duration>,
+}
+
+impl Record {
+    /// About what it holds in memory, for the backlog's bound: its tensors, and a little for
+    /// everything else.
+    pub fn bytes(&self) -> usize {
+        let tensors = |t: &[NamedTensor]| -> usize {
+            t.iter()
+                .map(|n| n.name.len() + n.tensor.data().len() * n.tensor.dtype().size() + 64)
+                .sum()
+        };
+        512 + self.request_id.len()
+            + self.inputs.as_deref().map_or(0, |t| tensors(t))
+            + self.primary.as_deref().map_or(0, |t| tensors(t))
+            + self.shadow.as_deref().map_or(0, tensors)
+    }
 }
 
 pub enum Event {
@@ -230,10 +252,18 @@ CREATE TABLE IF NOT EXISTS records (
 CREATE INDEX IF NOT EXISTS records_by_time ON records (at_ms);
 ";
 
-/// Opens (creating if needed) the store for writing.
+/// Opens (creating if needed, with mode 0600) the store for writing.
 pub fn open(path: &Path) -> Result<Connection, String> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    if !path.exists() {
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(false);
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        options
+            .open(path)
+            .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
     }
     let conn = Connection::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
     // WAL: readers (reports, `gateway report`) never block the writer, and a process crash
@@ -261,6 +291,16 @@ pub struct Recorder {
     tx: Sender<Event>,
     writer: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
     pub path: PathBuf,
+    backlog: Arc<Backlog>,
+}
+
+/// Records sent and not yet written (or dropped by the writer), in bytes; and how old the
+/// oldest record of the last commit was.
+#[derive(Default)]
+struct Backlog {
+    bytes: AtomicUsize,
+    max: usize,
+    lag_ms: AtomicU64,
 }
 
 /// Events waiting for the writer, at most; beyond this they are dropped and counted.
@@ -271,8 +311,13 @@ impl Recorder {
     pub fn start(settings: &ShadowSettings) -> Result<Recorder, String> {
         let conn = open(&settings.store)?;
         let (tx, rx) = crossbeam_channel::bounded(QUEUE);
+        let backlog = Arc::new(Backlog {
+            max: settings.max_backlog_bytes,
+            ..Backlog::default()
+        });
         let writer = Writer {
             conn,
+            backlog: backlog.clone(),
             settings: settings.clone(),
             minutes: HashMap::new(),
             dirty: HashSet::new(),
@@ -291,16 +336,43 @@ impl Recorder {
             tx,
             writer: Arc::new(Mutex::new(Some(handle))),
             path: settings.store.clone(),
+            backlog,
         })
     }
 
-    /// Hands an event to the writer without waiting. False when the queue is full (or the
-    /// writer has stopped): the event is lost, and the caller counts it.
+    /// Hands an event to the writer without waiting. False when the queue is full, the
+    /// records waiting hold the backlog's bound already, or the writer has stopped: the event
+    /// is lost, and the caller counts it.
     pub fn send(&self, event: Event) -> bool {
+        let bytes = match &event {
+            Event::Record(r) => r.bytes(),
+            _ => 0,
+        };
+        if bytes > 0 {
+            let before = self.backlog.bytes.fetch_add(bytes, Ordering::Relaxed);
+            if before + bytes > self.backlog.max {
+                self.backlog.bytes.fetch_sub(bytes, Ordering::Relaxed);
+                return false;
+            }
+        }
         match self.tx.try_send(event) {
             Ok(()) => true,
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => false,
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.backlog.bytes.fetch_sub(bytes, Ordering::Relaxed);
+                false
+            }
         }
+    }
+
+    /// Bytes of records waiting to be written.
+    pub fn backlog_bytes(&self) -> usize {
+        self.backlog.bytes.load(Ordering::Relaxed)
+    }
+
+    /// How old the oldest record of the last commit was when it was committed: what a crash
+    /// at that moment would have lost.
+    pub fn lag(&self) -> Duration {
+        Duration::from_millis(self.backlog.lag_ms.load(Ordering::Relaxed))
     }
 
     /// Waits (up to `timeout`) until everything sent so far is committed.
@@ -324,6 +396,7 @@ impl Recorder {
 
 struct Writer {
     conn: Connection,
+    backlog: Arc<Backlog>,
     settings: ShadowSettings,
     /// Aggregates of the minutes touched lately, complete (seeded from the store on first
     /// touch, so a restart within a minute adds to that minute instead of replacing it).
@@ -409,6 +482,8 @@ impl Writer {
         };
         if keep {
             self.records.push(*r);
+        } else {
+            self.backlog.bytes.fetch_sub(r.bytes(), Ordering::Relaxed);
         }
     }
 
@@ -431,6 +506,8 @@ impl Writer {
         if self.dirty.is_empty() && self.records.is_empty() {
             return Ok(());
         }
+        let oldest = self.records.iter().map(|r| r.at).min();
+        let written: usize = self.records.iter().map(Record::bytes).sum();
         let tx = self.conn.transaction()?;
         {
             let mut upsert = tx.prepare_cached(
@@ -482,7 +559,16 @@ impl Writer {
                 ])?;
             }
         }
-        tx.commit()
+        let committed = tx.commit();
+        // Written or failed, the records are gone from memory.
+        self.backlog.bytes.fetch_sub(written, Ordering::Relaxed);
+        if let Some(at) = oldest {
+            let lag = SystemTime::now().duration_since(at).unwrap_or_default();
+            self.backlog
+                .lag_ms
+                .store(lag.as_millis() as u64, Ordering::Relaxed);
+        }
+        committed
     }
 
     /// Bounded retention: records beyond `keep_records` or older than `keep_age` go, and
@@ -517,6 +603,7 @@ mod tests {
             keep_age: Duration::from_secs(3600),
             sample_agreements: 0.0,
             flush_interval: flush,
+            max_backlog_bytes: 64 << 20,
         }
     }
 
@@ -577,6 +664,36 @@ mod tests {
         // Disagreements are all recorded; agreements sampled at 0 here.
         assert_eq!(count(&path, "records"), 5);
         assert!(!rec.send(Event::Record(Box::new(record(0, 0)))), "closed");
+        // The store and its WAL files are readable by their owner only.
+        for name in ["s.sqlite3", "s.sqlite3-wal", "s.sqlite3-shm"] {
+            let f = dir.join(name);
+            if f.exists() {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = std::fs::metadata(&f).unwrap().permissions().mode() & 0o777;
+                assert_eq!(mode, 0o600, "{name}");
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_backlog_is_bounded_in_bytes() {
+        let dir = std::env::temp_dir().join(format!("shadow-store-backlog-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut s = settings(&dir, Duration::from_secs(60), 100);
+        let one = record(0, 1).bytes();
+        s.max_backlog_bytes = one * 3 + one / 2;
+        let rec = Recorder::start(&s).unwrap();
+        // The writer takes events every 50 ms but writes only every 60 s: three fit, the
+        // fourth is refused whoever has it.
+        let sent: Vec<bool> = (0..6)
+            .map(|_| rec.send(Event::Record(Box::new(record(0, 1)))))
+            .collect();
+        assert_eq!(sent, [true, true, true, false, false, false]);
+        assert_eq!(rec.backlog_bytes(), 3 * one);
+        rec.close();
+        assert_eq!(rec.backlog_bytes(), 0, "written records leave the backlog");
+        assert!(rec.lag() < Duration::from_secs(5));
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -91,6 +91,11 @@ pub enum Layout {
 }
 
 pub fn start_in(body: &str, layout: Layout) -> Gateway {
+    start_patched(body, layout, |_| {})
+}
+
+/// [`start_in`], with the loaded snapshot changed by `patch` before the gateway serves it.
+pub fn start_patched(body: &str, layout: Layout, patch: impl FnOnce(&mut proxy::state::Snapshot)) -> Gateway {
     let dir = temp_dir("gw");
     let https: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -98,8 +103,7 @@ pub fn start_in(body: &str, layout: Layout) -> Gateway {
     let keys_file = dir.join("api-keys.yaml");
     let (dev, _) = proxy::keys::add_key(&keys_file, "dev", "default").unwrap();
     let (batch, _) = proxy::keys::add_key(&keys_file, "bulk", "batch").unwrap();
-    let (disabled, _) = proxy::keys::add_key(&keys_file, "gone", "default").unwrap();
-    let id = format!("key_{}", &hex::encode(proxy::keys::digest(&disabled))[..8]);
+    let (disabled, id) = proxy::keys::add_key(&keys_file, "gone", "default").unwrap();
     proxy::keys::set_disabled(&keys_file, &id, true).unwrap();
 
     // The harness makes a key of tier "batch": configs that say nothing of rate limits get it.
@@ -123,7 +127,7 @@ pub fn start_in(body: &str, layout: Layout) -> Gateway {
     let header = format!(
         "listen: {{https: \"{https}\", admin: \"{admin}\"}}\n\
          tls: {{cert: {dir}/server.crt, key: {dir}/server.key}}\n\
-         auth: {{keys_file: {dir}/api-keys.yaml}}\n\
+         auth: {{keys_file: {dir}/api-keys.yaml, may_choose_variant: {{tenants: [dev]}}}}\n\
          {models}{server}{tiers}",
         dir = dir.display(),
     );
@@ -143,7 +147,8 @@ pub fn start_in(body: &str, layout: Layout) -> Gateway {
             cm.join("routes.yaml")
         }
     };
-    let (snapshot, _) = proxy::server::prepare(&config_path).unwrap_or_else(|e| panic!("{e}"));
+    let (mut snapshot, _) = proxy::server::prepare(&config_path).unwrap_or_else(|e| panic!("{e}"));
+    patch(&mut snapshot);
     let built = proxy::server::build(snapshot).unwrap_or_else(|e| panic!("{e}"));
     let (shutdown, handle) = proxy::server::manual_shutdown();
     let thread = std::thread::spawn(move || built.run(Box::new(shutdown)));
@@ -640,6 +645,39 @@ impl Drop for FakeUpstream {
             rt.shutdown_background();
         }
     }
+}
+
+/// A local pool whose ONNX Runtime breaks while `broken` is set: every run fails, the
+/// warm-up probe's too (what a model that loaded but cannot run any more does; no input can
+/// cause that, so it stands in for ORT's own failures). Otherwise the real model answers.
+pub fn breakable_pool(
+    model: &Path,
+    name: &str,
+    broken: Arc<std::sync::atomic::AtomicBool>,
+) -> proxy::state::Backend {
+    struct Breakable {
+        real: inference::pool::OrtRunner,
+        broken: Arc<std::sync::atomic::AtomicBool>,
+    }
+    impl inference::Runner for Breakable {
+        fn run(&mut self, inputs: &[inference::Tensor]) -> Result<Vec<inference::Tensor>, String> {
+            if self.broken.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err("ONNX Runtime failed (injected by the test)".into());
+            }
+            self.real.run(inputs)
+        }
+    }
+    let session = inference::model::open_session(model, 1).unwrap();
+    let meta = inference::model::metadata_from_session(&session, name, "1").unwrap();
+    let runner = Breakable {
+        real: inference::pool::OrtRunner::new(session),
+        broken,
+    };
+    proxy::state::Backend::Local(Arc::new(inference::Pool::with_runners(
+        meta,
+        inference::PoolConfig::default(),
+        vec![Box::new(runner)],
+    )))
 }
 
 /// Resident memory of this process, in KiB (Linux).

@@ -1,0 +1,227 @@
+//! Answers from a local pool: the body decoded in the gateway, the model run in-process, the
+//! answer encoded here (Open Inference Protocol, JSON or binary, or `/predict`), shadows
+//! given the decoded tensors.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use inference::protocol::{self, ModelRef};
+use inference::{ModelMetadata, NamedTensor, Pool, Tensor};
+
+use super::exchange::Exchange;
+use super::{Ctx, Gateway, Kind, Shadows};
+use crate::admission::budget::{Held, Over};
+use crate::config::Route;
+use crate::errors::GatewayError;
+use crate::names::INFERENCE_HEADER_LENGTH;
+use crate::shadow;
+use crate::simple;
+use crate::state::Snapshot;
+
+/// The most bytes the tensors decoded from `body` can take: every JSON element is at least
+/// two bytes of text (a digit and a separator), and becomes at most the widest input type;
+/// binary tensor data is copied as it is.
+fn decode_bound(meta: &ModelMetadata, body_len: usize, json_len: usize) -> usize {
+    let widest = meta.inputs.iter().map(|s| s.datatype.size()).max().unwrap_or(8);
+    (json_len / 2 + 1) * widest + body_len.saturating_sub(json_len)
+}
+
+fn tensor_bytes(tensors: &[NamedTensor]) -> usize {
+    tensors
+        .iter()
+        .map(|t| t.tensor.data().len() * t.tensor.dtype().size())
+        .sum()
+}
+
+pub(super) fn busy(over: Over) -> GatewayError {
+    GatewayError::Busy {
+        per_key: over == Over::Key,
+    }
+}
+
+impl Gateway {
+    /// `/infer` and `/predict` of a local pool; metadata, readiness and configuration too.
+    pub(super) async fn answer_local(
+        &self,
+        session: &mut Exchange<'_>,
+        ctx: &mut Ctx,
+        snap: &Arc<Snapshot>,
+        route: &Route,
+        pool: Arc<Pool>,
+        (kind, model_ref): (Kind, ModelRef<'_>),
+    ) -> Result<(), GatewayError> {
+        let limits = &snap.config.limits;
+        let caps = limits.inflight_caps();
+        let meta = pool.metadata();
+        match kind {
+            Kind::Infer => {
+                let mut held = self.hold(ctx);
+                let body = session.read_body(limits.max_body_bytes, &mut held, caps).await?;
+                let header_length = session
+                    .req_header()
+                    .headers
+                    .get(INFERENCE_HEADER_LENGTH)
+                    .map(|v| v.to_str().unwrap_or("?").to_string());
+                let json_len = header_length
+                    .as_deref()
+                    .and_then(|n| n.trim().parse().ok())
+                    .unwrap_or(body.len())
+                    .min(body.len());
+                held.grow(decode_bound(meta, body.len(), json_len), caps)
+                    .map_err(busy)?;
+                let request = protocol::decode_request(&body, header_length.as_deref())?;
+                held.shrink_to(body.len() + tensor_bytes(&request.inputs));
+                let selected = protocol::select_outputs(meta, &request)?;
+                let id = request.id.clone().unwrap_or_else(|| ctx.request_id.clone());
+                let version = &meta.version;
+                let (outputs, shadows) = self
+                    .infer_local(snap, ctx, route, &pool, request.inputs, body.len())
+                    .await?;
+                let encoded = protocol::encode_response(
+                    meta,
+                    &route.model,
+                    version,
+                    &id,
+                    &selected,
+                    &outputs,
+                    limits.max_answer_bytes,
+                )?;
+                drop(held);
+                let content_type = if encoded.json_len.is_some() {
+                    "application/octet-stream"
+                } else {
+                    "application/json"
+                };
+                let mut extra = Vec::new();
+                if let Some(n) = encoded.json_len {
+                    extra.push((protocol::HEADER_LENGTH, n.to_string()));
+                }
+                self.respond(session, ctx, 200, content_type, Bytes::from(encoded.body), &extra)
+                    .await;
+                self.mirror(snap, ctx, shadows, || Self::named(meta, outputs));
+            }
+            Kind::Simple => {
+                let mut held = self.hold(ctx);
+                let body = session.read_body(limits.max_body_bytes, &mut held, caps).await?;
+                // Features as f64, then the model's tensor: at most 8 + 8 bytes per element.
+                held.grow((body.len() / 2 + 1) * 16, caps).map_err(busy)?;
+                let features = simple::parse(&body)?;
+                let inputs = simple::to_inputs(meta, &features)?;
+                held.shrink_to(body.len() + features.values.len() * 8 + tensor_bytes(&inputs));
+                let (outputs, shadows) = self
+                    .infer_local(snap, ctx, route, &pool, inputs, body.len())
+                    .await?;
+                let named: Vec<(String, Tensor)> =
+                    meta.outputs.iter().map(|s| s.name.clone()).zip(outputs).collect();
+                let answer = simple::respond(&named, &features, &meta.version)?;
+                drop(held);
+                self.respond(session, ctx, 200, "application/json", Bytes::from(answer), &[])
+                    .await;
+                let outputs = named.into_iter().map(|(_, t)| t).collect();
+                self.mirror(snap, ctx, shadows, || Self::named(meta, outputs));
+            }
+            Kind::Metadata => {
+                let versions = super::route_versions(route, snap);
+                let mut body = serde_json::from_str::<serde_json::Value>(&inference::server::model_metadata(
+                    meta, versions,
+                ))
+                .expect("metadata is JSON");
+                body["name"] = serde_json::json!(model_ref.model);
+                self.respond_json(session, ctx, body.to_string()).await;
+            }
+            Kind::Ready => {
+                let body =
+                    serde_json::json!({"name": model_ref.model, "version": meta.version, "ready": true});
+                self.respond_json(session, ctx, body.to_string()).await;
+            }
+            Kind::Config => {
+                let body = inference::server::model_config(meta, pool.config().max_batch);
+                self.respond_json(session, ctx, body).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// The request's holding in the in-flight budget (requests with a body have a key).
+    pub(super) fn hold(&self, ctx: &Ctx) -> Held {
+        let key = ctx.key.as_ref().map_or([0; 32], |k| *k.digest());
+        self.budget.hold(key)
+    }
+
+    /// Runs a local pool, keeping a copy of the inputs when the route's shadows want one.
+    /// A failed inference is still mirrored (the shadow's answer is worth recording).
+    async fn infer_local(
+        &self,
+        snap: &Arc<Snapshot>,
+        ctx: &mut Ctx,
+        route: &Route,
+        pool: &Pool,
+        inputs: Vec<NamedTensor>,
+        body_len: usize,
+    ) -> Result<(Vec<Tensor>, Option<Shadows>), GatewayError> {
+        let picks = self.mirror.pick(snap, route, &pool.metadata().version, body_len);
+        ctx.shadows = picks.len();
+        let copy = (!picks.is_empty()).then(|| inputs.clone());
+        let started = Instant::now();
+        let result = pool.infer(inputs).await;
+        ctx.inference = Some(started.elapsed());
+        let shadows = copy.map(|inputs| (picks, shadow::Input::Tensors(inputs), started.elapsed()));
+        match result {
+            Ok(outputs) => {
+                let named: Vec<(&str, &Tensor)> = pool
+                    .metadata()
+                    .outputs
+                    .iter()
+                    .map(|spec| spec.name.as_str())
+                    .zip(&outputs)
+                    .collect();
+                self.observe_predictions(ctx, &route.model, &named);
+                Ok((outputs, shadows))
+            }
+            Err(e) => {
+                self.mirror(snap, ctx, shadows, || shadow::Primary::Failed(e.to_string()));
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Names the outputs of a local pool for [`Self::mirror`].
+    fn named(meta: &ModelMetadata, outputs: Vec<Tensor>) -> shadow::Primary {
+        shadow::Primary::Outputs(
+            meta.outputs
+                .iter()
+                .zip(outputs)
+                .map(|(spec, tensor)| NamedTensor {
+                    name: spec.name.clone(),
+                    tensor,
+                })
+                .collect(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use inference::DataType;
+
+    #[test]
+    fn the_decode_bound_holds_for_the_smallest_json_elements() {
+        let meta = ModelMetadata {
+            name: "m".into(),
+            version: "1".into(),
+            platform: "test",
+            inputs: vec![inference::TensorSpec {
+                name: "x".into(),
+                datatype: DataType::F64,
+                shape: vec![-1, 4],
+            }],
+            outputs: vec![],
+            batchable: true,
+        };
+        let body = r#"{"inputs":[{"name":"x","shape":[2,4],"datatype":"FP64","data":[0,0,0,0,0,0,0,0]}]}"#;
+        let decoded = protocol::decode_request(body.as_bytes(), None).unwrap();
+        assert!(tensor_bytes(&decoded.inputs) <= decode_bound(&meta, body.len(), body.len()));
+    }
+}
