@@ -38,6 +38,8 @@ use crate::names::{X_API_KEY, X_CANARY, X_REQUEST_ID};
 pub const FAST_HEADER_BYTES: usize = 16 * 1024;
 /// At most this many header lines; more go to pingora's session.
 const MAX_HEADERS: usize = 64;
+/// What pingora's session takes (its `MAX_HEADERS`).
+const PINGORA_MAX_HEADERS: usize = 256;
 /// How long writing one answer may take before the connection is given up (a client that
 /// does not read its answers holds nothing longer).
 const WRITE: Duration = Duration::from_secs(60);
@@ -144,6 +146,7 @@ impl Conn {
                         self.head_started = None;
                         return Next::Handoff;
                     }
+                    Parsed::TooManyHeaders => return Next::HeaderTooLarge,
                     Parsed::Partial if self.buf.len() > waits.max_header_bytes => {
                         return Next::HeaderTooLarge;
                     }
@@ -203,6 +206,7 @@ impl Conn {
         let end = match req.parse(&self.buf) {
             Ok(httparse::Status::Complete(n)) => n,
             Ok(httparse::Status::Partial) => return Parsed::Partial,
+            Err(httparse::Error::TooManyHeaders) => return self.many_headers(),
             Err(_) => return Parsed::Handoff,
         };
         let (Some(1), Some(method @ ("GET" | "POST")), Some(path)) = (req.version, req.method, req.path)
@@ -286,6 +290,17 @@ impl Conn {
         self.expect_continue = expect_continue && self.body_left > 0;
         self.keepalive = keepalive;
         Parsed::Complete
+    }
+
+    /// More header fields than this reader takes: pingora's session takes up to
+    /// [`PINGORA_MAX_HEADERS`]; more than that is refused here (431), as pingora would only
+    /// call it malformed.
+    fn many_headers(&self) -> Parsed {
+        let mut headers = vec![httparse::EMPTY_HEADER; PINGORA_MAX_HEADERS];
+        match httparse::Request::new(&mut headers).parse(&self.buf) {
+            Err(httparse::Error::TooManyHeaders) => Parsed::TooManyHeaders,
+            _ => Parsed::Handoff,
+        }
     }
 
     /// Puts a header block taken from `buf` back in front of it.
@@ -459,6 +474,7 @@ enum Parsed {
     Complete,
     Partial,
     Handoff,
+    TooManyHeaders,
 }
 
 /// A `Content-Length` of digits only (at most 19, so it fits), as RFC 9110 8.6 writes it.

@@ -31,6 +31,9 @@ pub struct Exchange<'a> {
     body_timeout: Duration,
     /// A pingora HTTP/1 session whose request asked for `100 Continue`, not yet sent.
     continue_owed: bool,
+    /// Reading the body failed (its framing, or a deadline): where the next request would
+    /// start is unknown, so the connection ends after the answer.
+    body_failed: bool,
 }
 
 /// Why a body could not be read.
@@ -51,6 +54,7 @@ impl<'a> Exchange<'a> {
             body_deadline: Instant::now() + body_timeout,
             body_timeout,
             continue_owed,
+            body_failed: false,
         }
     }
 
@@ -63,6 +67,17 @@ impl<'a> Exchange<'a> {
 
     /// The next piece of the body, by the body's deadline.
     pub async fn read_request_body(&mut self) -> Result<Option<Bytes>, BodyError> {
+        let read = self.read_some().await;
+        self.body_failed |= read.is_err();
+        read
+    }
+
+    /// Whether reading the body failed: the connection cannot carry another request.
+    pub fn body_failed(&self) -> bool {
+        self.body_failed
+    }
+
+    async fn read_some(&mut self) -> Result<Option<Bytes>, BodyError> {
         let deadline = self.body_deadline;
         match &mut self.io {
             Io::Pingora(s) => {

@@ -452,25 +452,32 @@ impl Gateway {
             self.metrics.auth_failures.with_label_values(&["limited"]).inc();
             return Err(GatewayError::AuthFailuresLimited(wait));
         }
-        let key = crate::auth::authenticate(
+        let found = crate::auth::authenticate(
             &snap.keys,
             &session.req_header().headers,
             ctx.key_memo.as_deref_mut(),
-        )
-        .inspect_err(|e| {
-            let reason = match e {
-                GatewayError::MissingKey => "missing",
-                GatewayError::UnknownKey => "unknown",
-                GatewayError::DisabledKey(_) => "disabled",
-                _ => "other",
-            };
-            self.metrics.auth_failures.with_label_values(&[reason]).inc();
-            if reason != "other"
-                && let Some(ip) = ip
-            {
-                snap.limiters.auth_failures.failed(ip);
+        );
+        let key = match found {
+            Ok(key) => key,
+            Err(e) => {
+                let reason = match e {
+                    GatewayError::MissingKey => "missing",
+                    GatewayError::UnknownKey => "unknown",
+                    GatewayError::DisabledKey(_) => "disabled",
+                    _ => "other",
+                };
+                self.metrics.auth_failures.with_label_values(&[reason]).inc();
+                // The failure that spends the address's allowance is refused as the next ones are.
+                if reason != "other"
+                    && let Some(ip) = ip
+                    && snap.limiters.auth_failures.failed(ip)
+                {
+                    let wait = snap.limiters.auth_failures.refused(ip).unwrap_or(1);
+                    return Err(GatewayError::AuthFailuresLimited(wait));
+                }
+                return Err(e);
             }
-        })?;
+        };
         let decision = match &snap.shared_limiter {
             None => snap.limiters.check_key(&key.tier, key.digest()),
             Some(shared) => {
@@ -515,7 +522,7 @@ impl Gateway {
         // connection that would be parsed as the next request: read a small declared body
         // first, so that the client keeps its connection (a refused client would otherwise
         // pay a new TLS handshake per request); close the connection in any other case.
-        let closing = !session.is_body_done() && !drain_small_body(session).await;
+        let closing = session.body_failed() || (!session.is_body_done() && !drain_small_body(session).await);
         if closing {
             session.close_after();
         }
@@ -531,6 +538,10 @@ impl Gateway {
     }
 
     async fn respond_error(&self, session: &mut Exchange<'_>, ctx: &mut Ctx, e: GatewayError) {
+        if matches!(e, GatewayError::HeadersTooLarge { .. }) {
+            // A client that sends more header than allowed is not kept.
+            session.close_after();
+        }
         let mut extra = e.headers();
         if let Some(after) = e.retry_after() {
             extra.push(("retry-after", after.as_secs().max(1).to_string()));
