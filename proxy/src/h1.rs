@@ -745,4 +745,178 @@ mod tests {
         assert!(!conn.awaits_continue());
         drop(reader.await.unwrap());
     }
+
+    /// What a reader made of some bytes: the request it read (method, target, header fields
+    /// in order, body), or `None` when it did not serve them.
+    type Read = Option<(String, String, Vec<(String, Vec<u8>)>, Vec<u8>)>;
+
+    fn fields(req: &RequestHeader) -> Vec<(String, Vec<u8>)> {
+        req.headers
+            .iter()
+            .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
+            .collect()
+    }
+
+    async fn ours(bytes: &[u8]) -> Read {
+        let (a, _b) = tokio::io::duplex(1 << 16);
+        let mut conn = Conn::with_buffer(Box::new(a), bytes);
+        let waits = Waits {
+            idle: Duration::from_millis(50),
+            header: Duration::from_millis(50),
+            max_header_bytes: 64 * 1024,
+        };
+        if conn.next_request(waits).await != Next::Request {
+            return None;
+        }
+        let req = conn.req_header();
+        let head = (req.method.to_string(), req.uri.to_string(), fields(req));
+        let mut body = Vec::new();
+        while let Ok(Some(chunk)) = conn.read_body(Instant::now() + Duration::from_millis(50)).await {
+            body.extend_from_slice(&chunk);
+        }
+        Some((head.0, head.1, head.2, body))
+    }
+
+    async fn pingoras(bytes: &[u8]) -> Read {
+        let (a, mut b) = tokio::io::duplex(1 << 16);
+        b.write_all(bytes).await.unwrap();
+        drop(b);
+        let mut session = pingora::protocols::http::ServerSession::new_http1(Box::new(a));
+        if !matches!(session.read_request().await, Ok(true)) {
+            return None;
+        }
+        let req = session.req_header();
+        let head = (req.method.to_string(), req.uri.to_string(), fields(req));
+        let mut body = Vec::new();
+        loop {
+            match session.read_request_body().await {
+                Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+                Ok(None) => break,
+                // The body ended early: both readers see the bytes there were.
+                Err(_) => break,
+            }
+        }
+        Some((head.0, head.1, head.2, body))
+    }
+
+    mod framing {
+        use proptest::prelude::*;
+
+        /// Request lines, some well-formed and some not.
+        fn request_line() -> impl Strategy<Value = String> {
+            let method = prop_oneof![
+                8 => Just("GET"), 8 => Just("POST"), 1 => Just("PUT"), 1 => Just("HEAD"),
+                1 => Just("get"), 1 => Just("POST "), 1 => Just("")
+            ];
+            let target = prop_oneof![
+                4 => Just("/v2/models/m/infer".to_string()),
+                2 => Just("/v2".to_string()),
+                2 => Just("/v2?x=1&y=%20".to_string()),
+                1 => Just("http://x/v2".to_string()),
+                1 => Just("*".to_string()),
+                4 => "/[a-zA-Z0-9/._~%-]{0,20}",
+                1 => "/[ -~]{0,10}",
+            ];
+            let version = prop_oneof![
+                12 => Just("HTTP/1.1"), 1 => Just("HTTP/1.0"), 1 => Just("HTTP/2.0"),
+                1 => Just("HTTP/1.1 "), 1 => Just("http/1.1")
+            ];
+            (method, target, version).prop_map(|(m, t, v)| format!("{m} {t} {v}"))
+        }
+
+        /// Header fields, weighted towards the ones that decide framing.
+        fn field() -> impl Strategy<Value = (String, String)> {
+            let length = prop_oneof![
+                Just("0"),
+                Just("5"),
+                Just("05"),
+                Just("+5"),
+                Just("-1"),
+                Just(" 5"),
+                Just("5 "),
+                Just("5, 5"),
+                Just("abc"),
+                Just(""),
+                Just("99999999999999999999"),
+                Just("18446744073709551616")
+            ];
+            prop_oneof![
+                3 => length.clone().prop_map(|v| ("content-length".to_string(), v.to_string())),
+                1 => length.prop_map(|v| ("Content-Length".to_string(), v.to_string())),
+                1 => prop_oneof![Just("chunked"), Just("gzip"), Just("identity"), Just("gzip, chunked")]
+                    .prop_map(|v| ("transfer-encoding".to_string(), v.to_string())),
+                1 => prop_oneof![Just("100-continue"), Just("tea"), Just("100-CONTINUE")]
+                    .prop_map(|v| ("expect".to_string(), v.to_string())),
+                1 => prop_oneof![Just("close"), Just("keep-alive"), Just("upgrade"), Just("Close")]
+                    .prop_map(|v| ("connection".to_string(), v.to_string())),
+                1 => Just(("upgrade".to_string(), "websocket".to_string())),
+                4 => Just(("host".to_string(), "localhost".to_string())),
+                6 => ("x-[a-z]{1,8}", "[ -~]{0,16}"),
+                3 => ("[a-zA-Z0-9!#$%&'*+.^_`|~-]{1,8}", "[\t -~]{0,12}"),
+            ]
+        }
+
+        fn request() -> impl Strategy<Value = Vec<u8>> {
+            (
+                request_line(),
+                prop::collection::vec(field(), 0..6),
+                prop::sample::select(vec!["\r\n", "\r\n", "\r\n", "\r\n", "\n"]),
+                prop::collection::vec(any::<u8>(), 0..12),
+                prop_oneof![4 => Just(Vec::new()), 1 => prop::collection::vec(any::<u8>(), 2..3)],
+            )
+                .prop_map(|(line, fields, eol, body, junk)| {
+                    let mut out = format!("{line}{eol}");
+                    for (k, v) in fields {
+                        out.push_str(&format!("{k}: {v}{eol}"));
+                    }
+                    out.push_str(eol);
+                    let mut bytes = out.into_bytes();
+                    bytes.extend(body);
+                    // Sometimes a byte that does not belong, anywhere in the head.
+                    if let Some(&b) = junk.first() {
+                        let at = usize::from(b) % bytes.len().max(1);
+                        bytes.insert(at, junk.get(1).copied().unwrap_or(0));
+                    }
+                    bytes
+                })
+        }
+
+        static SERVED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        static TRIED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+        /// The generator reaches both sides: requests this reader serves, and others.
+        #[test]
+        fn the_generated_requests_are_served_and_handed_over_alike() {
+            serves_only_what_pingora_reads_the_same_way();
+            let (served, tried) = (
+                SERVED.load(std::sync::atomic::Ordering::Relaxed),
+                TRIED.load(std::sync::atomic::Ordering::Relaxed),
+            );
+            eprintln!("{served} of {tried} generated requests served by this reader");
+            assert!(
+                served * 20 >= tried && served * 10 <= tried * 9,
+                "{served} of {tried}"
+            );
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            /// Whatever this reader serves, pingora's session reads the same way: the same
+            /// method, target and header fields, and the same body (so the same place where
+            /// the next request starts). What it does not serve, it hands to pingora.
+            #[test]
+            fn serves_only_what_pingora_reads_the_same_way(bytes in request()) {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                let (ours, theirs) = rt.block_on(async {
+                    (super::ours(&bytes).await, super::pingoras(&bytes).await)
+                });
+                if let Some(ours) = ours {
+                    SERVED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    prop_assert_eq!(Some(&ours), theirs.as_ref(), "{}", String::from_utf8_lossy(&bytes));
+                }
+                TRIED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    }
 }

@@ -24,6 +24,7 @@ fn config_with(upstream: std::net::SocketAddr, server: &str) -> (std::path::Path
          tls: {{cert: certs/server.crt, key: certs/server.key, generate_dev_cert: true}}\n\
          auth: {{keys_file: certs/api-keys.yaml, create_dev_key: true}}\n\
          server: {{threads: 2, {server}, upgrade_sock: upgrade.sock}}\n\
+         rate_limits: {{default: {{per_second: 100000, burst: 100000}}}}\n\
          models_dir: {}\n\
          pools:\n  slow: {{http: {{endpoints: [\"{upstream}\"], model: slow, version: 1, timeout_ms: 20000}}}}\n\
          routes:\n  - model: slow\n    stable: slow\n",
@@ -82,6 +83,115 @@ impl Client {
             .try_send("POST", "/v2/models/slow/infer", &headers, example())
             .await;
         reply.ok().map(|r| r.status)
+    }
+}
+
+/// What kept-alive clients saw while the gateway drained.
+#[derive(Default)]
+struct Tally {
+    /// Answered 200.
+    ok: AtomicUsize,
+    /// Sent, and not answered (or answered with another status): what must stay 0.
+    failed: AtomicUsize,
+    /// Answers that said `connection: close` (HTTP/1.1).
+    told_to_close: AtomicUsize,
+    /// Requests that could not be sent (the connection had closed, the stream was refused):
+    /// never processed, so sent again on a new connection, as clients do.
+    not_sent: AtomicUsize,
+}
+
+/// Whether a client error means the request was never processed: the connection was
+/// closed before it was sent, or the server refused the stream (HTTP/2 REFUSED_STREAM).
+fn never_processed(e: &hyper::Error) -> bool {
+    if e.is_canceled() {
+        return true;
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(h2) = s.downcast_ref::<h2::Error>()
+            && h2.reason() == Some(h2::Reason::REFUSED_STREAM)
+        {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}
+
+/// A client that keeps its connection (HTTP/1.1 or HTTP/2) and sends one request after
+/// another until `stop`, or until it cannot connect (the gateway has stopped listening).
+async fn kept_alive_client(client: Arc<Client>, proto: Proto, stop: Arc<AtomicBool>, tally: Arc<Tally>) {
+    use http_body_util::{BodyExt, Full};
+    let body = bytes::Bytes::from(example());
+    'connections: while !stop.load(Ordering::Relaxed) {
+        let Ok(conn) = try_connect(client.addr, &client.tls, proto).await else {
+            return;
+        };
+        let mut h1 = None;
+        let mut h2 = None;
+        match proto {
+            Proto::H1 => h1 = Some(conn.into_h1_sender()),
+            Proto::H2 => h2 = Some(conn.h2_sender()),
+        }
+        while !stop.load(Ordering::Relaxed) {
+            let request = hyper::Request::builder()
+                .method("POST")
+                .uri(match proto {
+                    Proto::H1 => "/v2/models/slow/infer".to_string(),
+                    Proto::H2 => format!("https://localhost:{}/v2/models/slow/infer", client.addr.port()),
+                })
+                .header("host", format!("localhost:{}", client.addr.port()))
+                .header("x-api-key", client.key.as_str())
+                .header("content-type", "application/json")
+                .body(Full::new(body.clone()))
+                .unwrap();
+            let sent = match (&mut h1, &mut h2) {
+                (Some(s), _) => {
+                    if s.ready().await.is_err() {
+                        tally.not_sent.fetch_add(1, Ordering::Relaxed);
+                        continue 'connections;
+                    }
+                    s.send_request(request).await
+                }
+                (_, Some(s)) => {
+                    if s.ready().await.is_err() {
+                        tally.not_sent.fetch_add(1, Ordering::Relaxed);
+                        continue 'connections;
+                    }
+                    s.send_request(request).await
+                }
+                _ => unreachable!(),
+            };
+            match sent {
+                Ok(r) => {
+                    let status = r.status();
+                    let closing = r
+                        .headers()
+                        .get("connection")
+                        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+                    let whole = r.into_body().collect().await.is_ok();
+                    if status == 200 && whole {
+                        tally.ok.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        eprintln!("{proto:?}: answered {status} (body whole: {whole})");
+                        tally.failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if closing {
+                        tally.told_to_close.fetch_add(1, Ordering::Relaxed);
+                        continue 'connections;
+                    }
+                }
+                Err(e) if never_processed(&e) => {
+                    tally.not_sent.fetch_add(1, Ordering::Relaxed);
+                    continue 'connections;
+                }
+                Err(e) => {
+                    eprintln!("{proto:?}: sent, not answered: {e:?}");
+                    tally.failed.fetch_add(1, Ordering::Relaxed);
+                    continue 'connections;
+                }
+            }
+        }
     }
 }
 
@@ -152,26 +262,35 @@ async fn sigterm_cuts_requests_that_outlast_the_grace() {
     );
 }
 
+/// Starts kept-alive clients, four of each protocol.
+fn load(
+    client: &Arc<Client>,
+    stop: &Arc<AtomicBool>,
+    tally: &Arc<Tally>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    [Proto::H1, Proto::H2]
+        .into_iter()
+        .flat_map(|proto| std::iter::repeat_n(proto, 4))
+        .map(|proto| {
+            tokio::spawn(kept_alive_client(
+                client.clone(),
+                proto,
+                stop.clone(),
+                tally.clone(),
+            ))
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_upgrade_hands_the_sockets_to_a_new_process_without_a_failed_request() {
     let upstream = FakeUpstream::start(Misbehaviour::Slow(Duration::from_millis(20))).await;
     let (mut old, client, file) = serve(upstream.addr, 10);
     let dir = file.parent().unwrap().to_path_buf();
-    // Clients on fresh connections throughout.
+    // Kept-alive clients throughout, HTTP/1.1 and HTTP/2.
     let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let mut clients = Vec::new();
-    for _ in 0..4 {
-        let (client, stop, ok, failed) = (client.clone(), stop.clone(), ok.clone(), failed.clone());
-        clients.push(tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                match client.slow().await {
-                    Some(200) => ok.fetch_add(1, Ordering::Relaxed),
-                    _ => failed.fetch_add(1, Ordering::Relaxed),
-                };
-            }
-        }));
-    }
+    let tally = Arc::new(Tally::default());
+    let clients = load(&client, &stop, &tally);
     // The new process waits for the sockets; the old one hands them over on SIGQUIT.
     let mut new = gateway()
         .args(["run", "--upgrade", "--config"])
@@ -193,10 +312,10 @@ async fn an_upgrade_hands_the_sockets_to_a_new_process_without_a_failed_request(
     signal(&old, "QUIT");
     let (status, _) = wait_exit(&mut old, Duration::from_secs(20));
     assert!(status.success(), "{status:?}");
-    let before = ok.load(Ordering::Relaxed);
+    let before = tally.ok.load(Ordering::Relaxed);
     tokio::time::sleep(Duration::from_millis(1000)).await;
     assert!(
-        ok.load(Ordering::Relaxed) > before,
+        tally.ok.load(Ordering::Relaxed) > before,
         "nobody answers after the old process left"
     );
     stop.store(true, Ordering::Relaxed);
@@ -209,9 +328,51 @@ async fn an_upgrade_hands_the_sockets_to_a_new_process_without_a_failed_request(
     );
     signal(&new, "TERM");
     wait_exit(&mut new, Duration::from_secs(10));
-    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
-    eprintln!("upgrade: {ok} requests answered, {failed} failed");
+    let [ok, failed, closes, not_sent] =
+        [&tally.ok, &tally.failed, &tally.told_to_close, &tally.not_sent].map(|c| c.load(Ordering::Relaxed));
+    eprintln!(
+        "upgrade, kept-alive clients: {ok} requests answered, {failed} failed; {closes} answers said connection: close, {not_sent} requests were sent again on a new connection"
+    );
     assert_eq!(failed, 0);
+    assert!(
+        closes > 0,
+        "the old process's HTTP/1.1 connections were told to close"
+    );
+}
+
+/// SIGTERM under load from kept-alive clients: every request sent gets its answer; HTTP/1.1
+/// connections are told to close on their next answer, HTTP/2 ones get a GOAWAY.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_drains_kept_alive_connections_without_a_failed_request() {
+    let upstream = FakeUpstream::start(Misbehaviour::Slow(Duration::from_millis(20))).await;
+    let (mut child, client, _) = serve(upstream.addr, 10);
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Tally::default());
+    let clients = load(&client, &stop, &tally);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let answered_before = tally.ok.load(Ordering::Relaxed);
+    signal(&child, "TERM");
+    let (status, took) = wait_exit(&mut child, Duration::from_secs(15));
+    assert!(status.success(), "{status:?}");
+    // The clients stop by themselves once nothing listens.
+    for c in clients {
+        tokio::time::timeout(Duration::from_secs(10), c)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let [ok, failed, closes, not_sent] =
+        [&tally.ok, &tally.failed, &tally.told_to_close, &tally.not_sent].map(|c| c.load(Ordering::Relaxed));
+    eprintln!(
+        "SIGTERM, kept-alive clients: {ok} requests answered ({answered_before} before the signal), {failed} failed; \
+         {closes} answers said connection: close, {not_sent} not sent; the process exited {took:?} after the signal"
+    );
+    assert_eq!(failed, 0);
+    assert!(
+        closes >= 4,
+        "every HTTP/1.1 connection was told to close: {closes}"
+    );
+    assert!(took < Duration::from_secs(5), "draining took {took:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -477,6 +477,15 @@ mod tests {
         let r =
             decode(r#"{"inputs":[{"name":"x","shape":[3],"datatype":"FP64","data":[1,2.5,-3]}]}"#).unwrap();
         assert_eq!(r.inputs[0].tensor.data(), &TensorData::F64(vec![1.0, 2.5, -3.0]));
+        // Found by the property test below: read to the nearest float, as written.
+        let r = decode(
+            r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP64","data":[-1.8733927149884165e+299]}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            r.inputs[0].tensor.data(),
+            &TensorData::F64(vec![-1.8733927149884165e299])
+        );
         let r = decode(r#"{"inputs":[{"name":"x","shape":[1],"datatype":"BOOL","data":[true]}]}"#).unwrap();
         assert_eq!(r.inputs[0].tensor.data(), &TensorData::Bool(vec![true]));
     }
@@ -533,5 +542,136 @@ mod tests {
         long.push(0);
         let surplus = decode_request(&long, Some(&header.len().to_string())).unwrap_err();
         assert!(surplus.to_string().contains("no input claims them"), "{surplus}");
+    }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        /// A datatype, and values of it (as JSON text and as the buffer they must become).
+        fn typed(len: usize) -> impl Strategy<Value = (DataType, Vec<String>, TensorData)> {
+            macro_rules! ints {
+                ($t:ty, $var:ident, $dt:ident) => {
+                    prop::collection::vec(any::<$t>(), len).prop_map(|v| {
+                        (
+                            DataType::$dt,
+                            v.iter().map(|x| x.to_string()).collect(),
+                            TensorData::$var(v),
+                        )
+                    })
+                };
+            }
+            prop_oneof![
+                ints!(u8, U8, U8),
+                ints!(i8, I8, I8),
+                ints!(u16, U16, U16),
+                ints!(i16, I16, I16),
+                ints!(u32, U32, U32),
+                ints!(i32, I32, I32),
+                ints!(u64, U64, U64),
+                ints!(i64, I64, I64),
+                prop::collection::vec(any::<bool>(), len).prop_map(|v| (
+                    DataType::Bool,
+                    v.iter().map(|x| x.to_string()).collect(),
+                    TensorData::Bool(v)
+                )),
+                prop::collection::vec(-1e30f32..1e30f32, len).prop_map(|v| (
+                    DataType::F32,
+                    v.iter().map(|x| serde_json::to_string(x).unwrap()).collect(),
+                    TensorData::F32(v)
+                )),
+                prop::collection::vec(-1e300f64..1e300f64, len).prop_map(|v| (
+                    DataType::F64,
+                    v.iter().map(|x| serde_json::to_string(x).unwrap()).collect(),
+                    TensorData::F64(v)
+                )),
+            ]
+        }
+
+        fn case() -> impl Strategy<Value = (Vec<usize>, DataType, Vec<String>, TensorData, bool)> {
+            (1usize..5, 0usize..6)
+                .prop_flat_map(|(rows, cols)| (Just(vec![rows, cols]), typed(rows * cols), any::<bool>()))
+                .prop_map(|(shape, (dtype, texts, data), nested)| (shape, dtype, texts, data, nested))
+        }
+
+        fn json_body(shape: &[usize], dtype: DataType, texts: &[String], nested: bool) -> String {
+            let data = if nested && shape[1] > 0 {
+                let rows: Vec<String> = texts
+                    .chunks(shape[1])
+                    .map(|r| format!("[{}]", r.join(",")))
+                    .collect();
+                format!("[{}]", rows.join(","))
+            } else {
+                format!("[{}]", texts.join(","))
+            };
+            format!(
+                r#"{{"inputs":[{{"data":{data},"name":"x","shape":[{},{}],"datatype":"{}"}}]}}"#,
+                shape[0],
+                shape[1],
+                dtype.as_str()
+            )
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(1000))]
+
+            /// JSON (flat or nested, `data` before or after `datatype`) and binary bodies of
+            /// the same values decode to the same tensor, exactly.
+            #[test]
+            fn json_and_binary_decode_to_the_values((shape, dtype, texts, data, nested) in case()) {
+                let body = json_body(&shape, dtype, &texts, nested);
+                let decoded = decode_request(body.as_bytes(), None).unwrap();
+                prop_assert_eq!(decoded.inputs[0].tensor.shape(), &shape[..]);
+                prop_assert_eq!(decoded.inputs[0].tensor.data(), &data);
+
+                let mut raw = Vec::new();
+                to_le_bytes(&data, &mut raw);
+                let header = format!(
+                    r#"{{"inputs":[{{"name":"x","shape":[{},{}],"datatype":"{}","parameters":{{"binary_data_size":{}}}}}]}}"#,
+                    shape[0], shape[1], dtype.as_str(), raw.len()
+                );
+                let mut binary = header.clone().into_bytes();
+                binary.extend(&raw);
+                let decoded = decode_request(&binary, Some(&header.len().to_string())).unwrap();
+                prop_assert_eq!(decoded.inputs[0].tensor.data(), &data);
+            }
+
+            /// A body with any byte changed, dropped or added decodes, or is refused with a
+            /// 400; it never panics.
+            #[test]
+            fn damaged_bodies_are_refused_never_panic(
+                (shape, dtype, texts, _data, nested) in case(),
+                at in any::<prop::sample::Index>(),
+                byte in any::<u8>(),
+                how in 0u8..3,
+                length in prop::option::of(0usize..400),
+            ) {
+                let mut body = json_body(&shape, dtype, &texts, nested).into_bytes();
+                let i = at.index(body.len());
+                match how {
+                    0 => body[i] = byte,
+                    1 => { body.remove(i); }
+                    _ => body.insert(i, byte),
+                }
+                let length = length.map(|n| n.to_string());
+                if let Err(e) = decode_request(&body, length.as_deref()) {
+                    prop_assert_eq!(e.status(), 400);
+                }
+            }
+
+            /// A shape that does not fit the data is refused with both counts, however large
+            /// the shape claims to be (nothing is sized from it).
+            #[test]
+            fn shapes_that_do_not_fit_are_refused(rows in 1u64..u64::MAX / 2, extra in 1usize..4) {
+                let body = format!(
+                    r#"{{"inputs":[{{"name":"x","shape":[{rows},{extra}],"datatype":"FP32","data":[1,2,3]}}]}}"#
+                );
+                if rows * extra as u64 != 3 {
+                    let e = decode_request(body.as_bytes(), None).unwrap_err();
+                    prop_assert_eq!(e.status(), 400);
+                }
+            }
+        }
     }
 }

@@ -343,6 +343,14 @@ pub async fn try_connect(
 }
 
 impl Connection {
+    /// The HTTP/1.1 request sender.
+    pub fn into_h1_sender(self) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
+        match self.conn {
+            Conn::H1(s) => s,
+            Conn::H2(_) => panic!("not an HTTP/1.1 connection"),
+        }
+    }
+
     /// The HTTP/2 request sender, which can be cloned to run requests concurrently.
     pub fn h2_sender(&self) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
         match &self.conn {
