@@ -375,6 +375,53 @@ async fn a_revoked_key_is_refused_within_2s_and_a_new_key_works() {
     );
 }
 
+/// The keys file reloads on its own: a revocation applies while `routes.yaml` is broken (a
+/// weight of 101), and a broken keys file keeps the keys in force, refused like any file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_apply_on_their_own_whatever_the_config_is() {
+    let g = start(&body(0));
+    let ok = |key: String| {
+        let g = &g;
+        async move { infer(g, Proto::H1, &key, "breast-cancer", &[]).await.status }
+    };
+    assert_eq!(ok(g.keys.dev.clone()).await, 200);
+    // routes.yaml broken: refused, the config in force keeps serving.
+    g.write_config(&g.config_text(&body(0)).replace("weight: 0", "weight: 101"));
+    until(Duration::from_secs(2), "the broken config's refusal", || async {
+        admin_json(&g, "/admin/config").await["reload"]["files_rejected"] == true
+    })
+    .await;
+    // A revocation still applies at once.
+    let keys_file = g.dir.join("api-keys.yaml");
+    let id = proxy::keys::id_of(&g.keys.dev);
+    proxy::keys::set_disabled(&keys_file, &id, true).unwrap();
+    let took = until(Duration::from_secs(2), "the revocation", || async {
+        ok(g.keys.dev.clone()).await == 403
+    })
+    .await;
+    eprintln!("revoked key refused after {took:?}, with routes.yaml broken");
+    // A broken keys file: the keys in force stay, and the refusal is reported.
+    let before = std::fs::read_to_string(&keys_file).unwrap();
+    std::fs::write(&keys_file, format!("{before}\n  - id: nonsense\n")).unwrap();
+    until(Duration::from_secs(2), "the broken keys file's refusal", || async {
+        admin_json(&g, "/admin/config").await["reload"]["keys"]["file_rejected"] == true
+    })
+    .await;
+    let config = admin_json(&g, "/admin/config").await;
+    let errors = config["reload"]["keys"]["last_error"]["errors"].to_string();
+    assert!(errors.contains("api-keys.yaml"), "{errors}");
+    assert_eq!(ok(g.keys.batch.clone()).await, 200, "the keys in force stay");
+    assert_eq!(ok(g.keys.dev.clone()).await, 403, "and so does the revocation");
+    // Fixed: applied, and the refusal clears.
+    std::fs::write(&keys_file, &before).unwrap();
+    until(Duration::from_secs(2), "the fixed keys file", || async {
+        admin_json(&g, "/admin/config").await["reload"]["keys"]["file_rejected"] == false
+    })
+    .await;
+    let metrics = admin_get(&g, "/metrics").await.1;
+    assert!(metrics.contains("gateway_config_reload_total{result=\"rejected\"} 2"), "{metrics}");
+}
+
 /// The leaf certificate the gateway presents to a new connection.
 async fn served_certificate(g: &Gateway) -> Vec<u8> {
     use rustls::pki_types::ServerName;
