@@ -13,7 +13,8 @@
    ServiceMonitor (a CRD) checked by hand, and the properties the gateway relies on checked
    (probes, grace periods, security context, spreading, selectors, whole-directory mounts).
 4. Every routes.yaml shipped for a container passes `gateway check` in a tree laid out as
-   the image lays it out (/opt/gateway/{config,models,tls,keys,data}).
+   the image lays it out (/opt/gateway/{config,models,tls,keys,data}), and writes (shadow
+   store, rollout state) only under the writable /opt/gateway/data.
 
 Exits 1 with every problem listed.
 """
@@ -297,6 +298,13 @@ def gateway_check(configs: list[tuple[str, str]]) -> None:
                 keys = (cfg.parent / routes["auth"]["keys_file"]).resolve()
                 r = run([str(GATEWAY), "keys", "add", "--tenant", "ci", "--keys-file", str(keys)])
                 check(r.returncode == 0, where, "gateway keys add: " + r.stderr)
+            # Everything the gateway writes must land in the one writable place: the shadow
+            # store, and the rollout state (default: beside the store).
+            store = routes.get("shadow", {}).get("store", "data/shadows.sqlite3")
+            state = routes.get("server", {}).get("rollout_state") or str(Path(store).parent / "rollouts.json")
+            for what, rel in (("shadow.store", store), ("server.rollout_state", state)):
+                target = os.path.normpath(cfg.parent / rel)
+                check(target.startswith(str(opt / "data") + os.sep), where, f"{what} resolves to {target}, outside the writable /opt/gateway/data")
             r = run([str(GATEWAY), "check", str(cfg)])
             if r.returncode != 0:
                 problem(where, "gateway check:\n" + r.stdout + r.stderr)

@@ -666,10 +666,13 @@ async fn malformed_bodies_never_panic() {
 /// connections over the cap, too many rows, names listed twice, an answer over the cap.
 #[tokio::test]
 async fn hostile_clients_meet_the_servers_limits() {
-    let repo = load(models_dir(), PoolConfig {
-        max_rows: 8,
-        ..PoolConfig::default()
-    });
+    let repo = load(
+        models_dir(),
+        PoolConfig {
+            max_rows: 8,
+            ..PoolConfig::default()
+        },
+    );
     let s = TestServer::start(
         repo,
         ServerOptions {
@@ -686,9 +689,7 @@ async fn hostile_clients_meet_the_servers_limits() {
     let c = client();
     let url = s.url("/v2/models/breast-cancer/infer");
     let row = example()["inputs"][0]["data"].clone();
-    let rows = |n: usize| {
-        json!({"inputs": [{"name": "input", "shape": [n, 30], "datatype": "FP32", "data": vec![row.clone(); n]}]})
-    };
+    let rows = |n: usize| json!({"inputs": [{"name": "input", "shape": [n, 30], "datatype": "FP32", "data": vec![row.clone(); n]}]});
 
     // Connections that send too slowly, or nothing, are closed by their deadline: read until
     // the server closes, and say how long it held on.
@@ -708,14 +709,42 @@ async fn hostile_clients_meet_the_servers_limits() {
         let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut answer)).await;
         (started.elapsed(), String::from_utf8_lossy(&answer).to_string())
     }
-    let (took, _) = held(s.addr, b"GET /v2 HTTP/1.1\r\n", Some(b"host: x\r\nx-slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa")).await;
-    assert!(took < Duration::from_millis(1500), "a trickling header was held {took:?}");
-    let (took, answer) = held(s.addr, b"POST /v2/models/breast-cancer/infer HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n", None).await;
+    let (took, _) = held(
+        s.addr,
+        b"GET /v2 HTTP/1.1\r\n",
+        Some(b"host: x\r\nx-slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"),
+    )
+    .await;
+    assert!(
+        took < Duration::from_millis(1500),
+        "a trickling header was held {took:?}"
+    );
+    let (took, answer) = held(
+        s.addr,
+        b"POST /v2/models/breast-cancer/infer HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n",
+        None,
+    )
+    .await;
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
-    assert!(took < Duration::from_millis(1500), "a missing body was held {took:?}");
+    assert!(
+        took < Duration::from_millis(1500),
+        "a missing body was held {took:?}"
+    );
     let (took, answer) = held(s.addr, b"", None).await;
-    assert!(answer.is_empty() && took < Duration::from_millis(1500), "an idle connection was held {took:?}");
-    let (_, answer) = held(s.addr, format!("GET /v2 HTTP/1.1\r\nhost: x\r\nx-big: {}\r\n\r\n", "a".repeat(9000)).as_bytes(), None).await;
+    assert!(
+        answer.is_empty() && took < Duration::from_millis(1500),
+        "an idle connection was held {took:?}"
+    );
+    let (_, answer) = held(
+        s.addr,
+        format!(
+            "GET /v2 HTTP/1.1\r\nhost: x\r\nx-big: {}\r\n\r\n",
+            "a".repeat(9000)
+        )
+        .as_bytes(),
+        None,
+    )
+    .await;
     assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
 
     // Connections over the cap are closed at once; the ones inside it are served.
@@ -725,14 +754,32 @@ async fn hostile_clients_meet_the_servers_limits() {
     }
     tokio::time::sleep(Duration::from_millis(50)).await;
     let (took, answer) = held(s.addr, b"GET /v2 HTTP/1.1\r\nhost: x\r\n\r\n", None).await;
-    assert!(answer.is_empty() && took < Duration::from_millis(300), "over the cap: {took:?} {answer}");
+    assert!(
+        answer.is_empty() && took < Duration::from_millis(300),
+        "over the cap: {took:?} {answer}"
+    );
     drop(open);
     tokio::time::sleep(Duration::from_millis(50)).await;
 
     for (body, status, message) in [
         (rows(9), 413, "9 rows; this model takes at most 8"),
-        (rows(8).as_object().map(|o| { let mut o = o.clone(); o.insert("outputs".into(), json!([{"name": "label"}, {"name": "label"}])); json!(o) }).unwrap(), 400, "listed more than once"),
-        (rows(8), 413, "the answer would be larger than the limit of 1024 bytes"),
+        (
+            rows(8)
+                .as_object()
+                .map(|o| {
+                    let mut o = o.clone();
+                    o.insert("outputs".into(), json!([{"name": "label"}, {"name": "label"}]));
+                    json!(o)
+                })
+                .unwrap(),
+            400,
+            "listed more than once",
+        ),
+        (
+            rows(8),
+            413,
+            "the answer would be larger than the limit of 1024 bytes",
+        ),
         (rows(1), 200, ""),
     ] {
         let r = post_json(&c, &url, &body).await;

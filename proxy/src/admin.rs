@@ -174,6 +174,12 @@ impl Admin {
             .set(snap.limiters.tracked() as i64);
         self.metrics.connections_open.set(self.connections.open() as i64);
         self.metrics.inflight_bytes.set(self.budget.used() as i64);
+        self.metrics
+            .shadow_store_backlog
+            .set(self.recorder.backlog_bytes() as i64);
+        self.metrics
+            .shadow_store_lag
+            .set(self.recorder.lag().as_secs_f64());
         if let Some(shared) = &snap.shared_limiter {
             self.metrics.set_redis_up(shared.up());
         }

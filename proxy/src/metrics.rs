@@ -211,6 +211,8 @@ pub struct Metrics {
     pub connection_timeouts: IntCounterVec,
     pub inflight_bytes: IntGauge,
     pub variant_choice_ignored: IntCounterVec,
+    pub shadow_store_backlog: IntGauge,
+    pub shadow_store_lag: prometheus::Gauge,
 }
 
 fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -395,6 +397,15 @@ impl Metrics {
                 "inflight_bytes",
                 "Bytes of request bodies and decoded tensors held by requests in flight (limits.max_inflight_bytes)",
             ),
+            shadow_store_backlog: single(
+                "shadow_store_backlog_bytes",
+                "Bytes of comparison records waiting for the shadow store's writer (shadow.max_backlog_bytes)",
+            ),
+            shadow_store_lag: prometheus::Gauge::new(
+                "shadow_store_lag_seconds",
+                "Age of the oldest record in the shadow store's last commit: what a crash then would have lost",
+            )
+            .expect("valid metric"),
             variant_choice_ignored: counter(
                 "variant_choice_ignored_total",
                 "x-canary headers ignored because the key may not choose a variant (auth.may_choose_variant)",
@@ -447,6 +458,8 @@ impl Metrics {
             Box::new(m.connection_timeouts.clone()),
             Box::new(m.inflight_bytes.clone()),
             Box::new(m.variant_choice_ignored.clone()),
+            Box::new(m.shadow_store_backlog.clone()),
+            Box::new(m.shadow_store_lag.clone()),
             Box::new(build),
         ];
         for c in collectors {

@@ -403,9 +403,11 @@ async fn keys_apply_on_their_own_whatever_the_config_is() {
     // A broken keys file: the keys in force stay, and the refusal is reported.
     let before = std::fs::read_to_string(&keys_file).unwrap();
     std::fs::write(&keys_file, format!("{before}\n  - id: nonsense\n")).unwrap();
-    until(Duration::from_secs(2), "the broken keys file's refusal", || async {
-        admin_json(&g, "/admin/config").await["reload"]["keys"]["file_rejected"] == true
-    })
+    until(
+        Duration::from_secs(2),
+        "the broken keys file's refusal",
+        || async { admin_json(&g, "/admin/config").await["reload"]["keys"]["file_rejected"] == true },
+    )
     .await;
     let config = admin_json(&g, "/admin/config").await;
     let errors = config["reload"]["keys"]["last_error"]["errors"].to_string();
@@ -419,7 +421,10 @@ async fn keys_apply_on_their_own_whatever_the_config_is() {
     })
     .await;
     let metrics = admin_get(&g, "/metrics").await.1;
-    assert!(metrics.contains("gateway_config_reload_total{result=\"rejected\"} 2"), "{metrics}");
+    assert!(
+        metrics.contains("gateway_config_reload_total{result=\"rejected\"} 2"),
+        "{metrics}"
+    );
 }
 
 /// The leaf certificate the gateway presents to a new connection.

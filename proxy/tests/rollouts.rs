@@ -303,3 +303,70 @@ async fn a_restart_resumes_an_edit_takes_precedence_and_the_cli_commands() {
         .unwrap();
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("has no rollout"));
 }
+
+/// Requests that chose their variant (`x-canary`, a versioned path) say nothing of how the
+/// split serves: they never enter a rollout's window, nor do their shadows' comparisons.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forced_requests_never_feed_the_gates() {
+    let g = start(&format!(
+        "{LOCAL}{}",
+        route(
+            "cancer-v2",
+            0,
+            "{steps: [50, 100], interval: 1h, min_requests: 10, gates: {min_shadow_agreement: 0.5, max_error_rate_delta: 0.5}}",
+            "{pool: cancer-v2, percent: 100}"
+        )
+    ));
+    let body = example();
+    let mut conn = connect(g.https, &g.tls, Proto::H1).await;
+    let key = g.keys.dev.as_str();
+    for headers in [
+        vec![("x-api-key", key), ("x-canary", "true")],
+        vec![("x-api-key", key), ("x-canary", "false")],
+    ] {
+        for _ in 0..20 {
+            assert_eq!(
+                conn.send("POST", "/v2/models/breast-cancer/infer", &headers, body.clone())
+                    .await
+                    .status,
+                200
+            );
+        }
+    }
+    for path in [
+        "/v2/models/breast-cancer/versions/1/infer",
+        "/v2/models/breast-cancer/versions/2/infer",
+    ] {
+        for _ in 0..20 {
+            assert_eq!(
+                conn.send("POST", path, &[("x-api-key", key)], body.clone())
+                    .await
+                    .status,
+                200
+            );
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let figures = &rollout(&g).await["window"]["figures"];
+    assert_eq!(figures["canary_requests"], 0, "{figures}");
+    assert_eq!(figures["stable_requests"], 0, "{figures}");
+    assert_eq!(figures["comparisons"], 0, "{figures}");
+    // The split's own answers count.
+    for _ in 0..10 {
+        assert_eq!(
+            conn.send(
+                "POST",
+                "/v2/models/breast-cancer/infer",
+                &[("x-api-key", key)],
+                body.clone()
+            )
+            .await
+            .status,
+            200
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let figures = &rollout(&g).await["window"]["figures"];
+    let counted = figures["canary_requests"].as_u64().unwrap() + figures["stable_requests"].as_u64().unwrap();
+    assert_eq!(counted, 10, "{figures}");
+}

@@ -94,8 +94,27 @@ pub fn start_in(body: &str, layout: Layout) -> Gateway {
     start_patched(body, layout, |_| {})
 }
 
+/// [`start`], with more settings in the `listen:` line (which the harness writes).
+pub fn start_with_listen(body: &str, listen: &str) -> Gateway {
+    launch(body, Layout::File, listen, |_| {})
+}
+
 /// [`start_in`], with the loaded snapshot changed by `patch` before the gateway serves it.
 pub fn start_patched(body: &str, layout: Layout, patch: impl FnOnce(&mut proxy::state::Snapshot)) -> Gateway {
+    launch(body, layout, "", patch)
+}
+
+fn launch(
+    body: &str,
+    layout: Layout,
+    listen: &str,
+    patch: impl FnOnce(&mut proxy::state::Snapshot),
+) -> Gateway {
+    let listen = if listen.is_empty() {
+        String::new()
+    } else {
+        format!(", {listen}")
+    };
     let dir = temp_dir("gw");
     let https: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -125,7 +144,7 @@ pub fn start_patched(body: &str, layout: Layout, patch: impl FnOnce(&mut proxy::
     };
     // Absolute paths: the config may live elsewhere (a ConfigMap layout).
     let header = format!(
-        "listen: {{https: \"{https}\", admin: \"{admin}\"}}\n\
+        "listen: {{https: \"{https}\", admin: \"{admin}\"{listen}}}\n\
          tls: {{cert: {dir}/server.crt, key: {dir}/server.key}}\n\
          auth: {{keys_file: {dir}/api-keys.yaml, may_choose_variant: {{tenants: [dev]}}}}\n\
          {models}{server}{tiers}",
