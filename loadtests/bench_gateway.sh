@@ -14,6 +14,9 @@
 #   loadtests/bench_gateway.sh --quick    1 s per measurement, 1 round (proves the harness works)
 #   loadtests/bench_gateway.sh --strict   exit 1 when a target is missed
 #   ROUNDS=9 loadtests/bench_gateway.sh   more rounds
+#   BASELINE=DIR loadtests/bench_gateway.sh   also runs DIR/gateway (another build) in every
+#                                             round of (a) and of (b)'s maximum, and reports
+#                                             this build's CPU per request against it
 #
 # Cores: the server under test on core 0; wrk, loadgen and (b)'s upstream on core 1.
 # Rounds: the servers compared take turns, once each per round, and the report gives each
@@ -43,7 +46,11 @@ gw_config "$WORK/remote.yaml" "pools:
   up: {http: {endpoints: [\"127.0.0.1:$P_UP\"], model: breast-cancer, version: 1, timeout_ms: 2000}}
 routes:
   - {model: breast-cancer, stable: up}"
-KEY="$("$BIN/gateway" keys add --tenant bench --keys-file "$WORK/api-keys.yaml" 2>/dev/null)"
+# With a baseline build, its own `keys add` makes the key: older builds read only their own
+# (shorter) key ids, and this build reads those too.
+KEYGEN="$BIN/gateway"; [ -n "${BASELINE:-}" ] && KEYGEN="$BASELINE/gateway"
+[ -z "${BASELINE:-}" ] || [ -x "$BASELINE/gateway" ] || die "BASELINE=$BASELINE has no gateway binary"
+KEY="$("$KEYGEN" keys add --tenant bench --keys-file "$WORK/api-keys.yaml" 2>/dev/null)"
 
 start_gateway() { start_gateway_on "$1" "127.0.0.1:$P_GW"; }
 
@@ -56,6 +63,8 @@ round_name() {
     bare) label="inference-server (http)" ;;
     local) label="gateway, local pool (https)" ;;
     gateway) label="gateway, remote pool" ;;
+    local-base) label="baseline gateway, local pool (https)" ;;
+    gateway-base) label="baseline gateway, remote pool" ;;
     *) label="$1" ;;
   esac
   if [ "$ROUNDS" = 1 ]; then echo "$label"; else echo "$label (round $2)"; fi
@@ -113,6 +122,11 @@ for r in $(seq "$ROUNDS"); do
   GW=$(start_gateway "$WORK/local.yaml"); PIDS+=("$GW")
   max_row local "$r" "$GW" "https://127.0.0.1:$P_GW/v2/models/breast-cancer/infer"
   stop_pid "$GW"
+  if [ -n "${BASELINE:-}" ]; then
+    GW=$(GATEWAY_BIN="$BASELINE/gateway" start_gateway "$WORK/local.yaml"); PIDS+=("$GW")
+    max_row local-base "$r" "$GW" "https://127.0.0.1:$P_GW/v2/models/breast-cancer/infer"
+    stop_pid "$GW"
+  fi
 done
 
 # === (b) proxies in front of a remote inference-server ===
@@ -147,6 +161,7 @@ turn() {
   local pid port
   case "$1" in
     gateway) pid=$(start_gateway "$WORK/remote.yaml"); port=$P_GW ;;
+    gateway-base) pid=$(GATEWAY_BIN="$BASELINE/gateway" start_gateway "$WORK/remote.yaml"); port=$P_GW ;;
     nginx) pid=$(start_nginx); port=$P_NGINX ;;
     haproxy) pid=$(start_haproxy); port=$P_HAPROXY ;;
   esac
@@ -167,6 +182,7 @@ in_turns() {
 for r in $(seq "$ROUNDS"); do
   say "(b) round $r of $ROUNDS"
   for n in $(in_turns "$r"); do turn "$n" "$r" max; done
+  [ -z "${BASELINE:-}" ] || turn gateway-base "$r" max
 done
 
 # --- p50/p99 at one fixed rate, the same for all three: a quarter of the slowest proxy's
@@ -188,9 +204,10 @@ FIXED_DURATION=$DURATION; DURATION=$FULL_DURATION
 stop_pid "$UP"
 
 # Medians over the rounds (requests/s, p50, p99, CPU µs/request); errors summed.
-for n in bare local gateway nginx haproxy; do
-  for f in 2 3 4 5; do printf -v "M_${n}_$f" '%s' "$(median "$n" "$f" "$MAX")"; done
-  printf -v "E_$n" '%s' "$(awk -F'\t' -v n="$n" '$1 == n { s += $6 } END { print s + 0 }' "$MAX")"
+for n in bare local gateway nginx haproxy local-base gateway-base; do
+  v="${n//-/_}"
+  for f in 2 3 4 5; do printf -v "M_${v}_$f" '%s' "$(median "$n" "$f" "$MAX")"; done
+  printf -v "E_$v" '%s' "$(awk -F'\t' -v n="$n" '$1 == n { s += $6 } END { print s + 0 }' "$MAX")"
 done
 for n in gateway nginx haproxy; do
   for f in 2 3; do printf -v "F_${n}_$f" '%s' "$(median "$n" "$f" "$FIXED")"; done
@@ -244,6 +261,13 @@ REPORT="$RESULTS/gateway.md"
   echo "- fixed rate: ${RATE} requests/s (a quarter of the slowest maximum) with loadgen, open loop, latency from each request's due time; medians of $FIXED_ROUNDS runs of ${FIXED_DURATION} s, the three taking turns"
   echo "- p99 at ${RATE} requests/s: ${R_P99}× the best peer's (target ≤ 1.2: $T_P99; gateway/nginx per round: $(per_round gateway nginx 3 "$FIXED"), gateway/HAProxy: $(per_round gateway haproxy 3 "$FIXED"))"
   echo "- the upstream inference-server shares core $CLIENT_CPU with the load generator; cores busy during the maximum runs (medians): $(busy gateway gateway), $(busy nginx nginx), $(busy haproxy HAProxy). Where the client core is the busier one, it (wrk + the upstream) sets the maximum, not the proxy: the proxies' requests/s then tie within this host's noise, and CPU µs per request is the figure that tells them apart."
+  if [ -n "${BASELINE:-}" ]; then
+    echo
+    echo "## This build against the baseline ($BASELINE), in the same rounds"
+    echo
+    echo "- (a) CPU µs/request: $M_local_5 vs $M_local_base_5 ($(ratio "$M_local_5" "$M_local_base_5")×; per round: $(per_round local local-base 5 "$MAX")); requests/s $(printf '%.0f' "$M_local_2") vs $(printf '%.0f' "$M_local_base_2")"
+    echo "- (b) CPU µs/request: $M_gateway_5 vs $M_gateway_base_5 ($(ratio "$M_gateway_5" "$M_gateway_base_5")×; per round: $(per_round gateway gateway-base 5 "$MAX")); requests/s $(printf '%.0f' "$M_gateway_2") vs $(printf '%.0f' "$M_gateway_base_2")"
+  fi
 } | tee "$REPORT"
 say "report written to ${REPORT#"$ROOT"/}"
 if [ "$STRICT" = 1 ]; then

@@ -240,7 +240,7 @@ fixed_rate() {
 
 # start_gateway_on CONFIG HOST:PORT: runs the gateway on the server core; prints its pid.
 start_gateway_on() {
-  taskset -c "$SERVER_CPU" "$BIN/gateway" run --config "$1" >"$WORK/gateway.log" 2>&1 &
+  taskset -c "$SERVER_CPU" "${GATEWAY_BIN:-$BIN/gateway}" run --config "$1" >"$WORK/gateway.log" 2>&1 &
   local pid=$!
   wait_port "$2" 60 || die "the gateway did not start: $(tail -5 "$WORK/gateway.log")"
   echo "$pid"
