@@ -6,6 +6,7 @@
 pub mod file;
 pub mod limits;
 pub mod locate;
+mod summary;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -985,76 +986,6 @@ pub fn valid_name(name: &str) -> bool {
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-}
-
-impl Config {
-    /// A human summary for `gateway check`: routes, weights, stickiness, shadows, pools.
-    pub fn summary(&self) -> String {
-        let mut out = String::new();
-        out.push_str(&format!(
-            "listen: https://{} (admin http://{})\n",
-            self.https, self.admin
-        ));
-        out.push_str("routes:\n");
-        for route in self.routes.values() {
-            let Route {
-                index: _,
-                model,
-                stable,
-                canary,
-                sticky,
-                salt: _,
-                shadows,
-            } = route;
-            let pool = |name: &str| {
-                self.pools.get(name).map_or_else(
-                    || name.to_string(),
-                    |p| match p {
-                        PoolSpec::Local(l) => format!("{name} (local {}/{})", l.model, l.version),
-                        PoolSpec::Http(h) => format!(
-                            "{name} (http {}/{}, {} endpoint(s))",
-                            h.model,
-                            h.version,
-                            h.endpoints.len()
-                        ),
-                    },
-                )
-            };
-            let (stable_pct, canary_txt) = match canary {
-                Some(c) => (
-                    100 - c.weight as u32,
-                    format!(
-                        ", canary {}% -> {}{}",
-                        c.weight,
-                        pool(&c.pool),
-                        c.rollout.as_ref().map_or(String::new(), |r| format!(
-                            " (rollout: weights {} every {}, from the first step; {} on failure)",
-                            r.steps.iter().map(u8::to_string).collect::<Vec<_>>().join(" → "),
-                            humantime::format_duration(r.interval),
-                            match r.on_failure {
-                                OnFailure::Rollback => "roll back",
-                                OnFailure::Hold => "hold",
-                            }
-                        ))
-                    ),
-                ),
-                None => (100, String::new()),
-            };
-            let sticky = match sticky {
-                Sticky::None => "per request".to_string(),
-                Sticky::ApiKey => "sticky by API key".to_string(),
-                Sticky::Header(h) => format!("sticky by header {h}"),
-            };
-            out.push_str(&format!(
-                "  {model}: stable {stable_pct}% -> {}{canary_txt}; {sticky}\n",
-                pool(stable)
-            ));
-            for s in shadows {
-                out.push_str(&format!("    shadow {}% -> {}\n", s.percent, pool(&s.pool)));
-            }
-        }
-        out
-    }
 }
 
 #[cfg(test)]

@@ -13,12 +13,14 @@
 //! Jobs reach it through a lock-free queue that it polls every millisecond or so while there
 //! is work: handing one over costs the client path no system call and no thread wake-up.
 //!
+//! - [`aggregate`]: a minute's exact figures for one pair
 //! - [`breaker`]: a shadow that keeps failing gets a rest, not every request
 //! - [`compare`]: one pair's comparison
 //! - [`scan`]: the outputs of an answer read straight from its JSON (the prediction metrics)
 //! - [`store`]: SQLite, written in batches by one thread
 //! - [`report`], [`html`]: what model owners read
 
+pub mod aggregate;
 pub mod breaker;
 pub mod compare;
 pub mod html;
