@@ -50,19 +50,25 @@ metric() {
   { curl -s "http://127.0.0.1:$P_ADMIN_M/metrics" || true; } | awk -v name="$1" 'index($0, name) == 1 { s += $NF } END { printf "%d", s }'
 }
 median() { tr ' ' '\n' | sort -n | awk '{ v[NR] = $1 } END { print (NR % 2 ? v[(NR + 1) / 2] : int((v[NR / 2] + v[NR / 2 + 1]) / 2)) }'; }
+# A gauge of the mirrored gateway, as written (a float).
+gauge() {
+  { curl -s "http://127.0.0.1:$P_ADMIN_M/metrics" || true; } | awk -v name="$1" 'index($0, name " ") == 1 { v = $NF } END { printf "%s", (v == "" ? 0 : v) }'
+}
 
 # --- maximum requests/s: each configuration alone on the server core; the copies compared
 # and dropped meanwhile, from the mirrored gateway's counters ---
-max_run() { # name config addr: rps p50 p99 cpu errors compared dropped
+max_run() { # name config addr: rps p50 p99 cpu errors compared dropped store-lag-s records-lost
   local gw c d out
   gw=$(start_gateway_on "$2" "$3"); PIDS+=("$gw")
   c=$(metric gateway_shadow_requests_total); d=$(metric gateway_shadow_dropped_total)
   out="$(measure "$1" "$gw" "https://$3/v2/models/breast-cancer/infer")"
-  echo "$out $(( $(metric gateway_shadow_requests_total) - c )) $(( $(metric gateway_shadow_dropped_total) - d ))"
+  # The shadow store right after a run at the maximum rate: how old the oldest record of its
+  # last commit was (what a crash then would have lost), and records it had to drop.
+  echo "$out $(( $(metric gateway_shadow_requests_total) - c )) $(( $(metric gateway_shadow_dropped_total) - d )) $(gauge gateway_shadow_store_lag_seconds) $(metric gateway_shadow_records_lost_total)"
   stop_pid "$gw"
 }
-read -r G0_RPS G0_P50 G0_P99 G0_CPU G0_ERR _ _ < <(max_run "gateway, no shadow" "$WORK/plain.yaml" "127.0.0.1:$P_GW")
-read -r G1_RPS G1_P50 G1_P99 G1_CPU G1_ERR G1_CMP G1_DROP < <(max_run "gateway, 100% to a local shadow" "$WORK/mirrored.yaml" "127.0.0.1:$P_GW_M")
+read -r G0_RPS G0_P50 G0_P99 G0_CPU G0_ERR _ _ _ _ < <(max_run "gateway, no shadow" "$WORK/plain.yaml" "127.0.0.1:$P_GW")
+read -r G1_RPS G1_P50 G1_P99 G1_CPU G1_ERR G1_CMP G1_DROP G1_LAG G1_LOST < <(max_run "gateway, 100% to a local shadow" "$WORK/mirrored.yaml" "127.0.0.1:$P_GW_M")
 
 # --- p50/p99 at half the no-shadow maximum (open loop). This machine's noise comes in
 # bursts, which one run of each cannot tell from a difference: both gateways run side by side
@@ -150,6 +156,7 @@ REPORT="$RESULTS/shadow.md"
   echo
   echo "- gateway: requests/s loss with 100% mirroring ${G_LOSS}% (target ≤ 20%: $T_LOSS); p99 at $RATE/s ${G_P99}× without (target ≤ 1.15: $T_P99)"
   echo "- gateway copies at $RATE/s: $G1_FCMP compared, $G1_FDROP dropped; at the maximum rate: $G1_CMP compared, $G1_DROP dropped. Shadows run at idle CPU priority: on a saturated core they wait, fill the in-flight cap and further copies are dropped (counted) instead of slowing the primary."
+  echo "- shadow store after the maximum-rate run: the oldest record of its last commit was ${G1_LAG} s old (what a crash then would have lost; shadow.flush_ms + 50 ms while the writer keeps up), $G1_LOST records lost to its bounded backlog"
   echo "- nginx mirror: requests/s loss ${N_LOSS}%; p99 at $N_RATE/s ${N_P99}× without (its mirror upstream runs on core $CLIENT_CPU)"
 } | tee "$REPORT"
 say "report written to ${REPORT#"$ROOT"/}"

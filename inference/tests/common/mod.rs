@@ -190,3 +190,29 @@ pub fn vector_rows(v: &serde_json::Value) -> Vec<Vec<f64>> {
         })
         .collect()
 }
+
+/// The body limit [`server`] sets: small, so that tests cross it cheaply.
+pub const SMALL_LIMIT: usize = 64 * 1024;
+
+/// The bundled models plus the test fixtures, in one repository.
+pub async fn server() -> TestServer {
+    let mut repo = load(models_dir(), PoolConfig::default());
+    let fixtures = load(fixtures_dir(), PoolConfig::default());
+    for (name, version, pool) in fixtures.iter() {
+        repo.insert(name, version, pool.clone());
+    }
+    TestServer::start(
+        repo,
+        ServerOptions {
+            max_body_bytes: SMALL_LIMIT,
+            ..ServerOptions::default()
+        },
+    )
+    .await
+}
+
+/// The example request `models/` ships.
+pub fn example() -> serde_json::Value {
+    let text = std::fs::read_to_string(models_dir().join("example.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}

@@ -42,7 +42,7 @@ const MAX_HEADERS: usize = 64;
 const PINGORA_MAX_HEADERS: usize = 256;
 /// How long writing one answer may take before the connection is given up (a client that
 /// does not read its answers holds nothing longer).
-const WRITE: Duration = Duration::from_secs(60);
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How long [`Conn::next_request`] may wait.
 #[derive(Clone, Copy, Debug)]
@@ -329,7 +329,7 @@ impl Conn {
                 self.stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
                 self.stream.flush().await
             };
-            if let Err(e) = fast_timeout(WRITE, sent)
+            if let Err(e) = fast_timeout(WRITE_TIMEOUT, sent)
                 .await
                 .unwrap_or(Err(io::ErrorKind::TimedOut.into()))
             {
@@ -427,7 +427,7 @@ impl Conn {
             self.stream.write_all(&self.out).await?;
             self.stream.flush().await
         };
-        let result = match fast_timeout(WRITE, sent).await {
+        let result = match fast_timeout(WRITE_TIMEOUT, sent).await {
             Ok(r) => r,
             Err(_) => Err(io::ErrorKind::TimedOut.into()),
         };

@@ -46,7 +46,12 @@ pub enum BodyError {
 impl<'a> Exchange<'a> {
     pub fn new(mut io: Io<'a>, body_timeout: Duration) -> Exchange<'a> {
         let continue_owed = match &mut io {
-            Io::Pingora(s) => !s.is_http2() && !s.is_body_done() && expects_continue(s.req_header()),
+            Io::Pingora(s) => {
+                // Pingora waits on a client that stops reading for ever; the gateway's own
+                // reader gives up after the same time.
+                s.set_write_timeout(Some(h1::WRITE_TIMEOUT));
+                !s.is_http2() && !s.is_body_done() && expects_continue(s.req_header())
+            }
             Io::H1(_) => false,
         };
         Exchange {

@@ -542,6 +542,12 @@ impl Gateway {
             // A client that sends more header than allowed is not kept.
             session.close_after();
         }
+        if matches!(e, GatewayError::Infer(InferError::BodyTimeout { .. })) {
+            self.metrics
+                .connection_timeouts
+                .with_label_values(&["body"])
+                .inc();
+        }
         let mut extra = e.headers();
         if let Some(after) = e.retry_after() {
             extra.push(("retry-after", after.as_secs().max(1).to_string()));
