@@ -64,12 +64,12 @@ say "pool benchmark (max_batch 1 vs 32)"
 POOL_OUT="$(cd "$ROOT" && taskset -c "$SERVER_CPU" cargo bench --quiet --workspace --bench pool_batching -- --seconds "$DURATION" --concurrency 64)"
 SPEEDUP="$(echo "$POOL_OUT" | awk '/^BATCHING_SPEEDUP/ {print $2}')"
 
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }'; }
 RPS_RATIO="$(ratio "$O_RPS" "$P_RPS")"
 P99_RATIO="$(awk -v a="$O_P99" -v b="$P_P99" 'BEGIN { printf "%.3f", (b > 0 ? a / b : 0) }')"
 CPU_RATIO="$(ratio "$P_CPU" "$O_CPU")"
-check() { awk -v v="$1" -v op="$2" -v t="$3" 'BEGIN { ok = (op == ">=" ? v >= t : v <= t); print (ok ? "met" : "MISSED") }'; }
-T1="$(check "$RPS_RATIO" '>=' 10)"; T2="$(check "$P99_RATIO" '<=' 0.2)"; T3="$(check "${SPEEDUP:-0}" '>=' 3)"
+T1="$(unless_errors "$(check "$RPS_RATIO" '>=' 10)" "$O_ERR")"
+T2="$(unless_errors "$(check "$P99_RATIO" '<=' 0.2)" "$O_ERR")"
+T3="$(check "${SPEEDUP:-0}" '>=' 3)"
 
 REPORT="$RESULTS/inference.md"
 {

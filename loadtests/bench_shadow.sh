@@ -137,7 +137,8 @@ read -r N1_RPS N1_P50 N1_P99 N1_CPU N1_ERR N1_F50 N1_F99 N1_FERR _ < <(nginx_run
 loss() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", (b > 0 ? (1 - a / b) * 100 : 0) }'; }
 G_LOSS="$(loss "$G1_RPS" "$G0_RPS")"; N_LOSS="$(loss "$N1_RPS" "$N0_RPS")"
 G_P99="$(ratio "$G1_F99" "$G0_F99")"; N_P99="$(ratio "$N1_F99" "$N0_F99")"
-T_LOSS="$(check "$G_LOSS" '<=' 20)"; T_P99="$(check "$G_P99" '<=' 1.15)"
+T_LOSS="$(unless_errors "$(check "$G_LOSS" '<=' 20)" "$G1_ERR")"
+T_P99="$(unless_errors "$(check "$G_P99" '<=' 1.15)" "$G1_FERR")"
 
 REPORT="$RESULTS/shadow.md"
 {

@@ -221,6 +221,14 @@ EOF
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }'; }
 check() { awk -v v="$1" -v op="$2" -v t="$3" 'BEGIN { ok = (op == ">=" ? v >= t : v <= t); print (ok ? "met" : "MISSED") }'; }
 ms() { awk -v us="$1" 'BEGIN { printf "%.2f ms", us / 1000 }'; }
+# unless_errors TARGET ERRORS...: TARGET, or MISSED with the errors' sum when there are any. A
+# failed request costs a server less than an answered one: a figure measured over failures
+# compares nothing, and a target met with them is not met.
+unless_errors() {
+  local t=$1 n=0 e; shift
+  for e in "$@"; do n=$((n + ${e:-0})); done
+  if [ "$n" -gt 0 ]; then echo "MISSED ($n errors)"; else echo "$t"; fi
+}
 
 # fixed_rate NAME URL RATE CACERT: p50_us p99_us errors at RATE requests/s (open loop); a
 # row in $BENCH_CSV too.

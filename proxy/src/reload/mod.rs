@@ -69,6 +69,17 @@ pub struct Rejected {
     pub errors: Vec<String>,
 }
 
+impl Rejected {
+    fn new(trigger: Trigger, hash: String, errors: &[impl ToString]) -> Rejected {
+        Rejected {
+            at: now(),
+            trigger,
+            hash,
+            errors: errors.iter().map(ToString::to_string).collect(),
+        }
+    }
+}
+
 /// The result of one attempt.
 #[derive(Clone, Debug)]
 pub enum Outcome {
@@ -405,18 +416,8 @@ impl Reloader {
                         ..KeysStatus::default()
                     };
                 }
-                let applied = Applied {
-                    generation: status.generation,
-                    hash,
-                    at: status.loaded_at.clone(),
-                    trigger,
-                    diff,
-                };
-                status.history.push_front(applied.clone());
-                status.history.truncate(HISTORY);
-                self.metrics.config_reloads.with_label_values(&["ok"]).inc();
-                self.metrics.config_generation.set(status.generation as i64);
-                self.metrics.config_loaded_at.set(unix_now());
+                let at = status.loaded_at.clone();
+                let applied = self.record_applied(&mut status, hash, at, trigger, diff);
                 tracing::info!(
                     file = %self.path.display(),
                     generation = applied.generation,
@@ -430,12 +431,7 @@ impl Reloader {
                 Outcome::Applied(Box::new(applied))
             }
             Err(errors) => {
-                let rejected = Rejected {
-                    at: now(),
-                    trigger,
-                    hash: hash.clone(),
-                    errors: errors.iter().map(ToString::to_string).collect(),
-                };
+                let rejected = Rejected::new(trigger, hash.clone(), &errors);
                 let mut status = self.status.lock();
                 status.rejected_hash = Some(hash);
                 status.files_rejected = true;
@@ -456,6 +452,31 @@ impl Reloader {
 }
 
 impl Reloader {
+    /// Records a reload that took effect, whichever file it read: the history `GET
+    /// /admin/config/diff` lists, and the metrics.
+    fn record_applied(
+        &self,
+        status: &mut Status,
+        hash: String,
+        at: String,
+        trigger: Trigger,
+        diff: Diff,
+    ) -> Applied {
+        let applied = Applied {
+            generation: status.generation,
+            hash,
+            at,
+            trigger,
+            diff,
+        };
+        status.history.push_front(applied.clone());
+        status.history.truncate(HISTORY);
+        self.metrics.config_reloads.with_label_values(&["ok"]).inc();
+        self.metrics.config_generation.set(status.generation as i64);
+        self.metrics.config_loaded_at.set(unix_now());
+        applied
+    }
+
     /// Reloads the keys file alone, whatever the state of `routes.yaml` and the certificate:
     /// read → content hash (unchanged: nothing) → parse and check (every entry, tiers against
     /// the config in force) → the snapshot in force with the new keys, swapped. A file that
@@ -533,18 +554,8 @@ impl Reloader {
                     keys: count,
                     ..KeysStatus::default()
                 };
-                let applied = Applied {
-                    generation: status.generation,
-                    hash,
-                    at: status.keys.loaded_at.clone(),
-                    trigger,
-                    diff,
-                };
-                status.history.push_front(applied.clone());
-                status.history.truncate(HISTORY);
-                self.metrics.config_reloads.with_label_values(&["ok"]).inc();
-                self.metrics.config_generation.set(status.generation as i64);
-                self.metrics.config_loaded_at.set(unix_now());
+                let at = status.keys.loaded_at.clone();
+                let applied = self.record_applied(&mut status, hash, at, trigger, diff);
                 tracing::info!(
                     file = %file.display(),
                     generation = applied.generation,
@@ -555,12 +566,7 @@ impl Reloader {
                 Outcome::Applied(Box::new(applied))
             }
             Err(errors) => {
-                let rejected = Rejected {
-                    at: now(),
-                    trigger,
-                    hash: hash.clone(),
-                    errors: errors.iter().map(ToString::to_string).collect(),
-                };
+                let rejected = Rejected::new(trigger, hash.clone(), &errors);
                 let mut status = self.status.lock();
                 status.keys.rejected_hash = Some(hash);
                 status.keys.file_rejected = true;
