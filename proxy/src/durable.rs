@@ -1,4 +1,5 @@
-//! Files the gateway writes that must survive a crash whole: the keys file (`gateway keys`)
+//! Files the gateway writes that must survive a crash whole, and the locks that keep two
+//! writers apart: the keys file (`gateway keys`)
 //! and the rollout state. A crash, or a power cut, leaves the old contents or the new, never
 //! a mix and never an empty file.
 
@@ -33,6 +34,52 @@ pub fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Stri
         let _ = std::fs::remove_file(&tmp);
         format!("cannot write {}: {e}", path.display())
     })
+}
+
+/// An exclusive `flock` on a file, released when dropped (or when the process ends).
+pub struct FileLock {
+    _file: std::fs::File,
+}
+
+impl FileLock {
+    /// Waits for the lock.
+    pub fn exclusive(path: &Path) -> Result<FileLock, String> {
+        let f = Self::open(path)?;
+        // SAFETY: flock on a file descriptor this function owns.
+        if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&f), libc::LOCK_EX) } != 0 {
+            return Err(format!(
+                "cannot lock {}: {}",
+                path.display(),
+                std::io::Error::last_os_error()
+            ));
+        }
+        Ok(FileLock { _file: f })
+    }
+
+    /// The lock if nobody holds it now, else `None`.
+    pub fn try_exclusive(path: &Path) -> Result<Option<FileLock>, String> {
+        let f = Self::open(path)?;
+        // SAFETY: flock on a file descriptor this function owns.
+        let got = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&f), libc::LOCK_EX | libc::LOCK_NB) };
+        if got == 0 {
+            return Ok(Some(FileLock { _file: f }));
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            Ok(None)
+        } else {
+            Err(format!("cannot lock {}: {e}", path.display()))
+        }
+    }
+
+    fn open(path: &Path) -> Result<std::fs::File, String> {
+        let mut options = std::fs::OpenOptions::new();
+        options.read(true).write(true).create(true).truncate(false);
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        options
+            .open(path)
+            .map_err(|e| format!("cannot open {}: {e}", path.display()))
+    }
 }
 
 #[cfg(test)]

@@ -6,7 +6,32 @@ use std::time::Duration;
 
 use inference::InferError;
 
-use crate::ratelimit::Decision;
+/// The outcome of one rate-limit check (`admission::ratelimit`), with what the `RateLimit-*` headers say.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Decision {
+    pub allowed: bool,
+    /// Requests allowed in a burst (`RateLimit-Limit`).
+    pub limit: u32,
+    /// Requests that could be made right now (`RateLimit-Remaining`).
+    pub remaining: u32,
+    /// Seconds until the allowance is full again (`RateLimit-Reset`).
+    pub reset_secs: u64,
+    /// Seconds to wait before retrying, when refused (`Retry-After`, at least 1).
+    pub retry_after_secs: u64,
+    /// The sustained rate, for the error message.
+    pub per_second: u32,
+}
+
+impl Decision {
+    /// `(name, value)` pairs for the response.
+    pub fn headers(&self) -> [(&'static str, String); 3] {
+        [
+            ("ratelimit-limit", self.limit.to_string()),
+            ("ratelimit-remaining", self.remaining.to_string()),
+            ("ratelimit-reset", self.reset_secs.to_string()),
+        ]
+    }
+}
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum GatewayError {

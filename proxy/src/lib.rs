@@ -1,34 +1,42 @@
 //! The gateway: one HTTPS endpoint in front of model pools. API keys, rate limits, weighted
-//! and header-driven canary splits, local (in-process ONNX Runtime) and remote pools.
+//! and header-driven canary splits, local (in-process ONNX Runtime) and remote pools, shadow
+//! comparisons and progressive rollouts.
 //!
-//! Request flow (see DESIGN.md): [`limits`] → [`auth`] → [`ratelimit`] → snapshot
-//! ([`state`]) → [`split`] → local pool or [`remote`] pool → [`metrics`]. The pingora glue is
-//! [`service`]; [`server`] assembles listeners and background upkeep. Copies of requests go
-//! to shadow models through [`shadow`], which compares and stores what they answer;
-//! [`rollout`] moves a canary's weight by itself, step by step, behind gates.
+//! The modules are layers; each uses only those listed before it (`docs/architecture.md`
+//! follows one request through them and says how the order is checked):
+//!
+//! - foundations: [`durable`] (files written whole, locks), [`http`] (TLS, the HTTP/1.1
+//!   reader, answer coalescing, header names), [`errors`] (one error → status map),
+//!   [`config`] (files → validated runtime types, the keys file)
+//! - building blocks: [`telemetry`] (metrics registry, the split observed),
+//!   [`predictions`] (a model's outputs read once), [`admission`] (connections, bytes in
+//!   flight, header limits, API keys, rate limits), [`pools`] (remote upstreams; local pools
+//!   are `inference::Pool`)
+//! - the request's view: [`routing`] (the config snapshot a request sees, the split)
+//! - features beside the flow: [`rollout`] (the engine and its gates), [`shadow`] (mirroring,
+//!   comparison, the store, reports)
+//! - the flow: [`service`] (one request, from the connection to the answer)
+//! - control: [`reload`] (watching files, validating, swapping), [`ops`] (admin listener,
+//!   upkeep), [`server`] (assembly: listeners, background services, shutdown)
 
-pub mod admin;
-pub mod admission;
-pub mod auth;
-pub mod coalesce;
-pub mod config;
 pub mod durable;
 pub mod errors;
-pub mod h1;
-pub mod keys;
-pub mod limits;
-pub mod maintenance;
-pub mod metrics;
-pub mod names;
-pub mod observed;
-pub mod ratelimit;
-pub mod reload;
-pub mod remote;
+pub mod http;
+
+pub mod config;
+
+pub mod admission;
+pub mod pools;
+pub mod predictions;
+pub mod telemetry;
+
+pub mod routing;
+
 pub mod rollout;
-pub mod server;
-pub mod service;
 pub mod shadow;
-pub mod simple;
-pub mod split;
-pub mod state;
-pub mod tls;
+
+pub mod service;
+
+pub mod ops;
+pub mod reload;
+pub mod server;

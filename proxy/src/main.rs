@@ -218,7 +218,7 @@ fn main() -> ExitCode {
         .with_target("pingora_core::services::listening", tracing::Level::ERROR);
     tracing_subscriber::registry()
         .with(fmt.with_filter(filter))
-        .with(proxy::metrics::HandshakeFailures.with_filter(handshakes))
+        .with(proxy::telemetry::metrics::HandshakeFailures.with_filter(handshakes))
         .init();
     let result = match cli.command {
         Command::Run { config, upgrade } => run(&config, upgrade),
@@ -451,7 +451,7 @@ fn check(files: &[PathBuf]) -> Result<(), String> {
     inference::runtime::environment()?;
     let mut failed = 0;
     for file in files {
-        let result = proxy::config::load(file).and_then(proxy::state::Snapshot::build);
+        let result = proxy::config::load(file).and_then(proxy::routing::snapshot::Snapshot::build);
         match result {
             Ok(snapshot) => {
                 println!("{}: ok", file.display());
@@ -468,7 +468,7 @@ fn check(files: &[PathBuf]) -> Result<(), String> {
             }
             Err(errors) => {
                 failed += 1;
-                eprintln!("{}: {}", file.display(), proxy::server::format_errors(&errors));
+                eprintln!("{}: {}", file.display(), proxy::config::format_errors(&errors));
             }
         }
     }
@@ -580,7 +580,7 @@ fn keys_file_of(
 
 fn set_disabled(args: &KeysFileArgs, id: &str, disabled: bool) -> Result<(), String> {
     let file = keys_file_of(&args.config, &loose_config(&args.config), args.keys_file.clone())?;
-    proxy::keys::set_disabled(&file, id, disabled)?;
+    proxy::config::keys::set_disabled(&file, id, disabled)?;
     let what = if disabled { "revoked (disabled)" } else { "enabled" };
     println!("key {id} {what} in {}", file.display());
     Ok(())
@@ -588,7 +588,7 @@ fn set_disabled(args: &KeysFileArgs, id: &str, disabled: bool) -> Result<(), Str
 
 fn list_keys(args: &KeysFileArgs) -> Result<(), String> {
     let file = keys_file_of(&args.config, &loose_config(&args.config), args.keys_file.clone())?;
-    let keys = proxy::keys::list(&file)?;
+    let keys = proxy::config::keys::list(&file)?;
     println!("{:<14} {:<20} {:<12} state", "id", "tenant", "tier");
     for (id, tenant, tier, disabled) in keys {
         let state = if disabled { "revoked" } else { "active" };
@@ -613,7 +613,7 @@ fn add_key(config: &Path, keys_file: Option<PathBuf>, tenant: &str, tier: &str) 
             tiers.iter().map(|t| format!(", {t}")).collect::<String>()
         ));
     }
-    let (key, id) = proxy::keys::add_key(&file, tenant, tier)?;
+    let (key, id) = proxy::config::keys::add_key(&file, tenant, tier)?;
     eprintln!(
         "added key {id} for tenant {tenant:?} (tier {tier}) to {}; it is shown this once:",
         file.display()

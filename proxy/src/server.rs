@@ -16,19 +16,19 @@ use pingora::server::{ExecutionPhase, RunArgs, Server, ShutdownSignal, ShutdownS
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 
-use crate::admin::Admin;
-use crate::config::{self, Config, ConfigError};
-use crate::keys::{self, KeyStore};
-use crate::maintenance::Maintenance;
-use crate::metrics::Metrics;
+use crate::config::keys::{self, KeyStore};
+use crate::config::{self, Config};
+use crate::http::tls;
+use crate::ops::admin::Admin;
+use crate::ops::upkeep::Maintenance;
 use crate::reload::watch::FileWatch;
 use crate::reload::{self, Reloader};
 use crate::rollout::{Rollouts, SystemClock};
+use crate::routing::snapshot::Snapshot;
 use crate::service::Gateway;
 use crate::shadow::store::Recorder;
 use crate::shadow::{Mirror, ShadowRuntime};
-use crate::state::Snapshot;
-use crate::tls;
+use crate::telemetry::metrics::Metrics;
 use tokio::sync::broadcast::error::RecvError;
 
 /// Things the first run made that the operator must hear about once.
@@ -40,15 +40,10 @@ pub struct FirstRun {
     pub dev_key: Option<(String, String, PathBuf)>,
 }
 
-pub fn format_errors(errors: &[ConfigError]) -> String {
-    let lines: Vec<String> = errors.iter().map(|e| format!("  {e}")).collect();
-    format!("{} problem(s):\n{}", errors.len(), lines.join("\n"))
-}
-
 /// Loads the config, makes the development certificate and key where the config allows and
 /// they are missing, then loads every pool.
 pub fn prepare(config_path: &Path) -> Result<(Snapshot, FirstRun), String> {
-    let mut config = config::load(config_path).map_err(|e| format_errors(&e))?;
+    let mut config = config::load(config_path).map_err(|e| config::format_errors(&e))?;
     let mut first = FirstRun::default();
     if config.generate_dev_cert
         && let tls::DevCert::Generated { ca } = tls::ensure_dev_cert(&config.tls_cert, &config.tls_key)?
@@ -58,9 +53,9 @@ pub fn prepare(config_path: &Path) -> Result<(Snapshot, FirstRun), String> {
     if config.keys.is_none() && config.create_dev_key {
         let (key, id) = keys::add_key(&config.keys_file, "dev", "default")?;
         first.dev_key = Some((key, id, config.keys_file.clone()));
-        config.keys = Some(KeyStore::load(&config.keys_file).map_err(|e| format_errors(&e))?);
+        config.keys = Some(KeyStore::load(&config.keys_file).map_err(|e| config::format_errors(&e))?);
     }
-    let snapshot = Snapshot::build(config).map_err(|e| format_errors(&e))?;
+    let snapshot = Snapshot::build(config).map_err(|e| config::format_errors(&e))?;
     Ok((snapshot, first))
 }
 
@@ -158,7 +153,17 @@ pub fn build_with(snapshot: Snapshot, options: StartOptions) -> Result<GatewaySe
     let connector = Arc::new(pingora::connectors::TransportConnector::new(None));
     let watch_files = snapshot.config.watch;
     let state = Arc::new(ArcSwap::from_pointee(snapshot));
-    metrics.watch_pools(state.clone());
+    let pools = state.clone();
+    metrics.watch_pools(Box::new(move || {
+        let snap = pools.load();
+        snap.pools
+            .iter()
+            .filter_map(|(name, backend)| match backend {
+                crate::routing::snapshot::Backend::Local(pool) => Some((name.clone(), pool.stats())),
+                _ => None,
+            })
+            .collect()
+    }));
     let rollouts = Rollouts::new(
         Some(state.load().config.rollout_state.clone()),
         Arc::new(SystemClock::default()),
@@ -173,8 +178,9 @@ pub fn build_with(snapshot: Snapshot, options: StartOptions) -> Result<GatewaySe
         None
     };
 
-    let observed = Arc::new(crate::observed::Observed::default());
-    let connections = crate::admission::connections::Connections::new(state.clone(), metrics.clone());
+    let observed = Arc::new(crate::telemetry::observed::Observed::default());
+    let connections =
+        crate::admission::connections::Connections::new(accept_rules(state.clone()), metrics.clone());
     let budget = Arc::new(crate::admission::budget::Budget::default());
     let idle = state.load().config.limits.idle_timeout;
     let gateway = Gateway {
@@ -240,7 +246,7 @@ pub fn build_with(snapshot: Snapshot, options: StartOptions) -> Result<GatewaySe
     server.add_service(upkeep);
     server.add_service(background_service(
         "rollouts",
-        crate::rollout::Ticker(reloader.clone()),
+        crate::reload::ticker::Ticker(reloader.clone()),
     ));
     server.add_service(background_service(
         "reload on SIGHUP",
@@ -371,4 +377,17 @@ impl ShutdownSignalWatch for ManualShutdown {
         self.0.notified().await;
         ShutdownSignal::GracefulTerminate
     }
+}
+
+/// What a new connection is held to, read from the snapshot in force at its accept.
+fn accept_rules(state: Arc<ArcSwap<Snapshot>>) -> crate::admission::connections::Rules {
+    Box::new(move |peer| {
+        let snap = state.load();
+        let config = &snap.config;
+        crate::admission::connections::AcceptRules {
+            max_connections: config.limits.max_connections,
+            handshake_timeout: config.limits.handshake_timeout,
+            proxy_header: peer.is_some_and(|p| config.client_address.expects_proxy_header(p)),
+        }
+    })
 }

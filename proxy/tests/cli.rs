@@ -95,7 +95,7 @@ fn keys_add_prints_the_key_once_and_stores_its_digest() {
     assert!(key.starts_with("gwk_"), "{key}");
     let stored = std::fs::read_to_string(&file).unwrap();
     assert!(!stored.contains(&key));
-    assert!(stored.contains(&hex::encode(proxy::keys::digest(&key))));
+    assert!(stored.contains(&hex::encode(proxy::config::keys::digest(&key))));
     assert!(
         stored.contains("tenant: acme") && stored.contains("tier: batch"),
         "{stored}"

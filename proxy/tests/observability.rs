@@ -138,7 +138,11 @@ async fn metrics_pass_promtool_under_load_stay_bounded_and_cover_the_dashboard_a
     // family exported so far is one the registry declares.
     let dashboard = std::fs::read_to_string(repo().join("deploy/grafana/gateway-dashboard.json")).unwrap();
     let rules = std::fs::read_to_string(repo().join("deploy/prometheus/alerts.yaml")).unwrap();
-    let declared: BTreeSet<String> = proxy::metrics::Metrics::new().names().iter().cloned().collect();
+    let declared: BTreeSet<String> = proxy::telemetry::metrics::Metrics::new()
+        .names()
+        .iter()
+        .cloned()
+        .collect();
     for name in names_in(&dashboard).union(&names_in(&rules)) {
         assert!(
             declared.contains(name),

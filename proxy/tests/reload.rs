@@ -346,8 +346,8 @@ async fn a_revoked_key_is_refused_within_2s_and_a_new_key_works() {
         200
     );
     let keys_file = g.dir.join("api-keys.yaml");
-    let id = proxy::keys::id_of(&g.keys.dev);
-    proxy::keys::set_disabled(&keys_file, &id, true).unwrap();
+    let id = proxy::config::keys::id_of(&g.keys.dev);
+    proxy::config::keys::set_disabled(&keys_file, &id, true).unwrap();
     let took = until(Duration::from_secs(2), "the revocation", || async {
         infer(&g, Proto::H1, &g.keys.dev, "breast-cancer", &[])
             .await
@@ -356,7 +356,7 @@ async fn a_revoked_key_is_refused_within_2s_and_a_new_key_works() {
     })
     .await;
     eprintln!("revoked key refused after {took:?}");
-    let (fresh, _) = proxy::keys::add_key(&keys_file, "new", "default").unwrap();
+    let (fresh, _) = proxy::config::keys::add_key(&keys_file, "new", "default").unwrap();
     until(Duration::from_secs(2), "the new key", || async {
         infer(&g, Proto::H2, &fresh, "breast-cancer", &[]).await.status == 200
     })
@@ -393,8 +393,8 @@ async fn keys_apply_on_their_own_whatever_the_config_is() {
     .await;
     // A revocation still applies at once.
     let keys_file = g.dir.join("api-keys.yaml");
-    let id = proxy::keys::id_of(&g.keys.dev);
-    proxy::keys::set_disabled(&keys_file, &id, true).unwrap();
+    let id = proxy::config::keys::id_of(&g.keys.dev);
+    proxy::config::keys::set_disabled(&keys_file, &id, true).unwrap();
     let took = until(Duration::from_secs(2), "the revocation", || async {
         ok(g.keys.dev.clone()).await == 403
     })
@@ -457,7 +457,7 @@ async fn certificates_reload_without_a_restart_and_a_bad_one_is_refused() {
     let next = temp_dir("cert");
     std::fs::copy(g.dir.join("ca.crt"), next.join("ca.crt")).unwrap();
     std::fs::copy(g.dir.join("ca.key"), next.join("ca.key")).unwrap();
-    proxy::tls::ensure_dev_cert(&next.join("server.crt"), &next.join("server.key")).unwrap();
+    proxy::http::tls::ensure_dev_cert(&next.join("server.crt"), &next.join("server.key")).unwrap();
     for name in ["server.key", "server.crt"] {
         std::fs::copy(next.join(name), g.dir.join(format!("{name}.new"))).unwrap();
         std::fs::rename(g.dir.join(format!("{name}.new")), g.dir.join(name)).unwrap();

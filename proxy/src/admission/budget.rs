@@ -30,6 +30,16 @@ pub struct Caps {
     pub per_key: usize,
 }
 
+impl Caps {
+    /// The caps `limits:` sets (`max_inflight_bytes`, `max_inflight_bytes_per_key`).
+    pub fn of(limits: &crate::config::limits::Limits) -> Caps {
+        Caps {
+            total: limits.max_inflight_bytes,
+            per_key: limits.max_inflight_bytes_per_key,
+        }
+    }
+}
+
 /// Which cap a reservation would have crossed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Over {

@@ -15,7 +15,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use pingora::listeners::PreTlsProcess;
@@ -25,8 +24,7 @@ use pingora::protocols::{GetSocketDigest, SocketDigest};
 use pingora::upstreams::peer::{Tracer, Tracing};
 use tokio::io::AsyncReadExt;
 
-use crate::metrics::Metrics;
-use crate::state::Snapshot;
+use crate::telemetry::metrics::Metrics;
 
 /// A PROXY header is at most this long here (v1 is at most 107 bytes; v2 carries TLVs, of
 /// which a load balancer sends a few).
@@ -54,16 +52,31 @@ pub struct Connections {
     open: AtomicUsize,
     /// Connections in their TLS handshake, by the address of their socket digest.
     handshaking: Mutex<HashMap<usize, Pending>>,
-    state: Arc<ArcSwap<Snapshot>>,
+    rules: Rules,
     metrics: Arc<Metrics>,
 }
 
+/// What the config in force says about a connection when it is accepted.
+pub struct AcceptRules {
+    /// `limits.max_connections`.
+    pub max_connections: usize,
+    /// `limits.handshake_timeout_ms`.
+    pub handshake_timeout: Duration,
+    /// The peer is a load balancer of `listen.proxy_protocol`: its connections start with a
+    /// PROXY header.
+    pub proxy_header: bool,
+}
+
+/// Reads [`AcceptRules`] for a peer from the config snapshot in force (`routing`, a layer
+/// above this one, which is why it comes as a function).
+pub type Rules = Box<dyn Fn(Option<IpAddr>) -> AcceptRules + Send + Sync>;
+
 impl Connections {
-    pub fn new(state: Arc<ArcSwap<Snapshot>>, metrics: Arc<Metrics>) -> Arc<Connections> {
+    pub fn new(rules: Rules, metrics: Arc<Metrics>) -> Arc<Connections> {
         Arc::new(Connections {
             open: AtomicUsize::new(0),
             handshaking: Mutex::new(HashMap::new()),
-            state,
+            rules,
             metrics,
         })
     }
@@ -225,27 +238,26 @@ pub struct Admit(pub Arc<Connections>);
 impl PreTlsProcess for Admit {
     async fn process(&self, stream: &mut L4Stream) -> pingora::Result<()> {
         let c = &self.0;
-        let snap = c.state.load();
-        let limits = &snap.config.limits;
+        let peer = stream
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().and_then(PingoraAddr::as_inet).map(|a| a.ip()));
+        let rules = (c.rules)(peer);
         let refuse = |reason: &'static str, why: String| -> pingora::Result<()> {
             c.metrics.connections_refused.with_label_values(&[reason]).inc();
             pingora::Error::e_explain(pingora::ErrorType::ConnectRefused, why)
         };
-        if c.open.fetch_add(1, Ordering::Relaxed) >= limits.max_connections {
+        if c.open.fetch_add(1, Ordering::Relaxed) >= rules.max_connections {
             c.open.fetch_sub(1, Ordering::Relaxed);
             return refuse(
                 "max_connections",
                 format!(
                     "{} client connections are open (limits.max_connections)",
-                    limits.max_connections
+                    rules.max_connections
                 ),
             );
         }
         // From here the slot is the stream's: released when the stream is dropped.
         let phase = Arc::new(Mutex::new(Phase::Handshaking));
-        let peer = stream
-            .get_socket_digest()
-            .and_then(|d| d.peer_addr().and_then(PingoraAddr::as_inet).map(|a| a.ip()));
         stream.tracer = Some(Tracer(Box::new(Slot {
             connections: c.clone(),
             key: 0,
@@ -253,9 +265,9 @@ impl PreTlsProcess for Admit {
             owner: true,
         })));
         if let Some(peer) = peer
-            && snap.config.client_address.expects_proxy_header(peer)
+            && rules.proxy_header
         {
-            match Connections::read_proxy_header(stream, limits.handshake_timeout).await {
+            match Connections::read_proxy_header(stream, rules.handshake_timeout).await {
                 Ok(source) => {
                     let fd = stream.as_raw_fd();
                     let digest = SocketDigest::from_raw_fd(fd);

@@ -11,7 +11,7 @@ use ipnet::IpNet;
 
 use super::file::{ChooseVariantFile, LimitsFile};
 use super::{Errors, Path, positive};
-use crate::keys::KeyInfo;
+use crate::config::keys::KeyInfo;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Limits {
@@ -135,15 +135,6 @@ pub fn limits(errors: &mut Errors, f: LimitsFile) -> Limits {
     limits
 }
 
-impl Limits {
-    pub fn inflight_caps(&self) -> crate::admission::budget::Caps {
-        crate::admission::budget::Caps {
-            total: self.max_inflight_bytes,
-            per_key: self.max_inflight_bytes_per_key,
-        }
-    }
-}
-
 /// Who may state a client's address for it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ClientAddress {
@@ -232,7 +223,7 @@ impl ChooseVariant {
 pub fn choose_variant(errors: &mut Errors, f: ChooseVariantFile) -> ChooseVariant {
     let at = Path::root().key("auth").key("may_choose_variant");
     for (i, id) in f.keys.iter().enumerate() {
-        if !crate::keys::looks_like_id(id) {
+        if !crate::config::keys::looks_like_id(id) {
             errors.add(
                 &at.key("keys").index(i),
                 format!("{id:?} is not a key id (key_ and hex digits, as `gateway keys list` shows)"),

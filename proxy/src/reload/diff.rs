@@ -8,7 +8,7 @@ use std::fmt;
 use serde::Serialize;
 
 use crate::config::{Config, Route, Sticky};
-use crate::state::Snapshot;
+use crate::routing::snapshot::Snapshot;
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Diff {
@@ -108,12 +108,14 @@ impl Diff {
             .collect();
 
         let same = |name: &str| match (old.pools.get(name), new.pools.get(name)) {
-            (Some(crate::state::Backend::Local(a)), Some(crate::state::Backend::Local(b))) => {
-                std::sync::Arc::ptr_eq(a, b)
-            }
-            (Some(crate::state::Backend::Remote(a)), Some(crate::state::Backend::Remote(b))) => {
-                std::sync::Arc::ptr_eq(a, b)
-            }
+            (
+                Some(crate::routing::snapshot::Backend::Local(a)),
+                Some(crate::routing::snapshot::Backend::Local(b)),
+            ) => std::sync::Arc::ptr_eq(a, b),
+            (
+                Some(crate::routing::snapshot::Backend::Remote(a)),
+                Some(crate::routing::snapshot::Backend::Remote(b)),
+            ) => std::sync::Arc::ptr_eq(a, b),
             _ => false,
         };
         d.pools_loaded = new.pools.keys().filter(|k| !same(k)).cloned().collect();

@@ -16,6 +16,7 @@
 //! `GET /admin/config`.
 
 pub mod diff;
+pub mod ticker;
 pub mod watch;
 
 use std::collections::VecDeque;
@@ -28,10 +29,10 @@ use parking_lot::Mutex;
 use serde::Serialize;
 
 use crate::config::{self, Config, ConfigError, Errors, Path as YamlPath};
-use crate::metrics::Metrics;
+use crate::http::tls::{self, CertResolver};
 use crate::rollout::Rollouts;
-use crate::state::Snapshot;
-use crate::tls::{self, CertResolver};
+use crate::routing::snapshot::Snapshot;
+use crate::telemetry::metrics::Metrics;
 pub use diff::Diff;
 
 /// What asked for a reload.
@@ -321,7 +322,7 @@ impl Reloader {
                 // Only weights differ from a config that built: this is not expected.
                 tracing::error!(
                     "rollout weights could not be applied: {}",
-                    crate::server::format_errors(&errors)
+                    crate::config::format_errors(&errors)
                 );
             }
         }
@@ -519,7 +520,7 @@ impl Reloader {
                         message: "is not UTF-8 text".into(),
                     }]
                 })
-                .and_then(|text| crate::keys::KeyStore::parse(&file, &text))
+                .and_then(|text| crate::config::keys::KeyStore::parse(&file, &text))
                 .and_then(|store| {
                     let problems = store.unknown_tiers(&current.config.rate_limits);
                     if problems.is_empty() {

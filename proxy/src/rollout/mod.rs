@@ -33,9 +33,9 @@ use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
+use crate::config::Variant;
 use crate::config::{Config, OnFailure, Rollout};
-use crate::metrics::Metrics;
-use crate::split::Variant;
+use crate::telemetry::metrics::Metrics;
 pub use gates::{Verdict, evaluate};
 pub use window::{Figures, Window};
 
@@ -635,34 +635,6 @@ impl Rollouts {
     fn persist(&self, routes: &BTreeMap<String, RouteState>) {
         if let Some(f) = &self.file {
             f.write(routes);
-        }
-    }
-}
-
-/// How often the engine looks for windows that are over.
-const TICK: Duration = Duration::from_millis(200);
-
-/// Runs the engine in the server: evaluates windows as they end, applies moved weights.
-pub struct Ticker(pub Arc<crate::reload::Reloader>);
-
-#[async_trait::async_trait]
-impl pingora::services::background::BackgroundService for Ticker {
-    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
-        let mut tick = tokio::time::interval(TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = shutdown.changed() => {
-                    // Stopping: a new process (an upgrade) may run the engine from now.
-                    self.0.rollouts().resign();
-                    return;
-                }
-                _ = tick.tick() => {}
-            }
-            if self.0.rollouts().tick() {
-                let reloader = self.0.clone();
-                let _ = tokio::task::spawn_blocking(move || reloader.apply_rollouts()).await;
-            }
         }
     }
 }

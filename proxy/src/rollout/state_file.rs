@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use parking_lot::Mutex;
 
 use super::RouteState;
-use crate::keys::FileLock;
+use crate::durable::FileLock;
 
 pub struct StateFile {
     path: PathBuf,

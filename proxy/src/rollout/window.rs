@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::split::Variant;
+use crate::config::Variant;
 
 /// Latency buckets grow by 5% from 50 µs: p99 is read to within 5%, up to about an hour.
 const GROWTH: f64 = 1.05;

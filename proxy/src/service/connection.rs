@@ -28,10 +28,10 @@ use pingora::server::ShutdownWatch;
 
 use super::exchange::{Exchange, Io};
 use super::{Ctx, Gateway};
-use crate::coalesce::Coalesced;
 use crate::errors::GatewayError;
-use crate::h1;
-use crate::names::X_REQUEST_ID;
+use crate::http::coalesce::Coalesced;
+use crate::http::h1;
+use crate::http::names::X_REQUEST_ID;
 
 /// While draining, an HTTP/1.1 connection that sends nothing for this long is closed.
 pub const DRAIN_IDLE: Duration = Duration::from_secs(1);
@@ -147,7 +147,7 @@ impl Gateway {
     /// connection then comes back here, with whatever the client sent after it.
     async fn serve_h1(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
         let mut conn = h1::Conn::new(stream);
-        let mut memo: Option<Box<crate::auth::KeyMemo>> = Some(Box::default());
+        let mut memo: Option<Box<crate::admission::auth::KeyMemo>> = Some(Box::default());
         loop {
             let limits = self.state.load().config.limits.clone();
             let draining = self.closing.started();

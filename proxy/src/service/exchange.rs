@@ -14,8 +14,8 @@ use pingora::protocols::http::ServerSession as Session;
 use super::Ctx;
 use crate::admission::budget::{Caps, Held, Over};
 use crate::errors::GatewayError;
-use crate::h1;
-use crate::names::{
+use crate::http::h1;
+use crate::http::names::{
     RATELIMIT_LIMIT, RATELIMIT_REMAINING, RATELIMIT_RESET, X_MODEL_VARIANT, X_MODEL_VERSION, X_REQUEST_ID,
 };
 

@@ -16,11 +16,11 @@ use super::local::busy;
 use super::{Ctx, Gateway, Kind};
 use crate::config::Route;
 use crate::errors::GatewayError;
-use crate::names::INFERENCE_HEADER_LENGTH;
-use crate::remote::{self, RemotePool};
+use crate::http::names::INFERENCE_HEADER_LENGTH;
+use crate::pools::remote::{self, RemotePool};
+use crate::routing::snapshot::Snapshot;
+use crate::service::predict;
 use crate::shadow;
-use crate::simple;
-use crate::state::Snapshot;
 
 impl Gateway {
     pub(super) async fn answer_remote(
@@ -39,7 +39,7 @@ impl Gateway {
             });
         }
         let limits = &snap.config.limits;
-        let caps = limits.inflight_caps();
+        let caps = crate::admission::budget::Caps::of(limits);
         let (method, path) = match kind {
             Kind::Infer | Kind::Simple => ("POST", Cow::Borrowed(pool.infer_path())),
             Kind::Metadata => ("GET", Cow::Owned(pool.upstream_path(""))),
@@ -64,8 +64,8 @@ impl Gateway {
             })?;
             // The features as f64 and their protocol JSON: at most 8 + 24 bytes per element.
             held.grow((body.len() / 2 + 1) * 32, caps).map_err(busy)?;
-            let f = simple::parse(&body)?;
-            let oip = simple::to_oip_body(&meta, &f)?;
+            let f = predict::parse(&body)?;
+            let oip = predict::to_oip_body(&meta, &f)?;
             held.shrink_to(body.len() + f.values.len() * 8 + oip.len());
             features = Some(f);
             Bytes::from(oip)
@@ -127,7 +127,7 @@ impl Gateway {
         });
         let (body, content_type) = match (&features, answer.status) {
             (Some(f), 200) => (
-                Bytes::from(simple::respond_from_oip(&answer.body, f, &version)?),
+                Bytes::from(predict::respond_from_oip(&answer.body, f, &version)?),
                 "application/json".to_string(),
             ),
             // Upstream errors are already {"error": ...}: passed on unchanged, status included.
@@ -145,11 +145,11 @@ impl Gateway {
         if let Some((body, header_length)) = observed {
             let predictions = header_length
                 .is_none()
-                .then(|| shadow::compare::predictions_from_json(&body))
+                .then(|| crate::predictions::predictions_from_json(&body))
                 .flatten()
                 .or_else(|| {
                     let decoded = protocol::decode_response(&body, header_length.as_deref()).ok()?;
-                    Some(shadow::compare::predictions(&decoded.outputs))
+                    Some(crate::predictions::predictions(&decoded.outputs))
                 });
             if let Some(predictions) = predictions {
                 self.record_predictions(ctx, &route.model, predictions);

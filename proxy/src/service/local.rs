@@ -10,14 +10,15 @@ use inference::protocol::{self, ModelRef};
 use inference::{ModelMetadata, NamedTensor, Pool, Tensor};
 
 use super::exchange::Exchange;
-use super::{Ctx, Gateway, Kind, Shadows};
+use super::record::Shadows;
+use super::{Ctx, Gateway, Kind};
 use crate::admission::budget::{Held, Over};
 use crate::config::Route;
 use crate::errors::GatewayError;
-use crate::names::INFERENCE_HEADER_LENGTH;
+use crate::http::names::INFERENCE_HEADER_LENGTH;
+use crate::routing::snapshot::Snapshot;
+use crate::service::predict;
 use crate::shadow;
-use crate::simple;
-use crate::state::Snapshot;
 
 /// The most bytes the tensors decoded from `body` can take: every JSON element is at least
 /// two bytes of text (a digit and a separator), and becomes at most the widest input type;
@@ -52,7 +53,7 @@ impl Gateway {
         (kind, model_ref): (Kind, ModelRef<'_>),
     ) -> Result<(), GatewayError> {
         let limits = &snap.config.limits;
-        let caps = limits.inflight_caps();
+        let caps = crate::admission::budget::Caps::of(limits);
         let meta = pool.metadata();
         match kind {
             Kind::Infer => {
@@ -106,15 +107,15 @@ impl Gateway {
                 let body = session.read_body(limits.max_body_bytes, &mut held, caps).await?;
                 // Features as f64, then the model's tensor: at most 8 + 8 bytes per element.
                 held.grow((body.len() / 2 + 1) * 16, caps).map_err(busy)?;
-                let features = simple::parse(&body)?;
-                let inputs = simple::to_inputs(meta, &features)?;
+                let features = predict::parse(&body)?;
+                let inputs = predict::to_inputs(meta, &features)?;
                 held.shrink_to(body.len() + features.values.len() * 8 + tensor_bytes(&inputs));
                 let (outputs, shadows) = self
                     .infer_local(snap, ctx, route, &pool, inputs, body.len())
                     .await?;
                 let named: Vec<(String, Tensor)> =
                     meta.outputs.iter().map(|s| s.name.clone()).zip(outputs).collect();
-                let answer = simple::respond(&named, &features, &meta.version)?;
+                let answer = predict::respond(&named, &features, &meta.version)?;
                 drop(held);
                 self.respond(session, ctx, 200, "application/json", Bytes::from(answer), &[])
                     .await;
@@ -122,7 +123,7 @@ impl Gateway {
                 self.mirror(snap, ctx, shadows, || Self::named(meta, outputs));
             }
             Kind::Metadata => {
-                let versions = super::route_versions(route, snap);
+                let versions = super::variant::route_versions(route, snap);
                 let mut body = serde_json::from_str::<serde_json::Value>(&inference::server::model_metadata(
                     meta, versions,
                 ))

@@ -8,9 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::store::Record;
 
-/// Upper bounds of the per-prediction probability delta histogram (largest |Δp| of a row);
-/// the last bucket is everything above the last bound.
-pub const DELTA_BOUNDS: [f64; 12] = [1e-6, 1e-5, 1e-4, 1e-3, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0];
+pub use crate::predictions::DELTA_BOUNDS;
 
 /// Latency histogram: bucket i holds [10 µs × 1.1^i, 10 µs × 1.1^(i+1)), so a quantile read
 /// from it is within 5% of the true value.

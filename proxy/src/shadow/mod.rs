@@ -16,7 +16,6 @@
 //! - [`aggregate`]: a minute's exact figures for one pair
 //! - [`breaker`]: a shadow that keeps failing gets a rest, not every request
 //! - [`compare`]: one pair's comparison
-//! - [`scan`]: the outputs of an answer read straight from its JSON (the prediction metrics)
 //! - [`store`]: SQLite, written in batches by one thread
 //! - [`report`], [`html`]: what model owners read
 
@@ -25,7 +24,6 @@ pub mod breaker;
 pub mod compare;
 pub mod html;
 pub mod report;
-pub mod scan;
 pub mod store;
 
 use std::sync::Arc;
@@ -38,9 +36,9 @@ use pingora::connectors::TransportConnector;
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::config::Route;
-use crate::metrics::Metrics;
-use crate::remote;
-use crate::state::{Backend, Snapshot};
+use crate::pools::remote;
+use crate::routing::snapshot::{Backend, Snapshot};
+use crate::telemetry::metrics::Metrics;
 use store::{Event, PairKey, Record, Recorder};
 
 /// What the request looked like, in whichever form the client path already had it.

@@ -194,7 +194,7 @@ pub fn breakable_pool(
     model: &Path,
     name: &str,
     broken: Arc<std::sync::atomic::AtomicBool>,
-) -> proxy::state::Backend {
+) -> proxy::routing::snapshot::Backend {
     struct Breakable {
         real: inference::pool::OrtRunner,
         broken: Arc<std::sync::atomic::AtomicBool>,
@@ -213,7 +213,7 @@ pub fn breakable_pool(
         real: inference::pool::OrtRunner::new(session),
         broken,
     };
-    proxy::state::Backend::Local(Arc::new(inference::Pool::with_runners(
+    proxy::routing::snapshot::Backend::Local(Arc::new(inference::Pool::with_runners(
         meta,
         inference::PoolConfig::default(),
         vec![Box::new(runner)],

@@ -104,7 +104,11 @@ pub fn start_with_listen(body: &str, listen: &str) -> Gateway {
 }
 
 /// [`start_in`], with the loaded snapshot changed by `patch` before the gateway serves it.
-pub fn start_patched(body: &str, layout: Layout, patch: impl FnOnce(&mut proxy::state::Snapshot)) -> Gateway {
+pub fn start_patched(
+    body: &str,
+    layout: Layout,
+    patch: impl FnOnce(&mut proxy::routing::snapshot::Snapshot),
+) -> Gateway {
     launch(body, layout, "", patch)
 }
 
@@ -112,7 +116,7 @@ fn launch(
     body: &str,
     layout: Layout,
     listen: &str,
-    patch: impl FnOnce(&mut proxy::state::Snapshot),
+    patch: impl FnOnce(&mut proxy::routing::snapshot::Snapshot),
 ) -> Gateway {
     let listen = if listen.is_empty() {
         String::new()
@@ -122,12 +126,12 @@ fn launch(
     let dir = temp_dir("gw");
     let https: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    proxy::tls::ensure_dev_cert(&dir.join("server.crt"), &dir.join("server.key")).unwrap();
+    proxy::http::tls::ensure_dev_cert(&dir.join("server.crt"), &dir.join("server.key")).unwrap();
     let keys_file = dir.join("api-keys.yaml");
-    let (dev, _) = proxy::keys::add_key(&keys_file, "dev", "default").unwrap();
-    let (batch, _) = proxy::keys::add_key(&keys_file, "bulk", "batch").unwrap();
-    let (disabled, id) = proxy::keys::add_key(&keys_file, "gone", "default").unwrap();
-    proxy::keys::set_disabled(&keys_file, &id, true).unwrap();
+    let (dev, _) = proxy::config::keys::add_key(&keys_file, "dev", "default").unwrap();
+    let (batch, _) = proxy::config::keys::add_key(&keys_file, "bulk", "batch").unwrap();
+    let (disabled, id) = proxy::config::keys::add_key(&keys_file, "gone", "default").unwrap();
+    proxy::config::keys::set_disabled(&keys_file, &id, true).unwrap();
 
     // The harness makes a key of tier "batch": configs that say nothing of rate limits get it.
     let tiers = if body.contains("rate_limits:") {

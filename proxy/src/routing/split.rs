@@ -7,25 +7,11 @@
 //! request, and raising the weight only moves clients from stable to canary: a bucket below
 //! the old threshold is below the new one too.
 
+use crate::config::Variant;
 use crate::config::{Route, Sticky};
 use crate::errors::GatewayError;
 
 pub const BUCKETS: u32 = 10_000;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Variant {
-    Stable,
-    Canary,
-}
-
-impl Variant {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Variant::Stable => "stable",
-            Variant::Canary => "canary",
-        }
-    }
-}
 
 /// What the router knows about a request.
 pub struct Request<'a> {
@@ -176,7 +162,7 @@ mod tests {
         let sticky = route(Some(10), Sticky::ApiKey);
         let canary = (0..n as u32)
             .filter(|i| {
-                let key = crate::keys::digest(&format!("client-{i}"));
+                let key = crate::config::keys::digest(&format!("client-{i}"));
                 choose(&sticky, &req(None, Some(&key)), || unreachable!()).unwrap() == Variant::Canary
             })
             .count();
@@ -187,7 +173,7 @@ mod tests {
     #[test]
     fn sticky_clients_keep_their_variant_and_only_move_towards_canary() {
         let clients: Vec<[u8; 32]> = (0..5_000)
-            .map(|i| crate::keys::digest(&format!("k{i}")))
+            .map(|i| crate::config::keys::digest(&format!("k{i}")))
             .collect();
         let variants = |weight: u8| -> Vec<Variant> {
             let r = route(Some(weight), Sticky::ApiKey);

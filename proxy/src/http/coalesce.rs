@@ -12,7 +12,7 @@
 //! HTTP/2 needs none of this: the `h2` crate already writes its frames through one buffer.
 //!
 //! It also replays bytes already read from the connection (by the gateway's own HTTP/1
-//! reader, [`crate::h1`], when it hands a request it does not serve to pingora's session).
+//! reader, [`crate::http::h1`], when it hands a request it does not serve to pingora's session).
 
 use std::fmt;
 use std::io;

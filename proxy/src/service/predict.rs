@@ -12,6 +12,7 @@
 //! `probabilities` output (or the first float output with one row per input), when there is
 //! one. The same conversion serves local pools and remote ones.
 
+use crate::predictions::{as_f64, as_i64};
 use inference::{DataType, InferError, ModelMetadata, NamedTensor, Tensor, TensorData, TensorSpec};
 use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, Deserializer, SeqAccess, Visitor};
@@ -246,24 +247,6 @@ pub fn to_oip_body(meta: &ModelMetadata, f: &Features) -> Result<Vec<u8>, InferE
         "inputs": [{"name": spec.name, "shape": [f.rows, f.cols], "datatype": spec.datatype.as_str(), "data": f.values}]
     }))
     .expect("serializable"))
-}
-
-pub(crate) fn as_f64(data: &TensorData) -> Option<Vec<f64>> {
-    Some(match data {
-        TensorData::F32(v) => v.iter().map(|&x| x as f64).collect(),
-        TensorData::F64(v) => v.clone(),
-        _ => return None,
-    })
-}
-
-pub(crate) fn as_i64(data: &TensorData) -> Option<Vec<i64>> {
-    Some(match data {
-        TensorData::I64(v) => v.clone(),
-        TensorData::I32(v) => v.iter().map(|&x| x as i64).collect(),
-        TensorData::U8(v) => v.iter().map(|&x| x as i64).collect(),
-        TensorData::Bool(v) => v.iter().map(|&x| x as i64).collect(),
-        _ => return None,
-    })
 }
 
 /// Builds the answer from named outputs.

@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use parking_lot::{Mutex, RwLock};
 
-use crate::split::Variant;
+use crate::config::Variant;
 
 const SLOTS: usize = 60;
 

@@ -8,13 +8,13 @@ use std::sync::Arc;
 
 use http::HeaderMap;
 
+use crate::config::keys::{KeyInfo, KeyStore, Lookup};
 use crate::errors::GatewayError;
-use crate::keys::{KeyInfo, KeyStore, Lookup};
 
 /// The key a request presents, if any; a 400 when it presents two different ones.
 pub fn presented_key(headers: &HeaderMap) -> Result<Option<&str>, GatewayError> {
     let mut found: Option<&str> = None;
-    for v in headers.get_all(crate::names::X_API_KEY) {
+    for v in headers.get_all(crate::http::names::X_API_KEY) {
         keep(
             &mut found,
             v.to_str().ok().map(str::trim).filter(|k| !k.is_empty()),
@@ -69,7 +69,7 @@ impl KeyMemo {
     fn digest(&mut self, key: &str) -> [u8; 32] {
         let key = key.as_bytes();
         if self.key.is_empty() || !constant_time_eq::constant_time_eq(&self.key, key) {
-            self.digest = crate::keys::digest_bytes(key);
+            self.digest = crate::config::keys::digest_bytes(key);
             self.key.clear();
             self.key.extend_from_slice(key);
         }
@@ -151,7 +151,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("auth-memo-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("keys.yaml");
-        let (key, _id) = crate::keys::add_key(&file, "t", "default").unwrap();
+        let (key, _id) = crate::config::keys::add_key(&file, "t", "default").unwrap();
         let store = KeyStore::load(&file).unwrap();
         let mut memo = KeyMemo::default();
         let sent = headers(&[]);

@@ -10,8 +10,8 @@ use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
-use crate::observed::Observed;
-use crate::state::{Backend, Snapshot};
+use crate::routing::snapshot::{Backend, Snapshot};
+use crate::telemetry::observed::Observed;
 
 /// How often the loop looks at what is due. Health checks themselves run at their pool's
 /// configured interval.

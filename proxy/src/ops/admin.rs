@@ -37,12 +37,12 @@ use pingora::protocols::http::ServerSession;
 use serde_json::json;
 
 use crate::config::{PoolSpec, Sticky};
-use crate::metrics::Metrics;
-use crate::observed::Observed;
 use crate::reload::{Outcome, Reloader, Trigger};
+use crate::routing::snapshot::{Backend, Snapshot};
 use crate::shadow::store::Recorder;
 use crate::shadow::{html, report};
-use crate::state::{Backend, Snapshot};
+use crate::telemetry::metrics::Metrics;
+use crate::telemetry::observed::Observed;
 
 pub struct Admin {
     pub state: Arc<ArcSwap<Snapshot>>,
@@ -250,7 +250,10 @@ impl Admin {
             .and_then(|v| v.strip_prefix("Bearer "))
             .or_else(|| headers.get("x-admin-token").and_then(|v| v.to_str().ok()));
         presented.is_some_and(|p| {
-            constant_time_eq::constant_time_eq_32(&crate::keys::digest(p), &crate::keys::digest(token))
+            constant_time_eq::constant_time_eq_32(
+                &crate::config::keys::digest(p),
+                &crate::config::keys::digest(token),
+            )
         })
     }
 

@@ -23,7 +23,7 @@ pub fn check_headers(req: &RequestHeader, max: usize) -> Result<(), GatewayError
 /// random one. Echoed on every response and passed to upstream servers.
 pub fn request_id(req: &RequestHeader) -> String {
     req.headers
-        .get(crate::names::X_REQUEST_ID)
+        .get(crate::http::names::X_REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .filter(|v| inference::server::usable_request_id(v))
         .map_or_else(inference::server::new_request_id, str::to_string)

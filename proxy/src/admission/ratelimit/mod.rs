@@ -28,6 +28,7 @@ use governor::{Quota, RateLimiter};
 use parking_lot::Mutex;
 
 use crate::config::{Rate, RateLimits};
+use crate::errors::Decision;
 
 const SHARDS: usize = 16;
 
@@ -95,33 +96,6 @@ impl<K: Hash + Eq + Clone> ShrinkableKeyedStateStore<K> for BoundedStore<K> {
 }
 
 type Limiter<K, C> = RateLimiter<K, BoundedStore<K>, C, StateInformationMiddleware>;
-
-/// The outcome of one check, with what the `RateLimit-*` headers say.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Decision {
-    pub allowed: bool,
-    /// Requests allowed in a burst (`RateLimit-Limit`).
-    pub limit: u32,
-    /// Requests that could be made right now (`RateLimit-Remaining`).
-    pub remaining: u32,
-    /// Seconds until the allowance is full again (`RateLimit-Reset`).
-    pub reset_secs: u64,
-    /// Seconds to wait before retrying, when refused (`Retry-After`, at least 1).
-    pub retry_after_secs: u64,
-    /// The sustained rate, for the error message.
-    pub per_second: u32,
-}
-
-impl Decision {
-    /// `(name, value)` pairs for the response.
-    pub fn headers(&self) -> [(&'static str, String); 3] {
-        [
-            ("ratelimit-limit", self.limit.to_string()),
-            ("ratelimit-remaining", self.remaining.to_string()),
-            ("ratelimit-reset", self.reset_secs.to_string()),
-        ]
-    }
-}
 
 /// Who is being limited by IP. IPv6 clients are grouped by /64, the block a single host is
 /// usually given, so rotating addresses within it does not buy a fresh allowance each time.

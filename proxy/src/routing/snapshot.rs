@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use inference::Pool;
 
+use crate::admission::ratelimit::RateLimiters;
+use crate::admission::ratelimit::shared::SharedLimiter;
+use crate::config::keys::KeyStore;
 use crate::config::{Config, ConfigError, Errors, Path, PoolSpec, Route};
-use crate::keys::KeyStore;
-use crate::ratelimit::RateLimiters;
-use crate::ratelimit::shared::SharedLimiter;
-use crate::remote::RemotePool;
+use crate::pools::remote::RemotePool;
 
 /// Where a pool's requests go.
 #[derive(Clone)]
@@ -47,7 +47,7 @@ pub struct Snapshot {
     /// Per route: shadow requests in flight, at most `shadow.max_in_flight`.
     pub shadow_slots: BTreeMap<String, Arc<tokio::sync::Semaphore>>,
     /// Each route variant's per-request metric series, found once per snapshot.
-    pub series: crate::metrics::SeriesCache,
+    pub series: crate::telemetry::metrics::SeriesCache,
 }
 
 /// A warm-up inference slower than this fails the load: the model would not serve either.
@@ -146,7 +146,7 @@ impl Snapshot {
             })
             .collect();
         Ok(Snapshot {
-            series: crate::metrics::SeriesCache::new(config.routes.keys()),
+            series: crate::telemetry::metrics::SeriesCache::new(config.routes.keys()),
             config,
             pools,
             keys,
@@ -166,7 +166,7 @@ impl Snapshot {
         let mut config = self.config.clone();
         config.keys = Some(keys.clone());
         Snapshot {
-            series: crate::metrics::SeriesCache::new(config.routes.keys()),
+            series: crate::telemetry::metrics::SeriesCache::new(config.routes.keys()),
             config,
             pools: self.pools.clone(),
             keys,

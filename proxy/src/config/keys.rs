@@ -17,6 +17,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{ConfigError, Errors, Path as YamlPath, yaml_error};
+use crate::durable::FileLock;
 
 /// Every key starts with this, so that a leaked key is recognisable by secret scanners.
 pub const KEY_PREFIX: &str = "gwk_";
@@ -338,52 +339,6 @@ fn lock_path(file: &Path) -> PathBuf {
     let mut name = file.file_name().unwrap_or_default().to_os_string();
     name.push(".lock");
     file.with_file_name(name)
-}
-
-/// An exclusive `flock` on a file, released when dropped (or when the process ends).
-pub struct FileLock {
-    _file: std::fs::File,
-}
-
-impl FileLock {
-    /// Waits for the lock.
-    pub fn exclusive(path: &Path) -> Result<FileLock, String> {
-        let f = Self::open(path)?;
-        // SAFETY: flock on a file descriptor this function owns.
-        if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&f), libc::LOCK_EX) } != 0 {
-            return Err(format!(
-                "cannot lock {}: {}",
-                path.display(),
-                std::io::Error::last_os_error()
-            ));
-        }
-        Ok(FileLock { _file: f })
-    }
-
-    /// The lock if nobody holds it now, else `None`.
-    pub fn try_exclusive(path: &Path) -> Result<Option<FileLock>, String> {
-        let f = Self::open(path)?;
-        // SAFETY: flock on a file descriptor this function owns.
-        let got = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&f), libc::LOCK_EX | libc::LOCK_NB) };
-        if got == 0 {
-            return Ok(Some(FileLock { _file: f }));
-        }
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-            Ok(None)
-        } else {
-            Err(format!("cannot lock {}: {e}", path.display()))
-        }
-    }
-
-    fn open(path: &Path) -> Result<std::fs::File, String> {
-        let mut options = std::fs::OpenOptions::new();
-        options.read(true).write(true).create(true).truncate(false);
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        options
-            .open(path)
-            .map_err(|e| format!("cannot open {}: {e}", path.display()))
-    }
 }
 
 #[cfg(test)]

@@ -6,10 +6,9 @@
 //! chooses: an attacker sending 10,000 distinct paths or keys adds no series.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{self, MetricFamily, MetricType};
 use prometheus::{
@@ -17,8 +16,7 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
-use crate::split::Variant;
-use crate::state::{Backend, Snapshot};
+use crate::config::Variant;
 
 /// Latency buckets (seconds) for requests and inference.
 const LATENCY: [f64; 14] = [
@@ -337,7 +335,7 @@ impl Metrics {
             shadow_prob_delta: histogram(
                 "shadow_prob_delta",
                 "Per prediction, the largest absolute difference of a class probability, shadow vs primary",
-                &crate::shadow::store::DELTA_BOUNDS,
+                &crate::predictions::DELTA_BOUNDS,
                 &pair,
             ),
             shadow_errors: counter(
@@ -494,10 +492,11 @@ impl Metrics {
         &self.names
     }
 
-    /// Adds the per-pool series read from the pools' own counters at scrape time.
-    pub fn watch_pools(&self, state: Arc<ArcSwap<Snapshot>>) {
+    /// Adds the per-pool series read from the pools' own counters at scrape time: `pools`
+    /// lists the local pools in force (the server reads them from the current snapshot).
+    pub fn watch_pools(&self, pools: LocalPools) {
         self.registry
-            .register(Box::new(PoolCollector::new(state)))
+            .register(Box::new(PoolCollector::new(pools)))
             .expect("metric names are unique");
     }
 
@@ -521,8 +520,11 @@ impl Default for Metrics {
 /// knows nothing of Prometheus); this reads those counters when scraped (names without the
 /// registry's `gateway_` prefix, which the registry adds). A pool a reload
 /// replaced starts again from 0, which Prometheus reads as a counter reset.
+/// The local pools in force and their counters, read at each scrape.
+pub type LocalPools = Box<dyn Fn() -> Vec<(String, inference::pool::StatsSnapshot)> + Send + Sync>;
+
 struct PoolCollector {
-    state: Arc<ArcSwap<Snapshot>>,
+    pools: LocalPools,
     descs: Vec<Desc>,
 }
 
@@ -540,7 +542,7 @@ const FAILED: (&str, &str) = (
 );
 
 impl PoolCollector {
-    fn new(state: Arc<ArcSwap<Snapshot>>) -> PoolCollector {
+    fn new(pools: LocalPools) -> PoolCollector {
         let descs = [BATCH_SIZE, REJECTED, FAILED]
             .iter()
             .map(|(name, help)| {
@@ -553,7 +555,7 @@ impl PoolCollector {
                 .expect("valid metric")
             })
             .collect();
-        PoolCollector { state, descs }
+        PoolCollector { pools, descs }
     }
 }
 
@@ -580,13 +582,10 @@ impl Collector for PoolCollector {
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
-        let snap = self.state.load_full();
         let mut batch = family(BATCH_SIZE.0, BATCH_SIZE.1, MetricType::HISTOGRAM);
         let mut rejected = family(REJECTED.0, REJECTED.1, MetricType::COUNTER);
         let mut failed = family(FAILED.0, FAILED.1, MetricType::COUNTER);
-        for (name, backend) in &snap.pools {
-            let Backend::Local(pool) = backend else { continue };
-            let s = pool.stats();
+        for (name, s) in (self.pools)() {
             let mut h = proto::Histogram::default();
             let mut cumulative = 0;
             let mut buckets = Vec::new();
@@ -600,13 +599,13 @@ impl Collector for PoolCollector {
             h.set_bucket(buckets);
             h.set_sample_count(s.batches);
             h.set_sample_sum(s.requests as f64);
-            let mut m = labelled(name);
+            let mut m = labelled(&name);
             m.set_histogram(h);
             batch.mut_metric().push(m);
             for (f, value) in [(&mut rejected, s.rejected), (&mut failed, s.failed)] {
                 let mut c = proto::Counter::default();
                 c.set_value(value as f64);
-                let mut m = labelled(name);
+                let mut m = labelled(&name);
                 m.set_counter(c);
                 f.mut_metric().push(m);
             }

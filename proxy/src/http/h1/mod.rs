@@ -31,7 +31,7 @@ use pingora::protocols::l4::socket::SocketAddr;
 use pingora_timeout::fast_timeout::fast_timeout;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::names::{X_API_KEY, X_CANARY, X_REQUEST_ID};
+use crate::http::names::{X_API_KEY, X_CANARY, X_REQUEST_ID};
 
 /// Header blocks up to this size are read here; a larger one goes to pingora's session (and
 /// meets the gateway's own 431 there, or pingora's limit).
@@ -485,7 +485,7 @@ fn parse_length(v: &[u8]) -> Option<usize> {
     std::str::from_utf8(v).ok()?.parse().ok()
 }
 
-/// The gateway's own names come from [`crate::names`] without being parsed again.
+/// The gateway's own names come from [`crate::http::names`] without being parsed again.
 fn header_name(name: &[u8]) -> Option<HeaderName> {
     for known in [&X_API_KEY, &X_REQUEST_ID, &X_CANARY] {
         if name.eq_ignore_ascii_case(known.as_str().as_bytes()) {

@@ -1,5 +1,5 @@
 //! The outputs of an inference answer, read straight from its JSON bytes for the prediction
-//! metrics of every remote answer ([`super::compare::predictions_from_json`]).
+//! metrics of every remote answer ([`super::predictions_from_json`]).
 //!
 //! serde_json, even reading into borrowed structs, spent about 9,000 instructions on a
 //! two-output answer of 200 bytes, an eighth of a proxied request: it checks every key and

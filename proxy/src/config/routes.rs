@@ -1,0 +1,343 @@
+//! `pools:` and `routes:`, checked: every pool well-formed (a local model file that exists, a
+//! remote pool's endpoints that resolve), every route's pools defined, weights and percents in
+//! range, a rollout policy that can be judged.
+
+use std::collections::BTreeMap;
+use std::net::ToSocketAddrs;
+use std::time::Duration;
+
+use inference::PoolConfig;
+
+use super::errors::{Errors, percent, positive, valid_name};
+use super::file::{self, HttpPoolFile, LocalPoolFile, PoolFile, RouteFile, StickyFile};
+use super::{Canary, HttpSpec, Limits, LocalSpec, Path, PoolSpec, Rollout, Route, Shadow, Sticky};
+
+pub fn pools(
+    errors: &mut Errors,
+    pools: BTreeMap<String, PoolFile>,
+    models_dir: &std::path::Path,
+    limits: &Limits,
+) -> BTreeMap<String, PoolSpec> {
+    let mut pool_specs = BTreeMap::new();
+    for (name, pool) in pools {
+        let path = Path::root().key("pools").key(&name);
+        if !valid_name(&name) {
+            errors.add(&path, "pool names may use letters, digits, '-', '_' and '.'");
+        }
+        let spec = match (pool.local, pool.http) {
+            (Some(_), Some(_)) | (None, None) => {
+                errors.add(&path, "must have exactly one of `local` or `http`");
+                continue;
+            }
+            (Some(l), None) => local(errors, l, &path, models_dir, limits),
+            (None, Some(h)) => http(errors, h, &path),
+        };
+        pool_specs.insert(name, spec);
+    }
+    pool_specs
+}
+
+fn local(
+    errors: &mut Errors,
+    l: LocalPoolFile,
+    path: &Path,
+    models_dir: &std::path::Path,
+    limits: &Limits,
+) -> PoolSpec {
+    let p = path.key("local");
+    let version = positive(errors, l.version, 1, u32::MAX as i64, &p.key("version")) as u64;
+    let file = models_dir
+        .join(&l.model)
+        .join(version.to_string())
+        .join("model.onnx");
+    if !file.is_file() {
+        errors.add(
+            &p.key("model"),
+            format!(
+                "no model file {} (models_dir is {})",
+                file.display(),
+                models_dir.display()
+            ),
+        );
+    }
+    PoolSpec::Local(LocalSpec {
+        model: l.model,
+        version,
+        path: file,
+        pool: PoolConfig {
+            instances: positive(errors, l.instances, 1, 256, &p.key("instances")),
+            max_batch: positive(errors, l.max_batch, 1, 65_536, &p.key("max_batch")),
+            max_delay: Duration::from_micros(positive(
+                errors,
+                l.max_delay_us,
+                0,
+                1_000_000,
+                &p.key("max_delay_us"),
+            ) as u64),
+            queue_capacity: positive(errors, l.queue_capacity, 1, 1 << 20, &p.key("queue_capacity")),
+            intra_threads: 1,
+            reject_non_finite: true,
+            idle_priority: false,
+            max_rows: l.max_rows.map_or(limits.max_rows, |n| {
+                positive(errors, n, 1, 10_000_000, &p.key("max_rows"))
+            }),
+        },
+    })
+}
+
+fn http(errors: &mut Errors, h: HttpPoolFile, path: &Path) -> PoolSpec {
+    let p = path.key("http");
+    if h.endpoints.is_empty() {
+        errors.add(&p.key("endpoints"), "needs at least one host:port");
+    }
+    let mut endpoints = Vec::new();
+    for (i, e) in h.endpoints.iter().enumerate() {
+        match e.to_socket_addrs().map(|mut a| a.next()) {
+            Ok(Some(addr)) => endpoints.push(addr),
+            _ => errors.add(
+                &p.key("endpoints").index(i),
+                format!("{e:?} is not a reachable host:port"),
+            ),
+        }
+    }
+    let ms = |errors: &mut Errors, v: i64, min: i64, key: &str| {
+        Duration::from_millis(positive(errors, v, min, 600_000, &p.key(key)) as u64)
+    };
+    let connect_timeout = ms(errors, h.connect_timeout_ms, 1, "connect_timeout_ms");
+    let timeout = ms(errors, h.timeout_ms, 1, "timeout_ms");
+    let hc = p.key("health_check");
+    let health_interval = Duration::from_millis(positive(
+        errors,
+        h.health_check.interval_ms,
+        10,
+        3_600_000,
+        &hc.key("interval_ms"),
+    ) as u64);
+    if !h.health_check.path.starts_with('/') {
+        errors.add(&hc.key("path"), "must start with '/'");
+    }
+    PoolSpec::Http(HttpSpec {
+        endpoints,
+        model: h.model,
+        version: positive(errors, h.version, 1, u32::MAX as i64, &p.key("version")) as u64,
+        connect_timeout,
+        timeout,
+        health_interval,
+        health_path: h.health_check.path,
+    })
+}
+
+pub fn routes(
+    errors: &mut Errors,
+    routes: Vec<RouteFile>,
+    pool_specs: &BTreeMap<String, PoolSpec>,
+) -> BTreeMap<String, Route> {
+    let mut route_map = BTreeMap::new();
+    for (i, r) in routes.into_iter().enumerate() {
+        let route = route(errors, i, r, pool_specs, &route_map);
+        route_map.insert(route.model.clone(), route);
+    }
+    if route_map.is_empty() {
+        errors.add(&Path::root().key("routes"), "needs at least one route");
+    }
+    route_map
+}
+
+fn route(
+    errors: &mut Errors,
+    i: usize,
+    r: RouteFile,
+    pool_specs: &BTreeMap<String, PoolSpec>,
+    route_map: &BTreeMap<String, Route>,
+) -> Route {
+    let path = Path::root().key("routes").index(i);
+    let file::RouteFile {
+        model,
+        stable,
+        canary,
+        sticky,
+        salt,
+        shadows,
+    } = r;
+    if !valid_name(&model) {
+        errors.add(
+            &path.key("model"),
+            "model names may use letters, digits, '-', '_' and '.'",
+        );
+    }
+    if route_map.contains_key(&model) {
+        errors.add(
+            &path.key("model"),
+            format!("a route for {model:?} is already defined"),
+        );
+    }
+    let pool_ref = |errors: &mut Errors, name: &str, at: Path| {
+        if !pool_specs.contains_key(name) {
+            let known: Vec<&str> = pool_specs.keys().map(String::as_str).collect();
+            errors.add(
+                &at,
+                format!("no pool named {name:?} (pools: {})", known.join(", ")),
+            );
+        }
+    };
+    pool_ref(errors, &stable, path.key("stable"));
+    let canary = canary.map(|c| {
+        pool_ref(errors, &c.pool, path.key("canary").key("pool"));
+        if c.pool == stable {
+            errors.add(
+                &path.key("canary").key("pool"),
+                "the canary pool is the stable pool",
+            );
+        }
+        let rollout = c
+            .rollout
+            .map(|r| rollout(errors, r, &path.key("canary").key("rollout")));
+        let weight = percent(errors, c.weight, &path.key("canary").key("weight"));
+        Canary {
+            pool: c.pool,
+            weight,
+            configured_weight: weight,
+            rollout,
+        }
+    });
+    let shadows = shadows
+        .into_iter()
+        .enumerate()
+        .map(|(j, s)| {
+            let at = path.key("shadows").index(j);
+            pool_ref(errors, &s.pool, at.key("pool"));
+            Shadow {
+                pool: s.pool,
+                percent: percent(errors, s.percent, &at.key("percent")),
+            }
+        })
+        .collect::<Vec<Shadow>>();
+    if let Some(c) = &canary
+        && c.rollout
+            .as_ref()
+            .is_some_and(|r| r.min_shadow_agreement.is_some())
+        && !shadows.iter().any(|s| s.pool == c.pool)
+    {
+        errors.add(
+            &path.key("canary").key("rollout").key("gates").key("min_shadow_agreement"),
+            format!(
+                "needs a shadow of the canary pool to measure agreement: shadows: [{{pool: {}, percent: 10}}]",
+                c.pool
+            ),
+        );
+    }
+    let sticky = sticky_of(errors, sticky, &path);
+    let salt = salt.unwrap_or_else(|| model.clone());
+    Route {
+        index: i,
+        model,
+        stable,
+        canary,
+        sticky,
+        salt,
+        shadows,
+    }
+}
+
+fn sticky_of(errors: &mut Errors, sticky: Option<StickyFile>, path: &Path) -> Sticky {
+    match sticky {
+        None => Sticky::None,
+        Some(StickyFile::Named(n)) if n == "none" => Sticky::None,
+        Some(StickyFile::Named(n)) if n == "api_key" => Sticky::ApiKey,
+        Some(StickyFile::Named(n)) => {
+            errors.add(
+                &path.key("sticky"),
+                format!("{n:?} is not one of: none, api_key, {{header: NAME}}"),
+            );
+            Sticky::None
+        }
+        Some(StickyFile::Header { header }) => {
+            if header.is_empty()
+                || !header
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                errors.add(
+                    &path.key("sticky").key("header"),
+                    format!("{header:?} is not a header name"),
+                );
+            }
+            Sticky::Header(header.to_ascii_lowercase())
+        }
+    }
+}
+
+fn rollout(errors: &mut Errors, r: file::RolloutFile, at: &Path) -> Rollout {
+    if r.steps.is_empty() {
+        errors.add(
+            &at.key("steps"),
+            "needs at least one weight, e.g. [5, 25, 50, 100]".to_string(),
+        );
+    }
+    let mut steps = Vec::new();
+    for (i, w) in r.steps.iter().enumerate() {
+        let p = at.key("steps").index(i);
+        if !(1..=100).contains(w) {
+            errors.add(&p, format!("must be between 1 and 100, got {w}"));
+        } else if steps
+            .last()
+            .is_some_and(|last| u8::try_from(*w).unwrap_or(0) <= *last)
+        {
+            errors.add(
+                &p,
+                format!("steps must rise; {w} follows {}", steps.last().unwrap_or(&0)),
+            );
+        } else {
+            steps.push(*w as u8);
+        }
+    }
+    let interval = match humantime::parse_duration(&r.interval) {
+        Ok(d) if d >= Duration::from_secs(1) => d,
+        Ok(_) => {
+            errors.add(&at.key("interval"), "must be at least 1s".to_string());
+            Duration::from_secs(1)
+        }
+        Err(e) => {
+            errors.add(
+                &at.key("interval"),
+                format!("{:?}: {e} (e.g. 30s, 5m, 1h)", r.interval),
+            );
+            Duration::from_secs(60)
+        }
+    };
+    let min_requests = positive(errors, r.min_requests, 1, 100_000_000, &at.key("min_requests")) as u64;
+    let g = at.key("gates");
+    let mut fraction = |v: Option<f64>, name: &str, max: f64| {
+        v.inspect(|x| {
+            if !x.is_finite() || *x < 0.0 || *x > max {
+                errors.add(&g.key(name), format!("must be between 0 and {max}, got {x}"));
+            }
+        })
+    };
+    let max_error_rate_delta = fraction(r.gates.max_error_rate_delta, "max_error_rate_delta", 1.0);
+    let max_p99_ratio = fraction(r.gates.max_p99_ratio, "max_p99_ratio", 1000.0);
+    let min_shadow_agreement = fraction(r.gates.min_shadow_agreement, "min_shadow_agreement", 1.0);
+    if max_error_rate_delta.is_none() && max_p99_ratio.is_none() && min_shadow_agreement.is_none() {
+        errors.add(
+            &g,
+            "name at least one gate: max_error_rate_delta, max_p99_ratio or min_shadow_agreement".to_string(),
+        );
+    }
+    let min_comparisons = positive(
+        errors,
+        r.gates.min_comparisons.unwrap_or(100),
+        1,
+        100_000_000,
+        &g.key("min_comparisons"),
+    ) as u64;
+    Rollout {
+        steps,
+        interval,
+        min_requests,
+        max_error_rate_delta,
+        max_p99_ratio,
+        min_shadow_agreement,
+        min_comparisons,
+        on_failure: r.on_failure,
+    }
+}

@@ -1,0 +1,461 @@
+//! `http` pools: remote Open Inference Protocol servers (our `inference-server`, or Triton)
+//! reached through pingora's upstream machinery: its load balancer's active HTTP health
+//! checks (requests go round-robin over the endpoints that pass them) and its transport
+//! connector (connect timeouts, TCP options, TLS when asked).
+//!
+//! Requests are forwarded whole by [`forward`] rather than streamed through pingora's proxy
+//! state machine: inference bodies are small and already read (the gateway must see them to
+//! check their size and, for the simple endpoint, convert them), and measured on this
+//! project's benchmark the direct exchange costs well under half the CPU per request of
+//! the general-purpose streaming path (loadtests/bench_gateway.sh). The request line,
+//! headers and body leave in one write: pingora's client writes the header and the body
+//! separately, and each write to a loopback or LAN peer is a segment and a wake-up.
+//!
+//! Kept-alive connections wait in each endpoint's own idle list, and answers are parsed with
+//! `httparse` directly. pingora's connection pool spawned a task per request to watch the
+//! connection it was given back, and its HTTP/1 client built a header map with a case map
+//! for every answer: together about an eighth of a proxied request's instructions
+//! (callgrind). A connection the server closed while idle is found when it is taken (its
+//! socket reads as closed) or by the pool's upkeep, and is dropped.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use inference::{DataType, ModelMetadata, TensorSpec};
+use parking_lot::Mutex;
+use pingora::connectors::TransportConnector;
+use pingora::lb::health_check::HttpHealthCheck;
+use pingora::lb::selection::RoundRobin;
+use pingora::lb::{Backend, LoadBalancer};
+use pingora::protocols::Stream;
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorType};
+use pingora_timeout::fast_timeout::fast_timeout;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::errors::GatewayError;
+
+use crate::config::HttpSpec;
+
+mod wire;
+use wire::{read_answer, request_wire};
+
+pub struct RemotePool {
+    pub name: String,
+    pub spec: HttpSpec,
+    /// Runs the health checks and keeps each endpoint's readiness.
+    lb: LoadBalancer<RoundRobin>,
+    endpoints: Vec<Endpoint>,
+    /// Round-robin position.
+    next: AtomicUsize,
+    /// The upstream's model signature, fetched once an endpoint answers; the simple JSON
+    /// endpoint needs it to build requests.
+    metadata: ArcSwapOption<ModelMetadata>,
+    last_check: Mutex<Option<Instant>>,
+    /// `/v2/models/{model}/versions/{version}`, and the same with `/infer`.
+    model_path: String,
+    infer_path: String,
+}
+
+impl RemotePool {
+    pub fn new(name: &str, spec: HttpSpec) -> Result<RemotePool, String> {
+        let mut lb = LoadBalancer::<RoundRobin>::try_from_iter(spec.endpoints.iter().map(|a| a.to_string()))
+            .map_err(|e| format!("pool {name}: {e}"))?;
+        let mut hc = HttpHealthCheck::new("localhost", false);
+        hc.req = pingora::http::RequestHeader::build("GET", spec.health_path.as_bytes(), None)
+            .map_err(|e| format!("pool {name}: health check path: {e}"))?;
+        hc.req
+            .insert_header("host", "localhost")
+            .map_err(|e| e.to_string())?;
+        hc.peer_template.options.connection_timeout = Some(spec.connect_timeout);
+        hc.peer_template.options.read_timeout = Some(spec.timeout.min(Duration::from_secs(2)));
+        hc.consecutive_failure = 1;
+        hc.consecutive_success = 1;
+        lb.set_health_check(Box::new(hc));
+        let endpoints = spec
+            .endpoints
+            .iter()
+            .map(|&addr| Endpoint::new(addr, &spec))
+            .collect();
+        let model_path = format!("/v2/models/{}/versions/{}", spec.model, spec.version);
+        let pool = RemotePool {
+            infer_path: format!("{model_path}/infer"),
+            model_path,
+            name: name.to_string(),
+            spec,
+            lb,
+            endpoints,
+            next: AtomicUsize::new(0),
+            metadata: ArcSwapOption::empty(),
+            last_check: Mutex::new(None),
+        };
+        pool.refresh_readiness();
+        Ok(pool)
+    }
+
+    /// A healthy endpoint, round-robin; `avoid` skips the one that just failed to connect.
+    fn pick(&self, avoid: Option<SocketAddr>) -> Option<&Endpoint> {
+        let n = self.endpoints.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..n)
+            .map(|i| &self.endpoints[(start + i) % n])
+            .find(|e| Some(e.addr) != avoid && e.ready.load(Ordering::Relaxed))
+    }
+
+    /// The address of a healthy endpoint, if there is one.
+    pub fn select(&self, avoid: Option<SocketAddr>) -> Option<SocketAddr> {
+        self.pick(avoid).map(|e| e.addr)
+    }
+
+    /// Whether any endpoint passes its health check; unlike [`Self::select`], it does not
+    /// move the round-robin on (a check before each request would skip every other endpoint).
+    pub fn any_healthy(&self) -> bool {
+        self.endpoints.iter().any(|e| e.ready.load(Ordering::Relaxed))
+    }
+
+    pub fn healthy_endpoints(&self) -> usize {
+        self.endpoints
+            .iter()
+            .filter(|e| e.ready.load(Ordering::Relaxed))
+            .count()
+    }
+
+    /// Copies each endpoint's readiness from the load balancer, which changes it only when a
+    /// health check runs. (Asking the load balancer hashes the backend twice: a tenth of a
+    /// request's own work in the gateway, twice per request.)
+    fn refresh_readiness(&self) {
+        let backends = self.lb.backends();
+        for e in &self.endpoints {
+            e.ready.store(backends.ready(&e.backend), Ordering::Relaxed);
+        }
+    }
+
+    /// The upstream path for a protocol path's tail (`/infer`, `/ready`, ``).
+    pub fn upstream_path(&self, tail: &str) -> String {
+        format!("{}{tail}", self.model_path)
+    }
+
+    /// The upstream's inference path (every request's: kept rather than formatted each time).
+    pub fn infer_path(&self) -> &str {
+        &self.infer_path
+    }
+
+    pub fn metadata(&self) -> Option<Arc<ModelMetadata>> {
+        self.metadata.load_full()
+    }
+
+    /// Runs a health check when its interval has passed (or `force`), then fetches the model
+    /// signature if it is not known yet and an endpoint is up.
+    pub async fn maintain(&self, force: bool) {
+        let due = {
+            let mut last = self.last_check.lock();
+            let due = force || last.is_none_or(|t| t.elapsed() >= self.spec.health_interval);
+            if due {
+                *last = Some(Instant::now());
+            }
+            due
+        };
+        if !due {
+            return;
+        }
+        self.lb.backends().run_health_check(true).await;
+        self.refresh_readiness();
+        for e in &self.endpoints {
+            e.idle.purge();
+        }
+        if self.metadata.load().is_none()
+            && let Some(addr) = self.select(None)
+        {
+            match fetch_metadata(addr, &self.upstream_path(""), self.spec.timeout).await {
+                Ok(meta) => self.metadata.store(Some(Arc::new(meta))),
+                Err(e) => tracing::warn!(pool = %self.name, "cannot fetch model metadata from {addr}: {e}"),
+            }
+        }
+    }
+}
+
+/// One upstream endpoint, with what every request to it reuses.
+struct Endpoint {
+    addr: SocketAddr,
+    /// The load balancer's key for its health.
+    backend: Backend,
+    /// Whether its last health check passed (true until the first one says otherwise).
+    ready: AtomicBool,
+    /// pingora's peer, with this pool's timeouts.
+    peer: HttpPeer,
+    /// Kept-alive connections to this endpoint.
+    idle: IdleConnections,
+    /// The `host` header's value.
+    host: String,
+}
+
+/// Most kept-alive connections an endpoint keeps (more than the gateway's concurrency to one
+/// endpoint ever needs on the benchmarks; beyond it a connection is closed once used).
+const MAX_IDLE: usize = 512;
+
+/// An endpoint's idle connections, the most recently used last.
+struct IdleConnections {
+    list: Mutex<Vec<(Stream, Instant)>>,
+    /// Connections idle for longer are closed.
+    timeout: Duration,
+}
+
+impl IdleConnections {
+    /// A connection still open, the most recently used first.
+    fn take(&self) -> Option<Stream> {
+        loop {
+            let (mut stream, since) = self.list.lock().pop()?;
+            if since.elapsed() < self.timeout && still_open(&mut stream) {
+                return Some(stream);
+            }
+        }
+    }
+
+    /// Keeps a connection whose answer was read whole. (Whether the server has closed it
+    /// since is checked when it is taken, and by [`Self::purge`].)
+    fn put(&self, stream: Stream) {
+        let mut list = self.list.lock();
+        if list.len() < MAX_IDLE {
+            list.push((stream, Instant::now()));
+        }
+    }
+
+    /// Closes connections idle too long, or that the server closed.
+    fn purge(&self) {
+        let mut list = self.list.lock();
+        list.retain_mut(|(stream, since)| since.elapsed() < self.timeout && still_open(stream));
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.list.lock().len()
+    }
+}
+
+/// Whether an idle connection can carry a request: nothing to read, not even its end. A
+/// server never speaks first on an idle HTTP/1 connection, so data means a broken exchange.
+/// (The readiness is the runtime's: no system call is made unless the socket has news.)
+fn still_open(stream: &mut Stream) -> bool {
+    let mut byte = [0u8; 1];
+    let read = std::pin::pin!(tokio::task::unconstrained(stream.read(&mut byte)));
+    read.poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+        .is_pending()
+}
+
+impl Endpoint {
+    fn new(addr: SocketAddr, spec: &HttpSpec) -> Endpoint {
+        let mut peer = HttpPeer::new(addr, false, String::new());
+        peer.options.connection_timeout = Some(spec.connect_timeout);
+        peer.options.read_timeout = Some(spec.timeout);
+        peer.options.write_timeout = Some(spec.timeout);
+        // Kept-alive upstream connections are reused for this long when idle.
+        peer.options.idle_timeout = Some(Duration::from_secs(60));
+        Endpoint {
+            addr,
+            backend: Backend {
+                addr: pingora::protocols::l4::socket::SocketAddr::Inet(addr),
+                weight: 1,
+                ext: Default::default(),
+            },
+            ready: AtomicBool::new(true),
+            idle: IdleConnections {
+                list: Mutex::new(Vec::new()),
+                timeout: peer.options.idle_timeout.unwrap_or(Duration::from_secs(60)),
+            },
+            peer,
+            host: addr.to_string(),
+        }
+    }
+}
+
+/// A request to forward: method, upstream path, body, and the headers the upstream needs.
+pub struct Outbound<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    pub body: Bytes,
+    pub request_id: &'a str,
+    pub content_type: Option<&'a str>,
+    /// The binary tensor extension's `Inference-Header-Content-Length`, passed through.
+    pub header_length: Option<&'a str>,
+    /// Largest answer accepted from the upstream.
+    pub max_response_bytes: usize,
+}
+
+/// What came back.
+pub struct Inbound {
+    pub status: u16,
+    pub content_type: Option<String>,
+    pub header_length: Option<String>,
+    pub body: Bytes,
+    pub endpoint: SocketAddr,
+}
+
+/// Sends one request to a healthy endpoint and reads the whole answer.
+///
+/// At most one retry, and only when the request cannot have reached a server: the connect
+/// failed, or writing to a pooled connection failed (the server had closed it). Once a
+/// request is written it is never sent again — inference need not be idempotent.
+pub async fn forward(
+    pool: &RemotePool,
+    connector: &TransportConnector,
+    out: &Outbound<'_>,
+) -> Result<Inbound, GatewayError> {
+    let mut avoid = None;
+    for attempt in 0..2 {
+        let endpoint =
+            pool.pick(avoid)
+                .or_else(|| pool.pick(None))
+                .ok_or_else(|| GatewayError::NoHealthyUpstream {
+                    pool: pool.name.clone(),
+                })?;
+        let addr = endpoint.addr;
+        match exchange(pool, connector, endpoint, out).await {
+            Ok(inbound) => return Ok(inbound),
+            Err(Failure::NotDelivered(reason)) if attempt == 0 => {
+                tracing::debug!(pool = %pool.name, %addr, "retrying once on another endpoint: {reason}");
+                avoid = Some(addr);
+            }
+            Err(Failure::NotDelivered(reason)) | Err(Failure::Failed(reason)) => {
+                return Err(GatewayError::BadGateway {
+                    pool: pool.name.clone(),
+                    reason,
+                });
+            }
+            Err(Failure::TimedOut) => {
+                return Err(GatewayError::GatewayTimeout {
+                    pool: pool.name.clone(),
+                    timeout_ms: pool.spec.timeout.as_millis(),
+                });
+            }
+        }
+    }
+    unreachable!("the second attempt always returns")
+}
+
+enum Failure {
+    /// The request did not reach the server: safe to retry.
+    NotDelivered(String),
+    Failed(String),
+    TimedOut,
+}
+
+fn describe(e: &Error) -> String {
+    match e.etype() {
+        ErrorType::ConnectRefused => "connection refused".into(),
+        ErrorType::ConnectTimedout => "connect timed out".into(),
+        _ => e.to_string(),
+    }
+}
+
+async fn exchange(
+    pool: &RemotePool,
+    connector: &TransportConnector,
+    endpoint: &Endpoint,
+    out: &Outbound<'_>,
+) -> Result<Inbound, Failure> {
+    let (mut stream, reused) = match endpoint.idle.take() {
+        Some(stream) => (stream, true),
+        // Connecting (a TLS client handshake included) is a future of about 8 KB: boxed, so
+        // that every request's future neither carries nor copies it for the rare new connection.
+        None => (
+            Box::pin(connector.new_stream(&endpoint.peer))
+                .await
+                .map_err(|e| Failure::NotDelivered(describe(&e)))?,
+            false,
+        ),
+    };
+    let wire = request_wire(out, &endpoint.host).map_err(|e| Failure::Failed(e.into()))?;
+    let deadline = pool.spec.timeout;
+    let write = async {
+        stream.write_all(&wire).await?;
+        stream.flush().await
+    };
+    match fast_timeout(deadline, write).await {
+        Err(_) => return Err(Failure::TimedOut),
+        // A pooled connection the server had closed: nothing was delivered.
+        Ok(Err(e)) if reused => return Err(Failure::NotDelivered(e.to_string())),
+        Ok(Err(e)) => return Err(Failure::Failed(e.to_string())),
+        Ok(Ok(())) => {}
+    }
+    let answer = match fast_timeout(deadline, read_answer(&mut stream, out.max_response_bytes)).await {
+        Err(_) => return Err(Failure::TimedOut),
+        Ok(Err(e)) => return Err(Failure::Failed(e)),
+        Ok(Ok(answer)) => answer,
+    };
+    if answer.keep_alive {
+        endpoint.idle.put(stream);
+    }
+    Ok(Inbound {
+        status: answer.status,
+        content_type: answer.content_type,
+        header_length: answer.header_length,
+        body: answer.body,
+        endpoint: endpoint.addr,
+    })
+}
+
+/// `GET /v2/models/{m}/versions/{v}` from one endpoint, as a [`ModelMetadata`].
+async fn fetch_metadata(addr: SocketAddr, path: &str, timeout: Duration) -> Result<ModelMetadata, String> {
+    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let uri: hyper::Uri = format!("http://{addr}{path}")
+        .parse()
+        .map_err(|e| format!("{e}"))?;
+    let response = tokio::time::timeout(timeout, client.get(uri))
+        .await
+        .map_err(|_| "timed out".to_string())?
+        .map_err(|e| e.to_string())?;
+    let status = response.status();
+    let body = tokio::time::timeout(timeout, response.into_body().collect())
+        .await
+        .map_err(|_| "timed out".to_string())?
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    if !status.is_success() {
+        return Err(format!("status {status}: {}", String::from_utf8_lossy(&body)));
+    }
+    let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+    let specs = |key: &str| -> Result<Vec<TensorSpec>, String> {
+        v[key]
+            .as_array()
+            .ok_or_else(|| format!("no {key} in the metadata"))?
+            .iter()
+            .map(|t| {
+                Ok(TensorSpec {
+                    name: t["name"].as_str().ok_or("tensor without a name")?.to_string(),
+                    datatype: DataType::parse(t["datatype"].as_str().unwrap_or(""))?,
+                    shape: t["shape"]
+                        .as_array()
+                        .ok_or("tensor without a shape")?
+                        .iter()
+                        .filter_map(|d| d.as_i64())
+                        .collect(),
+                })
+            })
+            .collect()
+    };
+    let inputs = specs("inputs")?;
+    let outputs = specs("outputs")?;
+    let batchable = inputs
+        .iter()
+        .chain(&outputs)
+        .all(|s| s.shape.first() == Some(&-1));
+    Ok(ModelMetadata {
+        name: v["name"].as_str().unwrap_or_default().to_string(),
+        version: path.rsplit('/').next().unwrap_or_default().to_string(),
+        platform: "remote",
+        inputs,
+        outputs,
+        batchable,
+    })
+}
+
+#[cfg(test)]
+mod tests;

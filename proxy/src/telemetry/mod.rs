@@ -1,0 +1,5 @@
+//! What the gateway counts: the Prometheus registry and its series ([`metrics`]), and the
+//! split served over the last minute ([`observed`], for `/admin/routes`).
+
+pub mod metrics;
+pub mod observed;
