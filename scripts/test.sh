@@ -24,6 +24,12 @@ scripts/setup.sh --python
 step "cargo fmt --check"
 cargo fmt --all --check
 
+step "module layers: no import cycle, no module using one above it (scripts/module_cycles.py)"
+for crate in proxy/src inference/src; do
+  python3 scripts/module_cycles.py "$crate" 1 --layers
+  python3 scripts/module_cycles.py "$crate" 2
+done
+
 step "build every target with clippy's lints (-D warnings)"
 # `cargo clippy` would compile every dependency a second time, in check mode (5 minutes on
 # 2 cores). Instead clippy-driver (a full rustc with clippy's lints) compiles the workspace's

@@ -11,17 +11,19 @@
 //! - [`protocol`]: Open Inference Protocol paths, JSON and binary bodies.
 //! - [`server`]: the hyper server behind `inference-server`.
 
+// Layers, bottom first: each module uses only those declared before it
+// (scripts/module_cycles.py inference/src 1 --layers).
 pub mod alloc;
-pub mod batch;
-pub mod error;
-pub mod model;
-pub mod pool;
-pub mod priority;
-pub mod protocol;
-pub mod repository;
 pub mod runtime;
-pub mod server;
 pub mod tensor;
+pub mod error;
+pub mod priority;
+pub mod model;
+pub mod batch;
+pub mod pool;
+pub mod repository;
+pub mod protocol;
+pub mod server;
 
 pub use error::InferError;
 pub use model::{LoadError, ModelMetadata, NamedTensor, TensorSpec};

@@ -2,16 +2,17 @@
 //! and header-driven canary splits, local (in-process ONNX Runtime) and remote pools, shadow
 //! comparisons and progressive rollouts.
 //!
-//! The modules are layers; each uses only those listed before it (`docs/architecture.md`
-//! follows one request through them and says how the order is checked):
+//! The modules are layers, declared below bottom first; each uses only those declared before
+//! it (`scripts/module_cycles.py proxy/src 1 --layers`, run by the tests, checks it).
+//! `docs/architecture.md` follows one request through them.
 //!
 //! - foundations: [`durable`] (files written whole, locks), [`http`] (TLS, the HTTP/1.1
 //!   reader, answer coalescing, header names), [`errors`] (one error → status map),
 //!   [`config`] (files → validated runtime types, the keys file)
-//! - building blocks: [`telemetry`] (metrics registry, the split observed),
-//!   [`predictions`] (a model's outputs read once), [`admission`] (connections, bytes in
-//!   flight, header limits, API keys, rate limits), [`pools`] (remote upstreams; local pools
-//!   are `inference::Pool`)
+//! - building blocks: [`predictions`] (a model's outputs read once), [`telemetry`] (metrics
+//!   registry, the split observed), [`admission`] (connections, bytes in flight, header
+//!   limits, API keys, rate limits), [`pools`] (remote upstreams; local pools are
+//!   `inference::Pool`)
 //! - the request's view: [`routing`] (the config snapshot a request sees, the split)
 //! - features beside the flow: [`rollout`] (the engine and its gates), [`shadow`] (mirroring,
 //!   comparison, the store, reports)
@@ -25,10 +26,11 @@ pub mod http;
 
 pub mod config;
 
-pub mod admission;
-pub mod pools;
 pub mod predictions;
 pub mod telemetry;
+
+pub mod admission;
+pub mod pools;
 
 pub mod routing;
 
@@ -37,6 +39,7 @@ pub mod shadow;
 
 pub mod service;
 
-pub mod ops;
 pub mod reload;
+
+pub mod ops;
 pub mod server;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::store::Record;
+use super::record::Record;
 
 pub use crate::predictions::DELTA_BOUNDS;
 

@@ -23,6 +23,7 @@ pub mod aggregate;
 pub mod breaker;
 pub mod compare;
 pub mod html;
+pub mod record;
 pub mod report;
 pub mod store;
 
