@@ -24,14 +24,11 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 
 use crate::error::InferError;
-use crate::model::ModelMetadata;
-use crate::protocol::json::{ModelMetadataJson, TensorMetadataJson};
-use crate::protocol::{self, Endpoint, ModelRef};
+use crate::protocol::metadata::{ModelConfig, ModelMetadataAnswer, ModelReady, ServerMetadata, to_json};
+use crate::protocol::request_id::{new_request_id, usable_request_id};
+use crate::protocol::{self, DEFAULT_MAX_ANSWER_BYTES, DEFAULT_MAX_BODY_BYTES, Endpoint, ModelRef};
 use crate::repository::ModelRepository;
 
-/// Requests over this size are refused with 413 before they are read. 4 MiB holds a batch of
-/// tens of thousands of rows of the bundled models in JSON.
-pub const DEFAULT_MAX_BODY_BYTES: usize = 4 << 20;
 /// How long a shutdown waits for requests in flight before closing their connections.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -57,10 +54,6 @@ pub struct ServerOptions {
     /// Answers larger than this are refused (413) before they are encoded.
     pub max_answer_bytes: usize,
 }
-
-/// Answers up to twice the largest request: with names listed once and rows bounded, only a
-/// model with very large outputs reaches it.
-pub const DEFAULT_MAX_ANSWER_BYTES: usize = 8 << 20;
 
 impl Default for ServerOptions {
     fn default() -> Self {
@@ -295,25 +288,36 @@ impl InferenceServer {
                 };
                 Ok(json_response(status, json!({"ready": ready}).to_string()))
             }
-            Endpoint::Server => Ok(json_response(StatusCode::OK, server_metadata())),
+            Endpoint::Server => Ok(json_response(
+                StatusCode::OK,
+                to_json(&ServerMetadata::of("inference-server")),
+            )),
             Endpoint::Model(m) => {
                 let pool = self.pool(m)?;
                 Ok(json_response(
                     StatusCode::OK,
-                    model_metadata(pool.metadata(), self.repo.versions(m.model)),
+                    to_json(&ModelMetadataAnswer::of(
+                        pool.metadata(),
+                        &pool.metadata().name,
+                        self.repo.versions(m.model),
+                    )),
                 ))
             }
             Endpoint::ModelReady(m) => {
                 let pool = self.pool(m)?;
                 let meta = pool.metadata();
-                let body = json!({"name": meta.name, "version": meta.version, "ready": true});
-                Ok(json_response(StatusCode::OK, body.to_string()))
+                let body = ModelReady {
+                    name: meta.name.clone(),
+                    version: meta.version.clone(),
+                    ready: true,
+                };
+                Ok(json_response(StatusCode::OK, to_json(&body)))
             }
             Endpoint::ModelConfig(m) => {
                 let pool = self.pool(m)?;
                 Ok(json_response(
                     StatusCode::OK,
-                    model_config(pool.metadata(), pool.config().max_batch),
+                    to_json(&ModelConfig::of(pool.metadata(), pool.config().max_batch)),
                 ))
             }
             Endpoint::Infer(m) => self.infer(m, req, request_id).await,
@@ -386,26 +390,6 @@ pub async fn read_body(
     }
 }
 
-/// Whether a caller's `x-request-id` is kept (and echoed): 1 to 128 printable ASCII
-/// characters, so that it cannot break a log line or smuggle control bytes; otherwise the
-/// server makes its own. The gateway applies the same rule.
-pub fn usable_request_id(id: &str) -> bool {
-    !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic())
-}
-
-/// A random 128-bit id, hex: unique enough to find one request in the logs.
-pub fn new_request_id() -> String {
-    // 32 lower-case hex digits, as `format!("{:032x}")` writes them, at a third of its cost
-    // (every request without an id of its own makes one).
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut id = String::with_capacity(32);
-    for byte in rand::random::<u128>().to_be_bytes() {
-        id.push(char::from(HEX[usize::from(byte >> 4)]));
-        id.push(char::from(HEX[usize::from(byte & 15)]));
-    }
-    id
-}
-
 pub fn json_response(status: StatusCode, body: String) -> HttpResponse {
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
@@ -434,78 +418,15 @@ pub fn error_response(e: &InferError) -> HttpResponse {
 }
 
 fn encoded_response(encoded: protocol::EncodedResponse) -> HttpResponse {
-    let protocol::EncodedResponse { body, json_len } = encoded;
-    let mut response = Response::new(Full::new(Bytes::from(body)));
+    let content_type = encoded.content_type();
+    let json_len = encoded.json_len;
+    let mut response = Response::new(Full::new(Bytes::from(encoded.body)));
     let headers = response.headers_mut();
-    match json_len {
-        None => {
-            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        }
-        Some(n) => {
-            headers.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/octet-stream"),
-            );
-            headers.insert(protocol::HEADER_LENGTH, HeaderValue::from(n));
-        }
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    if let Some(n) = json_len {
+        headers.insert(protocol::HEADER_LENGTH, HeaderValue::from(n));
     }
     response
-}
-
-pub fn server_metadata() -> String {
-    json!({
-        "name": "inference-server",
-        "version": env!("CARGO_PKG_VERSION"),
-        "extensions": ["binary_tensor_data", "model_configuration"],
-    })
-    .to_string()
-}
-
-pub fn model_metadata(meta: &ModelMetadata, versions: Vec<String>) -> String {
-    let body = ModelMetadataJson {
-        name: &meta.name,
-        versions,
-        platform: meta.platform,
-        inputs: tensor_metadata(&meta.inputs),
-        outputs: tensor_metadata(&meta.outputs),
-    };
-    serde_json::to_string(&body).expect("metadata always serializes")
-}
-
-fn tensor_metadata(specs: &[crate::model::TensorSpec]) -> Vec<TensorMetadataJson<'_>> {
-    specs
-        .iter()
-        .map(|s| TensorMetadataJson {
-            name: &s.name,
-            datatype: s.datatype.as_str(),
-            shape: &s.shape,
-        })
-        .collect()
-}
-
-/// A Triton-style model configuration: `max_batch_size` > 0 means the first dimension is the
-/// batch and `dims` leave it out, as Triton clients expect.
-pub fn model_config(meta: &ModelMetadata, max_batch: usize) -> String {
-    let max_batch_size = if meta.batchable { max_batch } else { 0 };
-    let tensors =
-        |specs: &[crate::model::TensorSpec]| -> Vec<serde_json::Value> {
-            specs
-            .iter()
-            .map(|s| {
-                let dims = if meta.batchable { &s.shape[1..] } else { &s.shape[..] };
-                json!({"name": s.name, "data_type": format!("TYPE_{}", s.datatype.as_str()), "dims": dims})
-            })
-            .collect()
-        };
-    json!({
-        "name": meta.name,
-        "platform": meta.platform,
-        "backend": "onnxruntime",
-        "max_batch_size": max_batch_size,
-        "input": tensors(&meta.inputs),
-        "output": tensors(&meta.outputs),
-    })
-    .to_string()
 }
 
 /// Binds `addr`, with a message that says what to do when the port is taken.
@@ -523,7 +444,9 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
 mod tests {
     #[test]
     fn request_ids_are_32_lower_case_hex_digits() {
-        let ids: Vec<String> = (0..200).map(|_| super::new_request_id()).collect();
+        let ids: Vec<String> = (0..200)
+            .map(|_| crate::protocol::request_id::new_request_id())
+            .collect();
         for id in &ids {
             assert_eq!(id.len(), 32, "{id}");
             assert!(

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use inference::server::{DEFAULT_MAX_ANSWER_BYTES, DEFAULT_MAX_BODY_BYTES, InferenceServer, ServerOptions};
+use inference::protocol::{DEFAULT_MAX_ANSWER_BYTES, DEFAULT_MAX_BODY_BYTES};
+use inference::server::{InferenceServer, ServerOptions};
 use inference::{ModelRepository, PoolConfig};
 
 // Requests allocate many small, short-lived buffers across threads (parsed tensors go to a

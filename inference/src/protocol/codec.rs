@@ -37,6 +37,18 @@ pub struct EncodedResponse {
     pub json_len: Option<usize>,
 }
 
+impl EncodedResponse {
+    /// `application/json`, or `application/octet-stream` when raw tensors follow the JSON
+    /// (then `Inference-Header-Content-Length` gives the JSON's length).
+    pub fn content_type(&self) -> &'static str {
+        if self.json_len.is_some() {
+            "application/octet-stream"
+        } else {
+            "application/json"
+        }
+    }
+}
+
 /// A decoded inference response.
 #[derive(Debug)]
 pub struct InferResponse {

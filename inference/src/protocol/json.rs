@@ -304,22 +304,6 @@ pub struct RequestWriteJson<'a> {
     pub inputs: Vec<OutputJson<'a>>,
 }
 
-#[derive(Serialize)]
-pub struct TensorMetadataJson<'a> {
-    pub name: &'a str,
-    pub datatype: &'static str,
-    pub shape: &'a [i64],
-}
-
-#[derive(Serialize)]
-pub struct ModelMetadataJson<'a> {
-    pub name: &'a str,
-    pub versions: Vec<String>,
-    pub platform: &'a str,
-    pub inputs: Vec<TensorMetadataJson<'a>>,
-    pub outputs: Vec<TensorMetadataJson<'a>>,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

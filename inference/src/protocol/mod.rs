@@ -1,11 +1,36 @@
-//! The Open Inference Protocol (KServe v2 REST, as Triton, KServe and MLServer speak it).
+//! The Open Inference Protocol (KServe v2 REST, as Triton, KServe and MLServer speak it): the
+//! one protocol layer both servers use (`inference-server` in `server.rs`, and the gateway).
+//!
+//! - [`endpoint`]: the paths, parsed once into an enum (which method each takes);
+//! - [`codec`]: a request body into typed tensors ([`InferRequest`]) and outputs back into an
+//!   answer ([`EncodedResponse`], with its content type), JSON or JSON plus raw tensors (the
+//!   binary tensor extension); [`json`] holds the JSON wire types;
+//! - [`metadata`]: server and model metadata, readiness, Triton's model configuration, typed
+//!   both ways;
+//! - [`request_id`]: the `x-request-id` rule.
+//!
+//! A second wire format (gRPC's `inference.GRPCInferenceService`) is one more codec over the
+//! same types: it decodes into [`InferRequest`] and encodes the same outputs and metadata.
+//! Reading a body stays with each server's transport (hyper's body here, the gateway's own
+//! reader there), under the same limits: [`DEFAULT_MAX_BODY_BYTES`], 413 by declared length
+//! before reading, 408 past the body deadline.
 
 pub mod codec;
 pub mod endpoint;
 pub mod json;
+pub mod metadata;
+pub mod request_id;
 
 pub use codec::{
     EncodedResponse, HEADER_LENGTH, InferRequest, InferResponse, decode_request, decode_response,
     encode_request, encode_response, select_outputs,
 };
 pub use endpoint::{Endpoint, ModelRef};
+
+/// Requests over this size are refused with 413 before they are read. 4 MiB holds a batch of
+/// tens of thousands of rows of the bundled models in JSON.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 4 << 20;
+
+/// Answers up to twice the largest request: with names listed once and rows bounded, only a
+/// model with very large outputs reaches it.
+pub const DEFAULT_MAX_ANSWER_BYTES: usize = 8 << 20;

@@ -25,8 +25,8 @@ pub fn request_id(req: &RequestHeader) -> String {
     req.headers
         .get(crate::http::names::X_REQUEST_ID)
         .and_then(|v| v.to_str().ok())
-        .filter(|v| inference::server::usable_request_id(v))
-        .map_or_else(inference::server::new_request_id, str::to_string)
+        .filter(|v| inference::protocol::request_id::usable_request_id(v))
+        .map_or_else(inference::protocol::request_id::new_request_id, str::to_string)
 }
 
 #[cfg(test)]

@@ -291,7 +291,7 @@ fn default_max_rows() -> i64 {
 }
 
 fn default_max_answer() -> i64 {
-    inference::server::DEFAULT_MAX_ANSWER_BYTES as i64
+    inference::protocol::DEFAULT_MAX_ANSWER_BYTES as i64
 }
 
 fn default_inflight() -> i64 {

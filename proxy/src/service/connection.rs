@@ -137,7 +137,7 @@ impl Gateway {
         };
         let _ = header.append_header(http::header::CONTENT_TYPE, "application/json");
         let _ = header.append_header(http::header::CONTENT_LENGTH, body.len());
-        let _ = header.append_header(X_REQUEST_ID, inference::server::new_request_id());
+        let _ = header.append_header(X_REQUEST_ID, inference::protocol::request_id::new_request_id());
         let _ = session.write_error_response(header, body).await;
         self.metrics.errors.with_label_values(&[error.kind()]).inc();
     }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
+use inference::protocol::metadata::{ModelConfig, ModelMetadataAnswer, ModelReady, to_json};
 use inference::protocol::{self, ModelRef};
 use inference::{ModelMetadata, NamedTensor, Pool, Tensor};
 
@@ -89,11 +90,7 @@ impl Gateway {
                     limits.max_answer_bytes,
                 )?;
                 drop(held);
-                let content_type = if encoded.json_len.is_some() {
-                    "application/octet-stream"
-                } else {
-                    "application/json"
-                };
+                let content_type = encoded.content_type();
                 let mut extra = Vec::new();
                 if let Some(n) = encoded.json_len {
                     extra.push((protocol::HEADER_LENGTH, n.to_string()));
@@ -124,21 +121,20 @@ impl Gateway {
             }
             Kind::Metadata => {
                 let versions = super::variant::route_versions(route, snap);
-                let mut body = serde_json::from_str::<serde_json::Value>(&inference::server::model_metadata(
-                    meta, versions,
-                ))
-                .expect("metadata is JSON");
-                body["name"] = serde_json::json!(model_ref.model);
-                self.respond_json(session, ctx, body.to_string()).await;
+                let body = ModelMetadataAnswer::of(meta, model_ref.model, versions);
+                self.respond_json(session, ctx, to_json(&body)).await;
             }
             Kind::Ready => {
-                let body =
-                    serde_json::json!({"name": model_ref.model, "version": meta.version, "ready": true});
-                self.respond_json(session, ctx, body.to_string()).await;
+                let body = ModelReady {
+                    name: model_ref.model.to_string(),
+                    version: meta.version.clone(),
+                    ready: true,
+                };
+                self.respond_json(session, ctx, to_json(&body)).await;
             }
             Kind::Config => {
-                let body = inference::server::model_config(meta, pool.config().max_batch);
-                self.respond_json(session, ctx, body).await;
+                let body = ModelConfig::of(meta, pool.config().max_batch);
+                self.respond_json(session, ctx, to_json(&body)).await;
             }
         }
         Ok(())

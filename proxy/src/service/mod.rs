@@ -36,6 +36,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use inference::InferError;
+use inference::protocol::metadata::{ServerMetadata, to_json};
 use inference::protocol::{Endpoint, ModelRef};
 use pingora::apps::HttpServerOptions;
 use pingora::connectors::TransportConnector;
@@ -184,12 +185,8 @@ impl Gateway {
                 return self.keyless(session, ctx, snap, r#"{"ready":true}"#.into()).await;
             }
             Target::Protocol(Endpoint::Server) => {
-                let body = serde_json::json!({
-                    "name": "gateway",
-                    "version": env!("CARGO_PKG_VERSION"),
-                    "extensions": ["binary_tensor_data", "model_configuration"],
-                });
-                return self.keyless(session, ctx, snap, body.to_string()).await;
+                let body = ServerMetadata::of("gateway");
+                return self.keyless(session, ctx, snap, to_json(&body)).await;
             }
             Target::Protocol(Endpoint::Model(m) | Endpoint::ModelReady(m) | Endpoint::ModelConfig(m)) => {
                 self.limit_by_ip(session, ctx, snap)?;

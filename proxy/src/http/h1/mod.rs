@@ -380,7 +380,7 @@ impl Conn {
             }
         }
         let body = inference::error::error_body(message);
-        let id = inference::server::new_request_id();
+        let id = inference::protocol::request_id::new_request_id();
         self.keepalive = false;
         let _ = self
             .write_response(status, &Json(&id, body.len()), body.as_bytes())

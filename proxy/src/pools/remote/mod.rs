@@ -29,7 +29,8 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use inference::{DataType, ModelMetadata, TensorSpec};
+use inference::ModelMetadata;
+use inference::protocol::metadata::ModelMetadataAnswer;
 use parking_lot::Mutex;
 use pingora::connectors::TransportConnector;
 use pingora::lb::health_check::HttpHealthCheck;
@@ -421,40 +422,8 @@ async fn fetch_metadata(addr: SocketAddr, path: &str, timeout: Duration) -> Resu
     if !status.is_success() {
         return Err(format!("status {status}: {}", String::from_utf8_lossy(&body)));
     }
-    let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
-    let specs = |key: &str| -> Result<Vec<TensorSpec>, String> {
-        v[key]
-            .as_array()
-            .ok_or_else(|| format!("no {key} in the metadata"))?
-            .iter()
-            .map(|t| {
-                Ok(TensorSpec {
-                    name: t["name"].as_str().ok_or("tensor without a name")?.to_string(),
-                    datatype: DataType::parse(t["datatype"].as_str().unwrap_or(""))?,
-                    shape: t["shape"]
-                        .as_array()
-                        .ok_or("tensor without a shape")?
-                        .iter()
-                        .filter_map(|d| d.as_i64())
-                        .collect(),
-                })
-            })
-            .collect()
-    };
-    let inputs = specs("inputs")?;
-    let outputs = specs("outputs")?;
-    let batchable = inputs
-        .iter()
-        .chain(&outputs)
-        .all(|s| s.shape.first() == Some(&-1));
-    Ok(ModelMetadata {
-        name: v["name"].as_str().unwrap_or_default().to_string(),
-        version: path.rsplit('/').next().unwrap_or_default().to_string(),
-        platform: "remote",
-        inputs,
-        outputs,
-        batchable,
-    })
+    let answer: ModelMetadataAnswer = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+    answer.into_model(path.rsplit('/').next().unwrap_or_default(), "remote")
 }
 
 #[cfg(test)]
