@@ -331,7 +331,7 @@ fn run(config: &Path, upgrade: bool) -> Result<(), String> {
     let (https, admin) = (built.https, built.admin);
     std::thread::spawn(move || {
         for _ in 0..600 {
-            if admin_answers(admin) {
+            if proxy::ops::client::answers(admin) {
                 println!("serving https://{https} (admin: http://{admin}/metrics)");
                 return;
             }
@@ -344,59 +344,9 @@ fn run(config: &Path, upgrade: bool) -> Result<(), String> {
     Ok(())
 }
 
-/// `GET /healthz` on the admin listener answers 200.
-fn admin_answers(admin: std::net::SocketAddr) -> bool {
-    use std::io::{Read, Write};
-    let mut probe = admin;
-    if probe.ip().is_unspecified() {
-        probe.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-    }
-    let Ok(mut stream) = std::net::TcpStream::connect(probe) else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(1)));
-    if stream
-        .write_all(b"GET /healthz HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
-        .is_err()
-    {
-        return false;
-    }
-    let mut head = [0u8; 12];
-    stream.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.1 200")
-}
-
-/// One HTTP/1.0 request to the admin listener: (status, body).
+/// One request to the admin listener: (status, body).
 fn admin_call(admin: &str, method: &str, path: &str, token: Option<&str>) -> Result<(u16, String), String> {
-    use std::io::{Read, Write};
-    let timeout = std::time::Duration::from_secs(5);
-    let addr = std::net::ToSocketAddrs::to_socket_addrs(admin)
-        .map_err(|e| format!("--admin {admin}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("--admin {admin}: no address"))?;
-    let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)
-        .map_err(|e| format!("cannot connect to the admin listener {admin}: {e}"))?;
-    stream
-        .set_read_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
-    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
-    write!(
-        stream,
-        "{method} {path} HTTP/1.0\r\nHost: {admin}\r\n{auth}Content-Length: 0\r\n\r\n"
-    )
-    .map_err(|e| e.to_string())?;
-    let mut answer = String::new();
-    let _ = stream.read_to_string(&mut answer);
-    let status = answer
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("{admin} gave no HTTP answer"))?;
-    let body = answer
-        .split_once("\r\n\r\n")
-        .map_or("", |(_, b)| b)
-        .trim()
-        .to_string();
-    Ok((status, body))
+    proxy::ops::client::call(admin, method, path, token, std::time::Duration::from_secs(5))
 }
 
 fn health(admin: &str, probe: &str) -> Result<(), String> {
@@ -512,8 +462,8 @@ fn resolve_stores(config: &Path, stores: Vec<PathBuf>) -> Result<Vec<PathBuf>, S
     // can be read on a machine without the models, or while the config is being edited.
     let text = std::fs::read_to_string(config)
         .map_err(|e| format!("cannot read {}: {e} (or pass --store)", config.display()))?;
-    let value: serde_yaml::Value =
-        serde_yaml::from_str(&text).map_err(|e| format!("{}: {e}", config.display()))?;
+    let value: yaml_serde::Value =
+        yaml_serde::from_str(&text).map_err(|e| format!("{}: {e}", config.display()))?;
     let rel = value
         .get("shadow")
         .and_then(|s| s.get("store"))
@@ -557,14 +507,14 @@ fn expand_stores(given: Vec<PathBuf>) -> Result<Vec<PathBuf>, String> {
 
 /// The config as loose YAML: only auth.keys_file and the tier names are needed, read without
 /// validating the rest, so keys can be managed even while another part is being fixed.
-fn loose_config(config: &Path) -> serde_yaml::Value {
+fn loose_config(config: &Path) -> yaml_serde::Value {
     let text = std::fs::read_to_string(config).unwrap_or_default();
-    serde_yaml::from_str(&text).unwrap_or_default()
+    yaml_serde::from_str(&text).unwrap_or_default()
 }
 
 fn keys_file_of(
     config: &Path,
-    value: &serde_yaml::Value,
+    value: &yaml_serde::Value,
     keys_file: Option<PathBuf>,
 ) -> Result<PathBuf, String> {
     if let Some(f) = keys_file {

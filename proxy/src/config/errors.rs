@@ -60,10 +60,10 @@ impl<'a> Errors<'a> {
     }
 }
 
-/// A serde_yaml error (syntax, wrong type, unknown field) as a located [`ConfigError`].
-pub fn yaml_error(file: &FsPath, e: &serde_yaml::Error) -> ConfigError {
+/// A yaml_serde error (syntax, wrong type, unknown field) as a located [`ConfigError`].
+pub fn yaml_error(file: &FsPath, e: &yaml_serde::Error) -> ConfigError {
     let location = e.location();
-    // serde_yaml prefixes its message with the path and suffixes the position; keep the text.
+    // yaml_serde prefixes its message with the path and suffixes the position; keep the text.
     let message = e.to_string();
     let message = match message.rsplit_once(" at line ") {
         Some((head, _)) => head.to_string(),

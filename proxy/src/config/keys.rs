@@ -134,7 +134,7 @@ impl KeyStore {
         let parsed: KeysFile = if source.trim().is_empty() {
             KeysFile { keys: Vec::new() }
         } else {
-            serde_yaml::from_str(&source).map_err(|e| vec![yaml_error(file, &e)])?
+            yaml_serde::from_str(&source).map_err(|e| vec![yaml_error(file, &e)])?
         };
         let mut errors = Errors::new(file, &source);
         let mut store = KeyStore::default();
@@ -315,7 +315,7 @@ fn read_keys_file(file: &Path) -> Result<KeysFile, String> {
     if text.trim().is_empty() {
         return Ok(KeysFile { keys: Vec::new() });
     }
-    serde_yaml::from_str::<KeysFile>(&text).map_err(|e| yaml_error(file, &e).to_string())
+    yaml_serde::from_str::<KeysFile>(&text).map_err(|e| yaml_error(file, &e).to_string())
 }
 
 /// Reads the keys file, changes it and writes it back, holding `<file>.lock` throughout: two
@@ -328,7 +328,7 @@ fn edit<T>(file: &Path, change: impl FnOnce(&mut KeysFile) -> Result<T, String>)
     let _lock = FileLock::exclusive(&lock_path(file))?;
     let mut parsed = read_keys_file(file)?;
     let out = change(&mut parsed)?;
-    let body = serde_yaml::to_string(&parsed).map_err(|e| e.to_string())?;
+    let body = yaml_serde::to_string(&parsed).map_err(|e| e.to_string())?;
     let text =
         format!("# API keys of the gateway: SHA-256 digests only. Add keys with `gateway keys add`.\n{body}");
     crate::durable::write_atomically(file, text.as_bytes(), 0o600)?;

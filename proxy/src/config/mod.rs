@@ -51,7 +51,7 @@ pub fn parse_with_keys(
     source: &str,
     in_force: Option<KeysInForce<'_>>,
 ) -> Result<Config, Vec<ConfigError>> {
-    let parsed: FileConfig = serde_yaml::from_str(source).map_err(|e| vec![yaml_error(file, &e)])?;
+    let parsed: FileConfig = yaml_serde::from_str(source).map_err(|e| vec![yaml_error(file, &e)])?;
     let base = Base::of(file);
     let mut errors = Errors::new(file, source);
     let FileConfig {

@@ -9,6 +9,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use comfy_table::{Cell, CellAlignment, ContentArrangement, Table};
 use rusqlite::{Connection, OpenFlags, params};
 use serde::Serialize;
 
@@ -388,6 +389,15 @@ fn opt(v: Option<f64>, digits: usize) -> String {
     v.map_or("-".into(), |x| format!("{x:.digits$}"))
 }
 
+/// A table for the terminal report: plain ASCII (it is piped and mailed as often as read in a
+/// terminal), indented under its pair's title, no wrapping.
+fn text_table() -> Table {
+    let mut t = Table::new();
+    t.load_style(comfy_table::presets::ASCII_BORDERS_ONLY_CONDENSED)
+        .set_content_arrangement(ContentArrangement::Disabled);
+    t
+}
+
 /// The report as text, for a terminal.
 pub fn table(r: &Report) -> String {
     let mut out = String::new();
@@ -473,31 +483,30 @@ pub fn table(r: &Report) -> String {
                 },
             ),
         ];
+        let mut figures = text_table();
         for (name, value) in rows {
-            let _ = writeln!(out, "  {name:<22}{value}");
+            figures.add_row(vec![name.to_string(), value]);
         }
+        let _ = writeln!(out, "{figures}");
         if !p.confusion_labels.is_empty() {
             let _ = writeln!(out, "  confusion (rows: primary class, columns: shadow class)");
-            let width = p
-                .confusion
-                .iter()
-                .flatten()
-                .map(|n| n.to_string().len())
-                .max()
-                .unwrap_or(1)
-                .max(3);
-            let mut head = format!("  {:>6}", "");
-            for l in &p.confusion_labels {
-                let _ = write!(head, " {l:>width$}");
-            }
-            let _ = writeln!(out, "{head}");
+            let mut confusion = text_table();
+            let mut head = vec![Cell::new("")];
+            head.extend(
+                p.confusion_labels
+                    .iter()
+                    .map(|l| Cell::new(l).set_alignment(CellAlignment::Right)),
+            );
+            confusion.set_header(head);
             for (l, row) in p.confusion_labels.iter().zip(&p.confusion) {
-                let mut line = format!("  {l:>6}");
-                for n in row {
-                    let _ = write!(line, " {n:>width$}");
-                }
-                let _ = writeln!(out, "{line}");
+                let mut cells = vec![Cell::new(l)];
+                cells.extend(
+                    row.iter()
+                        .map(|n| Cell::new(n).set_alignment(CellAlignment::Right)),
+                );
+                confusion.add_row(cells);
             }
+            let _ = writeln!(out, "{confusion}");
         }
         if !p.latest_disagreements.is_empty() {
             let _ = writeln!(out, "  latest disagreements and errors:");
