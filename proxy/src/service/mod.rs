@@ -1,15 +1,17 @@
 //! The gateway's request flow: [`Gateway::serve`] hands each step to one module, in the order
-//! of DESIGN.md, and [`Gateway::handle`] reads like that list:
+//! `docs/architecture.md` follows, and [`Gateway::handle`] reads like that list:
 //!
 //! 1. sizes (the header block here; deadlines and connections before, in [`connection`] and
 //!    [`crate::admission`]), the request id;
 //! 2. what is asked for (path, method);
-//! 3. the API key (with the client address's failed-authentication limit) and rate limits;
-//! 4. the route in the one config snapshot the request sees, and the variant: `x-canary` or a
-//!    versioned path (for keys allowed to choose) > sticky bucket > weight;
+//! 3. who asks ([`admit`]): the API key (after the client address's failed-authentication
+//!    limit) and rate limits; health and metadata by address;
+//! 4. the route in the one config snapshot the request sees, and the variant ([`variant`]):
+//!    `x-canary` or a versioned path (for keys allowed to choose) > sticky bucket > weight;
 //! 5. the answer: a local pool ([`local`]) or a remote one ([`forward`]), body bytes and
-//!    decoded tensors held in the in-flight budget;
-//! 6. metrics, the access log, the rollout windows, and the shadows.
+//!    decoded tensors held in the in-flight budget; `/predict` converted by [`predict`];
+//! 6. after the answer ([`record`]): metrics, the access log, the rollout windows, and the
+//!    shadows. Every answer leaves through [`respond`].
 //!
 //! Every request is answered by the gateway itself, and every answer — success or error —
 //! leaves through the same writer with the same headers ([`exchange`]). That is why this is
