@@ -13,7 +13,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response, StatusCode};
@@ -24,8 +24,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 
 use crate::error::InferError;
+use crate::protocol::body::BodyReader;
 use crate::protocol::metadata::{ModelConfig, ModelMetadataAnswer, ModelReady, ServerMetadata, to_json};
-use crate::protocol::request_id::{new_request_id, usable_request_id};
+use crate::protocol::request_id::request_id;
 use crate::protocol::{self, DEFAULT_MAX_ANSWER_BYTES, DEFAULT_MAX_BODY_BYTES, Endpoint, ModelRef};
 use crate::repository::ModelRepository;
 
@@ -248,13 +249,7 @@ impl InferenceServer {
 
     /// Answers one request. Never fails: every error becomes a JSON error response.
     pub async fn handle(&self, req: Request<Incoming>) -> HttpResponse {
-        let request_id = req
-            .headers()
-            .get("x-request-id")
-            .and_then(|v| v.to_str().ok())
-            .filter(|v| usable_request_id(v))
-            .map(str::to_string)
-            .unwrap_or_else(new_request_id);
+        let request_id = request_id(req.headers().get("x-request-id").map(|v| v.as_bytes()));
         let mut response = match self.route(req, &request_id).await {
             Ok(response) => response,
             Err(e) => error_response(&e),
@@ -358,9 +353,9 @@ impl InferenceServer {
     }
 }
 
-/// Reads the whole body, refusing (413) one larger than `limit` — by its declared length
-/// before reading anything, or as soon as the bytes read pass the limit — and (408) one
-/// that has not arrived within `deadline`.
+/// Reads the whole body under the protocol's rules ([`protocol::body::BodyReader`]): 413 for
+/// one larger than `limit` (by its declared length, or as soon as the bytes read pass it), 408
+/// for one that has not arrived within `deadline`.
 pub async fn read_body(
     req: Request<Incoming>,
     limit: usize,
@@ -371,23 +366,20 @@ pub async fn read_body(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(InferError::PayloadTooLarge { limit });
-    }
-    let collected = tokio::time::timeout(deadline, Limited::new(req.into_body(), limit).collect())
-        .await
-        .map_err(|_| InferError::BodyTimeout {
-            limit_ms: deadline.as_millis() as u64,
-        })?;
-    match collected {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
-            Err(InferError::PayloadTooLarge { limit })
+    let mut body = BodyReader::new(limit, declared)?;
+    let mut incoming = req.into_body();
+    let read = async {
+        while let Some(frame) = incoming.frame().await {
+            if let Ok(data) = frame.map_err(BodyReader::failed)?.into_data() {
+                body.push(data)?;
+            }
         }
-        Err(e) => Err(InferError::bad_request(format!(
-            "could not read the request body: {e}"
-        ))),
-    }
+        Ok::<(), InferError>(())
+    };
+    tokio::time::timeout(deadline, read)
+        .await
+        .map_err(|_| BodyReader::timed_out(deadline))??;
+    Ok(body.finish())
 }
 
 pub fn json_response(status: StatusCode, body: String) -> HttpResponse {

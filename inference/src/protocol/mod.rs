@@ -7,14 +7,15 @@
 //!   binary tensor extension); [`json`] holds the JSON wire types;
 //! - [`metadata`]: server and model metadata, readiness, Triton's model configuration, typed
 //!   both ways;
-//! - [`request_id`]: the `x-request-id` rule.
+//! - [`request_id`]: the `x-request-id` rule;
+//! - [`body`]: reading a request body under its limits, whatever the transport.
 //!
 //! A second wire format (gRPC's `inference.GRPCInferenceService`) is one more codec over the
 //! same types: it decodes into [`InferRequest`] and encodes the same outputs and metadata.
-//! Reading a body stays with each server's transport (hyper's body here, the gateway's own
-//! reader there), under the same limits: [`DEFAULT_MAX_BODY_BYTES`], 413 by declared length
-//! before reading, 408 past the body deadline.
+//! Each server drives its own transport (hyper's body; the gateway's reader, which also holds
+//! the in-flight budget) through the same [`body::BodyReader`].
 
+pub mod body;
 pub mod codec;
 pub mod endpoint;
 pub mod json;

@@ -20,3 +20,12 @@ pub fn new_request_id() -> String {
     }
     id
 }
+
+/// The id of a request that sent `given` as its `x-request-id` (or nothing): the caller's
+/// when it is usable, else a new one.
+pub fn request_id(given: Option<&[u8]>) -> String {
+    given
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .filter(|v| usable_request_id(v))
+        .map_or_else(new_request_id, str::to_string)
+}

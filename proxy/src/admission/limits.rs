@@ -22,11 +22,11 @@ pub fn check_headers(req: &RequestHeader, max: usize) -> Result<(), GatewayError
 /// The caller's `x-request-id` when it is usable (printable, at most 128 bytes), else a new
 /// random one. Echoed on every response and passed to upstream servers.
 pub fn request_id(req: &RequestHeader) -> String {
-    req.headers
-        .get(crate::http::names::X_REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| inference::protocol::request_id::usable_request_id(v))
-        .map_or_else(inference::protocol::request_id::new_request_id, str::to_string)
+    inference::protocol::request_id::request_id(
+        req.headers
+            .get(crate::http::names::X_REQUEST_ID)
+            .map(|v| v.as_bytes()),
+    )
 }
 
 #[cfg(test)]

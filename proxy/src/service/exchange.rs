@@ -5,9 +5,9 @@
 
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
-use inference::InferError;
+use inference::protocol::body::BodyReader;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::ServerSession as Session;
 
@@ -187,37 +187,24 @@ impl<'a> Exchange<'a> {
         held: &mut Held,
         caps: Caps,
     ) -> Result<Bytes, GatewayError> {
-        if content_length(self.req_header()).is_some_and(|n| n > limit) {
-            return Err(InferError::PayloadTooLarge { limit }.into());
-        }
-        let mut body = BytesMut::new();
+        let declared = content_length(self.req_header()).map(|n| n as u64);
+        let mut body = BodyReader::new(limit, declared)?;
         loop {
             match self.read_request_body().await {
                 Ok(Some(chunk)) => {
-                    if body.len() + chunk.len() > limit {
-                        return Err(InferError::PayloadTooLarge { limit }.into());
-                    }
-                    held.grow(chunk.len(), caps).map_err(|over| GatewayError::Busy {
+                    let len = chunk.len();
+                    body.push(chunk)?;
+                    held.grow(len, caps).map_err(|over| GatewayError::Busy {
                         per_key: over == Over::Key,
                     })?;
-                    // The usual case, a body that came whole: kept as it is, not copied again.
-                    if body.is_empty() && self.is_body_done() {
-                        return Ok(chunk);
+                    // The usual case, a body that came whole: no further read is asked for.
+                    if self.is_body_done() {
+                        return Ok(body.finish());
                     }
-                    body.extend_from_slice(&chunk);
                 }
-                Ok(None) => return Ok(body.freeze()),
-                Err(BodyError::Timeout) => {
-                    return Err(InferError::BodyTimeout {
-                        limit_ms: self.body_timeout.as_millis() as u64,
-                    }
-                    .into());
-                }
-                Err(BodyError::Failed(e)) => {
-                    return Err(
-                        InferError::bad_request(format!("could not read the request body: {e}")).into(),
-                    );
-                }
+                Ok(None) => return Ok(body.finish()),
+                Err(BodyError::Timeout) => return Err(BodyReader::timed_out(self.body_timeout).into()),
+                Err(BodyError::Failed(e)) => return Err(BodyReader::failed(e).into()),
             }
         }
     }
