@@ -1,12 +1,13 @@
 //! Where a value sits in a YAML file, so that validation errors can say "line 14, column 13"
-//! and not only "routes[0].canary.pool". serde_yaml gives positions for syntax and type
-//! errors but not for values it parsed fine; this walks the YAML event stream (yaml-rust2
-//! keeps a marker per event) and records one for every node.
+//! and not only "routes[0].canary.pool". yaml_serde gives positions for syntax and type errors
+//! but keeps none for values it parsed fine, so this asks the same parser again: it walks the
+//! document to the value at a path and raises an error there, which yaml_serde marks with the
+//! value's line and column. One parser reads the file, whether for its values or for where
+//! they are.
 
 use std::fmt;
 
-use yaml_rust2::parser::{Event, Parser};
-use yaml_rust2::scanner::Marker;
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 /// One step of a path into the document.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -50,91 +51,130 @@ impl fmt::Display for Path {
     }
 }
 
-enum Node {
-    Scalar(String, Marker),
-    Seq(Vec<Node>, Marker),
-    Map(Vec<(Node, Node)>, Marker),
-}
-
-impl Node {
-    fn marker(&self) -> Marker {
-        match self {
-            Node::Scalar(_, m) | Node::Seq(_, m) | Node::Map(_, m) => *m,
-        }
-    }
-}
-
-fn node(parser: &mut Parser<std::str::Chars<'_>>, first: (Event, Marker)) -> Option<Node> {
-    let (event, mark) = first;
-    match event {
-        Event::Scalar(value, ..) => Some(Node::Scalar(value, mark)),
-        Event::Alias(_) => Some(Node::Scalar(String::new(), mark)),
-        Event::SequenceStart(..) => {
-            let mut items = Vec::new();
-            loop {
-                let next = parser.next_token().ok()?;
-                if matches!(next.0, Event::SequenceEnd) {
-                    return Some(Node::Seq(items, mark));
-                }
-                items.push(node(parser, next)?);
-            }
-        }
-        Event::MappingStart(..) => {
-            let mut entries = Vec::new();
-            loop {
-                let next = parser.next_token().ok()?;
-                if matches!(next.0, Event::MappingEnd) {
-                    // A block mapping's start event is marked after its first key; the first
-                    // key itself is where a reader expects the mapping to be.
-                    let mark = entries.first().map_or(mark, |(k, _): &(Node, Node)| k.marker());
-                    return Some(Node::Map(entries, mark));
-                }
-                let key = node(parser, next)?;
-                let value_event = parser.next_token().ok()?;
-                let value = node(parser, value_event)?;
-                entries.push((key, value));
-            }
-        }
-        _ => None,
-    }
-}
-
-fn document(source: &str) -> Option<Node> {
-    let mut parser = Parser::new_from_str(source);
-    loop {
-        let (event, mark) = parser.next_token().ok()?;
-        match event {
-            Event::StreamStart | Event::DocumentStart | Event::Nothing => continue,
-            Event::StreamEnd | Event::DocumentEnd => return None,
-            other => return node(&mut parser, (other, mark)),
-        }
-    }
-}
+/// The message of the error raised at the value sought (never shown).
+const HERE: &str = "\u{0}here";
 
 /// (line, column), both from 1, of the value at `path`, or of the deepest part of the path
-/// that exists (so a missing key points at the mapping that lacks it).
+/// that exists (so a missing key points at the mapping that lacks it). A mapping is where its
+/// first key is.
 pub fn locate(source: &str, path: &Path) -> Option<(usize, usize)> {
-    let root = document(source)?;
-    let mut current = &root;
-    for seg in &path.0 {
-        let next = match (seg, current) {
-            (Seg::Key(k), Node::Map(entries, _)) => entries
-                .iter()
-                .find(|(key, _)| matches!(key, Node::Scalar(s, _) if s == k))
-                .map(|(_, v)| v),
-            (Seg::Index(i), Node::Seq(items, _)) => items.get(*i),
-            _ => None,
+    let mut depth = path.0.len();
+    loop {
+        let seek = Seek {
+            path: &path.0[..depth],
+            depth: 0,
         };
-        match next {
-            Some(n) => current = n,
-            None => break,
+        match seek.deserialize(yaml_serde::Deserializer::from_str(source)) {
+            // The path ends `missing` segments early: look for the part that exists.
+            Ok(Some(exists)) if exists < depth => depth = exists,
+            Ok(_) => return None,
+            Err(e) if e.to_string().contains(HERE) => {
+                let at = e.location()?;
+                return Some((at.line(), at.column()));
+            }
+            Err(_) => return None,
         }
     }
-    let m = current.marker();
-    // yaml-rust2 counts lines from 1 and columns from 0.
-    Some((m.line(), m.col() + 1))
 }
 
+/// Walks to `path`; `Ok(Some(n))` when only its first `n` segments exist.
+struct Seek<'p> {
+    path: &'p [Seg],
+    depth: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for Seek<'_> {
+    type Value = Option<usize>;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+macro_rules! scalar {
+    ($($name:ident: $t:ty),*) => {
+        $(fn $name<E: de::Error>(self, _: $t) -> Result<Self::Value, E> { self.scalar() })*
+    };
+}
+
+impl Seek<'_> {
+    /// A scalar: the value sought, or a path that goes on where the document does not.
+    fn scalar<E: de::Error>(self) -> Result<Option<usize>, E> {
+        if self.path.is_empty() {
+            Err(E::custom(HERE))
+        } else {
+            Ok(Some(self.depth))
+        }
+    }
+}
+
+impl<'de> Visitor<'de> for Seek<'_> {
+    type Value = Option<usize>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any YAML value")
+    }
+
+    scalar!(visit_bool: bool, visit_i64: i64, visit_u64: u64, visit_f64: f64, visit_str: &str);
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        self.scalar()
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+        self.scalar()
+    }
+
+    fn visit_some<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let Some((first, rest)) = self.path.split_first() else {
+            // The mapping itself: where its first key is (the key raises the error, so it
+            // carries the key's position), or, when it is empty, where it starts.
+            let first_key = Seek {
+                path: &[],
+                depth: self.depth,
+            };
+            map.next_key_seed(first_key)?;
+            return Err(de::Error::custom(HERE));
+        };
+        let Seg::Key(want) = first else {
+            return Ok(Some(self.depth));
+        };
+        while let Some(key) = map.next_key::<yaml_serde::Value>()? {
+            if key.as_str() == Some(want.as_str()) {
+                let inner = Seek {
+                    path: rest,
+                    depth: self.depth + 1,
+                };
+                return map.next_value_seed(inner);
+            }
+            map.next_value::<IgnoredAny>()?;
+        }
+        Ok(Some(self.depth))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let Some((first, rest)) = self.path.split_first() else {
+            return Err(de::Error::custom(HERE));
+        };
+        let Seg::Index(want) = first else {
+            return Ok(Some(self.depth));
+        };
+        for _ in 0..*want {
+            if seq.next_element::<IgnoredAny>()?.is_none() {
+                return Ok(Some(self.depth));
+            }
+        }
+        let inner = Seek {
+            path: rest,
+            depth: self.depth + 1,
+        };
+        Ok(seq.next_element_seed(inner)?.unwrap_or(Some(self.depth)))
+    }
+}
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,5 +199,16 @@ mod tests {
     fn a_missing_key_points_at_its_parent() {
         let p = Path::root().key("routes").index(0).key("shadows");
         assert_eq!(locate(DOC, &p), Some((4, 5)));
+    }
+
+    #[test]
+    fn a_mapping_is_where_its_first_key_is_and_a_short_list_where_it_starts() {
+        assert_eq!(locate(DOC, &Path::root().key("pools").key("a")), Some((2, 7)));
+        assert_eq!(locate(DOC, &Path::root().key("routes").index(3)), Some((4, 3)));
+        assert_eq!(
+            locate("a: [1, 2]\n", &Path::root().key("a").index(1)),
+            Some((1, 8))
+        );
+        assert_eq!(locate("a: {}\n", &Path::root().key("a").key("b")), Some((1, 4)));
     }
 }
