@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::record::Record;
 
-pub use crate::predictions::DELTA_BOUNDS;
+use crate::predictions::DELTA_BOUNDS;
 
 /// Latency histogram: bucket i holds [10 µs × 1.1^i, 10 µs × 1.1^(i+1)), so a quantile read
 /// from it is within 5% of the true value.

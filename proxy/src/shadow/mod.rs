@@ -40,7 +40,8 @@ use crate::config::Route;
 use crate::pools::remote;
 use crate::routing::snapshot::{Backend, Snapshot};
 use crate::telemetry::metrics::Metrics;
-use store::{Event, PairKey, Record, Recorder};
+use record::{PairKey, Record};
+use store::{Event, Recorder};
 
 /// What the request looked like, in whichever form the client path already had it.
 pub enum Input {

@@ -13,7 +13,9 @@ use comfy_table::{Cell, CellAlignment, ContentArrangement, Table};
 use rusqlite::{Connection, OpenFlags, params};
 use serde::Serialize;
 
-use super::store::{Aggregate, DELTA_BOUNDS, PairKey, latency_quantile_ms, unix_ms};
+use super::record::PairKey;
+use super::store::{Aggregate, latency_quantile_ms, unix_ms};
+use crate::predictions::DELTA_BOUNDS;
 
 /// What to report on.
 #[derive(Clone, Debug)]

@@ -30,7 +30,7 @@ use inference::NamedTensor;
 use parking_lot::Mutex;
 use rusqlite::{Connection, OptionalExtension, params};
 
-pub use super::record::{PairKey, Record};
+use super::record::{PairKey, Record};
 use crate::config::ShadowSettings;
 
 pub enum Event {
@@ -44,7 +44,7 @@ pub enum Event {
     Stop,
 }
 
-pub use super::aggregate::{Aggregate, DELTA_BOUNDS, latency_bucket, latency_quantile_ms};
+pub use super::aggregate::{Aggregate, latency_bucket, latency_quantile_ms};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS minutes (
