@@ -11,8 +11,13 @@ sums differently, with weights and outputs equal within float32 rounding (bounds
 Outputs, per model version `models/<name>/<version>/`:
   model.onnx       tensor outputs `label` (int64) and `probabilities` (float32), no ZipMap
   metadata.json    algorithm, hyper-parameters, split, seed, held-out accuracy
+  profile.json     the training data's reference profile, which the gateway's input drift is
+                   measured against: per feature its decile bin edges and the training rows'
+                   share in each bin, and the training labels' class shares
 And `models/testdata/<name>-<version>.json`: held-out rows with the outputs Python's
-onnxruntime gives for them, which the Rust tests compare against (tolerance 1e-5).
+onnxruntime gives for them, which the Rust tests compare against (tolerance 1e-5); and
+`models/testdata/<dataset>-heldout.json`: every held-out row with its true label, which the
+drift and feedback tests and the quality demonstration send.
 """
 
 import os
@@ -50,14 +55,51 @@ TEST_SIZE = 0.25
 TARGET_OPSET = {"": 17, "ai.onnx.ml": 3}
 # Rows per test-vector file: enough to cover both classes and several batch shapes.
 TEST_VECTOR_ROWS = 24
+# Reference profile bins per feature: deciles, the usual choice for the population stability
+# index (fewer hide shifts in the tails, more make a window of a few hundred rows noisy).
+PROFILE_BINS = 10
+
+
+def profile(name, version, x_train, y_train, feature_names):
+    """The training data's profile, computed on the float32 values the model is served.
+
+    A value v falls in bin `searchsorted(edges, v, side="right")`: the number of edges <= v.
+    The gateway bins live values with the same rule (`partition_point(|e| e <= v)`). Edges
+    that coincide (a feature with many equal values, such as a pixel that is nearly always
+    0) are kept once, so such a feature has fewer bins."""
+    x32 = x_train.astype(np.float32)
+    features = []
+    for i in range(x32.shape[1]):
+        col = x32[:, i]
+        qs = np.quantile(col.astype(np.float64), np.arange(1, PROFILE_BINS) / PROFILE_BINS)
+        edges = np.unique(qs.astype(np.float32))
+        counts = np.bincount(np.searchsorted(edges, col, side="right"), minlength=len(edges) + 1)
+        features.append(
+            {
+                "name": str(feature_names[i]),
+                "edges": [float(e) for e in edges],
+                "shares": [round(float(c) / len(col), 6) for c in counts],
+            }
+        )
+    labels, counts = np.unique(y_train, return_counts=True)
+    return {
+        "model": name,
+        "version": version,
+        "rows": int(x32.shape[0]),
+        "bins": PROFILE_BINS,
+        "input": "input",
+        "features": features,
+        "classes": [int(c) for c in labels],
+        "class_shares": [round(float(c) / len(y_train), 6) for c in counts],
+    }
 
 
 def datasets():
     cancer = load_breast_cancer()
     digits = load_digits()
     return {
-        "breast-cancer": (cancer.data, cancer.target, "load_breast_cancer"),
-        "digits": (digits.data, digits.target, "load_digits"),
+        "breast-cancer": (cancer.data, cancer.target, "load_breast_cancer", list(cancer.feature_names)),
+        "digits": (digits.data, digits.target, "load_digits", list(digits.feature_names)),
     }
 
 
@@ -134,7 +176,7 @@ def train_all(out: Path):
     data = datasets()
     summary = []
     for name, version, role, factory, description in MODELS:
-        x, y, loader = data[name]
+        x, y, loader, feature_names = data[name]
         x_train, x_test, y_train, y_test = train_test_split(
             x, y, test_size=TEST_SIZE, random_state=SEED, stratify=y
         )
@@ -176,6 +218,8 @@ def train_all(out: Path):
             },
         }
         (vdir / "metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
+        prof = profile(name, version, x_train, y_train, feature_names)
+        (vdir / "profile.json").write_text(json.dumps(prof) + "\n")
 
         rows = x_test32[:TEST_VECTOR_ROWS]
         t_label, t_proba = sess.run(None, {"input": rows})
@@ -192,8 +236,19 @@ def train_all(out: Path):
         summary.append(meta)
         print(f"{name}/{version} ({role}): {description}: held-out accuracy {onnx_acc:.4f}")
 
+    # Every held-out row with its true label, per dataset (drift and feedback tests, demo).
+    for name, (x, y, _, feature_names) in data.items():
+        _, x_test, _, y_test = train_test_split(x, y, test_size=TEST_SIZE, random_state=SEED, stratify=y)
+        heldout = {
+            "dataset": name,
+            "features": [str(f) for f in feature_names],
+            "rows": x_test.astype(np.float32).tolist(),
+            "labels": [int(v) for v in y_test],
+        }
+        (out / "testdata" / f"{name}-heldout.json").write_text(json.dumps(heldout) + "\n")
+
     # The example request used in README.md and by curl: one held-out breast-cancer row.
-    x, y, _ = data["breast-cancer"]
+    x, y, _, _ = data["breast-cancer"]
     _, x_test, _, _ = train_test_split(x, y, test_size=TEST_SIZE, random_state=SEED, stratify=y)
     row = x_test[0].astype(np.float32)
     example = {"inputs": [{"name": "input", "shape": [1, 30], "datatype": "FP32", "data": row.tolist()}]}
@@ -235,12 +290,25 @@ def numeric_difference(name: str, ours: Path, theirs: Path):
     Returns (problem, detail): problem is False when they differ only by float rounding."""
     if name.endswith("model.onnx"):
         return onnx_difference(ours, theirs)
+    if name.endswith("-heldout.json"):
+        return True, "held-out rows or labels differ"
     if name.startswith("testdata/"):
         a, b = json.loads(ours.read_text()), json.loads(theirs.read_text())
         if a["input"] != b["input"] or a["expected"]["label"] != b["expected"]["label"]:
             return True, "inputs or labels differ"
         dp = float(np.abs(np.array(a["expected"]["probabilities"]) - np.array(b["expected"]["probabilities"])).max())
         return dp > OUTPUT_ATOL, f"max |Δp| {dp:.1e} (bound {OUTPUT_ATOL:.0e})"
+    if name.endswith("profile.json"):
+        a, b = json.loads(ours.read_text()), json.loads(theirs.read_text())
+        if a["classes"] != b["classes"] or a["class_shares"] != b["class_shares"]:
+            return True, "class shares differ"
+        # Decile edges are training values: a float32 rounding flip may move one by an ulp.
+        for fa, fb in zip(a["features"], b["features"]):
+            if len(fa["edges"]) != len(fb["edges"]) or not np.allclose(fa["edges"], fb["edges"], rtol=1e-6, atol=0):
+                return True, f"edges of {fa['name']} differ"
+            if np.abs(np.array(fa["shares"]) - np.array(fb["shares"])).max() > 2.0 / a["rows"]:
+                return True, f"bin shares of {fa['name']} differ by more than two rows"
+        return False, "edges within float32 rounding"
     # metadata.json, ACCURACY.md and example.json hold rounded figures and inputs only:
     # any change there is a real change.
     return True, "content differs"
@@ -276,9 +344,14 @@ GENERATED = ["ACCURACY.md", "example.json"]
 
 
 def generated_files(root: Path):
-    files = list(GENERATED)
+    files = list(GENERATED) + [f"testdata/{name}-heldout.json" for name in ("breast-cancer", "digits")]
     for name, version, *_ in MODELS:
-        files += [f"{name}/{version}/model.onnx", f"{name}/{version}/metadata.json", f"testdata/{name}-{version}.json"]
+        files += [
+            f"{name}/{version}/model.onnx",
+            f"{name}/{version}/metadata.json",
+            f"{name}/{version}/profile.json",
+            f"testdata/{name}-{version}.json",
+        ]
     return files
 
 

@@ -12,7 +12,8 @@
 //! - building blocks: [`predictions`] (a model's outputs read once), [`telemetry`] (metrics
 //!   registry, the split observed), [`admission`] (connections, bytes in flight, header
 //!   limits, API keys, rate limits), [`pools`] (remote upstreams; local pools are
-//!   `inference::Pool`)
+//!   `inference::Pool`), [`quality`] (input drift windows, feedback joins, accuracy and the
+//!   A/B verdict)
 //! - the request's view: [`routing`] (the config snapshot a request sees, the split)
 //! - features beside the flow: [`rollout`] (the engine and its gates), [`shadow`] (mirroring,
 //!   comparison, the store, reports)
@@ -31,6 +32,8 @@ pub mod telemetry;
 
 pub mod admission;
 pub mod pools;
+
+pub mod quality;
 
 pub mod routing;
 

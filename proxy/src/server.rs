@@ -179,6 +179,11 @@ pub fn build_with(snapshot: Snapshot, options: StartOptions) -> Result<GatewaySe
     };
 
     let observed = Arc::new(crate::telemetry::observed::Observed::default());
+    let quality = crate::quality::Quality::new(
+        &state.load().config.quality.feedback,
+        metrics.clone(),
+        Arc::new(crate::quality::SystemWallClock),
+    );
     let connections =
         crate::admission::connections::Connections::new(accept_rules(state.clone()), metrics.clone());
     let budget = Arc::new(crate::admission::budget::Budget::default());
@@ -192,6 +197,7 @@ pub fn build_with(snapshot: Snapshot, options: StartOptions) -> Result<GatewaySe
             metrics.clone(),
             &shadow_runtime,
             rollouts.clone(),
+            quality.clone(),
         ),
         observed: observed.clone(),
         fallback_logged: Default::default(),
@@ -200,6 +206,7 @@ pub fn build_with(snapshot: Snapshot, options: StartOptions) -> Result<GatewaySe
         budget: budget.clone(),
         connections: connections.clone(),
         server_options: crate::service::connection::server_options(idle),
+        quality: quality.clone(),
     };
     let mut proxy = Service::new("gateway".to_string(), crate::service::Front(Arc::new(gateway)));
     // Every accepted connection is counted (and refused over the limit), and a load
@@ -228,6 +235,7 @@ pub fn build_with(snapshot: Snapshot, options: StartOptions) -> Result<GatewaySe
         token: options.admin_token.clone(),
         connections: connections.clone(),
         budget,
+        quality: quality.clone(),
     };
     let mut admin_service = Service::new("admin".to_string(), HttpServer::new_app(admin_app));
     admin_service.add_tcp(&admin.to_string());
@@ -238,6 +246,8 @@ pub fn build_with(snapshot: Snapshot, options: StartOptions) -> Result<GatewaySe
             state: state.clone(),
             observed: observed.clone(),
             connections: connections.clone(),
+            quality,
+            rollouts: rollouts.clone(),
         },
     );
 

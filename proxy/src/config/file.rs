@@ -22,6 +22,9 @@ pub struct FileConfig {
     pub server: ServerFile,
     #[serde(default)]
     pub shadow: ShadowSettingsFile,
+    /// Input drift and feedback (`config/quality.rs`).
+    #[serde(default)]
+    pub quality: super::quality::QualityFile,
     /// Where `local` pools find `<model>/<version>/model.onnx`, relative to this file.
     #[serde(default = "default_models_dir")]
     pub models_dir: String,
@@ -524,6 +527,9 @@ pub struct HttpPoolFile {
     pub timeout_ms: i64,
     #[serde(default)]
     pub health_check: HealthCheckFile,
+    /// The model's reference profile for input drift, relative to `models_dir`.
+    #[serde(default)]
+    pub profile: Option<String>,
 }
 
 fn default_connect_timeout() -> i64 {
@@ -621,6 +627,13 @@ pub struct GatesFile {
     pub min_shadow_agreement: Option<f64>,
     /// Comparisons a window needs before the agreement gate counts.
     pub min_comparisons: Option<i64>,
+    /// The canary traffic's largest input-feature PSI against the training profile, at most.
+    pub max_input_drift_psi: Option<f64>,
+    /// Canary accuracy minus stable accuracy from feedback labels, at least (-0.01: one
+    /// point worse is still fine).
+    pub min_accuracy_delta: Option<f64>,
+    /// Labels each variant needs in a window before the accuracy gate counts.
+    pub min_labels: Option<i64>,
 }
 
 /// What a failed gate does: `rollback` (weight 0) or `hold` (keep the weight, stop).

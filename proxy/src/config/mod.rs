@@ -8,6 +8,7 @@ pub mod file;
 pub mod keys;
 pub mod limits;
 pub mod locate;
+pub mod quality;
 mod routes;
 mod sections;
 mod summary;
@@ -62,6 +63,7 @@ pub fn parse_with_keys(
         limits,
         server,
         shadow,
+        quality,
         models_dir,
         pools,
         routes,
@@ -75,6 +77,7 @@ pub fn parse_with_keys(
     let limits = limits::limits(&mut errors, limits);
     let server = sections::server(&mut errors, server, &listeners.https, &base);
     let shadow = sections::shadow(&mut errors, shadow, &base);
+    let quality = quality::quality(&mut errors, quality);
     let (keys_file, keys) = sections::keys(
         &mut errors,
         &auth.keys_file,
@@ -120,6 +123,7 @@ pub fn parse_with_keys(
         rollout_state,
         log_format: server.log_format,
         shadow,
+        quality,
         pools,
         routes,
     })

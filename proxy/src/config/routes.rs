@@ -30,7 +30,7 @@ pub fn pools(
                 continue;
             }
             (Some(l), None) => local(errors, l, &path, models_dir, limits),
-            (None, Some(h)) => http(errors, h, &path),
+            (None, Some(h)) => http(errors, h, &path, models_dir),
         };
         pool_specs.insert(name, spec);
     }
@@ -85,8 +85,26 @@ fn local(
     })
 }
 
-fn http(errors: &mut Errors, h: HttpPoolFile, path: &Path) -> PoolSpec {
+fn http(errors: &mut Errors, h: HttpPoolFile, path: &Path, models_dir: &std::path::Path) -> PoolSpec {
     let p = path.key("http");
+    // The reference profile for input drift: the one named, or the bundled model's if
+    // models_dir has this model and version (a remote server of a bundled model).
+    let profile = match &h.profile {
+        Some(f) => {
+            let f = models_dir.join(f);
+            if !f.is_file() {
+                errors.add(&p.key("profile"), format!("no profile file {}", f.display()));
+            }
+            Some(f)
+        }
+        None => Some(
+            models_dir
+                .join(&h.model)
+                .join(h.version.to_string())
+                .join("profile.json"),
+        )
+        .filter(|f| f.is_file()),
+    };
     if h.endpoints.is_empty() {
         errors.add(&p.key("endpoints"), "needs at least one host:port");
     }
@@ -124,6 +142,7 @@ fn http(errors: &mut Errors, h: HttpPoolFile, path: &Path) -> PoolSpec {
         timeout,
         health_interval,
         health_path: h.health_check.path,
+        profile,
     })
 }
 
@@ -317,12 +336,37 @@ fn rollout(errors: &mut Errors, r: file::RolloutFile, at: &Path) -> Rollout {
     let max_error_rate_delta = fraction(r.gates.max_error_rate_delta, "max_error_rate_delta", 1.0);
     let max_p99_ratio = fraction(r.gates.max_p99_ratio, "max_p99_ratio", 1000.0);
     let min_shadow_agreement = fraction(r.gates.min_shadow_agreement, "min_shadow_agreement", 1.0);
-    if max_error_rate_delta.is_none() && max_p99_ratio.is_none() && min_shadow_agreement.is_none() {
+    let max_input_drift_psi = fraction(r.gates.max_input_drift_psi, "max_input_drift_psi", 100.0);
+    let min_accuracy_delta = r.gates.min_accuracy_delta.inspect(|x| {
+        if !x.is_finite() || !(-1.0..=1.0).contains(x) {
+            errors.add(
+                &g.key("min_accuracy_delta"),
+                format!("must be between -1 and 1, got {x}"),
+            );
+        }
+    });
+    if [
+        max_error_rate_delta,
+        max_p99_ratio,
+        min_shadow_agreement,
+        max_input_drift_psi,
+        min_accuracy_delta,
+    ]
+    .iter()
+    .all(Option::is_none)
+    {
         errors.add(
             &g,
-            "name at least one gate: max_error_rate_delta, max_p99_ratio or min_shadow_agreement".to_string(),
+            "name at least one gate: max_error_rate_delta, max_p99_ratio, min_shadow_agreement, max_input_drift_psi or min_accuracy_delta".to_string(),
         );
     }
+    let min_labels = positive(
+        errors,
+        r.gates.min_labels.unwrap_or(100),
+        1,
+        100_000_000,
+        &g.key("min_labels"),
+    ) as u64;
     let min_comparisons = positive(
         errors,
         r.gates.min_comparisons.unwrap_or(100),
@@ -338,6 +382,9 @@ fn rollout(errors: &mut Errors, r: file::RolloutFile, at: &Path) -> Rollout {
         max_p99_ratio,
         min_shadow_agreement,
         min_comparisons,
+        max_input_drift_psi,
+        min_accuracy_delta,
+        min_labels,
         on_failure: r.on_failure,
     }
 }

@@ -14,7 +14,7 @@ use super::keys::KeyStore;
 use super::{ChooseVariant, ClientAddress, Limits, OnFailure, OnUnavailable};
 
 /// A route's two variants (the split picks one per request; metrics and gates count by it).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Variant {
     Stable,
     Canary,
@@ -117,6 +117,8 @@ pub struct HttpSpec {
     pub timeout: Duration,
     pub health_interval: Duration,
     pub health_path: String,
+    /// The reference profile (`profile.json`) input drift is measured against, if any.
+    pub profile: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -174,6 +176,12 @@ pub struct Rollout {
     pub max_p99_ratio: Option<f64>,
     pub min_shadow_agreement: Option<f64>,
     pub min_comparisons: u64,
+    /// The canary traffic's largest feature PSI, at most.
+    pub max_input_drift_psi: Option<f64>,
+    /// Canary accuracy minus stable's (from feedback labels), at least...
+    pub min_accuracy_delta: Option<f64>,
+    /// ...once each variant has this many labels in the window.
+    pub min_labels: u64,
     pub on_failure: OnFailure,
 }
 
@@ -255,6 +263,7 @@ pub struct Config {
     /// `text` or `json` (read at start; see `main.rs`).
     pub log_format: String,
     pub shadow: ShadowSettings,
+    pub quality: super::quality::QualitySettings,
     pub pools: BTreeMap<String, PoolSpec>,
     pub routes: BTreeMap<String, Route>,
 }

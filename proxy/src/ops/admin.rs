@@ -53,6 +53,7 @@ pub struct Admin {
     pub token: Option<String>,
     pub connections: Arc<crate::admission::connections::Connections>,
     pub budget: Arc<crate::admission::budget::Budget>,
+    pub quality: Arc<crate::quality::Quality>,
 }
 
 /// Whether `host` (a `Host` header, or an `Origin`'s host and port) names this listener:
@@ -215,6 +216,34 @@ impl Admin {
             .map(|(name, b)| (name.clone(), json!({"ready": b.ready(), "reason": why(b)})))
             .collect();
         (problems, degraded, pools.into())
+    }
+
+    /// `GET /admin/quality`: drift, accuracy and the verdict per route; the verdict's 5xx
+    /// rates come from the request counters (read from the family, so that no series is made).
+    pub fn quality_json(&self) -> serde_json::Value {
+        use prometheus::core::Collector;
+        let families = self.metrics.requests.collect();
+        let outcomes = |route: &str, variant: &str, version: &str| {
+            let (mut all, mut errors) = (0u64, 0u64);
+            for m in families.iter().flat_map(|f| f.get_metric()) {
+                let label = |name: &str| {
+                    m.get_label()
+                        .iter()
+                        .find(|l| l.name() == name)
+                        .map(|l| l.value().to_string())
+                        .unwrap_or_default()
+                };
+                if label("route") == route && label("variant") == variant && label("version") == version {
+                    let n = m.get_counter().get_value() as u64;
+                    all += n;
+                    if label("status_class") == "5xx" {
+                        errors += n;
+                    }
+                }
+            }
+            (all, errors)
+        };
+        self.quality.summary(outcomes)
     }
 
     fn routes_json(&self, snap: &Snapshot) -> serde_json::Value {
@@ -503,6 +532,7 @@ impl ServeHttp for Admin {
                 let query = session.req_header().uri.query().map(str::to_string);
                 self.shadow_report(query.as_deref(), path.ends_with(".html")).await
             }
+            "/admin/quality" => reply(200, "application/json", self.quality_json().to_string().into_bytes()),
             "/admin/config" | "/config" => {
                 let mut body = Self::config_json(&snap);
                 body["reload"] = json!(self.reloader.status());
@@ -523,7 +553,7 @@ impl ServeHttp for Admin {
                 404,
                 "application/json",
                 inference::error::error_body(&format!(
-                    "no admin route for {path}; try /metrics, /health/live, /health/ready, /health/startup, /admin/routes, /admin/config, /admin/config/diff, POST /admin/reload, /admin/rollouts, POST /admin/rollouts/ROUTE/pause|resume|promote|abort, /admin/shadow/report, /admin/shadow/report.html"
+                    "no admin route for {path}; try /metrics, /health/live, /health/ready, /health/startup, /admin/routes, /admin/config, /admin/config/diff, POST /admin/reload, /admin/rollouts, POST /admin/rollouts/ROUTE/pause|resume|promote|abort, /admin/shadow/report, /admin/shadow/report.html, /admin/quality"
                 ))
                 .into_bytes(),
             ),

@@ -1,6 +1,7 @@
 //! Background upkeep, following whatever snapshot is current: health checks of remote pools
 //! (each at its own interval), probes of local pools whose model keeps failing, eviction of
-//! idle rate-limiter state and of routes the config dropped, and the TLS handshake deadline.
+//! idle rate-limiter state and of routes the config dropped, the TLS handshake deadline, and
+//! the input drift figures (every `quality.drift.interval_ms`), which rollouts' drift gates read.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,6 +28,32 @@ pub struct Maintenance {
     pub state: Arc<ArcSwap<Snapshot>>,
     pub observed: Arc<Observed>,
     pub connections: Arc<crate::admission::connections::Connections>,
+    pub quality: Arc<crate::quality::Quality>,
+    pub rollouts: Arc<crate::rollout::Rollouts>,
+}
+
+impl Maintenance {
+    /// Drift figures, computed on a blocking thread (binning a window of rows is CPU work),
+    /// then handed to the rollouts of routes with a canary.
+    fn drift(&self, snap: &Arc<Snapshot>) {
+        let (quality, rollouts, snap) = (self.quality.clone(), self.rollouts.clone(), snap.clone());
+        tokio::task::spawn_blocking(move || {
+            let routes = &snap.config.routes;
+            quality.compute(&snap.config.quality.drift, |r, v| {
+                routes
+                    .get(r)
+                    .is_some_and(|route| v == crate::config::Variant::Stable || route.canary.is_some())
+            });
+            for (name, route) in routes {
+                if route.canary.is_some() {
+                    let psi = quality
+                        .drift(name, crate::config::Variant::Canary)
+                        .and_then(|f| f.input_psi);
+                    rollouts.observe_drift(name, psi);
+                }
+            }
+        });
+    }
 }
 
 #[async_trait]
@@ -36,6 +63,7 @@ impl BackgroundService for Maintenance {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_evict = Instant::now();
         let mut last_probe = Instant::now();
+        let mut last_drift = Instant::now();
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return,
@@ -47,6 +75,10 @@ impl BackgroundService for Maintenance {
                 if let Backend::Remote(pool) = backend {
                     pool.maintain(false).await;
                 }
+            }
+            if last_drift.elapsed() >= snap.config.quality.drift.interval {
+                last_drift = Instant::now();
+                self.drift(&snap);
             }
             if last_evict.elapsed() >= EVICT_EVERY {
                 snap.limiters.evict_idle();

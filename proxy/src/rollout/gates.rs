@@ -75,6 +75,47 @@ pub fn evaluate(policy: &Rollout, f: &Figures) -> Verdict {
             )),
         }
     }
+    if let Some(max) = policy.max_input_drift_psi {
+        match f.input_drift_psi {
+            Some(psi) => {
+                let text = format!("canary input drift PSI {psi:.3} (at most {max:.3})");
+                if psi > max {
+                    failed.push(text)
+                } else {
+                    passed.push(text)
+                }
+            }
+            None => {
+                waiting.push("canary input drift not available yet (window not full, or no profile)".into())
+            }
+        }
+    }
+    if let Some(min) = policy.min_accuracy_delta {
+        let n = policy.min_labels;
+        if f.canary_labelled < n || f.stable_labelled < n {
+            waiting.push(format!(
+                "labels canary {} / stable {}, {n} each needed",
+                f.canary_labelled, f.stable_labelled
+            ));
+        } else {
+            let c = f.canary_correct as f64 / f.canary_labelled as f64;
+            let s = f.stable_correct as f64 / f.stable_labelled as f64;
+            let text = format!(
+                "accuracy canary {:.2}% vs stable {:.2}% over {} + {} labels (Δ {:+.2} points, at least {:+.2})",
+                c * 100.0,
+                s * 100.0,
+                f.canary_labelled,
+                f.stable_labelled,
+                (c - s) * 100.0,
+                min * 100.0
+            );
+            if c - s < min {
+                failed.push(text)
+            } else {
+                passed.push(text)
+            }
+        }
+    }
     if !failed.is_empty() {
         Verdict::Fail(failed.join("; "))
     } else if !waiting.is_empty() {

@@ -374,6 +374,24 @@ impl Rollouts {
         }
     }
 
+    /// Feedback labels joined with a prediction of `variant` (not chosen by the client).
+    pub fn observe_labels(&self, route: &str, variant: Variant, correct: u64, labelled: u64) {
+        if self.any.load(Ordering::Relaxed)
+            && let Some(slot) = self.slots.load().get(route)
+        {
+            slot.window.load().labels(variant, correct, labelled);
+        }
+    }
+
+    /// The latest input drift of a route's canary traffic (`None`: unavailable).
+    pub fn observe_drift(&self, route: &str, psi: Option<f64>) {
+        if self.any.load(Ordering::Relaxed)
+            && let Some(slot) = self.slots.load().get(route)
+        {
+            slot.window.load().drift(psi);
+        }
+    }
+
     /// A mirrored comparison: counts when stable answered and the shadow is the canary's pool.
     pub fn observe_comparison(&self, route: &str, shadow_pool: &str, primary_version: &str, agrees: bool) {
         if !self.any.load(Ordering::Relaxed) {

@@ -49,6 +49,50 @@ fn policy(text: &str) -> Rollout {
 }
 
 #[test]
+fn drift_and_accuracy_gates_pass_fail_or_wait() {
+    let p = policy(
+        "{steps: [10], interval: 1m, min_requests: 10, gates: {max_input_drift_psi: 0.2, min_accuracy_delta: -0.01, min_labels: 50}}",
+    );
+    let good = Figures {
+        canary_requests: 100,
+        canary_labelled: 60,
+        canary_correct: 57,
+        stable_labelled: 200,
+        stable_correct: 190,
+        input_drift_psi: Some(0.05),
+        ..Figures::default()
+    };
+    assert!(
+        matches!(evaluate(&p, &good), Verdict::Pass(_)),
+        "{:?}",
+        evaluate(&p, &good)
+    );
+    let worse = Figures {
+        canary_correct: 50,
+        ..good.clone()
+    };
+    match evaluate(&p, &worse) {
+        Verdict::Fail(why) => assert!(why.contains("accuracy canary 83.33% vs stable 95.00%"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    let drifted = Figures {
+        input_drift_psi: Some(0.5),
+        ..good.clone()
+    };
+    assert!(matches!(evaluate(&p, &drifted), Verdict::Fail(why) if why.contains("drift PSI 0.500")));
+    let few = Figures {
+        canary_labelled: 49,
+        ..good.clone()
+    };
+    assert!(matches!(evaluate(&p, &few), Verdict::Inconclusive(why) if why.contains("50 each needed")));
+    let unknown = Figures {
+        input_drift_psi: None,
+        ..good
+    };
+    assert!(matches!(evaluate(&p, &unknown), Verdict::Inconclusive(why) if why.contains("not available")));
+}
+
+#[test]
 fn gates_pass_fail_or_wait() {
     let p = policy(
         "{steps: [10], interval: 1m, min_requests: 10, gates: {max_error_rate_delta: 0.01, max_p99_ratio: 1.5, min_shadow_agreement: 0.95, min_comparisons: 5}}",
@@ -62,6 +106,7 @@ fn gates_pass_fail_or_wait() {
         stable_p99_ms: Some(10.0),
         comparisons: 50,
         agreement: Some(0.98),
+        ..Figures::default()
     };
     assert!(matches!(evaluate(&p, &good), Verdict::Pass(_)));
     let cases = [

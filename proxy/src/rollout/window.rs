@@ -1,6 +1,7 @@
-//! What a rollout step watches: per variant, requests, server errors and a latency
-//! histogram; and the canary model's agreement with stable on mirrored requests. Counted
-//! with atomics on the request path; read and replaced when a window closes.
+//! What a rollout step watches: per variant, requests, server errors, a latency histogram
+//! and feedback labels (joined, correct); the canary model's agreement with stable on
+//! mirrored requests; and the latest input drift of the canary's traffic. Counted with
+//! atomics on the request path; read and replaced when a window closes.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
@@ -32,6 +33,8 @@ struct VariantCounts {
     requests: AtomicU64,
     errors: AtomicU64,
     latency: Vec<AtomicU64>,
+    labelled: AtomicU64,
+    correct: AtomicU64,
 }
 
 impl VariantCounts {
@@ -66,6 +69,8 @@ pub struct Window {
     canary: VariantCounts,
     comparisons: AtomicU64,
     agreements: AtomicU64,
+    /// The canary's largest feature PSI, as last computed (f64 bits; NaN: unavailable).
+    drift: AtomicU64,
 }
 
 impl Default for Window {
@@ -75,6 +80,7 @@ impl Default for Window {
             canary: VariantCounts::new(),
             comparisons: AtomicU64::new(0),
             agreements: AtomicU64::new(0),
+            drift: AtomicU64::new(f64::NAN.to_bits()),
         }
     }
 }
@@ -102,6 +108,21 @@ impl Window {
         }
     }
 
+    /// Feedback labels joined with predictions `variant` made: `correct` of `labelled`.
+    pub fn labels(&self, variant: Variant, correct: u64, labelled: u64) {
+        let v = match variant {
+            Variant::Stable => &self.stable,
+            Variant::Canary => &self.canary,
+        };
+        v.labelled.fetch_add(labelled, Relaxed);
+        v.correct.fetch_add(correct, Relaxed);
+    }
+
+    /// The canary traffic's input drift as last computed.
+    pub fn drift(&self, psi: Option<f64>) {
+        self.drift.store(psi.unwrap_or(f64::NAN).to_bits(), Relaxed);
+    }
+
     pub fn figures(&self) -> Figures {
         let rate = |v: &VariantCounts| {
             let n = v.requests.load(Relaxed);
@@ -117,6 +138,11 @@ impl Window {
             stable_p99_ms: self.stable.p99_ms(),
             comparisons,
             agreement: (comparisons > 0).then(|| self.agreements.load(Relaxed) as f64 / comparisons as f64),
+            canary_labelled: self.canary.labelled.load(Relaxed),
+            canary_correct: self.canary.correct.load(Relaxed),
+            stable_labelled: self.stable.labelled.load(Relaxed),
+            stable_correct: self.stable.correct.load(Relaxed),
+            input_drift_psi: Some(f64::from_bits(self.drift.load(Relaxed))).filter(|x| !x.is_nan()),
         }
     }
 }
@@ -132,6 +158,17 @@ pub struct Figures {
     pub stable_p99_ms: Option<f64>,
     pub comparisons: u64,
     pub agreement: Option<f64>,
+    // Defaults: state files written before these existed still load.
+    #[serde(default)]
+    pub canary_labelled: u64,
+    #[serde(default)]
+    pub canary_correct: u64,
+    #[serde(default)]
+    pub stable_labelled: u64,
+    #[serde(default)]
+    pub stable_correct: u64,
+    #[serde(default)]
+    pub input_drift_psi: Option<f64>,
 }
 
 #[cfg(test)]

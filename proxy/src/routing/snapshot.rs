@@ -13,6 +13,7 @@ use crate::admission::ratelimit::shared::SharedLimiter;
 use crate::config::keys::KeyStore;
 use crate::config::{Config, ConfigError, Errors, Path, PoolSpec, Route};
 use crate::pools::remote::RemotePool;
+use crate::quality::profile::Profile;
 
 /// Where a pool's requests go.
 #[derive(Clone)]
@@ -48,6 +49,8 @@ pub struct Snapshot {
     pub shadow_slots: BTreeMap<String, Arc<tokio::sync::Semaphore>>,
     /// Each route variant's per-request metric series, found once per snapshot.
     pub series: crate::telemetry::metrics::SeriesCache,
+    /// The reference profile of each pool's model version that has one (input drift).
+    pub profiles: BTreeMap<String, Arc<Profile>>,
 }
 
 /// A warm-up inference slower than this fails the load: the model would not serve either.
@@ -107,6 +110,7 @@ impl Snapshot {
         for route in config.routes.values() {
             check_variants_agree(route, &pools, &mut errors);
         }
+        let profiles = load_profiles(&config, &pools, &mut errors);
         if !errors.list.is_empty() {
             return Err(errors.list);
         }
@@ -147,6 +151,7 @@ impl Snapshot {
             .collect();
         Ok(Snapshot {
             series: crate::telemetry::metrics::SeriesCache::new(config.routes.keys()),
+            profiles,
             config,
             pools,
             keys,
@@ -173,8 +178,43 @@ impl Snapshot {
             limiters: self.limiters.clone(),
             shared_limiter: self.shared_limiter.clone(),
             shadow_slots: self.shadow_slots.clone(),
+            profiles: self.profiles.clone(),
         }
     }
+}
+
+/// Each pool's reference profile: `profile.json` beside a local pool's `model.onnx`, or the
+/// file a remote pool names. Small files, read on every build; a broken one refuses the
+/// config (drift against a wrong reference would mislead).
+fn load_profiles(
+    config: &Config,
+    pools: &BTreeMap<String, Backend>,
+    errors: &mut Errors,
+) -> BTreeMap<String, Arc<Profile>> {
+    let mut profiles = BTreeMap::new();
+    for (name, spec) in &config.pools {
+        let (file, at) = match spec {
+            PoolSpec::Local(l) => (
+                Some(l.path.with_file_name("profile.json")).filter(|f| f.is_file()),
+                "local",
+            ),
+            PoolSpec::Http(h) => (h.profile.clone(), "http"),
+        };
+        let Some(file) = file else { continue };
+        // The model's features per row, when its signature is known.
+        let width = match pools.get(name) {
+            Some(Backend::Local(p)) => p.metadata().inputs.first().and_then(|i| i.shape.get(1)).copied(),
+            _ => None,
+        }
+        .and_then(|w| usize::try_from(w).ok());
+        match Profile::load(&file, width) {
+            Ok(p) => {
+                profiles.insert(name.clone(), Arc::new(p));
+            }
+            Err(e) => errors.add(&Path::root().key("pools").key(name).key(at), e),
+        }
+    }
+    profiles
 }
 
 /// One health check of each pool, on a thread of its own: the caller may itself be inside

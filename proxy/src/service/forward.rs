@@ -87,6 +87,15 @@ impl Gateway {
                 header_str(INFERENCE_HEADER_LENGTH).map(str::to_string)
             },
         });
+        if let Some(w) = &ctx.drift {
+            // Decoded off the request path (the gateway forwards remote bodies undecoded).
+            let header_length = if kind == Kind::Simple {
+                None
+            } else {
+                header_str(INFERENCE_HEADER_LENGTH).map(str::to_string)
+            };
+            self.quality.record_body(w.clone(), body.clone(), header_length);
+        }
         let out = remote::Outbound {
             method,
             path: &path,

@@ -160,6 +160,9 @@ impl Gateway {
         let picks = self.mirror.pick(snap, route, &pool.metadata().version, body_len);
         ctx.shadows = picks.len();
         let copy = (!picks.is_empty()).then(|| inputs.clone());
+        if let Some(w) = &ctx.drift {
+            self.quality.record_inputs(w, &inputs);
+        }
         let started = Instant::now();
         let result = pool.infer(inputs).await;
         ctx.inference = Some(started.elapsed());

@@ -10,8 +10,9 @@
 //!    `x-canary` or a versioned path (for keys allowed to choose) > sticky bucket > weight;
 //! 5. the answer: a local pool ([`local`]) or a remote one ([`forward`]), body bytes and
 //!    decoded tensors held in the in-flight budget; `/predict` converted by [`predict`];
-//! 6. after the answer ([`record`]): metrics, the access log, the rollout windows, and the
-//!    shadows. Every answer leaves through [`respond`].
+//! 6. after the answer ([`record`]): metrics, the access log, the rollout windows, the
+//!    input and prediction for drift and what feedback will need to join, and the shadows.
+//!    Every answer leaves through [`respond`]. Labels arrive later ([`feedback`]).
 //!
 //! Every request is answered by the gateway itself, and every answer — success or error —
 //! leaves through the same writer with the same headers ([`exchange`]). That is why this is
@@ -25,6 +26,7 @@
 mod admit;
 pub mod connection;
 pub mod exchange;
+mod feedback;
 mod forward;
 mod local;
 pub mod predict;
@@ -76,6 +78,8 @@ pub struct Gateway {
     pub connections: Arc<Connections>,
     /// pingora's options for HTTP/2 sessions (their idle timeout).
     pub server_options: HttpServerOptions,
+    /// Input drift windows, feedback joins, accuracy.
+    pub quality: Arc<crate::quality::Quality>,
 }
 
 /// Per-request state, shared by the phases.
@@ -101,6 +105,8 @@ pub struct Ctx {
     inference: Option<Duration>,
     /// Shadows this request was copied to (for the access log).
     shadows: usize,
+    /// The drift window this request's input and prediction go to (sampled requests only).
+    drift: Option<Arc<crate::quality::drift::Window>>,
     /// Counts the request as in flight until it ends (graceful shutdown waits for zero).
     _in_flight: Option<InFlight>,
     /// The HTTP/1 connection's last API key, kept from one request to the next.
@@ -128,11 +134,19 @@ enum Target<'a> {
     Protocol(Endpoint<'a>),
     /// `POST /predict/{model}`
     Simple(&'a str),
+    /// `POST /v2/models/{model}/feedback`: labels for earlier predictions.
+    Feedback(&'a str),
 }
 
 fn parse_target(path: &str) -> Option<Target<'_>> {
     if let Some(model) = path.strip_prefix("/predict/") {
         return (!model.is_empty() && !model.contains('/')).then_some(Target::Simple(model));
+    }
+    if let Some(model) = path
+        .strip_prefix("/v2/models/")
+        .and_then(|rest| rest.strip_suffix("/feedback"))
+    {
+        return (!model.is_empty() && !model.contains('/')).then_some(Target::Feedback(model));
     }
     Endpoint::parse(path).map(Target::Protocol)
 }
@@ -167,7 +181,7 @@ impl Gateway {
         let method = session.req_header().method.clone();
         let allowed = match &target {
             Target::Protocol(e) => e.method(),
-            Target::Simple(_) => "POST",
+            Target::Simple(_) | Target::Feedback(_) => "POST",
         };
         if method.as_str() != allowed {
             return Err(InferError::MethodNotAllowed {
@@ -202,6 +216,10 @@ impl Gateway {
                 self.authenticate_and_limit(session, ctx, snap).await?;
                 ModelRef { model, version: None }
             }
+            Target::Feedback(model) => {
+                self.authenticate_and_limit(session, ctx, snap).await?;
+                return self.answer_feedback(session, ctx, snap, model).await;
+            }
         };
 
         // 4. Route and variant.
@@ -227,6 +245,9 @@ impl Gateway {
             .expect("validated: routes name existing pools")
             .clone();
         ctx.model_version = Some(snap.config.pools[pool_name].version().to_string());
+        if matches!(kind, Kind::Infer | Kind::Simple) {
+            ctx.drift = self.drift_window(ctx, snap, pool_name);
+        }
 
         // 5. The answer: in-process, or through the remote pool.
         match backend {
@@ -251,7 +272,7 @@ pub(super) enum Kind {
 
 fn target_kind(target: &Target<'_>) -> Kind {
     match target {
-        Target::Simple(_) => Kind::Simple,
+        Target::Simple(_) | Target::Feedback(_) => Kind::Simple,
         Target::Protocol(Endpoint::ModelReady(_)) => Kind::Ready,
         Target::Protocol(Endpoint::ModelConfig(_)) => Kind::Config,
         Target::Protocol(Endpoint::Model(_)) => Kind::Metadata,

@@ -1,5 +1,6 @@
 //! Step 6 of the flow, after the answer: the request's metrics and prediction metrics, the
-//! access log, the split observed, the rollout windows, and the copies to shadows.
+//! access log, the split observed, the rollout windows, the input and predicted classes for
+//! drift (sampled), what feedback will need to join, and the copies to shadows.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +29,7 @@ impl Gateway {
         if predictions.is_empty() {
             return;
         }
+        self.record_quality(ctx, route, &predictions);
         if let Some(series) = self.series(ctx) {
             for (class, top) in predictions {
                 series.prediction(&self.metrics, class, top);
@@ -44,6 +46,47 @@ impl Gateway {
                 .predictions
                 .with_label_values(&[route, variant, crate::telemetry::metrics::class_label(class)])
                 .inc();
+        }
+    }
+
+    /// The drift window of the request's route variant when this request is sampled.
+    pub(super) fn drift_window(
+        &self,
+        ctx: &Ctx,
+        snap: &Snapshot,
+        pool: &str,
+    ) -> Option<Arc<crate::quality::drift::Window>> {
+        let (Some(route), Some(variant), Some(version)) = (&ctx.route, ctx.variant, &ctx.model_version)
+        else {
+            return None;
+        };
+        let settings = &snap.config.quality.drift;
+        let window = self
+            .quality
+            .window(route, variant, version, snap.profiles.get(pool), settings.window);
+        window.sampled(settings.sample_every).then_some(window)
+    }
+
+    /// The predicted classes into the drift window (sampled requests), and what feedback
+    /// will need to join them with their labels (requests with a key).
+    fn record_quality(&self, ctx: &Ctx, route: &str, predictions: &[(i64, Option<f64>)]) {
+        let classes: Vec<i64> = predictions.iter().map(|(c, _)| *c).collect();
+        if let Some(w) = &ctx.drift {
+            w.record_classes(&classes);
+        }
+        if let (Some(key), Some(variant), Some(version)) = (&ctx.key, ctx.variant, &ctx.model_version)
+            && self.quality.feedback_enabled()
+        {
+            let served = crate::quality::store::Served {
+                tenant: key.tenant.clone(),
+                route: route.to_string(),
+                variant: variant.as_str().to_string(),
+                version: version.clone(),
+                forced: ctx.forced,
+                classes,
+                at_ms: crate::quality::WallClock::now_ms(&crate::quality::SystemWallClock),
+            };
+            self.quality.served(&ctx.request_id, served);
         }
     }
 

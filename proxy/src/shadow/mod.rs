@@ -122,6 +122,8 @@ struct Inner {
     breakers: breaker::Breakers,
     /// A rollout's agreement gate reads the comparisons of the canary's pool as a shadow.
     rollouts: Arc<crate::rollout::Rollouts>,
+    /// Each shadow's classes wait with the request's record for its feedback labels.
+    quality: Arc<crate::quality::Quality>,
 }
 
 impl Mirror {
@@ -131,6 +133,7 @@ impl Mirror {
         metrics: Arc<Metrics>,
         runtime: &ShadowRuntime,
         rollouts: Arc<crate::rollout::Rollouts>,
+        quality: Arc<crate::quality::Quality>,
     ) -> Mirror {
         let mirror = Mirror(Arc::new(Inner {
             recorder,
@@ -139,6 +142,7 @@ impl Mirror {
             queue: crossbeam_queue::ArrayQueue::new(QUEUE),
             breakers: breaker::Breakers::default(),
             rollouts,
+            quality,
         }));
         let dispatcher = mirror.clone();
         runtime.0.spawn(async move { dispatcher.dispatch().await });
@@ -415,6 +419,18 @@ impl Mirror {
             for &d in &c.row_max_delta {
                 hist.observe(d);
             }
+        }
+        if let Ok(outputs) = &shadow
+            && let Some(classes) = crate::predictions::classes(outputs)
+        {
+            self.0.quality.shadow_served(
+                &request_id,
+                crate::quality::store::ShadowServed {
+                    pool: key.shadow.clone(),
+                    version: key.shadow_version.clone(),
+                    classes,
+                },
+            );
         }
         if let Err(e) = &shadow {
             m.shadow_errors

@@ -200,6 +200,8 @@ pub struct Metrics {
     pub shadow_records_lost: IntCounter,
     pub config_reloads: IntCounterVec,
     pub rollout_step: IntGaugeVec,
+    /// Drift, feedback and accuracy (`crate::quality`).
+    pub quality: super::quality::QualityMetrics,
     pub rollout_decisions: IntCounterVec,
     pub config_generation: IntGauge,
     pub config_loaded_at: IntGauge,
@@ -232,7 +234,9 @@ impl Metrics {
         // Shadows: labelled by route and versions from the config, never by request content.
         let pair = ["route", "primary_version", "shadow_version"];
         let single = |name: &str, help: &str| IntGauge::new(name, help).expect("valid metric");
+        let (quality, quality_collectors) = super::quality::QualityMetrics::new();
         let m = Metrics {
+            quality,
             requests: counter(
                 "requests_total",
                 "Requests answered, by route, variant (stable, canary, shadow; - when refused before routing), model version and status class",
@@ -460,7 +464,7 @@ impl Metrics {
             Box::new(m.shadow_store_lag.clone()),
             Box::new(build),
         ];
-        for c in collectors {
+        for c in collectors.into_iter().chain(quality_collectors) {
             m.names
                 .extend(c.desc().iter().map(|d| format!("gateway_{}", d.fq_name)));
             m.registry.register(c).expect("metric names are unique");

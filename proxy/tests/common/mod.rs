@@ -4,8 +4,11 @@
 #![allow(dead_code)] // each test binary uses a different part of this module
 
 mod backends;
+mod redis;
 #[allow(unused_imports)] // not every test binary calls a model server
 pub use backends::*;
+#[allow(unused_imports)] // only the tests of shared state start a Redis
+pub use redis::Redis;
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader};

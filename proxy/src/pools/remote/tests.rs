@@ -51,6 +51,7 @@ fn requests_alternate_over_healthy_endpoints() {
             timeout: Duration::from_secs(1),
             health_interval: Duration::from_secs(1),
             health_path: "/v2/health/ready".into(),
+            profile: None,
         },
     )
     .unwrap();

@@ -1,0 +1,388 @@
+//! Where predictions wait for their labels: what feedback needs to join (tenant, route,
+//! variant, version, the predicted class of each row) under the request id, and the classes
+//! each shadow predicted for the same request.
+//!
+//! - [`Local`]: this replica's memory, a byte-bounded FIFO. Enough for one replica.
+//! - [`Redis`]: shared by every replica, so feedback may reach another replica than the
+//!   prediction did (a load balancer's choice). Writes go through one ordered queue (a
+//!   prediction's record is written before its shadows'); joins are Lua scripts, atomic on
+//!   the Redis server, so two replicas can never both join the same request.
+//!
+//! Both keep an entry for twice the feedback TTL: within the TTL it joins; after, feedback
+//! for it is "expired" (not "unknown") until it goes. A joined entry stays as a marker (with
+//! its labels, so that a shadow answering after the label arrived is still joined), and a
+//! second label for it is a "duplicate". A request id used by two predictions (a client's
+//! own `x-request-id`, sent twice) is "ambiguous" and never joins: joining either would risk
+//! a wrong join.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+
+/// What a prediction needs to be joined with its labels.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Served {
+    pub tenant: String,
+    pub route: String,
+    /// "stable" or "canary".
+    pub variant: String,
+    pub version: String,
+    /// The client chose the variant: counted in accuracy, not in rollout gates.
+    pub forced: bool,
+    pub classes: Vec<i64>,
+    /// When it was answered (Unix milliseconds).
+    pub at_ms: u64,
+}
+
+/// A shadow's classes for the same request.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ShadowServed {
+    pub pool: String,
+    pub version: String,
+    pub classes: Vec<i64>,
+}
+
+/// What a lookup found.
+#[derive(Debug, PartialEq)]
+pub enum Found {
+    Open(Served),
+    Unknown,
+    Duplicate,
+    Ambiguous,
+}
+
+/// Shadows remembered per request, at most (routes have a handful).
+const MAX_SHADOWS: usize = 16;
+
+/// This replica's store.
+pub struct Local {
+    inner: Mutex<LocalInner>,
+    max_bytes: usize,
+    keep: Duration,
+}
+
+#[derive(Default)]
+struct LocalInner {
+    map: HashMap<String, Slot>,
+    /// Insertion order (id, sequence number), for eviction oldest first.
+    order: VecDeque<(String, u64)>,
+    bytes: usize,
+    seq: u64,
+}
+
+struct Slot {
+    seq: u64,
+    served: Served,
+    shadows: Vec<ShadowServed>,
+    labels: Option<Vec<i64>>,
+    ambiguous: bool,
+    bytes: usize,
+}
+
+fn weight(id: &str, s: &Served) -> usize {
+    // The map's and the queue's share, the strings, and the classes.
+    160 + 2 * id.len() + s.tenant.len() + s.route.len() + s.version.len() + 8 * s.classes.len()
+}
+
+impl Local {
+    pub fn new(max_bytes: usize, ttl: Duration) -> Local {
+        Local {
+            inner: Mutex::default(),
+            max_bytes,
+            keep: ttl * 2,
+        }
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.inner.lock().bytes
+    }
+
+    pub fn put(&self, id: &str, served: Served) {
+        let now = served.at_ms;
+        let mut g = self.inner.lock();
+        if let Some(slot) = g.map.get_mut(id) {
+            slot.ambiguous = true;
+            return;
+        }
+        let bytes = weight(id, &served);
+        g.seq += 1;
+        let seq = g.seq;
+        g.map.insert(
+            id.to_string(),
+            Slot {
+                seq,
+                served,
+                shadows: Vec::new(),
+                labels: None,
+                ambiguous: false,
+                bytes,
+            },
+        );
+        g.order.push_back((id.to_string(), seq));
+        g.bytes += bytes;
+        let keep_ms = self.keep.as_millis() as u64;
+        while let Some((old, old_seq)) = g.order.front().cloned() {
+            let stale = g
+                .map
+                .get(&old)
+                .is_some_and(|s| s.seq == old_seq && s.served.at_ms + keep_ms < now);
+            if g.bytes <= self.max_bytes && !stale {
+                break;
+            }
+            g.order.pop_front();
+            if let Some(slot) = g.map.remove(&old) {
+                g.bytes -= slot.bytes;
+            }
+        }
+    }
+
+    /// Remembers a shadow's classes; when the request's labels came already, returns them
+    /// with the primary's record so the caller counts the shadow now.
+    pub fn add_shadow(&self, id: &str, shadow: ShadowServed) -> Option<(Served, Vec<i64>)> {
+        let mut g = self.inner.lock();
+        let slot = g.map.get_mut(id)?;
+        if slot.ambiguous {
+            return None;
+        }
+        if let Some(labels) = &slot.labels {
+            return Some((slot.served.clone(), labels.clone()));
+        }
+        if slot.shadows.len() < MAX_SHADOWS {
+            let extra = 64 + shadow.pool.len() + 8 * shadow.classes.len();
+            slot.shadows.push(shadow);
+            slot.bytes += extra;
+            g.bytes += extra;
+        }
+        None
+    }
+
+    pub fn lookup(&self, id: &str) -> Found {
+        let g = self.inner.lock();
+        match g.map.get(id) {
+            None => Found::Unknown,
+            Some(s) if s.ambiguous => Found::Ambiguous,
+            Some(s) if s.labels.is_some() => Found::Duplicate,
+            Some(s) => Found::Open(s.served.clone()),
+        }
+    }
+
+    /// Marks the request labelled; the shadows recorded so far, or `None` when someone else
+    /// marked it first (or it went meanwhile).
+    pub fn mark(&self, id: &str, labels: &[i64]) -> Option<Vec<ShadowServed>> {
+        let mut g = self.inner.lock();
+        let slot = g.map.get_mut(id)?;
+        if slot.labels.is_some() || slot.ambiguous {
+            return None;
+        }
+        slot.labels = Some(labels.to_vec());
+        let extra = 8 * labels.len();
+        slot.bytes += extra;
+        g.bytes += extra;
+        Some(std::mem::take(&mut g.map.get_mut(id).expect("present").shadows))
+    }
+}
+
+/// Lua: record a prediction unless its id is taken (then mark the id ambiguous).
+const PUT: &str = r#"
+if redis.call('HSETNX', KEYS[1], 'p', ARGV[1]) == 0 then redis.call('HSET', KEYS[1], 'a', '1') end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+"#;
+/// Lua: a shadow's classes; returns the primary record and the labels if already joined.
+const SHADOW: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('HEXISTS', KEYS[1], 'a') == 1 then return false end
+local labels = redis.call('HGET', KEYS[1], 'j')
+if labels then return {redis.call('HGET', KEYS[1], 'p'), labels} end
+if redis.call('HLEN', KEYS[1]) < 3 + tonumber(ARGV[3]) then redis.call('HSET', KEYS[1], 's:' .. ARGV[1], ARGV[2]) end
+return false
+"#;
+/// Lua: what a lookup needs: the record, whether joined, whether ambiguous.
+const LOOKUP: &str = r#"
+return {redis.call('HGET', KEYS[1], 'p'), redis.call('HEXISTS', KEYS[1], 'j'), redis.call('HEXISTS', KEYS[1], 'a')}
+"#;
+/// Lua: mark joined (first caller only); returns the shadows' records.
+const MARK: &str = r#"
+if redis.call('HEXISTS', KEYS[1], 'a') == 1 or redis.call('EXISTS', KEYS[1]) == 0 then return false end
+if redis.call('HSETNX', KEYS[1], 'j', ARGV[1]) == 0 then return false end
+local out = {}
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  if string.sub(all[i], 1, 2) == 's:' then table.insert(out, all[i + 1]) end
+end
+return out
+"#;
+
+/// The store shared by replicas.
+pub struct Redis {
+    prefix: String,
+    keep: Duration,
+    conn: redis::aio::ConnectionManager,
+    put: redis::Script,
+    shadow: redis::Script,
+    lookup: redis::Script,
+    mark: redis::Script,
+}
+
+/// A write for [`Redis`], queued by the request path and sent in order by one task.
+pub enum Write {
+    Put(String, Served),
+    Shadow(String, ShadowServed),
+}
+
+impl Redis {
+    pub async fn connect(url: &str, prefix: &str, timeout: Duration, ttl: Duration) -> Result<Redis, String> {
+        let client = redis::Client::open(url).map_err(|e| e.to_string())?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout.max(Duration::from_millis(200))))
+            .set_response_timeout(Some(timeout));
+        let conn = redis::aio::ConnectionManager::new_with_config(client, config)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(Redis {
+            prefix: prefix.to_string(),
+            keep: ttl * 2,
+            conn,
+            put: redis::Script::new(PUT),
+            shadow: redis::Script::new(SHADOW),
+            lookup: redis::Script::new(LOOKUP),
+            mark: redis::Script::new(MARK),
+        })
+    }
+
+    fn key(&self, id: &str) -> String {
+        format!("{}:{id}", self.prefix)
+    }
+
+    /// Sends one write; for a shadow of a request already labelled, what to count.
+    pub async fn write(&self, w: Write) -> Result<Option<(Served, ShadowServed, Vec<i64>)>, String> {
+        let mut conn = self.conn.clone();
+        match w {
+            Write::Put(id, served) => {
+                let json = serde_json::to_string(&served).map_err(|e| e.to_string())?;
+                let _: i64 = self
+                    .put
+                    .key(self.key(&id))
+                    .arg(json)
+                    .arg(self.keep.as_millis() as u64)
+                    .invoke_async(&mut conn)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(None)
+            }
+            Write::Shadow(id, shadow) => {
+                let json = serde_json::to_string(&shadow).map_err(|e| e.to_string())?;
+                let late: Option<(String, String)> = self
+                    .shadow
+                    .key(self.key(&id))
+                    .arg(&shadow.pool)
+                    .arg(json)
+                    .arg(MAX_SHADOWS)
+                    .invoke_async(&mut conn)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(match late {
+                    Some((served, labels)) => Some((
+                        serde_json::from_str(&served).map_err(|e| e.to_string())?,
+                        shadow,
+                        serde_json::from_str(&labels).map_err(|e| e.to_string())?,
+                    )),
+                    None => None,
+                })
+            }
+        }
+    }
+
+    pub async fn lookup(&self, id: &str) -> Result<Found, String> {
+        let mut conn = self.conn.clone();
+        let (served, joined, ambiguous): (Option<String>, i64, i64) = self
+            .lookup
+            .key(self.key(id))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(match served {
+            None => Found::Unknown,
+            Some(_) if ambiguous == 1 => Found::Ambiguous,
+            Some(_) if joined == 1 => Found::Duplicate,
+            Some(s) => Found::Open(serde_json::from_str(&s).map_err(|e| e.to_string())?),
+        })
+    }
+
+    pub async fn mark(&self, id: &str, labels: &[i64]) -> Result<Option<Vec<ShadowServed>>, String> {
+        let mut conn = self.conn.clone();
+        let labels = serde_json::to_string(labels).map_err(|e| e.to_string())?;
+        let shadows: Option<Vec<String>> = self
+            .mark
+            .key(self.key(id))
+            .arg(labels)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| e.to_string())?;
+        shadows
+            .map(|list| {
+                list.iter()
+                    .map(|s| serde_json::from_str(s).map_err(|e| e.to_string()))
+                    .collect()
+            })
+            .transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn served(at_ms: u64, classes: Vec<i64>) -> Served {
+        Served {
+            tenant: "t".into(),
+            route: "r".into(),
+            variant: "stable".into(),
+            version: "1".into(),
+            forced: false,
+            classes,
+            at_ms,
+        }
+    }
+
+    #[test]
+    fn local_joins_once_and_refuses_reused_ids() {
+        let s = Local::new(1 << 20, Duration::from_secs(60));
+        s.put("a", served(1, vec![1, 0]));
+        assert_eq!(s.lookup("a"), Found::Open(served(1, vec![1, 0])));
+        let shadow = ShadowServed {
+            pool: "p".into(),
+            version: "3".into(),
+            classes: vec![1, 1],
+        };
+        assert!(s.add_shadow("a", shadow.clone()).is_none());
+        assert_eq!(s.mark("a", &[1, 1]), Some(vec![shadow.clone()]));
+        assert_eq!(s.mark("a", &[1, 1]), None, "a second mark loses");
+        assert_eq!(s.lookup("a"), Found::Duplicate);
+        // A shadow that answers after the label is joined at once.
+        assert_eq!(
+            s.add_shadow("a", shadow),
+            Some((served(1, vec![1, 0]), vec![1, 1]))
+        );
+        s.put("b", served(2, vec![1]));
+        s.put("b", served(3, vec![0]));
+        assert_eq!(s.lookup("b"), Found::Ambiguous);
+        assert_eq!(s.mark("b", &[1]), None);
+        assert_eq!(s.lookup("zzz"), Found::Unknown);
+    }
+
+    #[test]
+    fn local_stays_within_its_bytes_and_forgets_the_oldest() {
+        let s = Local::new(10_000, Duration::from_secs(60));
+        for i in 0..1000 {
+            s.put(&format!("id{i}"), served(i, vec![1; 4]));
+            assert!(s.bytes() <= 10_000);
+        }
+        assert_eq!(s.lookup("id0"), Found::Unknown);
+        assert!(matches!(s.lookup("id999"), Found::Open(_)));
+        // Entries older than twice the TTL go when newer ones come.
+        s.put("late", served(999 + 121_000, vec![1]));
+        assert_eq!(s.lookup("id999"), Found::Unknown);
+    }
+}
