@@ -114,6 +114,16 @@ enum Command {
         /// the gateway writes), to merge several replicas' stores elsewhere
         #[arg(long, value_name = "FILE", conflicts_with_all = ["since", "route", "format"])]
         export: Option<PathBuf>,
+        /// Model quality instead (input drift, accuracy from feedback, the A/B verdict),
+        /// asked of the running gateway's admin listener (`--admin`)
+        #[arg(long, conflicts_with_all = ["since", "store", "export"])]
+        quality: bool,
+        /// Admin listener address, for --quality
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: String,
+        /// Admin token, when the gateway has one
+        #[arg(long, env = "GATEWAY_ADMIN_TOKEN", hide_env_values = true)]
+        token: Option<String>,
     },
 }
 
@@ -256,8 +266,12 @@ fn main() -> ExitCode {
             store,
             latest,
             export,
+            quality,
+            admin,
+            token,
         } => match export {
             Some(out) => export_store(&config, store, &out),
+            None if quality => quality_report(&admin, token.as_deref(), route.as_deref(), format),
             None => report(&config, store, since.as_deref(), route, format, latest),
         },
     };
@@ -347,6 +361,29 @@ fn run(config: &Path, upgrade: bool) -> Result<(), String> {
 /// One request to the admin listener: (status, body).
 fn admin_call(admin: &str, method: &str, path: &str, token: Option<&str>) -> Result<(u16, String), String> {
     proxy::ops::client::call(admin, method, path, token, std::time::Duration::from_secs(5))
+}
+
+/// `gateway report --quality`: `/admin/quality` of the running gateway, as a table or JSON.
+fn quality_report(
+    admin: &str,
+    token: Option<&str>,
+    route: Option<&str>,
+    format: ReportFormat,
+) -> Result<(), String> {
+    let (status, body) = admin_call(admin, "GET", "/admin/quality", token)?;
+    if status != 200 {
+        return Err(format!("{admin} answered {status}: {body}"));
+    }
+    let mut v: serde_json::Value = serde_json::from_str(&body).map_err(|e| format!("{admin}: {e}"))?;
+    if let (Some(r), Some(routes)) = (route, v["routes"].as_object_mut()) {
+        routes.retain(|name, _| name == r);
+    }
+    match format {
+        ReportFormat::Table => print!("{}", proxy::quality::view::text(&v)),
+        ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&v).expect("values serialize")),
+        ReportFormat::Html => print!("{}", proxy::shadow::quality_html::section(&v)),
+    }
+    Ok(())
 }
 
 fn health(admin: &str, probe: &str) -> Result<(), String> {

@@ -140,7 +140,10 @@ async fn drift_stays_low_on_heldout_rows_and_rises_on_shifted_ones() {
         "gateway_input_drift_psi{route=\"breast-cancer\",variant=\"stable\"}",
     )
     .await;
-    assert!((gauge - psi).abs() < 1e-9, "the gauge says what the admin API says: {gauge} vs {psi}");
+    assert!(
+        (gauge - psi).abs() < 1e-9,
+        "the gauge says what the admin API says: {gauge} vs {psi}"
+    );
     // The same rows with every feature 20% larger, one row per request: within one window
     // (286 requests) the figure is over the threshold.
     let shifted: Vec<Vec<f32>> = rows.iter().map(|r| r.iter().map(|x| x * 1.2).collect()).collect();

@@ -117,7 +117,14 @@ impl Admin {
         let path = self.recorder.path.clone();
         let built = tokio::task::spawn_blocking(move || report::read(&path, &q)).await;
         match built {
-            Ok(Ok(r)) if as_html => reply(200, "text/html; charset=utf-8", html::page(&r).into_bytes()),
+            Ok(Ok(r)) if as_html => {
+                let quality = crate::shadow::quality_html::section(&self.quality_json());
+                reply(
+                    200,
+                    "text/html; charset=utf-8",
+                    html::page_with(&r, &quality).into_bytes(),
+                )
+            }
             Ok(Ok(r)) => reply(
                 200,
                 "application/json",

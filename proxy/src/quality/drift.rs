@@ -116,6 +116,11 @@ impl Window {
             .push(&classes[classes.len() - keep..], 1, self.capacity);
     }
 
+    /// The bytes its rings hold (fixed once full).
+    pub fn bytes(&self) -> usize {
+        self.rows.lock().data.capacity() * 4 + self.classes.lock().data.capacity() * 8
+    }
+
     /// Rows recorded since the window was made.
     pub fn rows_seen(&self) -> u64 {
         self.rows.lock().written

@@ -15,12 +15,14 @@
 //! - [`store`]: predictions waiting for labels (local, or Redis for fleets)
 //! - [`feedback`]: the feedback body and what became of each item
 //! - [`accuracy`]: tallies, intervals and the verdict
+//! - [`view`]: the summary as text for a terminal
 
 pub mod accuracy;
 pub mod drift;
 pub mod feedback;
 pub mod profile;
 pub mod store;
+pub mod view;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use super::report::{PairReport, Report};
 
-fn esc(s: &str) -> String {
+pub(crate) fn esc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
@@ -335,6 +335,11 @@ pre{margin:4px 0;max-height:240px;overflow:auto;white-space:pre-wrap}
 
 /// The whole page.
 pub fn page(r: &Report) -> String {
+    page_with(r, "")
+}
+
+/// The page with more sections after the comparisons (the gateway adds model quality).
+pub fn page_with(r: &Report, more: &str) -> String {
     let mut body = String::new();
     if r.pairs.is_empty() {
         body.push_str(
@@ -344,6 +349,7 @@ pub fn page(r: &Report) -> String {
     for p in &r.pairs {
         body.push_str(&pair(p));
     }
+    body.push_str(more);
     format!(
         r#"<!doctype html>
 <html lang=en><head><meta charset=utf-8><meta name=viewport content="width=device-width,initial-scale=1">

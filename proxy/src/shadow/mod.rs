@@ -17,12 +17,13 @@
 //! - [`breaker`]: a shadow that keeps failing gets a rest, not every request
 //! - [`compare`]: one pair's comparison
 //! - [`store`]: SQLite, written in batches by one thread
-//! - [`report`], [`html`]: what model owners read
+//! - [`report`], [`html`], [`quality_html`]: what model owners read
 
 pub mod aggregate;
 pub mod breaker;
 pub mod compare;
 pub mod html;
+pub mod quality_html;
 pub mod record;
 pub mod report;
 pub mod store;
