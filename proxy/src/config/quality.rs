@@ -152,7 +152,7 @@ pub struct FeedbackRedis {
 impl std::fmt::Debug for FeedbackRedis {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FeedbackRedis")
-            .field("url", &super::types::redact_url(&self.url))
+            .field("url", &super::redact_url(&self.url))
             .field("prefix", &self.prefix)
             .field("timeout", &self.timeout)
             .finish()

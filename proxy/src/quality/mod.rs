@@ -195,6 +195,11 @@ impl Quality {
         }
     }
 
+    /// The time predictions are stamped with (feedback TTLs are judged on the same clock).
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
     pub fn feedback_enabled(&self) -> bool {
         self.feedback.enabled
     }

@@ -84,7 +84,7 @@ impl Gateway {
                 version: version.clone(),
                 forced: ctx.forced,
                 classes,
-                at_ms: crate::quality::WallClock::now_ms(&crate::quality::SystemWallClock),
+                at_ms: self.quality.now_ms(),
             };
             self.quality.served(&ctx.request_id, served);
         }
