@@ -63,6 +63,19 @@ fn profile(model: &str) -> Arc<Profile> {
     Arc::new(Profile::load(&repo().join(format!("models/{model}/1/profile.json")), None).unwrap())
 }
 
+/// What the service records for feedback after one one-row prediction.
+fn served(at_ms: u64) -> Served {
+    Served {
+        tenant: "dev".into(),
+        route: "breast-cancer".into(),
+        variant: "stable".into(),
+        version: "1".into(),
+        forced: false,
+        classes: vec![1],
+        at_ms,
+    }
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -85,18 +98,7 @@ fn recording_cost(quality: &Quality, profile: &Arc<Profile>, row: &[f32], every:
                 w.record_classes(&[1]);
             }
             if feedback {
-                quality.served(
-                    &format!("{i:032x}"),
-                    Served {
-                        tenant: "dev".into(),
-                        route: "breast-cancer".into(),
-                        variant: "stable".into(),
-                        version: "1".into(),
-                        forced: false,
-                        classes: vec![1],
-                        at_ms: SystemWallClock.now_ms(),
-                    },
-                );
+                quality.served(&format!("{i:032x}"), served(SystemWallClock.now_ms()));
             }
         }
         rounds.push(started.elapsed().as_nanos() as f64 / N as f64);
@@ -166,18 +168,7 @@ fn main() {
     dw.record_classes(&vec![1; window]);
     let store = proxy::quality::store::Local::new(1 << 30, Duration::from_secs(3600));
     for i in 0..10_000 {
-        store.put(
-            &format!("{i:032x}"),
-            Served {
-                tenant: "dev".into(),
-                route: "breast-cancer".into(),
-                variant: "stable".into(),
-                version: "1".into(),
-                forced: false,
-                classes: vec![1],
-                at_ms: 0,
-            },
-        );
+        store.put(&format!("{i:032x}"), served(0));
     }
     println!("\n| memory | bytes |");
     println!("| --- | ---: |");
@@ -222,14 +213,17 @@ fn main() {
             ("every feature ×1.5", 1.5),
         ] {
             let mut needed = Vec::new();
+            let mut missed = 0;
+            let cap = 4 * window;
             for _ in 0..20 {
                 let start: Vec<&Vec<f32>> = (0..window)
                     .map(|_| &rows[rng.random_range(0..rows.len())])
                     .collect();
                 let w = window_of(p, &start, window);
                 let mut n = 0;
+                let mut detected = false;
                 // Checked every 10 requests (the gateway computes every few seconds).
-                while n < 4 * window {
+                while n < cap && !detected {
                     for _ in 0..10 {
                         let r: Vec<f32> = rows[rng.random_range(0..rows.len())]
                             .iter()
@@ -238,15 +232,19 @@ fn main() {
                         w.record_rows(&r);
                     }
                     n += 10;
-                    if w.figures(min_rows, threshold).input_psi.unwrap() > threshold {
-                        break;
-                    }
+                    detected = w.figures(min_rows, threshold).input_psi.unwrap() > threshold;
                 }
+                missed += usize::from(!detected);
                 needed.push(n as f64);
             }
             let max = needed.iter().cloned().fold(0.0, f64::max);
+            let missed = if missed > 0 {
+                format!(" (not detected within {cap} in {missed} of 20)")
+            } else {
+                String::new()
+            };
             println!(
-                "| {name} | {:.1}% ({over} of {trials}) | {:.3}, {p95:.3} | {shift} | {:.0}, {max:.0} |",
+                "| {name} | {:.1}% ({over} of {trials}) | {:.3}, {p95:.3} | {shift} | {:.0}, {max:.0}{missed} |",
                 100.0 * over as f64 / trials as f64,
                 median(figures.clone()),
                 median(needed),

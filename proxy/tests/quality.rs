@@ -18,27 +18,7 @@ const POOLS: &str = "pools:\n  cancer-v1: {local: {model: breast-cancer, version
 
 /// Held-out rows and their true labels.
 fn heldout() -> (Vec<Vec<f32>>, Vec<i64>) {
-    let text = std::fs::read_to_string(repo().join("models/testdata/breast-cancer-heldout.json")).unwrap();
-    let v: Value = serde_json::from_str(&text).unwrap();
-    let rows = v["rows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            r.as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_f64().unwrap() as f32)
-                .collect()
-        })
-        .collect();
-    let labels = v["labels"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_i64().unwrap())
-        .collect();
-    (rows, labels)
+    heldout_rows("breast-cancer")
 }
 
 fn body(rows: &[Vec<f32>]) -> String {
@@ -115,8 +95,21 @@ async fn drift_after(g: &Gateway, variant: &str, rows: u64) -> Value {
 async fn drift_stays_low_on_heldout_rows_and_rises_on_shifted_ones() {
     // The window holds exactly two copies of the 143 held-out rows, so its figure is the
     // held-out set's own PSI against the training profile (0.174 on "mean symmetry").
+    // A models folder with breast-cancer/1 and its profile, and the same model as "plain"
+    // without one: a model without a profile serves as before; its drift is unavailable.
+    let models = temp_dir("models");
+    for (name, profile) in [("breast-cancer", true), ("plain", false)] {
+        let dir = models.join(name).join("1");
+        std::fs::create_dir_all(&dir).unwrap();
+        let from = repo().join("models/breast-cancer/1");
+        std::fs::copy(from.join("model.onnx"), dir.join("model.onnx")).unwrap();
+        if profile {
+            std::fs::copy(from.join("profile.json"), dir.join("profile.json")).unwrap();
+        }
+    }
     let g = start(&format!(
-        "quality: {{drift: {{window: 286, min_rows: 100, interval_ms: 100}}}}\n{POOLS}routes:\n  - model: breast-cancer\n    stable: cancer-v1\n"
+        "models_dir: {}\nquality: {{drift: {{window: 286, min_rows: 100, interval_ms: 100}}}}\npools:\n  cancer-v1: {{local: {{model: breast-cancer, version: 1}}}}\n  plain-v1: {{local: {{model: plain, version: 1}}}}\nroutes:\n  - model: breast-cancer\n    stable: cancer-v1\n  - model: plain\n    stable: plain-v1\n",
+        models.display()
     ));
     let (rows, _) = heldout();
     let mut conn = connect(g.https, &g.tls, Proto::H1).await;
@@ -171,6 +164,33 @@ async fn drift_stays_low_on_heldout_rows_and_rises_on_shifted_ones() {
             > 0.2
     );
     assert!(after["prediction_psi"].as_f64().is_some());
+
+    // The model without a profile: served, its drift unavailable (not 0), no gauge.
+    for r in rows.iter().take(150) {
+        let headers = [
+            ("x-api-key", g.keys.dev.as_str()),
+            ("content-type", "application/json"),
+        ];
+        let reply = conn
+            .send(
+                "POST",
+                "/v2/models/plain/infer",
+                &headers,
+                body(std::slice::from_ref(r)),
+            )
+            .await;
+        assert_eq!(reply.status, 200, "{}", reply.error());
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let plain = quality(&g).await["routes"]["plain"]["drift"]["stable"].clone();
+    assert_eq!(plain["profile"], false, "{plain:#}");
+    assert!(plain["input_psi"].is_null(), "{plain:#}");
+    assert!(plain["prediction_psi"].is_null(), "{plain:#}");
+    let (_, scrape) = admin_get(&g, "/metrics").await;
+    assert!(
+        !scrape.contains("gateway_input_drift_psi{route=\"plain\""),
+        "no gauge without a profile"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -34,14 +34,24 @@ fn sparkline(history: &Value) -> String {
         return String::from("<span class=none>one minute so far</span>");
     }
     let (t0, t1) = (points[0].0, points[points.len() - 1].0.max(points[0].0 + 60.0));
+    // From a round tenth under the lowest minute to 100%: a fall of a few points shows.
+    let lowest = points.iter().map(|p| p.1).fold(1.0, f64::min);
+    let floor = ((lowest - 0.05).max(0.0) * 10.0).floor() / 10.0;
     let (w, h) = (220.0, 40.0);
     let path: Vec<String> = points
         .iter()
-        .map(|(t, a)| format!("{:.1},{:.1}", (t - t0) / (t1 - t0) * w, h - a * h))
+        .map(|(t, a)| {
+            format!(
+                "{:.1},{:.1}",
+                (t - t0) / (t1 - t0) * w,
+                h - (a - floor) / (1.0 - floor).max(1e-9) * h
+            )
+        })
         .collect();
     format!(
-        r##"<svg width="{w}" height="{h}" viewBox="0 0 {w} {h}" role="img" aria-label="accuracy per minute"><rect width="{w}" height="{h}" fill="#f6f6f6"/><polyline fill="none" stroke="#1a73e8" stroke-width="1.5" points="{}"/></svg>"##,
-        path.join(" ")
+        r##"<svg width="{w}" height="{h}" viewBox="0 0 {w} {h}" role="img" aria-label="accuracy per minute, {lo:.0}% to 100%"><rect width="{w}" height="{h}" fill="#f6f6f6"/><polyline fill="none" stroke="#1a73e8" stroke-width="1.5" points="{}"/></svg> <small>{lo:.0}–100%</small>"##,
+        path.join(" "),
+        lo = floor * 100.0,
     )
 }
 
@@ -77,7 +87,7 @@ pub fn section(summary: &Value) -> String {
                 let _ = write!(out, "<p><b>Verdict</b>, {}</p>", esc(text));
             }
         }
-        out.push_str("<table><tr><th>predicted by</th><th>version</th><th>labelled</th><th>correct</th><th>accuracy</th><th>95% interval</th><th>accuracy per minute</th></tr>");
+        out.push_str("<table><tr><th style=text-align:left>predicted by</th><th>version</th><th>labelled</th><th>correct</th><th>accuracy</th><th>95% interval</th><th>accuracy per minute</th></tr>");
         for a in r["accuracy"].as_array().into_iter().flatten() {
             accuracy_row(
                 &mut out,
@@ -126,7 +136,7 @@ pub fn section(summary: &Value) -> String {
             if features.is_empty() {
                 continue;
             }
-            out.push_str("<table><tr><th>feature</th><th>PSI</th><th></th><th>mean now</th></tr>");
+            out.push_str("<table><tr><th style=text-align:left>feature</th><th>PSI</th><th></th><th>mean now</th></tr>");
             for x in features {
                 let psi = x["psi"].as_f64().unwrap_or(0.0);
                 let colour = if x["drifted"] == true {

@@ -584,6 +584,33 @@ pub fn terminate(mut child: std::process::Child) -> std::process::ExitStatus {
     }
 }
 
+/// Every held-out row of a bundled dataset with its true label
+/// (`models/testdata/<dataset>-heldout.json`, written by `models/train.py`).
+pub fn heldout_rows(dataset: &str) -> (Vec<Vec<f32>>, Vec<i64>) {
+    let text =
+        std::fs::read_to_string(repo().join(format!("models/testdata/{dataset}-heldout.json"))).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let rows = v["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            r.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32)
+                .collect()
+        })
+        .collect();
+    let labels = v["labels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_i64().unwrap())
+        .collect();
+    (rows, labels)
+}
+
 /// The breast-cancer test vectors: held-out rows and stable's labels for them.
 pub fn testdata_rows() -> (Vec<Vec<f32>>, Vec<i64>) {
     let d: serde_json::Value = serde_json::from_str(
