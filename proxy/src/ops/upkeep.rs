@@ -33,26 +33,36 @@ pub struct Maintenance {
 }
 
 impl Maintenance {
-    /// Drift figures, computed on a blocking thread (binning a window of rows is CPU work),
-    /// then handed to the rollouts of routes with a canary.
-    fn drift(&self, snap: &Arc<Snapshot>) {
-        let (quality, rollouts, snap) = (self.quality.clone(), self.rollouts.clone(), snap.clone());
-        tokio::task::spawn_blocking(move || {
-            let routes = &snap.config.routes;
-            quality.compute(&snap.config.quality.drift, |r, v| {
-                routes
-                    .get(r)
-                    .is_some_and(|route| v == crate::config::Variant::Stable || route.canary.is_some())
-            });
-            for (name, route) in routes {
-                if route.canary.is_some() {
-                    let psi = quality
-                        .drift(name, crate::config::Variant::Canary)
-                        .and_then(|f| f.input_psi);
-                    rollouts.observe_drift(name, psi);
+    /// Drift figures: binning windows and decoding remote bodies is CPU work, so it runs on
+    /// a thread of its own at idle priority (like the shadows'), which gets the CPU only
+    /// when the client path leaves it free; then handed to the rollouts of routes with a
+    /// canary. Started once; it follows the current snapshot.
+    fn start_drift(&self) {
+        let (quality, rollouts, state) = (self.quality.clone(), self.rollouts.clone(), self.state.clone());
+        let started = std::thread::Builder::new().name("quality".into()).spawn(move || {
+            inference::priority::idle();
+            loop {
+                std::thread::sleep(state.load().config.quality.drift.interval);
+                let snap = state.load_full();
+                let routes = &snap.config.routes;
+                quality.compute(&snap.config.quality.drift, |r, v| {
+                    routes
+                        .get(r)
+                        .is_some_and(|route| v == crate::config::Variant::Stable || route.canary.is_some())
+                });
+                for (name, route) in routes {
+                    if route.canary.is_some() {
+                        let psi = quality
+                            .drift(name, crate::config::Variant::Canary)
+                            .and_then(|f| f.input_psi);
+                        rollouts.observe_drift(name, psi);
+                    }
                 }
             }
         });
+        if let Err(e) = started {
+            tracing::warn!("no drift figures: cannot start their thread: {e}");
+        }
     }
 }
 
@@ -63,7 +73,7 @@ impl BackgroundService for Maintenance {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_evict = Instant::now();
         let mut last_probe = Instant::now();
-        let mut last_drift = Instant::now();
+        self.start_drift();
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return,
@@ -75,10 +85,6 @@ impl BackgroundService for Maintenance {
                 if let Backend::Remote(pool) = backend {
                     pool.maintain(false).await;
                 }
-            }
-            if last_drift.elapsed() >= snap.config.quality.drift.interval {
-                last_drift = Instant::now();
-                self.drift(&snap);
             }
             if last_evict.elapsed() >= EVICT_EVERY {
                 snap.limiters.evict_idle();

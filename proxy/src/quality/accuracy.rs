@@ -81,7 +81,18 @@ pub fn wilson(successes: u64, n: u64) -> Option<(f64, f64)> {
     let z2 = Z95 * Z95;
     let centre = (p + z2 / (2.0 * n)) / (1.0 + z2 / n);
     let half = Z95 * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt() / (1.0 + z2 / n);
-    Some(((centre - half).max(0.0), (centre + half).min(1.0)))
+    // At p = 0 or 1 a bound is exactly 0 or 1; floating point would land a hair inside.
+    let lo = if successes == 0 {
+        0.0
+    } else {
+        (centre - half).max(0.0)
+    };
+    let hi = if successes as f64 == n {
+        1.0
+    } else {
+        (centre + half).min(1.0)
+    };
+    Some((lo, hi))
 }
 
 /// Two-sided p-value of the two-proportion z-test (pooled), `None` when either side has no
@@ -170,7 +181,8 @@ mod tests {
             "{lo} {hi}"
         );
         let (lo, hi) = wilson(10, 10).unwrap();
-        assert!(hi > 0.9999 && (lo - 0.7225).abs() < 5e-4, "{lo} {hi}");
+        assert!(hi == 1.0 && (lo - 0.7225).abs() < 5e-4, "{lo} {hi}");
+        assert_eq!(wilson(0, 10).unwrap().0, 0.0);
         assert!(wilson(0, 0).is_none());
     }
 

@@ -69,9 +69,13 @@ impl WallClock for FakeWallClock {
     }
 }
 
-/// Remote requests' bodies and Redis writes waiting for the background work, at most;
-/// beyond, dropped and counted (`gateway_quality_dropped_total`).
+/// Redis writes waiting for the writer, at most; beyond, dropped and counted
+/// (`gateway_quality_dropped_total`).
 const QUEUE: usize = 4096;
+/// Remote requests' bodies waiting to be decoded into their windows, at most: each interval
+/// decodes no more than this (a window's worth), so the work per interval stays small
+/// whatever the rate; beyond, the sample is skipped and counted.
+const BODIES: usize = 1024;
 
 enum Store {
     Local(store::Local),
@@ -135,7 +139,7 @@ impl Quality {
             feedback: feedback.clone(),
             store,
             writes: crossbeam_queue::ArrayQueue::new(QUEUE),
-            bodies: crossbeam_queue::ArrayQueue::new(QUEUE),
+            bodies: crossbeam_queue::ArrayQueue::new(BODIES),
             windows: RwLock::default(),
             tallies: Mutex::default(),
             paired: Mutex::default(),

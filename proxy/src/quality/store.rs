@@ -88,8 +88,18 @@ fn weight(id: &str, s: &Served) -> usize {
 
 impl Local {
     pub fn new(max_bytes: usize, ttl: Duration) -> Local {
+        // Sized once for what the bound holds (one-row predictions weigh about 250 bytes): a
+        // table that grows by doubling copies itself whole under the lock, a pause of tens of
+        // milliseconds for every request at a few hundred thousand entries (seen as the p99
+        // of loadtests/bench_gateway.sh). Only the table's control bytes are written now; the
+        // entries' memory is touched as they come.
+        let entries = (max_bytes / 250).min(1 << 22);
         Local {
-            inner: Mutex::default(),
+            inner: Mutex::new(LocalInner {
+                map: HashMap::with_capacity(entries),
+                order: VecDeque::with_capacity(entries),
+                ..LocalInner::default()
+            }),
             max_bytes,
             keep: ttl * 2,
         }
