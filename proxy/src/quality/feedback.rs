@@ -111,7 +111,7 @@ impl Outcome {
                 format!("joined {rows} labels ({correct} predicted correctly)")
             }
             Outcome::Unknown => format!(
-                "no prediction with request id {id:?} is known here (never made, not answered with a prediction, or forgotten: the store keeps predictions for twice the feedback TTL, within its memory bound)"
+                "no prediction with request id {id:?} is known here (never made, not answered with a prediction, more than 1024 rows, or forgotten: the store keeps predictions for twice the feedback TTL, within its memory bound)"
             ),
             Outcome::Expired { age_s, ttl_s } => {
                 format!("the prediction {id:?} is {age_s} s old; feedback is accepted for {ttl_s} s")

@@ -69,6 +69,10 @@ impl WallClock for FakeWallClock {
     }
 }
 
+/// Predictions with more rows are not kept for feedback (a bulk batch would fill the store
+/// alone; its labels get "unknown").
+pub const MAX_FEEDBACK_ROWS: usize = 1024;
+
 /// Redis writes waiting for the writer, at most; beyond, dropped and counted
 /// (`gateway_quality_dropped_total`).
 const QUEUE: usize = 4096;

@@ -70,12 +70,16 @@ impl Gateway {
     /// The predicted classes into the drift window (sampled requests), and what feedback
     /// will need to join them with their labels (requests with a key).
     fn record_quality(&self, ctx: &Ctx, route: &str, predictions: &[(i64, Option<f64>)]) {
+        let keep = self.quality.feedback_enabled() && predictions.len() <= crate::quality::MAX_FEEDBACK_ROWS;
+        if ctx.drift.is_none() && !keep {
+            return;
+        }
         let classes: Vec<i64> = predictions.iter().map(|(c, _)| *c).collect();
         if let Some(w) = &ctx.drift {
             w.record_classes(&classes);
         }
         if let (Some(key), Some(variant), Some(version)) = (&ctx.key, ctx.variant, &ctx.model_version)
-            && self.quality.feedback_enabled()
+            && keep
         {
             let served = crate::quality::store::Served {
                 tenant: key.tenant.clone(),
