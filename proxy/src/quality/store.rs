@@ -16,6 +16,7 @@
 //! a wrong join.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, RandomState};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -58,10 +59,21 @@ const MAX_SHADOWS: usize = 16;
 
 /// This replica's store.
 pub struct Local {
-    inner: Mutex<LocalInner>,
-    max_bytes: usize,
+    /// Split by request id: a table grows by doubling, copying itself whole under its lock,
+    /// and one table for the whole bound paused every request for tens of milliseconds at a
+    /// few hundred thousand entries (the p99 of loadtests/bench_gateway.sh). Sizing it once
+    /// instead made the process's memory jump to the full bound within a few thousand
+    /// requests (a hash table's entries land on every page). A shard copies at most
+    /// `SHARD_BYTES` worth when it grows, and grows only as far as it is used.
+    shards: Box<[Mutex<LocalInner>]>,
+    hasher: RandomState,
+    shard_bytes: usize,
     keep: Duration,
 }
+
+/// The bound of one shard, at most: about 4,000 one-row predictions.
+const SHARD_BYTES: usize = 1 << 20;
+const MAX_SHARDS: usize = 256;
 
 #[derive(Default)]
 struct LocalInner {
@@ -88,30 +100,27 @@ fn weight(id: &str, s: &Served) -> usize {
 
 impl Local {
     pub fn new(max_bytes: usize, ttl: Duration) -> Local {
-        // Sized once for what the bound holds (one-row predictions weigh about 250 bytes): a
-        // table that grows by doubling copies itself whole under the lock, a pause of tens of
-        // milliseconds for every request at a few hundred thousand entries (seen as the p99
-        // of loadtests/bench_gateway.sh). Only the table's control bytes are written now; the
-        // entries' memory is touched as they come.
-        let entries = (max_bytes / 250).min(1 << 22);
+        let n = max_bytes.div_ceil(SHARD_BYTES).clamp(1, MAX_SHARDS);
         Local {
-            inner: Mutex::new(LocalInner {
-                map: HashMap::with_capacity(entries),
-                order: VecDeque::with_capacity(entries),
-                ..LocalInner::default()
-            }),
-            max_bytes,
+            shards: (0..n).map(|_| Mutex::default()).collect(),
+            hasher: RandomState::new(),
+            shard_bytes: max_bytes / n,
             keep: ttl * 2,
         }
     }
 
+    fn shard(&self, id: &str) -> &Mutex<LocalInner> {
+        let i = self.hasher.hash_one(id) as usize % self.shards.len();
+        &self.shards[i]
+    }
+
     pub fn bytes(&self) -> usize {
-        self.inner.lock().bytes
+        self.shards.iter().map(|s| s.lock().bytes).sum()
     }
 
     pub fn put(&self, id: &str, served: Served) {
         let now = served.at_ms;
-        let mut g = self.inner.lock();
+        let mut g = self.shard(id).lock();
         if let Some(slot) = g.map.get_mut(id) {
             slot.ambiguous = true;
             return;
@@ -138,7 +147,7 @@ impl Local {
                 .map
                 .get(&old)
                 .is_some_and(|s| s.seq == old_seq && s.served.at_ms + keep_ms < now);
-            if g.bytes <= self.max_bytes && !stale {
+            if g.bytes <= self.shard_bytes && !stale {
                 break;
             }
             g.order.pop_front();
@@ -151,7 +160,7 @@ impl Local {
     /// Remembers a shadow's classes; when the request's labels came already, returns them
     /// with the primary's record so the caller counts the shadow now.
     pub fn add_shadow(&self, id: &str, shadow: ShadowServed) -> Option<(Served, Vec<i64>)> {
-        let mut g = self.inner.lock();
+        let mut g = self.shard(id).lock();
         let slot = g.map.get_mut(id)?;
         if slot.ambiguous {
             return None;
@@ -169,7 +178,7 @@ impl Local {
     }
 
     pub fn lookup(&self, id: &str) -> Found {
-        let g = self.inner.lock();
+        let g = self.shard(id).lock();
         match g.map.get(id) {
             None => Found::Unknown,
             Some(s) if s.ambiguous => Found::Ambiguous,
@@ -181,7 +190,7 @@ impl Local {
     /// Marks the request labelled; the shadows recorded so far, or `None` when someone else
     /// marked it first (or it went meanwhile).
     pub fn mark(&self, id: &str, labels: &[i64]) -> Option<Vec<ShadowServed>> {
-        let mut g = self.inner.lock();
+        let mut g = self.shard(id).lock();
         let slot = g.map.get_mut(id)?;
         if slot.labels.is_some() || slot.ambiguous {
             return None;
@@ -394,5 +403,20 @@ mod tests {
         // Entries older than twice the TTL go when newer ones come.
         s.put("late", served(999 + 121_000, vec![1]));
         assert_eq!(s.lookup("id999"), Found::Unknown);
+    }
+
+    #[test]
+    fn a_sharded_local_store_stays_within_its_bytes_and_keeps_the_newest() {
+        let max = 8 * SHARD_BYTES;
+        let s = Local::new(max, Duration::from_secs(60));
+        assert_eq!(s.shards.len(), 8);
+        for i in 0..100_000 {
+            s.put(&format!("id{i}"), served(i, vec![1]));
+        }
+        assert!(s.bytes() <= max && s.bytes() > max * 9 / 10, "{}", s.bytes());
+        for i in 99_000..100_000 {
+            assert!(matches!(s.lookup(&format!("id{i}")), Found::Open(_)));
+        }
+        assert_eq!(s.lookup("id0"), Found::Unknown);
     }
 }
