@@ -26,7 +26,7 @@ pub mod view;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
@@ -80,6 +80,10 @@ const QUEUE: usize = 4096;
 /// decodes no more than this (a window's worth), so the work per interval stays small
 /// whatever the rate; beyond, the sample is skipped and counted.
 const BODIES: usize = 1024;
+/// ... and at most this many bytes of them: the bodies are the requests' own (shared, not
+/// copied), but a queued one outlives its request, and 1024 maximal bodies would hold
+/// gigabytes.
+const BODY_BYTES: usize = 16 << 20;
 
 enum Store {
     Local(store::Local),
@@ -104,6 +108,7 @@ pub struct Quality {
     store: Store,
     writes: crossbeam_queue::ArrayQueue<Write>,
     bodies: crossbeam_queue::ArrayQueue<(Arc<Window>, Bytes, Option<String>)>,
+    body_bytes: AtomicUsize,
     windows: RwLock<HashMap<WindowKey, Arc<Window>>>,
     tallies: Mutex<BTreeMap<TallyKey, Tally>>,
     /// Per (route, shadow pool, shadow version): the shadow's tally and the primary's on the
@@ -144,6 +149,7 @@ impl Quality {
             store,
             writes: crossbeam_queue::ArrayQueue::new(QUEUE),
             bodies: crossbeam_queue::ArrayQueue::new(BODIES),
+            body_bytes: AtomicUsize::new(0),
             windows: RwLock::default(),
             tallies: Mutex::default(),
             paired: Mutex::default(),
@@ -267,7 +273,13 @@ impl Quality {
 
     /// A sampled request to a remote pool: its body is decoded off the request path.
     pub fn record_body(&self, window: Arc<Window>, body: Bytes, header_length: Option<String>) {
-        if window.profile.is_some() && self.bodies.push((window, body, header_length)).is_err() {
+        if window.profile.is_none() {
+            return;
+        }
+        let len = body.len();
+        let held = self.body_bytes.fetch_add(len, Relaxed);
+        if held + len > BODY_BYTES || self.bodies.push((window, body, header_length)).is_err() {
+            self.body_bytes.fetch_sub(len, Relaxed);
             self.metrics
                 .quality
                 .dropped
@@ -467,6 +479,7 @@ impl Quality {
     /// routes no longer configured (`keep` says which are) go.
     pub fn compute(&self, settings: &DriftSettings, keep: impl Fn(&str, Variant) -> bool) {
         while let Some((window, body, header_length)) = self.bodies.pop() {
+            self.body_bytes.fetch_sub(body.len(), Relaxed);
             if let Ok(r) = inference::protocol::decode_request(&body, header_length.as_deref()) {
                 self.record_inputs(&window, &r.inputs);
             }

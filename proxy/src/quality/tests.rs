@@ -131,3 +131,34 @@ fn shadows_are_joined_whether_they_answer_before_or_after_the_label() {
         "the primary missed one on the same rows"
     );
 }
+
+#[test]
+fn queued_remote_bodies_are_bounded_in_bytes_as_well_as_in_number() {
+    let (q, _) = quality(60);
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/breast-cancer/1/profile.json");
+    let profile = Arc::new(Profile::load(&path, Some(30)).unwrap());
+    let w = q.window("m", Variant::Stable, "1", Some(&profile), 1000);
+    let dropped = || q.metrics.quality.dropped.with_label_values(&["queue_full"]).get();
+    // Four bodies of a quarter of the bound fit; the fifth crosses it.
+    let big = Bytes::from(vec![b' '; BODY_BYTES / 4]);
+    for _ in 0..4 {
+        q.record_body(w.clone(), big.clone(), None);
+    }
+    assert_eq!(dropped(), 0);
+    q.record_body(w.clone(), big.clone(), None);
+    assert_eq!(dropped(), 1);
+    assert_eq!(q.bodies.len(), 4);
+    // Decoding frees the room (these bodies are not JSON: they are skipped, not counted).
+    let settings = DriftSettings {
+        window: 1000,
+        sample_every: 1,
+        min_rows: 200,
+        interval: Duration::from_secs(5),
+        threshold: 0.25,
+    };
+    q.compute(&settings, |_, _| true);
+    assert_eq!(q.body_bytes.load(Relaxed), 0);
+    q.record_body(w, big, None);
+    assert_eq!(q.bodies.len(), 1);
+}
