@@ -61,7 +61,7 @@ target/release/gateway check $configs
 step "deploy/ validates offline (Dockerfile, compose, Kubernetes manifests and their configs)"
 .venv/bin/python deploy/validate.py
 
-step "standard clients against inference-server (tritonclient.http, curl)"
+step "standard clients against inference-server and the gateway (tritonclient.http, tritonclient.grpc, KServe gRPC, curl)"
 scripts/client_compat.sh target/release/inference-server
 
 step "models/train.py reproduces the committed models"
@@ -70,5 +70,7 @@ step "models/train.py reproduces the committed models"
 if [ "$QUICK" = 0 ]; then
   step "benchmarks, quick mode: the harness works end to end (figures are reported, not asserted: CI machines are noisy)"
   loadtests/bench_all.sh --quick
+  step "gRPC against REST, quick mode (loadtests/bench_grpc.sh)"
+  loadtests/bench_grpc.sh --quick
 fi
 step "all checks passed"

@@ -33,6 +33,9 @@ pub enum InferError {
     /// The request's body did not arrive within the deadline (slow or stalled client).
     #[error("the request body did not arrive within {limit_ms} ms")]
     BodyTimeout { limit_ms: u64 },
+    /// The client's own deadline (gRPC's `grpc-timeout`) passed before the answer was ready.
+    #[error("no answer within the client's deadline of {limit_ms} ms")]
+    Deadline { limit_ms: u64 },
     /// The pool's queue is full: the request was shed before any work was done on it.
     #[error("model {model} is overloaded (queue of {capacity} requests is full); retry later")]
     Overloaded { model: String, capacity: usize },
@@ -56,6 +59,7 @@ impl InferError {
             InferError::NotFound(_) => 404,
             InferError::MethodNotAllowed { .. } => 405,
             InferError::BodyTimeout { .. } => 408,
+            InferError::Deadline { .. } => 504,
             InferError::PayloadTooLarge { .. }
             | InferError::TooManyRows { .. }
             | InferError::AnswerTooLarge { .. } => 413,

@@ -10,6 +10,7 @@
 //! - [`repository`]: the `<name>/<version>/model.onnx` layout on disk.
 //! - [`protocol`]: Open Inference Protocol paths, JSON and binary bodies.
 //! - [`server`]: the hyper server behind `inference-server`.
+//! - [`grpc`]: the same over gRPC (`inference-server --grpc-listen`).
 
 // Layers, bottom first: each module uses only those declared before it
 // (scripts/module_cycles.py inference/src 1 --layers).
@@ -24,6 +25,7 @@ pub mod pool;
 pub mod repository;
 pub mod protocol;
 pub mod server;
+pub mod grpc;
 
 pub use error::InferError;
 pub use model::{LoadError, ModelMetadata, NamedTensor, TensorSpec};

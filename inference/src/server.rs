@@ -139,6 +139,10 @@ impl InferenceServer {
         &self.repo
     }
 
+    pub fn options(&self) -> &ServerOptions {
+        &self.options
+    }
+
     /// Serves HTTP/1.1 and HTTP/2 (prior knowledge) on `listener` until `shutdown` resolves,
     /// then lets requests in flight finish (up to 10 s).
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()>) {

@@ -137,6 +137,7 @@ impl GatewayError {
             GatewayError::Infer(InferError::TooManyRows { .. }) => "too_many_rows",
             GatewayError::Infer(InferError::AnswerTooLarge { .. }) => "answer_too_large",
             GatewayError::Infer(InferError::BodyTimeout { .. }) => "body_timeout",
+            GatewayError::Infer(InferError::Deadline { .. }) => "deadline",
             GatewayError::Infer(InferError::Overloaded { .. }) => "overloaded",
             GatewayError::Infer(InferError::NotReady(_)) => "not_ready",
             GatewayError::Infer(InferError::Internal(_)) => "internal",

@@ -24,7 +24,7 @@ static GLOBAL: inference::alloc::MiMalloc = inference::alloc::MiMalloc;
 #[command(
     name = "inference-server",
     version,
-    about = "Serve an ONNX model repository over the Open Inference Protocol (KServe v2 REST)",
+    about = "Serve an ONNX model repository over the Open Inference Protocol (KServe v2 REST; gRPC with --grpc-listen)",
     after_help = "The ONNX Runtime library is taken from ORT_DYLIB_PATH, else from .ort/lib/ \
                   (scripts/setup.sh fetches it).\nLog level: RUST_LOG (default: info)."
 )]
@@ -35,6 +35,10 @@ struct Args {
     /// Address to listen on (HTTP/1.1 and HTTP/2 prior knowledge)
     #[arg(long, default_value = "127.0.0.1:8000")]
     listen: SocketAddr,
+    /// Also serve the Open Inference Protocol over gRPC (inference.GRPCInferenceService and
+    /// grpc.health.v1.Health) on this address, e.g. 127.0.0.1:8001 (Triton's port)
+    #[arg(long)]
+    grpc_listen: Option<SocketAddr>,
     /// Worker threads (each with its own ORT session) per model version
     #[arg(long, default_value_t = 1)]
     instances: usize,
@@ -177,8 +181,27 @@ fn run(args: Args) -> Result<(), String> {
             "serving {} on http://{addr} (Open Inference Protocol v2)",
             args.models.display()
         );
-        server.clone().serve(listener, shutdown_signal()).await;
-        Ok::<(), String>(())
+        let Some(grpc_addr) = args.grpc_listen else {
+            server.clone().serve(listener, shutdown_signal()).await;
+            return Ok::<(), String>(());
+        };
+        let grpc_listener = inference::server::bind(grpc_addr).await?;
+        let grpc_addr = grpc_listener.local_addr().map_err(|e| e.to_string())?;
+        tracing::info!("serving the same over gRPC on {grpc_addr} (inference.GRPCInferenceService)");
+        // One signal stops both servers.
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let grpc = inference::grpc::GrpcServer::new(server.repository().clone(), server.options().clone());
+        let rest = server.clone().serve(listener, wait(stopped.clone()));
+        let grpc = grpc.serve(grpc_listener, wait(stopped));
+        let signal = async {
+            shutdown_signal().await;
+            let _ = stop.send(true);
+        };
+        let ((), (), grpc) = tokio::join!(rest, signal, grpc);
+        grpc
     })?;
     for (name, version, pool) in server.repository().iter() {
         let s = pool.stats();

@@ -127,7 +127,7 @@ pub fn decode_request(body: &[u8], header_length: Option<&str>) -> Result<InferR
 }
 
 /// The first name that appears twice. Few names, so sorted copies beat a hash set.
-fn first_duplicate<'a>(names: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+pub(crate) fn first_duplicate<'a>(names: impl Iterator<Item = &'a str>) -> Option<&'a str> {
     let mut sorted: Vec<&str> = names.collect();
     if sorted.len() < 2 {
         return None;
@@ -246,7 +246,12 @@ fn decode_input(input: InputJson, binary: &mut &[u8], role: &str) -> Result<Name
     Ok(NamedTensor { name, tensor })
 }
 
-fn from_le_bytes(role: &str, name: &str, dtype: DataType, bytes: &[u8]) -> Result<TensorData, InferError> {
+pub(crate) fn from_le_bytes(
+    role: &str,
+    name: &str,
+    dtype: DataType,
+    bytes: &[u8],
+) -> Result<TensorData, InferError> {
     macro_rules! le {
         ($t:ty, $var:ident) => {
             TensorData::$var(
@@ -280,7 +285,7 @@ fn from_le_bytes(role: &str, name: &str, dtype: DataType, bytes: &[u8]) -> Resul
     })
 }
 
-fn to_le_bytes(data: &TensorData, out: &mut Vec<u8>) {
+pub(crate) fn to_le_bytes(data: &TensorData, out: &mut Vec<u8>) {
     macro_rules! le {
         ($v:expr) => {
             for x in $v {

@@ -8,10 +8,11 @@
 //! - [`metadata`]: server and model metadata, readiness, Triton's model configuration, typed
 //!   both ways;
 //! - [`request_id`]: the `x-request-id` rule;
-//! - [`body`]: reading a request body under its limits, whatever the transport.
+//! - [`body`]: reading a request body under its limits, whatever the transport;
+//! - [`grpc`]: the second wire format (gRPC's `inference.GRPCInferenceService`), one more
+//!   codec over the same types: it decodes into [`InferRequest`] and encodes the same outputs
+//!   and metadata, with the same checks and messages.
 //!
-//! A second wire format (gRPC's `inference.GRPCInferenceService`) is one more codec over the
-//! same types: it decodes into [`InferRequest`] and encodes the same outputs and metadata.
 //! Each server drives its own transport (hyper's body; the gateway's reader, which also holds
 //! the in-flight budget) through the same [`body::BodyReader`].
 
@@ -20,6 +21,7 @@ pub mod codec;
 pub mod endpoint;
 pub mod json;
 pub mod metadata;
+pub mod grpc;
 pub mod request_id;
 
 pub use codec::{

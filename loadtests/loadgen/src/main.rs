@@ -8,6 +8,11 @@
 //!     loadgen --url https://127.0.0.1:8443/v2/models/m/infer --rate 5000 --connections 32 \
 //!             --duration 10 --body example.json --header "x-api-key: …" --cacert certs/ca.crt
 //!
+//! `--grpc` sends the same request as a gRPC `ModelInfer` call instead (HTTP/2, h2c or TLS with
+//! ALPN h2): the JSON body is converted once, before the load, into the protobuf message with
+//! raw tensor contents (what `tritonclient.grpc` sends), and a call counts as answered only
+//! when its `grpc-status` is 0.
+//!
 //! Prints one machine-readable line:
 //!     RESULT sent=… ok=… errors=… rate=… p50_us=… p90_us=… p99_us=… p999_us=… max_us=…
 
@@ -47,10 +52,15 @@ struct Args {
     /// CA to trust for https (PEM)
     #[arg(long)]
     cacert: Option<PathBuf>,
+    /// Call `inference.GRPCInferenceService/ModelInfer` on this model with the --body
+    /// request (Open Inference Protocol JSON) converted to protobuf; the URL's path is ignored
+    #[arg(long, value_name = "MODEL")]
+    grpc: Option<String>,
 }
 
 struct Target {
     tls: Option<Arc<rustls::ClientConfig>>,
+    grpc: bool,
     host: String,
     port: u16,
     path: String,
@@ -58,50 +68,107 @@ struct Target {
     headers: Vec<(String, String)>,
 }
 
-type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+enum Sender {
+    H1(hyper::client::conn::http1::SendRequest<Full<Bytes>>),
+    H2(hyper::client::conn::http2::SendRequest<Full<Bytes>>),
+}
+
+async fn handshake<T>(io: T, h2: bool) -> Result<Sender, String>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let io = hyper_util::rt::TokioIo::new(io);
+    if h2 {
+        let (s, conn) = hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        Ok(Sender::H2(s))
+    } else {
+        let (s, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        Ok(Sender::H1(s))
+    }
+}
 
 async fn connect(t: &Target) -> Result<Sender, String> {
     let tcp = tokio::net::TcpStream::connect((t.host.as_str(), t.port))
         .await
         .map_err(|e| e.to_string())?;
     let _ = tcp.set_nodelay(true);
-    let sender = if let Some(tls) = &t.tls {
+    if let Some(tls) = &t.tls {
         let name = ServerName::try_from(t.host.clone()).map_err(|e| e.to_string())?;
         let stream = tokio_rustls::TlsConnector::from(tls.clone())
             .connect(name, tcp)
             .await
             .map_err(|e| e.to_string())?;
-        let (s, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .map_err(|e| e.to_string())?;
-        tokio::spawn(conn);
-        s
+        handshake(stream, t.grpc).await
     } else {
-        let (s, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
-            .await
-            .map_err(|e| e.to_string())?;
-        tokio::spawn(conn);
-        s
-    };
-    Ok(sender)
+        handshake(tcp, t.grpc).await
+    }
 }
 
 async fn one(sender: &mut Sender, t: &Target) -> Result<u16, String> {
     let mut b = hyper::Request::builder()
         .method(if t.body.is_some() { "POST" } else { "GET" })
-        .uri(t.path.as_str())
-        .header("host", format!("{}:{}", t.host, t.port));
+        .uri(t.path.as_str());
+    b = match sender {
+        Sender::H1(_) => b.header("host", format!("{}:{}", t.host, t.port)),
+        Sender::H2(_) => b.uri(format!(
+            "{}://{}:{}{}",
+            if t.tls.is_some() { "https" } else { "http" },
+            t.host,
+            t.port,
+            t.path
+        )),
+    };
+    if t.grpc {
+        b = b
+            .header("content-type", "application/grpc")
+            .header("te", "trailers");
+    }
     for (k, v) in &t.headers {
         b = b.header(k.as_str(), v.as_str());
     }
     let req = b
         .body(Full::new(t.body.clone().unwrap_or_default()))
         .map_err(|e| e.to_string())?;
-    sender.ready().await.map_err(|e| e.to_string())?;
-    let res = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let res = match sender {
+        Sender::H1(s) => {
+            s.ready().await.map_err(|e| e.to_string())?;
+            s.send_request(req).await.map_err(|e| e.to_string())?
+        }
+        Sender::H2(s) => {
+            s.ready().await.map_err(|e| e.to_string())?;
+            s.send_request(req).await.map_err(|e| e.to_string())?
+        }
+    };
     let status = res.status().as_u16();
-    res.into_body().collect().await.map_err(|e| e.to_string())?;
+    let grpc_status = |h: &hyper::HeaderMap| h.get("grpc-status").map(|v| v.as_bytes().to_vec());
+    let in_head = grpc_status(res.headers());
+    let body = res.into_body().collect().await.map_err(|e| e.to_string())?;
+    if t.grpc {
+        // A call succeeded only with grpc-status 0, in the trailers (or a trailers-only answer).
+        let code = body.trailers().and_then(grpc_status).or(in_head);
+        if code.as_deref() != Some(b"0") {
+            return Ok(if status == 200 { 599 } else { status });
+        }
+    }
     Ok(status)
+}
+
+/// The --body request (Open Inference Protocol JSON) as one framed `ModelInferRequest`.
+fn grpc_body(json: &[u8], model: &str) -> Result<Bytes, String> {
+    use prost::Message;
+    let request = inference::protocol::decode_request(json, None).map_err(|e| format!("--body: {e}"))?;
+    let message = inference::protocol::grpc::encode_request(model, "", "", &request.inputs);
+    let mut out = Vec::with_capacity(5 + message.encoded_len());
+    out.push(0);
+    out.extend_from_slice(&(message.encoded_len() as u32).to_be_bytes());
+    message.encode(&mut out).map_err(|e| e.to_string())?;
+    Ok(Bytes::from(out))
 }
 
 struct Tally {
@@ -211,7 +278,7 @@ async fn pace(
     }
 }
 
-fn tls_config(cacert: Option<&PathBuf>) -> Result<Arc<rustls::ClientConfig>, String> {
+fn tls_config(cacert: Option<&PathBuf>, h2: bool) -> Result<Arc<rustls::ClientConfig>, String> {
     let mut roots = rustls::RootCertStore::empty();
     let path = cacert.ok_or("https needs --cacert")?;
     let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -226,7 +293,7 @@ fn tls_config(cacert: Option<&PathBuf>) -> Result<Arc<rustls::ClientConfig>, Str
             .map_err(|e| e.to_string())?
             .with_root_certificates(roots)
             .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = vec![if h2 { b"h2".to_vec() } else { b"http/1.1".to_vec() }];
     Ok(Arc::new(config))
 }
 
@@ -241,21 +308,34 @@ fn main() {
 fn run(args: Args) -> Result<(), String> {
     let uri: hyper::Uri = args.url.parse().map_err(|e| format!("--url: {e}"))?;
     let https = uri.scheme_str() == Some("https");
+    let body = match &args.body {
+        Some(p) => Some(Bytes::from(
+            std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?,
+        )),
+        None => None,
+    };
+    let (body, path) = match (&args.grpc, body) {
+        (Some(model), Some(json)) => (
+            Some(grpc_body(&json, model)?),
+            "/inference.GRPCInferenceService/ModelInfer".to_string(),
+        ),
+        (Some(_), None) => return Err("--grpc needs --body".into()),
+        (None, body) => (
+            body,
+            uri.path_and_query().map_or("/".to_string(), |p| p.to_string()),
+        ),
+    };
     let target = Arc::new(Target {
         tls: if https {
-            Some(tls_config(args.cacert.as_ref())?)
+            Some(tls_config(args.cacert.as_ref(), args.grpc.is_some())?)
         } else {
             None
         },
+        grpc: args.grpc.is_some(),
         host: uri.host().ok_or("--url needs a host")?.to_string(),
         port: uri.port_u16().unwrap_or(if https { 443 } else { 80 }),
-        path: uri.path_and_query().map_or("/".to_string(), |p| p.to_string()),
-        body: match &args.body {
-            Some(p) => Some(Bytes::from(
-                std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?,
-            )),
-            None => None,
-        },
+        path,
+        body,
         headers: args
             .header
             .iter()

@@ -228,6 +228,16 @@ pub struct Route {
     pub shadows: Vec<Shadow>,
 }
 
+impl Route {
+    /// The pool that serves `variant` (a canary is chosen only when the route has one).
+    pub fn pool(&self, variant: Variant) -> &str {
+        match (variant, &self.canary) {
+            (Variant::Canary, Some(c)) => &c.pool,
+            _ => &self.stable,
+        }
+    }
+}
+
 /// A validated config: every reference resolves, every number is in range, every file that
 /// must exist does (or will be generated, where the file allows it).
 #[derive(Clone, Debug)]

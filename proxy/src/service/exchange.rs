@@ -149,6 +149,33 @@ impl<'a> Exchange<'a> {
         }
     }
 
+    /// A gRPC answer: 200 with the gateway's fields as metadata, the message if any, then
+    /// `trailers` (grpc-status and the like), which end the stream. Only HTTP/2 carries gRPC.
+    pub async fn write_grpc(
+        &mut self,
+        ctx: &Ctx,
+        message: Option<Bytes>,
+        trailers: http::HeaderMap,
+    ) -> Result<(), ()> {
+        let Io::Pingora(s) = &mut self.io else {
+            return Err(());
+        };
+        let head = Head {
+            content_type: "application/grpc",
+            length: 0,
+            ctx,
+            extra: &[],
+        };
+        let mut header = head.response_header(200);
+        // The length of a stream of messages is not known to gRPC clients; none is sent.
+        header.remove_header(&http::header::CONTENT_LENGTH);
+        s.write_response_header(Box::new(header)).await.map_err(drop)?;
+        if let Some(m) = message {
+            s.write_response_body(m, false).await.map_err(drop)?;
+        }
+        s.write_response_trailers(trailers).await.map_err(drop)
+    }
+
     pub fn response_status(&self) -> Option<u16> {
         match &self.io {
             Io::Pingora(s) => s.response_written().map(|r| r.status.as_u16()),

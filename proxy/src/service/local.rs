@@ -148,7 +148,7 @@ impl Gateway {
 
     /// Runs a local pool, keeping a copy of the inputs when the route's shadows want one.
     /// A failed inference is still mirrored (the shadow's answer is worth recording).
-    async fn infer_local(
+    pub(super) async fn infer_local(
         &self,
         snap: &Arc<Snapshot>,
         ctx: &mut Ctx,
@@ -187,7 +187,7 @@ impl Gateway {
     }
 
     /// Names the outputs of a local pool for [`Self::mirror`].
-    fn named(meta: &ModelMetadata, outputs: Vec<Tensor>) -> shadow::Primary {
+    pub(super) fn named(meta: &ModelMetadata, outputs: Vec<Tensor>) -> shadow::Primary {
         shadow::Primary::Outputs(
             meta.outputs
                 .iter()

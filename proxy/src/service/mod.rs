@@ -28,6 +28,7 @@ pub mod connection;
 pub mod exchange;
 mod feedback;
 mod forward;
+mod grpc;
 mod local;
 pub mod predict;
 mod record;
@@ -109,6 +110,9 @@ pub struct Ctx {
     drift: Option<Arc<crate::quality::drift::Window>>,
     /// Counts the request as in flight until it ends (graceful shutdown waits for zero).
     _in_flight: Option<InFlight>,
+    /// A gRPC call: its method (`ModelInfer`, …, as a metric label) and, once answered, its
+    /// status code's name.
+    grpc: Option<(&'static str, &'static str)>,
     /// The HTTP/1 connection's last API key, kept from one request to the next.
     key_memo: Option<Box<crate::admission::auth::KeyMemo>>,
 }
@@ -159,7 +163,11 @@ impl Gateway {
         ctx.request_id = limits::request_id(session.req_header());
         let snap = self.state.load_full();
         ctx.snapshot = Some(snap.clone());
-        if let Err(e) = self.handle(session, ctx, &snap).await {
+        if grpc::is_grpc(session) {
+            if let Err(e) = self.handle_grpc(session, ctx, &snap).await {
+                self.respond_grpc_error(session, ctx, e).await;
+            }
+        } else if let Err(e) = self.handle(session, ctx, &snap).await {
             self.respond_error(session, ctx, e).await;
         }
     }
@@ -229,16 +237,7 @@ impl Gateway {
         ctx.route = Some(route.model.clone());
         let variant = self.choose_variant(session, ctx, snap, route, kind, model_ref)?;
         ctx.variant = Some(variant);
-        let pool_name = match variant {
-            Variant::Stable => &route.stable,
-            Variant::Canary => {
-                &route
-                    .canary
-                    .as_ref()
-                    .expect("split chose an existing canary")
-                    .pool
-            }
-        };
+        let pool_name = route.pool(variant);
         let backend = snap
             .pools
             .get(pool_name)

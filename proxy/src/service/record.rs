@@ -165,6 +165,9 @@ impl Gateway {
         if let Some(err) = &ctx.error {
             m.errors.with_label_values(&[err.kind()]).inc();
         }
+        if let Some((method, code)) = ctx.grpc {
+            m.grpc_requests.with_label_values(&[route, method, code]).inc();
+        }
         let access_log = ctx.snapshot.as_ref().is_some_and(|s| s.config.access_log);
         if access_log {
             let req = session.req_header();
@@ -175,6 +178,7 @@ impl Gateway {
                 client = %client,
                 method = %req.method,
                 path = %req.uri.path(),
+                protocol = if ctx.grpc.is_some() { "grpc" } else { "http" },
                 status,
                 route,
                 variant,

@@ -179,6 +179,7 @@ pub struct Metrics {
     pub confidence: HistogramVec,
     pub predictions: IntCounterVec,
     pub errors: IntCounterVec,
+    pub grpc_requests: IntCounterVec,
     pub auth_failures: IntCounterVec,
     pub rate_limited: IntCounterVec,
     pub canary_fallback: IntCounterVec,
@@ -269,6 +270,13 @@ impl Metrics {
                 "errors_total",
                 "Requests refused or failed, by kind (auth, rate limit, upstream, ...)",
                 &["kind"],
+            ),
+            // gRPC calls are also in requests_total (under the HTTP status their outcome
+            // has): this adds the protocol's view without doubling every request series.
+            grpc_requests: counter(
+                "grpc_requests_total",
+                "gRPC calls answered (also counted in requests_total), by route (- before routing), method and gRPC status code",
+                &["route", "method", "code"],
             ),
             auth_failures: counter(
                 "auth_failures_total",
@@ -432,6 +440,7 @@ impl Metrics {
             Box::new(m.confidence.clone()),
             Box::new(m.predictions.clone()),
             Box::new(m.errors.clone()),
+            Box::new(m.grpc_requests.clone()),
             Box::new(m.auth_failures.clone()),
             Box::new(m.rate_limited.clone()),
             Box::new(m.canary_fallback.clone()),

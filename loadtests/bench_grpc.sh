@@ -1,0 +1,142 @@
+#!/usr/bin/env bash
+# gRPC against REST on the same server and the same core: inference-server directly (REST on
+# one port, gRPC on another, one process), then through the gateway's HTTPS port (TLS, a key).
+# One-row and 64-row requests of breast-cancer/1, the same tensors in both protocols (REST
+# sends the JSON body, gRPC the ModelInferRequest with raw contents that tritonclient.grpc
+# sends). loadgen drives both (open loop, HTTP/1.1 for REST, HTTP/2 for gRPC, one request in
+# flight per connection), on core 1; the server is pinned to core 0.
+#
+#   loadtests/bench_grpc.sh            15 s per measurement, 3 rounds
+#   loadtests/bench_grpc.sh --short    3 s per measurement
+#   loadtests/bench_grpc.sh --quick    1 s, one round (proves the harness works)
+#   loadtests/bench_grpc.sh --strict   exit 1 when a target is missed
+#
+# Per setting: CPU µs per request of the server process (from /proc/<pid>/stat, over the
+# requests answered), p50/p99 at a fixed rate (REST and gRPC take turns; medians of the
+# rounds), and requests/s when offered far more than it can answer. Targets: gRPC's CPU per
+# request at most 1.2× REST's for one row, and below REST's for 64 rows. Any failed call
+# (non-2xx, grpc-status other than 0, a socket error) fails the target it is part of.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+parse_bench_args "$@"
+ROUNDS=3
+[ "$QUICK" = 1 ] && ROUNDS=1
+peer_bench_setup grpc-bench
+CONNS=32
+ROW1="$ROOT/models/example.json"
+ROW64="$WORK/rows64.json"
+"$ROOT/.venv/bin/python" - "$ROOT/models/testdata/breast-cancer-heldout.json" "$ROW64" <<'PY'
+import json, sys
+held = json.load(open(sys.argv[1]))
+rows = held["rows"][:64] if "rows" in held else held["input"]["data"][:64]
+json.dump({"inputs": [{"name": "input", "shape": [len(rows), len(rows[0])], "datatype": "FP32",
+                       "data": [v for r in rows for v in r]}]}, open(sys.argv[2], "w"))
+PY
+
+# one NAME PID URL BODY RATE [loadgen args...]: "rate_ok cpu_us p50_us p99_us errors"
+one() {
+  local name="$1" pid="$2" url="$3" body="$4" rate="$5"; shift 5
+  local before after out
+  before="$(cpu_ticks "$pid")"
+  out="$(taskset -c "$CLIENT_CPU" "$BIN/loadgen" --url "$url" --rate "$rate" --connections "$CONNS" \
+    --duration "$DURATION" --warmup "$WARMUP" --body "$body" "$@" | grep '^RESULT')"
+  after="$(cpu_ticks "$pid")"
+  # The warm-up's CPU is in the ticks too: counted over the warm-up's requests as well.
+  echo "$out" | sed 's/RESULT //' | awk -v ticks="$((after - before))" -v hz="$CLK_TCK" -v rate="$rate" -v d="$DURATION" -v w="$WARMUP" '{
+    for (i = 1; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
+    answered = v["ok"] * (d + w) / d
+    printf "%.0f %.1f %d %d %d\n", v["rate"], (answered > 0 ? ticks * 1e6 / hz / answered : 0), v["p50_us"], v["p99_us"], v["errors"]
+  }'
+}
+
+median() { sort -n | awk '{ a[NR] = $1 } END { print (NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2) }'; }
+
+# compare SETTING PID REST_URL GRPC_URL RATE1 RATE64 [loadgen args...]: rows of the report.
+REPORT="$WORK/report.md"
+: > "$REPORT"
+VERDICTS=()
+compare() {
+  local setting="$1" pid="$2" rest="$3" grpc="$4" rate1="$5" rate64="$6"; shift 6
+  local rows body rate proto r f
+  for rows in 1 64; do
+    if [ "$rows" = 1 ]; then body="$ROW1"; rate="$rate1"; else body="$ROW64"; rate="$rate64"; fi
+    : > "$WORK/rest.txt"; : > "$WORK/grpc.txt"
+    for r in $(seq "$ROUNDS"); do
+      for proto in rest grpc; do
+        say "$setting, $rows row(s), $proto: ${rate}/s for ${DURATION}s (round $r of $ROUNDS)"
+        if [ "$proto" = rest ]; then
+          one "$setting" "$pid" "$rest" "$body" "$rate" --header "content-type: application/json" "$@" >>"$WORK/rest.txt"
+        else
+          one "$setting" "$pid" "$grpc" "$body" "$rate" --grpc breast-cancer "$@" >>"$WORK/grpc.txt"
+        fi
+      done
+    done
+    # Offered far more than a core answers: what it does answer is its throughput.
+    say "$setting, $rows row(s): throughput (offered $((rate * 20))/s)"
+    local max_rest max_grpc
+    max_rest="$(one "$setting" "$pid" "$rest" "$body" "$((rate * 20))" --header "content-type: application/json" "$@")"
+    max_grpc="$(one "$setting" "$pid" "$grpc" "$body" "$((rate * 20))" --grpc breast-cancer "$@")"
+    declare -A m
+    for proto in rest grpc; do
+      for f in 2 3 4; do m[$proto$f]="$(awk -v f="$f" '{ print $f }' "$WORK/$proto.txt" | median)"; done
+      m[${proto}e]="$(awk '{ s += $5 } END { print s + 0 }' "$WORK/$proto.txt")"
+    done
+    local rps_rest rps_grpc err_max
+    rps_rest="$(echo "$max_rest" | awk '{ print $1 }')"; rps_grpc="$(echo "$max_grpc" | awk '{ print $1 }')"
+    err_max=$(( $(echo "$max_rest" | awk '{ print $5 }') + $(echo "$max_grpc" | awk '{ print $5 }') ))
+    local ratio_cpu target verdict
+    ratio_cpu="$(ratio "${m[grpc2]}" "${m[rest2]}")"
+    if [ "$rows" = 1 ]; then target="<= 1.20"; verdict="$(check "$ratio_cpu" "<=" 1.20)"
+    else target="< 1.00"; verdict="$(awk -v r="$ratio_cpu" 'BEGIN { print (r < 1.0 ? "met" : "MISSED") }')"; fi
+    verdict="$(unless_errors "$verdict" "${m[reste]}" "${m[grpce]}")"
+    VERDICTS+=("$verdict")
+    printf '| %s | %s | REST | %s | %s | %s | %s | %s | |\n' "$setting" "$rows" "$rps_rest" "${m[rest2]}" "$(ms "${m[rest3]}")" "$(ms "${m[rest4]}")" "${m[reste]}" >>"$REPORT"
+    printf '| %s | %s | gRPC | %s | %s | %s | %s | %s | %s× REST (target %s): **%s** |\n' "$setting" "$rows" "$rps_grpc" "${m[grpc2]}" "$(ms "${m[grpc3]}")" "$(ms "${m[grpc4]}")" "${m[grpce]}" "$ratio_cpu" "$target" "$verdict" >>"$REPORT"
+    [ "$err_max" -gt 0 ] && echo "| $setting | $rows | | | | | | $err_max failed in the throughput runs | |" >>"$REPORT"
+    unset m
+  done
+}
+
+# --- inference-server: REST and gRPC in one process, one I/O thread, one pool worker ---
+P_REST=18100; P_GRPC=18101
+taskset -c "$SERVER_CPU" "$BIN/inference-server" --models "$ROOT/models" --listen "127.0.0.1:$P_REST" \
+  --grpc-listen "127.0.0.1:$P_GRPC" --threads 1 --instances 1 >"$WORK/inference-server.log" 2>&1 &
+SERVER=$!; PIDS+=("$SERVER")
+wait_port "127.0.0.1:$P_GRPC" 60 || die "inference-server did not start: $(cat "$WORK/inference-server.log")"
+compare "inference-server" "$SERVER" "http://127.0.0.1:$P_REST/v2/models/breast-cancer/versions/1/infer" \
+  "http://127.0.0.1:$P_GRPC" 2000 400
+stop_pid "$SERVER"
+
+# --- the gateway: the same port for both, TLS, an API key, a local pool ---
+P_GW=18443; P_ADMIN=19443
+{ gateway_config_head; cat <<YAML
+pools:
+  cancer-v1: {local: {model: breast-cancer, version: 1}}
+routes:
+  - model: breast-cancer
+    stable: cancer-v1
+YAML
+} >"$WORK/routes.yaml"
+KEY="$("$BIN/gateway" keys add --tenant bench --config "$WORK/routes.yaml" 2>/dev/null | head -1)"
+GW="$(start_gateway_on "$WORK/routes.yaml" "127.0.0.1:$P_GW")"; PIDS+=("$GW")
+compare "gateway (TLS, key)" "$GW" "https://localhost:$P_GW/v2/models/breast-cancer/infer" \
+  "https://localhost:$P_GW" 2000 400 --cacert "$WORK/ca.crt" --header "x-api-key: $KEY"
+stop_pid "$GW"
+
+OUT="$RESULTS/grpc-$(date -u +%Y%m%dT%H%M%SZ).md"
+{
+  echo "# gRPC against REST ($(git -C "$ROOT" rev-parse --short HEAD), $(date -u +%F), profile $PROFILE)"
+  echo
+  echo "Command: \`loadtests/bench_grpc.sh $*\`. breast-cancer/1; server on core $SERVER_CPU, loadgen on core $CLIENT_CPU, $CONNS connections."
+  echo "CPU µs/request, p50 and p99: medians of $ROUNDS rounds of ${DURATION} s at a fixed rate (2,000/s for one row, 400/s for 64), REST and gRPC taking turns."
+  echo "Requests/s: answered when offered 20× that rate."
+  echo
+  echo "| setting | rows | protocol | requests/s | CPU µs/request | p50 | p99 | failed | verdict |"
+  echo "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |"
+  cat "$REPORT"
+} | tee "$OUT"
+say "report: $OUT"
+if [ "$STRICT" = 1 ]; then
+  for v in "${VERDICTS[@]}"; do [ "$v" = met ] || exit 1; done
+fi
