@@ -46,7 +46,7 @@ one() {
   echo "$out" | sed 's/RESULT //' | awk -v ticks="$((after - before))" -v hz="$CLK_TCK" -v rate="$rate" -v d="$DURATION" -v w="$WARMUP" '{
     for (i = 1; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
     answered = v["ok"] * (d + w) / d
-    printf "%.0f %.1f %d %d %d\n", v["rate"], (answered > 0 ? ticks * 1e6 / hz / answered : 0), v["p50_us"], v["p99_us"], v["errors"]
+    printf "%.0f %.1f %d %d %d\n", v["answered_per_s"], (answered > 0 ? ticks * 1e6 / hz / answered : 0), v["p50_us"], v["p99_us"], v["errors"]
   }'
 }
 

@@ -107,3 +107,60 @@ fn bad_arguments_are_refused() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--rate and --connections must be positive"));
 }
+
+/// `--grpc` against a real gRPC server (inference-server's, over the bundled models): calls
+/// succeed only with grpc-status 0, so a call refused in its trailers is an error.
+#[test]
+fn grpc_calls_count_their_grpc_status() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let models = root.join("models");
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let repo = inference::ModelRepository::load(&models, &inference::PoolConfig::default()).unwrap();
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            inference::grpc::GrpcServer::new(Arc::new(repo), Default::default())
+                .serve(listener, std::future::pending())
+                .await
+                .unwrap();
+        });
+    });
+    let run = |model: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+            .args(["--url", &format!("http://127.0.0.1:{port}")])
+            .args(["--grpc", model, "--body"])
+            .arg(root.join("models/example.json"))
+            .args([
+                "--rate",
+                "200",
+                "--connections",
+                "2",
+                "--duration",
+                "1",
+                "--warmup",
+                "0.5",
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        stdout
+            .lines()
+            .find(|l| l.starts_with("RESULT "))
+            .expect(&stdout)
+            .to_string()
+    };
+    let ok = run("breast-cancer");
+    assert!(ok.contains(" errors=0 ") && !ok.contains(" ok=0 "), "{ok}");
+    let refused = run("no-such-model");
+    assert!(
+        refused.contains(" ok=0 ") && !refused.contains(" errors=0 "),
+        "{refused}"
+    );
+}
