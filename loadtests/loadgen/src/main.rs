@@ -59,11 +59,15 @@ struct Args {
     /// request (Open Inference Protocol JSON) converted to protobuf; the URL's path is ignored
     #[arg(long, value_name = "MODEL")]
     grpc: Option<String>,
+    /// HTTP/2 instead of HTTP/1.1 (always so with --grpc)
+    #[arg(long)]
+    http2: bool,
 }
 
 struct Target {
     tls: Option<Arc<rustls::ClientConfig>>,
     grpc: bool,
+    h2: bool,
     host: String,
     port: u16,
     path: String,
@@ -107,9 +111,9 @@ async fn connect(t: &Target) -> Result<Sender, String> {
             .connect(name, tcp)
             .await
             .map_err(|e| e.to_string())?;
-        handshake(stream, t.grpc).await
+        handshake(stream, t.h2).await
     } else {
-        handshake(tcp, t.grpc).await
+        handshake(tcp, t.h2).await
     }
 }
 
@@ -334,11 +338,15 @@ fn run(args: Args) -> Result<(), String> {
     };
     let target = Arc::new(Target {
         tls: if https {
-            Some(tls_config(args.cacert.as_ref(), args.grpc.is_some())?)
+            Some(tls_config(
+                args.cacert.as_ref(),
+                args.grpc.is_some() || args.http2,
+            )?)
         } else {
             None
         },
         grpc: args.grpc.is_some(),
+        h2: args.grpc.is_some() || args.http2,
         host: uri.host().ok_or("--url needs a host")?.to_string(),
         port: uri.port_u16().unwrap_or(if https { 443 } else { 80 }),
         path,
