@@ -8,11 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
+use inference::PoolConfig;
 use inference::grpc::GrpcServer;
 use inference::protocol::grpc::pb;
 use inference::protocol::grpc::pb::grpc_inference_service_client::GrpcInferenceServiceClient;
 use inference::server::ServerOptions;
-use inference::{DataType, ModelMetadata, Pool, PoolConfig, Runner, Tensor, TensorSpec};
 use serde_json::json;
 use tonic::Code;
 use tonic::transport::Channel;
@@ -423,38 +423,7 @@ async fn every_error_gets_its_code_and_the_rest_text() {
 /// DEADLINE_EXCEEDED; both with REST's text.
 #[tokio::test]
 async fn overload_and_deadlines() {
-    struct Slow;
-    impl Runner for Slow {
-        fn run(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, String> {
-            std::thread::sleep(Duration::from_millis(300));
-            Ok(vec![inputs[0].clone()])
-        }
-    }
-    let spec = TensorSpec {
-        name: "x".into(),
-        datatype: DataType::F32,
-        shape: vec![-1, 1],
-    };
-    let meta = ModelMetadata {
-        name: "slow".into(),
-        version: "1".into(),
-        platform: "test",
-        inputs: vec![spec.clone()],
-        outputs: vec![spec],
-        batchable: true,
-    };
-    let config = PoolConfig {
-        instances: 1,
-        max_batch: 1,
-        queue_capacity: 2,
-        ..PoolConfig::default()
-    };
-    let mut repo = inference::ModelRepository::default();
-    repo.insert(
-        "slow",
-        1,
-        Arc::new(Pool::with_runners(meta, config, vec![Box::new(Slow)])),
-    );
+    let repo = slow_repo();
     let (c, _stop) = start(Arc::new(repo), ServerOptions::default()).await;
     let request = || {
         let mut r = raw_request("slow", "", &[vec![1.0]]);

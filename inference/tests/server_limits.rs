@@ -3,12 +3,11 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
+use inference::PoolConfig;
 use inference::server::ServerOptions;
-use inference::{DataType, ModelMetadata, Pool, PoolConfig, Runner, Tensor, TensorSpec};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -37,38 +36,7 @@ async fn chunked_bodies_over_the_limit_get_413() {
 /// Overload through HTTP: 503 with Retry-After, while the requests already accepted succeed.
 #[tokio::test]
 async fn overload_is_503_with_retry_after() {
-    struct Slow;
-    impl Runner for Slow {
-        fn run(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, String> {
-            std::thread::sleep(Duration::from_millis(300));
-            Ok(vec![inputs[0].clone()])
-        }
-    }
-    let spec = TensorSpec {
-        name: "x".into(),
-        datatype: DataType::F32,
-        shape: vec![-1, 1],
-    };
-    let meta = ModelMetadata {
-        name: "slow".into(),
-        version: "1".into(),
-        platform: "test",
-        inputs: vec![spec.clone()],
-        outputs: vec![spec],
-        batchable: true,
-    };
-    let config = PoolConfig {
-        instances: 1,
-        max_batch: 1,
-        queue_capacity: 2,
-        ..PoolConfig::default()
-    };
-    let mut repo = inference::ModelRepository::default();
-    repo.insert(
-        "slow",
-        1,
-        Arc::new(Pool::with_runners(meta, config, vec![Box::new(Slow)])),
-    );
+    let repo = slow_repo();
     let s = TestServer::start(repo, ServerOptions::default()).await;
     let c = client();
     let body = json!({"inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP32", "data": [1]}]});

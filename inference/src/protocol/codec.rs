@@ -176,17 +176,17 @@ pub fn tensors_json(tensors: &[NamedTensor]) -> Vec<OutputJson<'_>> {
         .collect()
 }
 
-fn decode_input(input: InputJson, binary: &mut &[u8], role: &str) -> Result<NamedTensor, InferError> {
-    let InputJson {
-        name,
-        shape,
-        datatype,
-        parameters,
-        data,
-    } = input;
+/// A tensor's datatype, shape and element count as the wire gives them (JSON or gRPC), with
+/// the protocol's messages for a datatype, a negative dimension or a size it cannot take.
+pub(crate) fn tensor_head(
+    role: &str,
+    name: &str,
+    datatype: &str,
+    shape: &[i64],
+) -> Result<(DataType, Vec<usize>, usize), InferError> {
     let dtype =
-        DataType::parse(&datatype).map_err(|e| InferError::bad_request(format!("{role} {name:?}: {e}")))?;
-    let shape: Vec<usize> = shape
+        DataType::parse(datatype).map_err(|e| InferError::bad_request(format!("{role} {name:?}: {e}")))?;
+    let dims: Vec<usize> = shape
         .iter()
         .map(|&d| usize::try_from(d))
         .collect::<Result<_, _>>()
@@ -195,8 +195,20 @@ fn decode_input(input: InputJson, binary: &mut &[u8], role: &str) -> Result<Name
                 "{role} {name:?}: shape {shape:?} has a negative dimension"
             ))
         })?;
-    let count = element_count(&shape)
+    let count = element_count(&dims)
         .ok_or_else(|| InferError::bad_request(format!("{role} {name:?}: shape {shape:?} is too large")))?;
+    Ok((dtype, dims, count))
+}
+
+fn decode_input(input: InputJson, binary: &mut &[u8], role: &str) -> Result<NamedTensor, InferError> {
+    let InputJson {
+        name,
+        shape,
+        datatype,
+        parameters,
+        data,
+    } = input;
+    let (dtype, shape, count) = tensor_head(role, &name, &datatype, &shape)?;
     let binary_size = parameters.and_then(|p| p.binary_data_size);
     let data = match (data, binary_size) {
         (Some(_), Some(_)) => {

@@ -13,9 +13,11 @@ use std::collections::HashMap;
 
 use crate::error::InferError;
 use crate::model::{ModelMetadata, NamedTensor};
-use crate::protocol::codec::{InferRequest, first_duplicate, from_le_bytes, response_len_bound, to_le_bytes};
+use crate::protocol::codec::{
+    InferRequest, first_duplicate, from_le_bytes, response_len_bound, tensor_head, to_le_bytes,
+};
 use crate::protocol::metadata::{ModelMetadataAnswer, ServerMetadata};
-use crate::tensor::{DataType, Tensor, TensorData, element_count};
+use crate::tensor::{DataType, Tensor, TensorData};
 
 /// The generated messages, client and server.
 pub mod pb {
@@ -112,7 +114,7 @@ pub fn decode_request(request: pb::ModelInferRequest) -> Result<InferRequest, In
     let mut raw = raw_input_contents.into_iter();
     let mut decoded = Vec::with_capacity(inputs.len());
     for input in inputs {
-        decoded.push(decode_input(input, raw.next())?);
+        decoded.push(decode_input(input, raw.next(), "input")?);
     }
     Ok(InferRequest {
         id: (!id.is_empty()).then_some(id),
@@ -128,7 +130,11 @@ pub fn decode_request(request: pb::ModelInferRequest) -> Result<InferRequest, In
     })
 }
 
-fn decode_input(input: InferInputTensor, raw: Option<Vec<u8>>) -> Result<NamedTensor, InferError> {
+fn decode_input(
+    input: InferInputTensor,
+    raw: Option<Vec<u8>>,
+    role: &str,
+) -> Result<NamedTensor, InferError> {
     let InferInputTensor {
         name,
         datatype,
@@ -136,57 +142,51 @@ fn decode_input(input: InferInputTensor, raw: Option<Vec<u8>>) -> Result<NamedTe
         contents,
         ..
     } = input;
-    let dtype =
-        DataType::parse(&datatype).map_err(|e| InferError::bad_request(format!("input {name:?}: {e}")))?;
-    let shape: Vec<usize> = shape
-        .iter()
-        .map(|&d| usize::try_from(d))
-        .collect::<Result<_, _>>()
-        .map_err(|_| {
-            InferError::bad_request(format!(
-                "input {name:?}: shape {shape:?} has a negative dimension"
-            ))
-        })?;
-    let count = element_count(&shape)
-        .ok_or_else(|| InferError::bad_request(format!("input {name:?}: shape {shape:?} is too large")))?;
+    let (dtype, shape, count) = tensor_head(role, &name, &datatype, &shape)?;
     let data = match (raw, contents) {
         (Some(_), Some(_)) => {
             return Err(InferError::bad_request(format!(
-                "input {name:?} has both `contents` and raw_input_contents; give one"
+                "{role} {name:?} has both `contents` and raw_input_contents; give one"
             )));
         }
         (None, None) => {
             return Err(InferError::bad_request(format!(
-                "input {name:?} has no `contents` (and the request no raw_input_contents)"
+                "{role} {name:?} has no `contents` (and the request no raw_input_contents)"
             )));
         }
         (Some(bytes), None) => {
             let want = count.saturating_mul(dtype.size());
             if bytes.len() != want {
                 return Err(InferError::bad_request(format!(
-                    "input {name:?}: raw_input_contents has {} bytes but shape {shape:?} of {dtype} needs {want}",
+                    "{role} {name:?}: raw_input_contents has {} bytes but shape {shape:?} of {dtype} needs {want}",
                     bytes.len()
                 )));
             }
-            from_le_bytes("input", &name, dtype, &bytes)?
+            from_le_bytes(role, &name, dtype, &bytes)?
         }
-        (None, Some(c)) => typed_contents(&name, dtype, c)?,
+        (None, Some(c)) => typed_contents(role, &name, dtype, c)?,
     };
     if data.len() != count {
         return Err(InferError::bad_request(format!(
-            "input {name:?}: shape {shape:?} needs {count} elements but `contents` has {}",
+            "{role} {name:?}: shape {shape:?} needs {count} elements but `contents` has {}",
             data.len()
         )));
     }
     let tensor =
-        Tensor::new(shape, data).map_err(|e| InferError::bad_request(format!("input {name:?}: {e}")))?;
+        Tensor::new(shape, data).map_err(|e| InferError::bad_request(format!("{role} {name:?}: {e}")))?;
     Ok(NamedTensor { name, tensor })
 }
 
 /// The typed field of `dtype` (small integers travel widened, as the specification says);
 /// values that do not fit the datatype are refused with REST's message.
-fn typed_contents(name: &str, dtype: DataType, c: pb::InferTensorContents) -> Result<TensorData, InferError> {
+fn typed_contents(
+    role: &str,
+    name: &str,
+    dtype: DataType,
+    c: pb::InferTensorContents,
+) -> Result<TensorData, InferError> {
     fn narrow<W: Copy + std::fmt::Display, N: TryFrom<W>>(
+        role: &str,
         name: &str,
         dtype: DataType,
         wide: Vec<W>,
@@ -196,7 +196,7 @@ fn typed_contents(name: &str, dtype: DataType, c: pb::InferTensorContents) -> Re
             .map(|(index, v)| {
                 N::try_from(v).map_err(|_| {
                     InferError::bad_request(format!(
-                        "input {name:?}: element {index} ({v}) is not a valid {dtype}"
+                        "{role} {name:?}: element {index} ({v}) is not a valid {dtype}"
                     ))
                 })
             })
@@ -223,17 +223,17 @@ fn typed_contents(name: &str, dtype: DataType, c: pb::InferTensorContents) -> Re
     ];
     if let Some((other, _)) = given.iter().find(|(f, n)| *n > 0 && *f != field) {
         return Err(InferError::bad_request(format!(
-            "input {name:?}: a {dtype} tensor's elements go in `contents.{field}`, not `{other}`"
+            "{role} {name:?}: a {dtype} tensor's elements go in `contents.{field}`, not `{other}`"
         )));
     }
     Ok(match dtype {
         DataType::Bool => TensorData::Bool(c.bool_contents),
-        DataType::I8 => TensorData::I8(narrow(name, dtype, c.int_contents)?),
-        DataType::I16 => TensorData::I16(narrow(name, dtype, c.int_contents)?),
+        DataType::I8 => TensorData::I8(narrow(role, name, dtype, c.int_contents)?),
+        DataType::I16 => TensorData::I16(narrow(role, name, dtype, c.int_contents)?),
         DataType::I32 => TensorData::I32(c.int_contents),
         DataType::I64 => TensorData::I64(c.int64_contents),
-        DataType::U8 => TensorData::U8(narrow(name, dtype, c.uint_contents)?),
-        DataType::U16 => TensorData::U16(narrow(name, dtype, c.uint_contents)?),
+        DataType::U8 => TensorData::U8(narrow(role, name, dtype, c.uint_contents)?),
+        DataType::U16 => TensorData::U16(narrow(role, name, dtype, c.uint_contents)?),
         DataType::U32 => TensorData::U32(c.uint_contents),
         DataType::U64 => TensorData::U64(c.uint64_contents),
         DataType::F32 => TensorData::F32(c.fp32_contents),
@@ -328,7 +328,7 @@ pub fn decode_response(response: pb::ModelInferResponse) -> Result<Vec<NamedTens
                 parameters: o.parameters,
                 contents: o.contents,
             };
-            decode_input(input, raw.next())
+            decode_input(input, raw.next(), "output")
         })
         .collect()
 }
