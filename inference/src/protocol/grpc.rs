@@ -13,10 +13,11 @@ use std::collections::HashMap;
 
 use crate::error::InferError;
 use crate::model::{ModelMetadata, NamedTensor};
-use crate::protocol::codec::{
-    InferRequest, first_duplicate, from_le_bytes, response_len_bound, tensor_head, to_le_bytes,
-};
+use crate::protocol::codec::InferRequest;
 use crate::protocol::metadata::{ModelMetadataAnswer, ServerMetadata};
+use crate::protocol::tensors::{
+    first_duplicate, from_le_bytes, response_len_bound, tensor_head, to_le_bytes,
+};
 use crate::tensor::{DataType, Tensor, TensorData};
 
 /// The generated messages, client and server.

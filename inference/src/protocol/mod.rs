@@ -4,7 +4,8 @@
 //! - [`endpoint`]: the paths, parsed once into an enum (which method each takes);
 //! - [`codec`]: a request body into typed tensors ([`InferRequest`]) and outputs back into an
 //!   answer ([`EncodedResponse`], with its content type), JSON or JSON plus raw tensors (the
-//!   binary tensor extension); [`json`] holds the JSON wire types;
+//!   binary tensor extension); [`json`] holds the JSON wire types; [`tensors`] what it shares
+//!   with gRPC's codec (tensor heads, raw bytes, names given twice, answer bounds);
 //! - [`metadata`]: server and model metadata, readiness, Triton's model configuration, typed
 //!   both ways;
 //! - [`request_id`]: the `x-request-id` rule;
@@ -23,6 +24,7 @@ pub mod json;
 pub mod metadata;
 pub mod grpc;
 pub mod request_id;
+pub mod tensors;
 
 pub use codec::{
     EncodedResponse, HEADER_LENGTH, InferRequest, InferResponse, decode_request, decode_response,
