@@ -31,20 +31,9 @@ pub struct GrpcServer {
     options: ServerOptions,
 }
 
-/// The deadline a client set (`grpc-timeout`: an integer and a unit, H M S m u n).
+/// The deadline a client set (`grpc-timeout`).
 fn deadline<T>(request: &Request<T>) -> Option<Duration> {
-    let value = request.metadata().get("grpc-timeout")?.to_str().ok()?;
-    let (n, unit) = value.split_at(value.len().checked_sub(1)?);
-    let n: u64 = n.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(n.saturating_mul(3600)),
-        "M" => Duration::from_secs(n.saturating_mul(60)),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    })
+    grpc::parse_timeout(request.metadata().get("grpc-timeout")?.to_str().ok()?)
 }
 
 /// tonic refuses a message over the decoding limit as OUT_OF_RANGE with its own words; gRPC's
@@ -63,11 +52,6 @@ fn too_large<B>(mut response: http::Response<B>, limit: usize) -> http::Response
         let _ = status.add_header(headers);
     }
     response
-}
-
-/// When to give up on a call whose client gives up after `limit`.
-fn early(limit: Duration) -> Duration {
-    limit.saturating_sub((limit / 10).max(Duration::from_millis(5)))
 }
 
 impl GrpcServer {
@@ -188,7 +172,7 @@ impl GrpcInferenceService for GrpcServer {
             let selected = crate::protocol::select_outputs(pool.metadata(), &decoded)?;
             let id = decoded.id.clone().unwrap_or_else(|| rid.clone());
             let outputs = match wait {
-                Some(limit) => tokio::time::timeout(early(limit), pool.infer(decoded.inputs))
+                Some(limit) => tokio::time::timeout(grpc::early(limit), pool.infer(decoded.inputs))
                     .await
                     .map_err(|_| InferError::Deadline {
                         limit_ms: limit.as_millis() as u64,

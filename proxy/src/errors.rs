@@ -60,6 +60,10 @@ pub enum GatewayError {
     BadGateway { pool: String, reason: String },
     #[error("upstream of pool {pool} did not answer within {timeout_ms} ms")]
     GatewayTimeout { pool: String, timeout_ms: u128 },
+    /// A gRPC upstream's refusal, passed on as REST passes an `http` upstream's: the HTTP
+    /// status of its code, its message.
+    #[error("{message}")]
+    Upstream { status: u16, message: String },
     /// The bytes of requests in flight are at their budget (all requests, or this key's).
     #[error("the gateway is at its budget for requests in flight{}; retry shortly", if *.per_key { " from this API key" } else { "" })]
     Busy { per_key: bool },
@@ -86,6 +90,7 @@ impl GatewayError {
             GatewayError::NoHealthyUpstream { .. } => 503,
             GatewayError::BadGateway { .. } => 502,
             GatewayError::GatewayTimeout { .. } => 504,
+            GatewayError::Upstream { status, .. } => *status,
             GatewayError::Busy { .. } => 503,
             GatewayError::VariantChoiceNotAllowed { .. } => 403,
             GatewayError::AuthFailuresLimited(_) => 429,
@@ -151,6 +156,7 @@ impl GatewayError {
             GatewayError::NoHealthyUpstream { .. } => "no_healthy_upstream",
             GatewayError::BadGateway { .. } => "bad_gateway",
             GatewayError::GatewayTimeout { .. } => "gateway_timeout",
+            GatewayError::Upstream { .. } => "upstream_refused",
             GatewayError::Busy { .. } => "inflight_budget",
             GatewayError::VariantChoiceNotAllowed { .. } => "variant_choice_not_allowed",
             GatewayError::AuthFailuresLimited(_) => "auth_failures_limited",
@@ -196,6 +202,13 @@ mod tests {
                     timeout_ms: 5,
                 },
                 504,
+            ),
+            (
+                GatewayError::Upstream {
+                    status: 400,
+                    message: "bad shape".into(),
+                },
+                400,
             ),
             (GatewayError::Busy { per_key: true }, 503),
             (GatewayError::VariantChoiceNotAllowed { model: "m".into() }, 403),

@@ -73,6 +73,62 @@ pub fn status_of(
     status
 }
 
+/// The HTTP status of a code an upstream gRPC server answered with, for the gateway's
+/// callers (REST's status, or the same code again over gRPC): the caller's mistakes keep
+/// their meaning (INVALID_ARGUMENT is 400, NOT_FOUND 404, RESOURCE_EXHAUSTED 429), an
+/// upstream that cannot answer is 503 or 504, anything else is the upstream's failure (502).
+pub fn http_status_of(code: tonic::Code) -> u16 {
+    use tonic::Code::*;
+    match code {
+        Ok => 200,
+        InvalidArgument | OutOfRange | FailedPrecondition => 400,
+        NotFound => 404,
+        ResourceExhausted => 429,
+        Unavailable => 503,
+        DeadlineExceeded => 504,
+        _ => 502,
+    }
+}
+
+/// A `grpc-timeout` value (an integer of at most 8 digits and a unit: H M S m u n).
+pub fn parse_timeout(value: &str) -> Option<std::time::Duration> {
+    use std::time::Duration;
+    let (n, unit) = value.split_at(value.len().checked_sub(1)?);
+    if n.is_empty() || n.len() > 8 {
+        return None;
+    }
+    let n: u64 = n.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// A duration as a `grpc-timeout` value: microseconds while they fit in 8 digits, then
+/// milliseconds, then seconds.
+pub fn timeout_value(d: std::time::Duration) -> String {
+    let micros = d.as_micros();
+    if micros < 100_000_000 {
+        format!("{}u", micros.max(1))
+    } else if d.as_millis() < 100_000_000 {
+        format!("{}m", d.as_millis())
+    } else {
+        format!("{}S", d.as_secs().min(99_999_999))
+    }
+}
+
+/// When to give up on a call whose client gives up after `limit`: a tenth early, at least
+/// 5 ms, so that the answer (DEADLINE_EXCEEDED with its reason) reaches the client before
+/// its own timer ends the call as CANCELLED.
+pub fn early(limit: std::time::Duration) -> std::time::Duration {
+    limit.saturating_sub((limit / 10).max(std::time::Duration::from_millis(5)))
+}
+
 fn bool_param(parameters: &HashMap<String, pb::InferParameter>, name: &str) -> Option<bool> {
     match parameters.get(name)?.parameter_choice {
         Some(ParameterChoice::BoolParam(b)) => Some(b),
@@ -387,6 +443,27 @@ pub fn model_metadata(meta: &ModelMetadata, name: &str, versions: Vec<String>) -
     }
 }
 
+/// A `ModelMetadataResponse` (a gRPC pool's upstream) as the REST answer it mirrors, which
+/// [`ModelMetadataAnswer::into_model`] turns into the signature requests are checked against.
+pub fn metadata_answer(m: pb::ModelMetadataResponse) -> ModelMetadataAnswer {
+    let tensors = |t: Vec<pb::model_metadata_response::TensorMetadata>| {
+        t.into_iter()
+            .map(|t| crate::protocol::metadata::TensorMetadata {
+                name: t.name,
+                datatype: t.datatype,
+                shape: t.shape,
+            })
+            .collect()
+    };
+    ModelMetadataAnswer {
+        name: m.name,
+        versions: m.versions,
+        platform: m.platform,
+        inputs: tensors(m.inputs),
+        outputs: tensors(m.outputs),
+    }
+}
+
 /// A gRPC request's version field: empty means the latest, as a REST path without one.
 pub fn version(v: &str) -> Option<&str> {
     (!v.is_empty()).then_some(v)
@@ -395,6 +472,32 @@ pub fn version(v: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timeouts_round_trip_in_at_most_eight_digits() {
+        use std::time::Duration;
+        for d in [
+            Duration::from_micros(1),
+            Duration::from_millis(150),
+            Duration::from_secs(99),
+            Duration::from_secs(100_000),
+            Duration::from_secs(99_999_999),
+        ] {
+            let v = timeout_value(d);
+            assert!(v.len() <= 9, "{v}");
+            let back = parse_timeout(&v).unwrap();
+            assert!(
+                back <= d && d - back < Duration::from_secs(1),
+                "{d:?} -> {v} -> {back:?}"
+            );
+        }
+        // Longer than gRPC can say: its longest.
+        assert_eq!(timeout_value(Duration::from_secs(400_000_000)), "99999999S");
+        assert_eq!(parse_timeout("123456789m"), None);
+        assert_eq!(parse_timeout("S"), None);
+        assert_eq!(early(Duration::from_millis(150)), Duration::from_millis(135));
+        assert_eq!(early(Duration::from_millis(20)), Duration::from_millis(15));
+    }
 
     fn input(
         name: &str,

@@ -467,16 +467,20 @@ impl Default for ShadowSettingsFile {
     }
 }
 
-/// `{local: {...}}` or `{http: {...}}`: exactly one of the two (checked by the validator).
+/// `{local: {...}}`, `{http: {...}}` or `{grpc: {...}}`: exactly one (checked by the validator).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PoolFile {
     /// In-process ONNX Runtime pool: no network hop.
     #[serde(default)]
     pub local: Option<LocalPoolFile>,
-    /// Remote Open Inference Protocol servers (inference-server, Triton).
+    /// Remote Open Inference Protocol servers (inference-server, Triton), over REST.
     #[serde(default)]
     pub http: Option<HttpPoolFile>,
+    /// The same over gRPC (`inference.GRPCInferenceService`: Triton's port 8001,
+    /// `inference-server --grpc-listen`); the fields are `http`'s.
+    #[serde(default)]
+    pub grpc: Option<HttpPoolFile>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -545,23 +549,21 @@ fn default_timeout() -> i64 {
 pub struct HealthCheckFile {
     #[serde(default = "default_hc_interval")]
     pub interval_ms: i64,
-    #[serde(default = "default_hc_path")]
-    pub path: String,
+    /// `http` pools: the path asked (default `/v2/health/ready`). `grpc` pools ask
+    /// `ModelReady` for their model and version instead, and take no path.
+    #[serde(default)]
+    pub path: Option<String>,
 }
 
 fn default_hc_interval() -> i64 {
     1000
 }
 
-fn default_hc_path() -> String {
-    "/v2/health/ready".into()
-}
-
 impl Default for HealthCheckFile {
     fn default() -> Self {
         HealthCheckFile {
             interval_ms: default_hc_interval(),
-            path: default_hc_path(),
+            path: None,
         }
     }
 }

@@ -10,7 +10,9 @@ use inference::PoolConfig;
 
 use super::errors::{Errors, percent, positive, valid_name};
 use super::file::{self, HttpPoolFile, LocalPoolFile, PoolFile, RouteFile, StickyFile};
-use super::{Canary, HttpSpec, Limits, LocalSpec, Path, PoolSpec, Rollout, Route, Shadow, Sticky};
+use super::{
+    Canary, HttpSpec, Limits, LocalSpec, Path, PoolSpec, RemoteProtocol, Rollout, Route, Shadow, Sticky,
+};
 
 pub fn pools(
     errors: &mut Errors,
@@ -24,13 +26,14 @@ pub fn pools(
         if !valid_name(&name) {
             errors.add(&path, "pool names may use letters, digits, '-', '_' and '.'");
         }
-        let spec = match (pool.local, pool.http) {
-            (Some(_), Some(_)) | (None, None) => {
-                errors.add(&path, "must have exactly one of `local` or `http`");
+        let spec = match (pool.local, pool.http, pool.grpc) {
+            (Some(l), None, None) => local(errors, l, &path, models_dir, limits),
+            (None, Some(h), None) => remote(errors, h, RemoteProtocol::Http, &path, models_dir),
+            (None, None, Some(h)) => remote(errors, h, RemoteProtocol::Grpc, &path, models_dir),
+            _ => {
+                errors.add(&path, "must have exactly one of `local`, `http` or `grpc`");
                 continue;
             }
-            (Some(l), None) => local(errors, l, &path, models_dir, limits),
-            (None, Some(h)) => http(errors, h, &path, models_dir),
         };
         pool_specs.insert(name, spec);
     }
@@ -85,8 +88,18 @@ fn local(
     })
 }
 
-fn http(errors: &mut Errors, h: HttpPoolFile, path: &Path, models_dir: &std::path::Path) -> PoolSpec {
-    let p = path.key("http");
+/// An `http` or `grpc` pool: the same fields, but a gRPC pool's health check is `ModelReady`.
+fn remote(
+    errors: &mut Errors,
+    h: HttpPoolFile,
+    protocol: RemoteProtocol,
+    path: &Path,
+    models_dir: &std::path::Path,
+) -> PoolSpec {
+    let p = path.key(match protocol {
+        RemoteProtocol::Http => "http",
+        RemoteProtocol::Grpc => "grpc",
+    });
     // The reference profile for input drift: the one named, or the bundled model's if
     // models_dir has this model and version (a remote server of a bundled model).
     let profile = match &h.profile {
@@ -131,9 +144,23 @@ fn http(errors: &mut Errors, h: HttpPoolFile, path: &Path, models_dir: &std::pat
         3_600_000,
         &hc.key("interval_ms"),
     ) as u64);
-    if !h.health_check.path.starts_with('/') {
-        errors.add(&hc.key("path"), "must start with '/'");
-    }
+    let health_path = match (protocol, h.health_check.path) {
+        (RemoteProtocol::Http, None) => "/v2/health/ready".to_string(),
+        (RemoteProtocol::Http, Some(path)) => {
+            if !path.starts_with('/') {
+                errors.add(&hc.key("path"), "must start with '/'");
+            }
+            path
+        }
+        (RemoteProtocol::Grpc, None) => String::new(),
+        (RemoteProtocol::Grpc, Some(_)) => {
+            errors.add(
+                &hc.key("path"),
+                "a grpc pool's health check asks ModelReady for its model and version: it has no path",
+            );
+            String::new()
+        }
+    };
     PoolSpec::Http(HttpSpec {
         endpoints,
         model: h.model,
@@ -141,7 +168,8 @@ fn http(errors: &mut Errors, h: HttpPoolFile, path: &Path, models_dir: &std::pat
         connect_timeout,
         timeout,
         health_interval,
-        health_path: h.health_check.path,
+        health_path,
+        protocol,
         profile,
     })
 }

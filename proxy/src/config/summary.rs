@@ -28,7 +28,8 @@ impl Config {
                     |p| match p {
                         PoolSpec::Local(l) => format!("{name} (local {}/{})", l.model, l.version),
                         PoolSpec::Http(h) => format!(
-                            "{name} (http {}/{}, {} endpoint(s))",
+                            "{name} ({} {}/{}, {} endpoint(s))",
+                            h.kind(),
                             h.model,
                             h.version,
                             h.endpoints.len()

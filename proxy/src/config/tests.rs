@@ -158,7 +158,7 @@ fn every_problem_is_reported_at_once() {
 #[case::both_pool_kinds(
     "a: {local",
     "a: {http: {endpoints: [], model: x, version: 1}, local",
-    "exactly one of `local` or `http`"
+    "exactly one of `local`, `http` or `grpc`"
 )]
 #[case::bad_redis_policy(
     "pools:",
@@ -206,6 +206,38 @@ fn http_pools_are_checked() {
         shown
             .iter()
             .any(|e| e.contains("pools.b.http.health_check.path: must start with '/'")),
+        "{shown:?}"
+    );
+}
+
+#[test]
+fn grpc_pools_are_checked_as_http_pools_and_take_no_health_path() {
+    let text = base().replace(
+        "  b: {local: {model: breast-cancer, version: 2}}",
+        "  b: {grpc: {endpoints: [\"127.0.0.1:8001\"], model: breast-cancer, version: 2, timeout_ms: 0, health_check: {path: /ready}}}",
+    );
+    let shown: Vec<String> = errors(&text).iter().map(ToString::to_string).collect();
+    assert!(
+        shown
+            .iter()
+            .any(|e| e.contains("pools.b.grpc.timeout_ms: must be between 1")),
+        "{shown:?}"
+    );
+    assert!(
+        shown
+            .iter()
+            .any(|e| e.contains("pools.b.grpc.health_check.path: a grpc pool's health check asks ModelReady")),
+        "{shown:?}"
+    );
+    let both = base().replace(
+        "  b: {local: {model: breast-cancer, version: 2}}",
+        "  b: {local: {model: breast-cancer, version: 2}, grpc: {endpoints: [\"127.0.0.1:8001\"], model: m, version: 1}}",
+    );
+    let shown: Vec<String> = errors(&both).iter().map(ToString::to_string).collect();
+    assert!(
+        shown
+            .iter()
+            .any(|e| e.contains("pools.b: must have exactly one of `local`, `http` or `grpc`")),
         "{shown:?}"
     );
 }

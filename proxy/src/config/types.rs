@@ -116,9 +116,30 @@ pub struct HttpSpec {
     pub connect_timeout: Duration,
     pub timeout: Duration,
     pub health_interval: Duration,
+    /// `http` pools' health check path (empty for `grpc` pools, which ask `ModelReady`).
     pub health_path: String,
+    pub protocol: RemoteProtocol,
     /// The reference profile (`profile.json`) input drift is measured against, if any.
     pub profile: Option<PathBuf>,
+}
+
+impl HttpSpec {
+    /// The pool's kind, as routes.yaml names it.
+    pub fn kind(&self) -> &'static str {
+        match self.protocol {
+            RemoteProtocol::Http => "http",
+            RemoteProtocol::Grpc => "grpc",
+        }
+    }
+}
+
+/// How a remote pool's servers are spoken to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RemoteProtocol {
+    /// The Open Inference Protocol's REST (`http:` in routes.yaml).
+    Http,
+    /// `inference.GRPCInferenceService` over HTTP/2 without TLS (`grpc:`).
+    Grpc,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -103,7 +103,7 @@ impl Snapshot {
                         new_remotes.push(pool.clone());
                         pools.insert(name.clone(), Backend::Remote(pool));
                     }
-                    Err(e) => errors.add(&Path::root().key("pools").key(name).key("http"), e),
+                    Err(e) => errors.add(&Path::root().key("pools").key(name).key(h.kind()), e),
                 },
             }
         }
@@ -198,7 +198,7 @@ fn load_profiles(
                 Some(l.path.with_file_name("profile.json")).filter(|f| f.is_file()),
                 "local",
             ),
-            PoolSpec::Http(h) => (h.profile.clone(), "http"),
+            PoolSpec::Http(h) => (h.profile.clone(), h.kind()),
         };
         let Some(file) = file else { continue };
         // The model's features per row, when its signature is known.

@@ -8,7 +8,6 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::HeaderName;
-use inference::InferError;
 use inference::protocol;
 
 use super::exchange::Exchange;
@@ -56,12 +55,7 @@ impl Gateway {
         let header_str = |name: HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
         let mut features = None;
         let body = if kind == Kind::Simple {
-            let meta = pool.metadata().ok_or_else(|| {
-                InferError::NotReady(format!(
-                    "pool {} has not yet learnt the model's signature from its upstream",
-                    pool.name
-                ))
-            })?;
+            let meta = pool.metadata().ok_or_else(|| super::local::not_ready(&pool))?;
             // The features as f64 and their protocol JSON: at most 8 + 24 bytes per element.
             held.grow((body.len() / 2 + 1) * 32, caps).map_err(busy)?;
             let f = predict::parse(&body)?;

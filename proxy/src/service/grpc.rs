@@ -6,9 +6,12 @@
 //! metadata, and every refusal becomes the matching gRPC status with REST's message
 //! ([`inference::protocol::grpc::code_of`]), `retry-after` as metadata.
 //!
-//! Local pools answer in process from the decoded tensors; a remote `http` pool is sent
-//! the same tensors as an Open Inference Protocol JSON request and its answer is
-//! transcoded back (and compared by shadows like any other).
+//! Local pools answer in process from the decoded tensors, and a remote `grpc` pool is sent
+//! them raw (`service::local`); a remote `http` pool is sent the same tensors as an Open
+//! Inference Protocol JSON request and its answer is transcoded back (and compared by
+//! shadows like any other). A client's `grpc-timeout` bounds the wait for the model
+//! (DEADLINE_EXCEEDED, a tenth early as `inference-server` does) and is passed on to a
+//! `grpc` pool's upstream.
 
 use std::sync::Arc;
 
@@ -19,7 +22,7 @@ use inference::{InferError, NamedTensor, Tensor};
 use prost::Message;
 
 use super::exchange::Exchange;
-use super::local::busy;
+use super::local::{Engine, busy, in_signature_order, not_ready, within};
 use super::{Ctx, Gateway, Kind};
 use crate::errors::GatewayError;
 use crate::pools::remote::{self, RemotePool};
@@ -153,12 +156,14 @@ impl Gateway {
                 ctx.variant = Some(variant);
                 let pool_name = route.pool(variant);
                 ctx.model_version = Some(snap.config.pools[pool_name].version().to_string());
-                let meta = match &snap.pools[pool_name] {
+                let backend = &snap.pools[pool_name];
+                let meta = match backend {
                     Backend::Local(pool) => Arc::new(pool.metadata().clone()),
                     Backend::Remote(pool) => pool.metadata().ok_or_else(|| not_ready(pool))?,
                 };
                 if method == "ModelReady" {
-                    self.respond_grpc(session, ctx, &pb::ModelReadyResponse { ready: true })
+                    let ready = backend.ready();
+                    self.respond_grpc(session, ctx, &pb::ModelReadyResponse { ready })
                         .await;
                 } else {
                     let versions = super::variant::route_versions(route, snap);
@@ -167,6 +172,12 @@ impl Gateway {
                 }
             }
             "ModelInfer" => {
+                ctx.deadline = session
+                    .req_header()
+                    .headers
+                    .get("grpc-timeout")
+                    .and_then(|v| codec::parse_timeout(v.to_str().ok()?))
+                    .map(|limit| (std::time::Instant::now() + codec::early(limit), limit));
                 self.authenticate_and_limit(session, ctx, snap).await?;
                 self.grpc_infer(session, ctx, snap).await?;
             }
@@ -230,7 +241,26 @@ impl Gateway {
         ctx.drift = self.drift_window(ctx, snap, pool_name);
         let id = request.id.clone().unwrap_or_else(|| ctx.request_id.clone());
         match snap.pools[pool_name].clone() {
-            Backend::Local(pool) => {
+            Backend::Remote(pool) if !pool.is_grpc() => {
+                let meta = pool.metadata().ok_or_else(|| not_ready(&pool))?;
+                let selected = protocol::select_outputs(&meta, &request)?;
+                let outputs = self
+                    .transcode_remote(ctx, snap, route, &pool, request.inputs, &id)
+                    .await?;
+                let answer = codec::encode_response(
+                    &meta,
+                    &route.model,
+                    &meta.version,
+                    &id,
+                    &selected,
+                    &outputs,
+                    limits.max_answer_bytes,
+                )?;
+                drop(held);
+                self.respond_grpc(session, ctx, &answer).await;
+            }
+            backend => {
+                let pool = Engine::of(backend)?;
                 let meta = pool.metadata();
                 let selected = protocol::select_outputs(meta, &request)?;
                 let (outputs, shadows) = self
@@ -248,24 +278,6 @@ impl Gateway {
                 drop(held);
                 self.respond_grpc(session, ctx, &answer).await;
                 self.mirror(snap, ctx, shadows, || Self::named(meta, outputs));
-            }
-            Backend::Remote(pool) => {
-                let meta = pool.metadata().ok_or_else(|| not_ready(&pool))?;
-                let selected = protocol::select_outputs(&meta, &request)?;
-                let outputs = self
-                    .transcode_remote(ctx, snap, route, &pool, request.inputs, &id)
-                    .await?;
-                let answer = codec::encode_response(
-                    &meta,
-                    &route.model,
-                    &meta.version,
-                    &id,
-                    &selected,
-                    &outputs,
-                    limits.max_answer_bytes,
-                )?;
-                drop(held);
-                self.respond_grpc(session, ctx, &answer).await;
             }
         }
         Ok(())
@@ -307,7 +319,7 @@ impl Gateway {
             max_response_bytes: snap.config.limits.max_answer_bytes,
         };
         let started = std::time::Instant::now();
-        let result = remote::forward(pool, &self.connector, &out).await;
+        let result = within(ctx.deadline, remote::forward(pool, &self.connector, &out)).await;
         ctx.inference = Some(started.elapsed());
         let shadows = copy.map(|inputs| (picks, shadow::Input::Tensors(inputs), started.elapsed()));
         let outputs = result.and_then(|answer| {
@@ -323,20 +335,7 @@ impl Gateway {
                 });
             }
             let decoded = protocol::decode_response(&answer.body, answer.header_length.as_deref())?;
-            // In the signature's order, whatever order the upstream answered in.
-            let mut by_name = decoded.outputs;
-            meta.outputs
-                .iter()
-                .map(|spec| {
-                    let i = by_name.iter().position(|t| t.name == spec.name).ok_or_else(|| {
-                        GatewayError::BadGateway {
-                            pool: pool.name.clone(),
-                            reason: format!("the answer has no output {:?}", spec.name),
-                        }
-                    })?;
-                    Ok(by_name.swap_remove(i).tensor)
-                })
-                .collect::<Result<Vec<Tensor>, GatewayError>>()
+            in_signature_order(pool, &meta, decoded.outputs)
         });
         match outputs {
             Ok(outputs) => {
@@ -347,8 +346,7 @@ impl Gateway {
                     .zip(&outputs)
                     .collect();
                 self.observe_predictions(ctx, &route.model, &named);
-                let primary = Self::named(&meta, outputs.clone());
-                self.mirror(snap, ctx, shadows, || primary);
+                self.mirror(snap, ctx, shadows, || Self::named(&meta, outputs.clone()));
                 Ok(outputs)
             }
             Err(e) => {
@@ -421,14 +419,6 @@ fn code_name(code: tonic::Code) -> &'static str {
         DataLoss => "DATA_LOSS",
         Unauthenticated => "UNAUTHENTICATED",
     }
-}
-
-fn not_ready(pool: &RemotePool) -> GatewayError {
-    InferError::NotReady(format!(
-        "pool {} has not yet learnt the model's signature from its upstream",
-        pool.name
-    ))
-    .into()
 }
 
 #[cfg(test)]

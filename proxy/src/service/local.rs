@@ -1,14 +1,16 @@
-//! Answers from a local pool: the body decoded in the gateway, the model run in-process, the
-//! answer encoded here (Open Inference Protocol, JSON or binary, or `/predict`), shadows
-//! given the decoded tensors.
+//! Answers from a pool that takes tensors: a local pool (the model run in process) or a
+//! remote `grpc` pool (the tensors sent raw in a `ModelInferRequest`). The body is decoded in
+//! the gateway, the answer encoded here (Open Inference Protocol, JSON or binary, or
+//! `/predict`), shadows given the decoded tensors.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use inference::protocol::grpc as codec;
 use inference::protocol::metadata::{ModelConfig, ModelMetadataAnswer, ModelReady, to_json};
 use inference::protocol::{self, ModelRef};
-use inference::{ModelMetadata, NamedTensor, Pool, Tensor};
+use inference::{InferError, ModelMetadata, NamedTensor, Pool, Tensor};
 
 use super::exchange::Exchange;
 use super::record::Shadows;
@@ -17,7 +19,8 @@ use crate::admission::budget::{Held, Over};
 use crate::config::Route;
 use crate::errors::GatewayError;
 use crate::http::names::INFERENCE_HEADER_LENGTH;
-use crate::routing::snapshot::Snapshot;
+use crate::pools::remote::{self, RemotePool};
+use crate::routing::snapshot::{Backend, Snapshot};
 use crate::service::predict;
 use crate::shadow;
 
@@ -36,6 +39,90 @@ fn tensor_bytes(tensors: &[NamedTensor]) -> usize {
         .sum()
 }
 
+/// A pool the gateway hands decoded tensors to.
+#[derive(Clone)]
+pub(super) enum Engine {
+    /// In process.
+    Local(Arc<Pool>),
+    /// A remote `grpc` pool, with the signature it has learnt from its upstream.
+    Grpc(Arc<RemotePool>, Arc<ModelMetadata>),
+}
+
+impl Engine {
+    /// The engine of a local or `grpc` pool (an `http` pool takes bodies: `answer_remote`).
+    /// A `grpc` pool with no healthy endpoint, or whose signature is not known yet, is 503.
+    pub(super) fn of(backend: Backend) -> Result<Engine, GatewayError> {
+        match backend {
+            Backend::Local(pool) => Ok(Engine::Local(pool)),
+            Backend::Remote(pool) => {
+                if !pool.any_healthy() {
+                    return Err(GatewayError::NoHealthyUpstream {
+                        pool: pool.name.clone(),
+                    });
+                }
+                let meta = pool.metadata().ok_or_else(|| not_ready(&pool))?;
+                Ok(Engine::Grpc(pool, meta))
+            }
+        }
+    }
+
+    pub(super) fn metadata(&self) -> &ModelMetadata {
+        match self {
+            Engine::Local(pool) => pool.metadata(),
+            Engine::Grpc(_, meta) => meta,
+        }
+    }
+}
+
+/// A remote pool that has not yet fetched its model's signature.
+pub(super) fn not_ready(pool: &RemotePool) -> GatewayError {
+    InferError::NotReady(format!(
+        "pool {} has not yet learnt the model's signature from its upstream",
+        pool.name
+    ))
+    .into()
+}
+
+/// A remote pool's outputs in its signature's order, whatever order the upstream answered in.
+pub(super) fn in_signature_order(
+    pool: &RemotePool,
+    meta: &ModelMetadata,
+    mut outputs: Vec<NamedTensor>,
+) -> Result<Vec<Tensor>, GatewayError> {
+    meta.outputs
+        .iter()
+        .map(|spec| {
+            let i =
+                outputs
+                    .iter()
+                    .position(|t| t.name == spec.name)
+                    .ok_or_else(|| GatewayError::BadGateway {
+                        pool: pool.name.clone(),
+                        reason: format!("the answer has no output {:?}", spec.name),
+                    })?;
+            Ok(outputs.swap_remove(i).tensor)
+        })
+        .collect()
+}
+
+/// Waits for `work` until the gRPC client's deadline, if it set one.
+pub(super) async fn within<T>(
+    deadline: Option<(Instant, Duration)>,
+    work: impl std::future::Future<Output = Result<T, GatewayError>>,
+) -> Result<T, GatewayError> {
+    match deadline {
+        None => work.await,
+        Some((at, limit)) => tokio::time::timeout_at(at.into(), work)
+            .await
+            .unwrap_or_else(|_| {
+                Err(InferError::Deadline {
+                    limit_ms: limit.as_millis() as u64,
+                }
+                .into())
+            }),
+    }
+}
+
 pub(super) fn busy(over: Over) -> GatewayError {
     GatewayError::Busy {
         per_key: over == Over::Key,
@@ -43,14 +130,15 @@ pub(super) fn busy(over: Over) -> GatewayError {
 }
 
 impl Gateway {
-    /// `/infer` and `/predict` of a local pool; metadata, readiness and configuration too.
+    /// `/infer` and `/predict` of a local or `grpc` pool; metadata, readiness and
+    /// configuration too.
     pub(super) async fn answer_local(
         &self,
         session: &mut Exchange<'_>,
         ctx: &mut Ctx,
         snap: &Arc<Snapshot>,
         route: &Route,
-        pool: Arc<Pool>,
+        pool: Engine,
         (kind, model_ref): (Kind, ModelRef<'_>),
     ) -> Result<(), GatewayError> {
         let limits = &snap.config.limits;
@@ -133,7 +221,14 @@ impl Gateway {
                 self.respond_json(session, ctx, to_json(&body)).await;
             }
             Kind::Config => {
-                let body = ModelConfig::of(meta, pool.config().max_batch);
+                let Engine::Local(local) = &pool else {
+                    return Err(InferError::NotFound(format!(
+                        "the model configuration of {} is its upstream's: a grpc pool does not pass it on",
+                        model_ref.model
+                    ))
+                    .into());
+                };
+                let body = ModelConfig::of(meta, local.config().max_batch);
                 self.respond_json(session, ctx, to_json(&body)).await;
             }
         }
@@ -146,14 +241,15 @@ impl Gateway {
         self.budget.hold(key)
     }
 
-    /// Runs a local pool, keeping a copy of the inputs when the route's shadows want one.
-    /// A failed inference is still mirrored (the shadow's answer is worth recording).
+    /// Runs a local or `grpc` pool, keeping a copy of the inputs when the route's shadows
+    /// want one. A failed inference is still mirrored (the shadow's answer is worth
+    /// recording).
     pub(super) async fn infer_local(
         &self,
         snap: &Arc<Snapshot>,
         ctx: &mut Ctx,
         route: &Route,
-        pool: &Pool,
+        pool: &Engine,
         inputs: Vec<NamedTensor>,
         body_len: usize,
     ) -> Result<(Vec<Tensor>, Option<Shadows>), GatewayError> {
@@ -164,7 +260,27 @@ impl Gateway {
             self.quality.record_inputs(w, &inputs);
         }
         let started = Instant::now();
-        let result = pool.infer(inputs).await;
+        let result = match pool {
+            Engine::Local(pool) => within(ctx.deadline, async { Ok(pool.infer(inputs).await?) }).await,
+            Engine::Grpc(pool, meta) => {
+                let spec = &pool.spec;
+                let request =
+                    codec::encode_request(&spec.model, &spec.version.to_string(), &ctx.request_id, &inputs);
+                drop(inputs);
+                let max_answer = snap.config.limits.max_answer_bytes;
+                remote::infer_grpc(pool, &request, &ctx.request_id, ctx.deadline, max_answer)
+                    .await
+                    .and_then(|(answer, endpoint)| {
+                        ctx.upstream = Some(endpoint);
+                        let outputs =
+                            codec::decode_response(answer).map_err(|e| GatewayError::BadGateway {
+                                pool: pool.name.clone(),
+                                reason: format!("unreadable answer: {e}"),
+                            })?;
+                        in_signature_order(pool, meta, outputs)
+                    })
+            }
+        };
         ctx.inference = Some(started.elapsed());
         let shadows = copy.map(|inputs| (picks, shadow::Input::Tensors(inputs), started.elapsed()));
         match result {
@@ -181,12 +297,12 @@ impl Gateway {
             }
             Err(e) => {
                 self.mirror(snap, ctx, shadows, || shadow::Primary::Failed(e.to_string()));
-                Err(e.into())
+                Err(e)
             }
         }
     }
 
-    /// Names the outputs of a local pool for [`Self::mirror`].
+    /// Names a pool's outputs (in its signature's order) for [`Self::mirror`].
     pub(super) fn named(meta: &ModelMetadata, outputs: Vec<Tensor>) -> shadow::Primary {
         shadow::Primary::Outputs(
             meta.outputs

@@ -113,6 +113,9 @@ pub struct Ctx {
     /// A gRPC call: its method (`ModelInfer`, …, as a metric label) and, once answered, its
     /// status code's name.
     grpc: Option<(&'static str, &'static str)>,
+    /// A gRPC client's deadline (`grpc-timeout`): when the gateway gives up on the model,
+    /// and the limit the client set.
+    deadline: Option<(Instant, Duration)>,
     /// The HTTP/1 connection's last API key, kept from one request to the next.
     key_memo: Option<Box<crate::admission::auth::KeyMemo>>,
 }
@@ -248,13 +251,16 @@ impl Gateway {
             ctx.drift = self.drift_window(ctx, snap, pool_name);
         }
 
-        // 5. The answer: in-process, or through the remote pool.
+        // 5. The answer: from tensors (in process, or a `grpc` pool), or a body forwarded.
         match backend {
-            Backend::Local(pool) => {
-                self.answer_local(session, ctx, snap, route, pool, (kind, model_ref))
+            Backend::Remote(pool) if !pool.is_grpc() => {
+                self.answer_remote(session, ctx, snap, route, pool, kind).await
+            }
+            backend => {
+                let engine = local::Engine::of(backend)?;
+                self.answer_local(session, ctx, snap, route, engine, (kind, model_ref))
                     .await
             }
-            Backend::Remote(pool) => self.answer_remote(session, ctx, snap, route, pool, kind).await,
         }
     }
 }

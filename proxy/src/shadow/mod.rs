@@ -34,6 +34,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use inference::NamedTensor;
 use inference::protocol;
+use inference::protocol::grpc as codec;
 use pingora::connectors::TransportConnector;
 use tokio::sync::OwnedSemaphorePermit;
 
@@ -337,6 +338,16 @@ impl Mirror {
                         tensor,
                     })
                     .collect())
+            }
+            Some(Backend::Remote(p)) if p.is_grpc() => {
+                let spec = &p.spec;
+                let request =
+                    codec::encode_request(&spec.model, &spec.version.to_string(), request_id, inputs);
+                let max_answer = snap.config.limits.max_answer_bytes;
+                let (answer, _) = remote::infer_grpc(p, &request, request_id, None, max_answer)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                codec::decode_response(answer).map_err(|e| format!("unreadable answer: {e}"))
             }
             Some(Backend::Remote(p)) => {
                 let (body, header_length) =

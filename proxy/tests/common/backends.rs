@@ -8,7 +8,54 @@ use std::time::Duration;
 
 use super::{free_port, repo};
 
-/// A real `inference-server` on an ephemeral port, in its own runtime thread.
+/// What an [`Upstream`] speaks.
+#[derive(Clone, Copy, Debug)]
+pub enum Speaks {
+    Rest,
+    Grpc,
+}
+
+fn bundled() -> inference::ModelRepository {
+    inference::ModelRepository::load(&repo().join("models"), &inference::PoolConfig::default()).unwrap()
+}
+
+fn slow() -> inference::ModelRepository {
+    use inference::{DataType, ModelMetadata, Pool, Runner, Tensor, TensorSpec};
+    struct Slow;
+    impl Runner for Slow {
+        fn run(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, String> {
+            std::thread::sleep(Duration::from_millis(300));
+            Ok(vec![inputs[0].clone()])
+        }
+    }
+    let spec = TensorSpec {
+        name: "x".into(),
+        datatype: DataType::F32,
+        shape: vec![-1, 1],
+    };
+    let meta = ModelMetadata {
+        name: "slow".into(),
+        version: "1".into(),
+        platform: "test",
+        inputs: vec![spec.clone()],
+        outputs: vec![spec],
+        batchable: true,
+    };
+    let config = inference::PoolConfig {
+        instances: 1,
+        max_batch: 1,
+        ..inference::PoolConfig::default()
+    };
+    let mut repo = inference::ModelRepository::default();
+    repo.insert(
+        "slow",
+        1,
+        Arc::new(Pool::with_runners(meta, config, vec![Box::new(Slow)])),
+    );
+    repo
+}
+
+/// A real `inference-server` (REST or gRPC) on an ephemeral port, in its own runtime thread.
 pub struct Upstream {
     pub addr: SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -21,6 +68,25 @@ impl Upstream {
     }
 
     pub fn start_on(port: u16) -> Upstream {
+        Self::launch(port, bundled, Speaks::Rest)
+    }
+
+    /// `inference-server --grpc-listen` on an ephemeral port.
+    pub fn start_grpc() -> Upstream {
+        Self::launch(free_port(), bundled, Speaks::Grpc)
+    }
+
+    pub fn start_grpc_on(port: u16) -> Upstream {
+        Self::launch(port, bundled, Speaks::Grpc)
+    }
+
+    /// One model, "slow" (version 1, input and output `x`: FP32 [-1, 1]), that takes 300 ms
+    /// per request: for timeouts and deadlines.
+    pub fn start_slow(speaks: Speaks) -> Upstream {
+        Self::launch(free_port(), slow, speaks)
+    }
+
+    fn launch(port: u16, models: fn() -> inference::ModelRepository, speaks: Speaks) -> Upstream {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let thread = std::thread::spawn(move || {
@@ -30,19 +96,23 @@ impl Upstream {
                 .build()
                 .unwrap();
             rt.block_on(async move {
-                let repo = inference::ModelRepository::load(
-                    &repo().join("models"),
-                    &inference::PoolConfig::default(),
-                )
-                .unwrap();
+                let repo = Arc::new(models());
                 let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
                 ready_tx.send(listener.local_addr().unwrap()).unwrap();
-                let server = inference::server::InferenceServer::new(Arc::new(repo), Default::default());
-                server
-                    .serve(listener, async move {
-                        let _ = rx.await;
-                    })
-                    .await;
+                let stop = async move {
+                    let _ = rx.await;
+                };
+                match speaks {
+                    Speaks::Rest => {
+                        inference::server::InferenceServer::new(repo, Default::default())
+                            .serve(listener, stop)
+                            .await
+                    }
+                    Speaks::Grpc => inference::grpc::GrpcServer::new(repo, Default::default())
+                        .serve(listener, stop)
+                        .await
+                        .unwrap(),
+                }
             });
         });
         let addr = ready_rx

@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test binary uses a different part of this module
 
 mod backends;
+pub mod grpc;
 mod redis;
 #[allow(unused_imports)] // not every test binary calls a model server
 pub use backends::*;

@@ -1,5 +1,7 @@
-//! `http` pools: remote Open Inference Protocol servers (our `inference-server`, or Triton)
-//! reached through pingora's upstream machinery: its load balancer's active HTTP health
+//! Remote pools: Open Inference Protocol servers (our `inference-server`, or Triton). `grpc`
+//! pools speak its gRPC form ([`grpc`]: one HTTP/2 connection per endpoint, `ModelReady` as
+//! the health check) with the endpoints, round-robin, timeouts and retry rule below. `http`
+//! pools speak REST, reached through pingora's upstream machinery: its load balancer's active HTTP health
 //! checks (requests go round-robin over the endpoints that pass them) and its transport
 //! connector (connect timeouts, TCP options, TLS when asked).
 //!
@@ -44,8 +46,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::errors::GatewayError;
 
-use crate::config::HttpSpec;
+use crate::config::{HttpSpec, RemoteProtocol};
 
+mod grpc;
 mod wire;
 use wire::{read_answer, request_wire};
 
@@ -70,17 +73,19 @@ impl RemotePool {
     pub fn new(name: &str, spec: HttpSpec) -> Result<RemotePool, String> {
         let mut lb = LoadBalancer::<RoundRobin>::try_from_iter(spec.endpoints.iter().map(|a| a.to_string()))
             .map_err(|e| format!("pool {name}: {e}"))?;
-        let mut hc = HttpHealthCheck::new("localhost", false);
-        hc.req = pingora::http::RequestHeader::build("GET", spec.health_path.as_bytes(), None)
-            .map_err(|e| format!("pool {name}: health check path: {e}"))?;
-        hc.req
-            .insert_header("host", "localhost")
-            .map_err(|e| e.to_string())?;
-        hc.peer_template.options.connection_timeout = Some(spec.connect_timeout);
-        hc.peer_template.options.read_timeout = Some(spec.timeout.min(Duration::from_secs(2)));
-        hc.consecutive_failure = 1;
-        hc.consecutive_success = 1;
-        lb.set_health_check(Box::new(hc));
+        if spec.protocol == RemoteProtocol::Http {
+            let mut hc = HttpHealthCheck::new("localhost", false);
+            hc.req = pingora::http::RequestHeader::build("GET", spec.health_path.as_bytes(), None)
+                .map_err(|e| format!("pool {name}: health check path: {e}"))?;
+            hc.req
+                .insert_header("host", "localhost")
+                .map_err(|e| e.to_string())?;
+            hc.peer_template.options.connection_timeout = Some(spec.connect_timeout);
+            hc.peer_template.options.read_timeout = Some(health_timeout(&spec));
+            hc.consecutive_failure = 1;
+            hc.consecutive_success = 1;
+            lb.set_health_check(Box::new(hc));
+        }
         let endpoints = spec
             .endpoints
             .iter()
@@ -135,8 +140,45 @@ impl RemotePool {
     fn refresh_readiness(&self) {
         let backends = self.lb.backends();
         for e in &self.endpoints {
-            e.ready.store(backends.ready(&e.backend), Ordering::Relaxed);
+            self.set_ready(e, backends.ready(&e.backend), || "its health check failed".into());
         }
+    }
+
+    /// An endpoint's readiness, logged when it changes.
+    fn set_ready(&self, e: &Endpoint, ready: bool, why: impl FnOnce() -> String) {
+        if e.ready.swap(ready, Ordering::Relaxed) != ready {
+            if ready {
+                tracing::info!(pool = %self.name, endpoint = %e.addr, "endpoint is healthy again");
+            } else {
+                tracing::warn!(pool = %self.name, endpoint = %e.addr, "endpoint is unhealthy: {}", why());
+            }
+        }
+    }
+
+    /// A `grpc` pool's health check: `ModelReady` on every endpoint at once.
+    async fn check_grpc(&self) {
+        let mut checks = tokio::task::JoinSet::new();
+        for (i, e) in self.endpoints.iter().enumerate() {
+            let (channel, spec) = (e.channel.clone(), self.spec.clone());
+            checks.spawn(async move {
+                let t = health_timeout(&spec);
+                let result =
+                    grpc::model_ready(&channel, spec.connect_timeout, t, &spec.model, spec.version).await;
+                (i, result)
+            });
+        }
+        while let Some(done) = checks.join_next().await {
+            if let Ok((i, result)) = done {
+                let e = &self.endpoints[i];
+                let failure = result.err();
+                let ready = failure.is_none();
+                self.set_ready(e, ready, || failure.unwrap_or_default());
+            }
+        }
+    }
+
+    pub fn is_grpc(&self) -> bool {
+        self.spec.protocol == RemoteProtocol::Grpc
     }
 
     /// The upstream path for a protocol path's tail (`/infer`, `/ready`, ``).
@@ -167,15 +209,33 @@ impl RemotePool {
         if !due {
             return;
         }
-        self.lb.backends().run_health_check(true).await;
-        self.refresh_readiness();
+        if self.is_grpc() {
+            self.check_grpc().await;
+        } else {
+            self.lb.backends().run_health_check(true).await;
+            self.refresh_readiness();
+        }
         for e in &self.endpoints {
             e.idle.purge();
         }
         if self.metadata.load().is_none()
-            && let Some(addr) = self.select(None)
+            && let Some(e) = self.pick(None)
         {
-            match fetch_metadata(addr, &self.upstream_path(""), self.spec.timeout).await {
+            let addr = e.addr;
+            let fetched = if self.is_grpc() {
+                let spec = &self.spec;
+                grpc::metadata(
+                    &e.channel,
+                    spec.connect_timeout,
+                    spec.timeout,
+                    &spec.model,
+                    spec.version,
+                )
+                .await
+            } else {
+                fetch_metadata(addr, &self.upstream_path(""), self.spec.timeout).await
+            };
+            match fetched {
                 Ok(meta) => self.metadata.store(Some(Arc::new(meta))),
                 Err(e) => tracing::warn!(pool = %self.name, "cannot fetch model metadata from {addr}: {e}"),
             }
@@ -196,6 +256,8 @@ struct Endpoint {
     idle: IdleConnections,
     /// The `host` header's value.
     host: String,
+    /// A `grpc` pool's connection to it.
+    channel: Arc<grpc::Channel>,
 }
 
 /// Most kept-alive connections an endpoint keeps (more than the gateway's concurrency to one
@@ -273,6 +335,7 @@ impl Endpoint {
             },
             peer,
             host: addr.to_string(),
+            channel: Arc::new(grpc::Channel::new(addr)),
         }
     }
 }
@@ -339,6 +402,99 @@ pub async fn forward(
         }
     }
     unreachable!("the second attempt always returns")
+}
+
+/// A health check's wait: the pool's timeout, at most 2 s (a check that waits longer only
+/// delays the next one).
+fn health_timeout(spec: &HttpSpec) -> Duration {
+    spec.timeout.min(Duration::from_secs(2))
+}
+
+/// `ModelInfer` on a healthy endpoint of a `grpc` pool, under the same rules as
+/// [`forward`]: at most one retry, on another endpoint, only when the call cannot have
+/// reached a server. `deadline` is a gRPC client's (when to give up, and the `grpc-timeout`
+/// it set): it bounds the call when it comes before the pool's timeout. The upstream's
+/// refusals keep their code and message.
+pub async fn infer_grpc(
+    pool: &RemotePool,
+    request: &inference::protocol::grpc::pb::ModelInferRequest,
+    request_id: &str,
+    deadline: Option<(Instant, Duration)>,
+    max_answer: usize,
+) -> Result<(inference::protocol::grpc::pb::ModelInferResponse, SocketAddr), GatewayError> {
+    let left = deadline.map(|(at, limit)| (at.saturating_duration_since(Instant::now()), limit));
+    let client_limit = left.filter(|(d, _)| *d < pool.spec.timeout);
+    let timeout = client_limit.map_or(pool.spec.timeout, |(d, _)| d);
+    let client_limit = client_limit.map(|(_, limit)| limit);
+    let mut avoid = None;
+    for attempt in 0..2 {
+        let endpoint =
+            pool.pick(avoid)
+                .or_else(|| pool.pick(None))
+                .ok_or_else(|| GatewayError::NoHealthyUpstream {
+                    pool: pool.name.clone(),
+                })?;
+        let addr = endpoint.addr;
+        let result = grpc::infer(
+            &endpoint.channel,
+            pool.spec.connect_timeout,
+            timeout,
+            request,
+            request_id,
+            max_answer,
+        )
+        .await;
+        match result {
+            Ok(Ok(answer)) => return Ok((answer, addr)),
+            // The deadline sent with the call passed at the upstream first: the same timeout.
+            Ok(Err(status)) if status.code() == tonic::Code::DeadlineExceeded => {
+                return Err(timed_out(pool, client_limit));
+            }
+            Ok(Err(status)) => {
+                let http = inference::protocol::grpc::http_status_of(status.code());
+                let message = if http >= 500 {
+                    format!(
+                        "upstream of pool {} answered {:?}: {}",
+                        pool.name,
+                        status.code(),
+                        status.message()
+                    )
+                } else {
+                    status.message().to_string()
+                };
+                return Err(GatewayError::Upstream {
+                    status: http,
+                    message,
+                });
+            }
+            Err(Failure::NotDelivered(reason)) if attempt == 0 => {
+                tracing::debug!(pool = %pool.name, %addr, "retrying once on another endpoint: {reason}");
+                avoid = Some(addr);
+            }
+            Err(Failure::NotDelivered(reason)) | Err(Failure::Failed(reason)) => {
+                return Err(GatewayError::BadGateway {
+                    pool: pool.name.clone(),
+                    reason,
+                });
+            }
+            Err(Failure::TimedOut) => return Err(timed_out(pool, client_limit)),
+        }
+    }
+    unreachable!("the second attempt always returns")
+}
+
+/// The pool's timeout (504), or the client's deadline when it was the shorter.
+fn timed_out(pool: &RemotePool, client_limit: Option<Duration>) -> GatewayError {
+    match client_limit {
+        Some(limit) => inference::InferError::Deadline {
+            limit_ms: limit.as_millis() as u64,
+        }
+        .into(),
+        None => GatewayError::GatewayTimeout {
+            pool: pool.name.clone(),
+            timeout_ms: pool.spec.timeout.as_millis(),
+        },
+    }
 }
 
 enum Failure {

@@ -52,6 +52,7 @@ fn requests_alternate_over_healthy_endpoints() {
             health_interval: Duration::from_secs(1),
             health_path: "/v2/health/ready".into(),
             profile: None,
+            protocol: crate::config::RemoteProtocol::Http,
         },
     )
     .unwrap();
