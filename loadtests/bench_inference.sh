@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # inference-server against the peer most ML teams start with (FastAPI + uvicorn +
-# onnxruntime), same model, same single core, same load; then the pool on its own with
-# dynamic batching off and on.
+# onnxruntime), same model, same single core, same load; a lone request with adaptive and with
+# fixed-delay batching; then the pool on its own with dynamic batching off and on.
 #
 #   loadtests/bench_inference.sh            15 s per measurement
 #   loadtests/bench_inference.sh --short    3 s per measurement
@@ -27,6 +27,8 @@ say "building inference-server (release)"
 # `cargo test --no-run` builds the binaries with the same features as the test suite, so
 # running after scripts/test.sh compiles nothing again.
 (cd "$ROOT" && cargo test --release --quiet --workspace --no-run && cargo bench --quiet --workspace --bench pool_batching --no-run)
+ROUNDS=5
+[ "$QUICK" = 1 ] && ROUNDS=1
 
 bench_csv inference
 PIDS=()
@@ -49,6 +51,40 @@ OURS=$!; PIDS+=("$OURS")
 wait_port "127.0.0.1:$PORT_OURS" || die "inference-server did not start: $(cat "$RESULTS/.ours.log")"
 read -r O_RPS O_P50 O_P99 O_CPU O_ERR < <(measure inference-server "$OURS" "http://127.0.0.1:$PORT_OURS/v2/models/$MODEL/versions/$VERSION/infer")
 stop_pid "$OURS"
+
+# --- a lone request: adaptive against fixed-delay batching (--batching fixed: every request
+# that finds the pool idle waits --max-delay-us, 250 µs, for company), at a quarter of the
+# maximum rate measured above, evenly spaced (loadgen's open loop), the two servers taking
+# turns; p50 and p99 are medians of the rounds, failed requests counted.
+LONE_RATE=$(( ${O_RPS%.*} / 4 ))
+PORT_ADAPTIVE=18010; PORT_FIXED=18011
+for mode in adaptive fixed; do
+  port=$PORT_ADAPTIVE; [ "$mode" = fixed ] && port=$PORT_FIXED
+  taskset -c "$SERVER_CPU" "$ROOT/target/release/inference-server" --models "$ROOT/models" \
+    --listen "127.0.0.1:$port" --threads 1 --instances 1 --max-batch 32 --batching "$mode" >"$RESULTS/.lone-$mode.log" 2>&1 &
+  PIDS+=("$!")
+  wait_port "127.0.0.1:$port" || die "inference-server --batching $mode did not start"
+done
+: > "$RESULTS/.lone-adaptive.txt"; : > "$RESULTS/.lone-fixed.txt"
+for r in $(seq "$ROUNDS"); do
+  for mode in adaptive fixed; do
+    port=$PORT_ADAPTIVE; [ "$mode" = fixed ] && port=$PORT_FIXED
+    say "lone requests, $mode batching: ${LONE_RATE}/s for ${DURATION}s (round $r of $ROUNDS)"
+    taskset -c "$CLIENT_CPU" "$ROOT/target/release/loadgen" --url "http://127.0.0.1:$port/v2/models/$MODEL/versions/$VERSION/infer" \
+      --rate "$LONE_RATE" --connections "$CONNS" --duration "$DURATION" --warmup "$WARMUP" --body "$BODY" \
+      --header "content-type: application/json" | grep '^RESULT' | sed 's/RESULT //' \
+      | awk '{ for (i = 1; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] } print v["p50_us"], v["p99_us"], v["errors"] }' \
+      >>"$RESULTS/.lone-$mode.txt"
+  done
+done
+median() { sort -n | awk '{ a[NR] = $1 } END { print (NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2) }'; }
+L_A50="$(awk '{ print $1 }' "$RESULTS/.lone-adaptive.txt" | median)"; L_F50="$(awk '{ print $1 }' "$RESULTS/.lone-fixed.txt" | median)"
+L_A99="$(awk '{ print $2 }' "$RESULTS/.lone-adaptive.txt" | median)"; L_F99="$(awk '{ print $2 }' "$RESULTS/.lone-fixed.txt" | median)"
+L_ERR="$(cat "$RESULTS/.lone-adaptive.txt" "$RESULTS/.lone-fixed.txt" | awk '{ s += $3 } END { print s + 0 }')"
+LONE_CUT="$(awk -v a="$L_A50" -v f="$L_F50" 'BEGIN { printf "%.2f", (f > 0 ? 1 - a / f : 0) }')"
+T4="$(unless_errors "$(check "$LONE_CUT" '>=' 0.30)" "$L_ERR")"
+for p in "${PIDS[@]}"; do stop_pid "$p"; done
+PIDS=()
 
 # --- the peer: FastAPI + uvicorn[standard], 1 worker, onnxruntime with 1 intra-op thread ---
 PORT_PEER=18001
@@ -86,6 +122,17 @@ REPORT="$RESULTS/inference.md"
   echo "- p99: ${P99_RATIO} of the peer's (target ≤ 0.2: $T2)"
   echo "- CPU per request: the peer spends ${CPU_RATIO}× ours"
   echo
+  echo "## A lone request: adaptive against fixed-delay batching"
+  echo
+  echo "inference-server --max-batch 32, --batching adaptive and fixed (250 µs), ${LONE_RATE} requests/s (a quarter of the maximum above), $CONNS connections, medians of $ROUNDS rounds of ${DURATION} s taking turns."
+  echo
+  echo "| batching | p50 | p99 |"
+  echo "| --- | ---: | ---: |"
+  printf '| adaptive | %.3f ms | %.3f ms |\n' "$(ratio "$L_A50" 1000)" "$(ratio "$L_A99" 1000)"
+  printf '| fixed | %.3f ms | %.3f ms |\n' "$(ratio "$L_F50" 1000)" "$(ratio "$L_F99" 1000)"
+  echo
+  echo "- p50 $(awk -v c="$LONE_CUT" 'BEGIN { printf "%.0f", c * 100 }')% lower than fixed-delay batching (target ≥ 30%: $T4); $L_ERR failed"
+  echo
   echo "## Pool alone: dynamic batching"
   echo
   echo '```'
@@ -97,6 +144,6 @@ REPORT="$RESULTS/inference.md"
 say "report written to ${REPORT#"$ROOT"/}"
 
 if [ "$O_ERR" != 0 ] || [ "$P_ERR" != 0 ]; then say "warning: some requests failed (errors column)"; fi
-if [ "$STRICT" = 1 ] && { [ "$T1" != met ] || [ "$T2" != met ] || [ "$T3" != met ]; }; then
+if [ "$STRICT" = 1 ] && { [ "$T1" != met ] || [ "$T2" != met ] || [ "$T3" != met ] || [ "$T4" != met ]; }; then
   die "a target was missed (see above)"
 fi

@@ -1,6 +1,6 @@
-//! Pool throughput with dynamic batching off (max_batch 1) and on (max_batch 32), at 64
-//! requests in flight, on the real breast-cancer/1 model. No HTTP: this isolates what
-//! batching buys inside the pool.
+//! Pool throughput with dynamic batching off (max_batch 1) and on (max_batch 32, adaptive, and
+//! fixed-delay for reference), at 64 requests in flight, on the real breast-cancer/1 model.
+//! No HTTP: this isolates what batching buys inside the pool.
 //!
 //!     cargo bench -p inference --bench pool_batching -- [--seconds 5] [--concurrency 64]
 //!
@@ -11,10 +11,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use inference::{NamedTensor, Pool, PoolConfig, Tensor, TensorData};
+use inference::{Batching, NamedTensor, Pool, PoolConfig, Tensor, TensorData};
 
 struct Run {
     max_batch: usize,
+    batching: Batching,
     requests: u64,
     elapsed: Duration,
     cpu: Duration,
@@ -61,10 +62,11 @@ fn one_row() -> Vec<NamedTensor> {
     }]
 }
 
-fn measure(max_batch: usize, concurrency: usize, seconds: u64) -> Run {
+fn measure(max_batch: usize, batching: Batching, concurrency: usize, seconds: u64) -> Run {
     let model = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/breast-cancer/1/model.onnx");
     let config = PoolConfig {
         max_batch,
+        batching,
         queue_capacity: concurrency * 2,
         ..PoolConfig::default()
     };
@@ -110,6 +112,7 @@ fn measure(max_batch: usize, concurrency: usize, seconds: u64) -> Run {
     let batches = (after.batches - before_stats.batches).max(1) as f64;
     Run {
         max_batch,
+        batching,
         requests: done.load(Ordering::Relaxed),
         elapsed,
         cpu,
@@ -127,18 +130,24 @@ fn main() {
     println!(
         "pool benchmark: breast-cancer/1, {concurrency} requests in flight, {seconds} s per setting, 1 worker"
     );
-    let runs: Vec<Run> = [1, 32]
-        .into_iter()
-        .map(|b| measure(b, concurrency, seconds))
-        .collect();
+    // The speed-up is the default (adaptive) batcher's; the fixed-delay one is shown beside it.
+    let runs: Vec<Run> = [
+        (1, Batching::Adaptive),
+        (32, Batching::Adaptive),
+        (32, Batching::Fixed),
+    ]
+    .into_iter()
+    .map(|(b, batching)| measure(b, batching, concurrency, seconds))
+    .collect();
     println!(
-        "{:>9} {:>12} {:>14} {:>12}",
-        "max_batch", "requests/s", "cpu µs/request", "rows/run"
+        "{:>9} {:>9} {:>12} {:>14} {:>12}",
+        "max_batch", "batching", "requests/s", "cpu µs/request", "rows/run"
     );
     for r in &runs {
         println!(
-            "{:>9} {:>12.0} {:>14.2} {:>12.1}",
+            "{:>9} {:>9} {:>12.0} {:>14.2} {:>12.1}",
             r.max_batch,
+            format!("{:?}", r.batching).to_lowercase(),
             r.requests as f64 / r.elapsed.as_secs_f64(),
             r.cpu.as_secs_f64() * 1e6 / r.requests.max(1) as f64,
             r.rows_per_run

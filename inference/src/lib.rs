@@ -29,6 +29,6 @@ pub mod grpc;
 
 pub use error::InferError;
 pub use model::{LoadError, ModelMetadata, NamedTensor, TensorSpec};
-pub use pool::{Pool, PoolConfig, Runner};
+pub use pool::{Batching, Pool, PoolConfig, Runner};
 pub use repository::ModelRepository;
 pub use tensor::{DataType, Tensor, TensorData};

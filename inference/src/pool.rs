@@ -7,10 +7,17 @@
 //! - The queue is bounded (`queue_capacity` requests). When it is full the request is refused
 //!   at once with [`InferError::Overloaded`] (503 + `Retry-After`): memory stays bounded and
 //!   callers learn about overload immediately instead of timing out.
-//! - Dynamic batching: a worker that picks up a request waits at most `max_delay` for more,
+//! - Dynamic batching: a worker that picks up a request takes every request already waiting,
 //!   up to `max_batch` rows, and runs them as one ORT call. Small models spend most of a call
 //!   in fixed overhead, so one call of 32 rows costs little more than one call of 1 row.
 //!   Only requests of the same pool meet in a batch, so models never mix.
+//! - Adaptive batching (the default, [`Batching::Adaptive`]): a worker waits for more
+//!   requests (at most `max_delay`) only while another worker of the pool is running a
+//!   batch. A lone request that finds the pool idle runs at once: waiting would delay it and
+//!   gain nothing, since requests that arrive while it runs queue up and make the next batch
+//!   by themselves (the spirit of Triton's and MLServer's adaptive batching). Under load the
+//!   batches grow with the queue, so the batched throughput stays. [`Batching::Fixed`] always
+//!   waits `max_delay` for company, as the pool did before.
 //! - One bad request fails alone: when a batch of several fails (ORT error, or a panic in our
 //!   code), each of its requests runs again by itself, so only the one that caused it gets
 //!   the error. A failure counts against the pool's health only when the model cannot run
@@ -58,6 +65,30 @@ pub struct PoolConfig {
     /// Most rows one request may carry (413 above): a bound on how long one request can hold
     /// a worker, and on its outputs' size.
     pub max_rows: usize,
+    /// When a worker waits for more requests before it runs a batch.
+    pub batching: Batching,
+}
+
+/// When a worker holds a batch open for more requests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Batching {
+    /// Only while another worker of the pool is running a batch (at most `max_delay`);
+    /// otherwise it runs what is waiting at once.
+    #[default]
+    Adaptive,
+    /// Always `max_delay` when fewer than `max_batch` rows are waiting.
+    Fixed,
+}
+
+impl std::str::FromStr for Batching {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Batching, String> {
+        match s {
+            "adaptive" => Ok(Batching::Adaptive),
+            "fixed" => Ok(Batching::Fixed),
+            _ => Err(format!("batching is adaptive or fixed, not {s:?}")),
+        }
+    }
 }
 
 /// Rows per request by default: one request of 4,096 rows of the bundled MLP runs in a few
@@ -75,6 +106,7 @@ impl Default for PoolConfig {
             reject_non_finite: true,
             idle_priority: false,
             max_rows: DEFAULT_MAX_ROWS,
+            batching: Batching::Adaptive,
         }
     }
 }
@@ -201,6 +233,7 @@ impl Pool {
         let label = format!("{}/{}", meta.name, meta.version);
         let (tx, rx) = crossbeam_channel::bounded::<Job>(config.queue_capacity.max(1));
         let stats = Arc::new(PoolStats::default());
+        let running = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let workers = runners
             .into_iter()
             .enumerate()
@@ -213,6 +246,8 @@ impl Pool {
                     meta: meta.clone(),
                     max_batch: config.max_batch.max(1),
                     max_delay: config.max_delay,
+                    batching: config.batching,
+                    running: running.clone(),
                     stats: stats.clone(),
                 };
                 std::thread::Builder::new()
@@ -387,10 +422,23 @@ struct Worker {
     meta: Arc<ModelMetadata>,
     max_batch: usize,
     max_delay: Duration,
+    batching: Batching,
+    /// The pool's workers running a batch now.
+    running: Arc<std::sync::atomic::AtomicUsize>,
     stats: Arc<PoolStats>,
 }
 
 impl Worker {
+    /// Whether to wait for more requests when none is waiting: always for a fixed delay;
+    /// adaptively, only while another worker runs (this one is collecting, not running).
+    fn wait_for_company(&self) -> bool {
+        !self.max_delay.is_zero()
+            && match self.batching {
+                Batching::Fixed => true,
+                Batching::Adaptive => self.running.load(Ordering::Acquire) > 0,
+            }
+    }
+
     fn run(mut self) {
         // A request that did not fit the previous batch opens the next one, so nothing is
         // reordered behind requests that arrived later.
@@ -411,7 +459,7 @@ impl Worker {
                     let next = match self.rx.try_recv() {
                         Ok(job) => job,
                         Err(TryRecvError::Disconnected) => break,
-                        Err(TryRecvError::Empty) if self.max_delay.is_zero() => break,
+                        Err(TryRecvError::Empty) if !self.wait_for_company() => break,
                         Err(TryRecvError::Empty) => match self.rx.recv_deadline(deadline) {
                             Ok(job) => job,
                             Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
@@ -426,7 +474,9 @@ impl Worker {
                     batch.push(next);
                 }
             }
+            self.running.fetch_add(1, Ordering::AcqRel);
             self.run_batch(batch);
+            self.running.fetch_sub(1, Ordering::AcqRel);
         }
     }
 

@@ -450,3 +450,50 @@ fn a_missing_or_broken_model_names_its_path_and_the_reason() {
         "{err}"
     );
 }
+
+/// Adaptive batching: a lone request that finds the pool idle runs at once (the delay here
+/// is 10 s: a fixed-delay batcher would start it after 10 s, not within 2), and the requests
+/// that arrive while a batch runs make the next batch by themselves.
+#[tokio::test]
+async fn a_lone_request_runs_at_once_and_waiting_requests_batch() {
+    let config = PoolConfig {
+        instances: 1,
+        max_batch: 32,
+        max_delay: Duration::from_secs(10),
+        ..PoolConfig::default()
+    };
+    let (pool, gate, started) = echo_pool(config);
+    let first = pool.submit(row(1.0)).unwrap();
+    assert_eq!(started.recv_timeout(Duration::from_secs(2)), Ok(1));
+    let waiting: Vec<_> = (0..5).map(|i| pool.submit(row(i as f32)).unwrap()).collect();
+    gate.open();
+    first.await.unwrap().unwrap();
+    assert_eq!(started.recv_timeout(Duration::from_secs(2)), Ok(5));
+    for rx in waiting {
+        rx.await.unwrap().unwrap();
+    }
+}
+
+/// While another instance runs, a worker holds its batch open for company (up to
+/// `max_delay`, or until `max_batch` rows).
+#[tokio::test]
+async fn a_worker_waits_for_company_while_another_runs() {
+    let config = PoolConfig {
+        instances: 2,
+        max_batch: 3,
+        max_delay: Duration::from_secs(10),
+        ..PoolConfig::default()
+    };
+    let (pool, gate, started) = echo_pool(config);
+    let first = pool.submit(row(1.0)).unwrap();
+    assert_eq!(started.recv_timeout(Duration::from_secs(2)), Ok(1));
+    // The other worker takes the next request and, the first worker running, waits: the
+    // two after it join its batch, which then has max_batch rows and starts.
+    let next: Vec<_> = (0..3).map(|i| pool.submit(row(i as f32)).unwrap()).collect();
+    assert_eq!(started.recv_timeout(Duration::from_secs(2)), Ok(3));
+    gate.open();
+    first.await.unwrap().unwrap();
+    for rx in next {
+        rx.await.unwrap().unwrap();
+    }
+}

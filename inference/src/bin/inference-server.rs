@@ -48,6 +48,10 @@ struct Args {
     /// Longest a batch waits for more requests, in microseconds
     #[arg(long, default_value_t = 250)]
     max_delay_us: u64,
+    /// When a batch waits for more requests: `adaptive` (only while another worker runs; a
+    /// lone request runs at once) or `fixed` (always up to --max-delay-us)
+    #[arg(long, default_value = "adaptive")]
+    batching: inference::pool::Batching,
     /// Queued requests per model version before new ones get 503
     #[arg(long, default_value_t = 1024)]
     queue_capacity: usize,
@@ -114,6 +118,7 @@ fn run(args: Args) -> Result<(), String> {
         reject_non_finite: !args.allow_non_finite,
         idle_priority: false,
         max_rows: args.max_rows,
+        batching: args.batching,
     };
     config.validate()?;
     for (flag, value) in [

@@ -494,6 +494,10 @@ pub struct LocalPoolFile {
     pub max_batch: i64,
     #[serde(default = "default_max_delay")]
     pub max_delay_us: i64,
+    /// `adaptive` (a lone request runs at once; a batch waits for more only while another
+    /// instance runs) or `fixed` (always up to `max_delay_us`).
+    #[serde(default)]
+    pub batching: Option<String>,
     #[serde(default = "default_queue")]
     pub queue_capacity: i64,
     /// Rows per request (default: `limits.max_rows`).

@@ -84,6 +84,14 @@ fn local(
             max_rows: l.max_rows.map_or(limits.max_rows, |n| {
                 positive(errors, n, 1, 10_000_000, &p.key("max_rows"))
             }),
+            batching: match l.batching.as_deref().map(str::parse) {
+                None => inference::Batching::Adaptive,
+                Some(Ok(b)) => b,
+                Some(Err(e)) => {
+                    errors.add(&p.key("batching"), e);
+                    inference::Batching::Adaptive
+                }
+            },
         },
     })
 }
