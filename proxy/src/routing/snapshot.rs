@@ -84,8 +84,9 @@ impl Snapshot {
             match spec {
                 PoolSpec::Local(l) => {
                     let mut pool_config = l.pool.clone();
-                    // Copies for comparison yield the CPU to the client path.
-                    pool_config.idle_priority = idle;
+                    if idle {
+                        shadow_pool_config(&mut pool_config);
+                    }
                     let at = Path::root().key("pools").key(name).key("local").key("model");
                     let loaded = Pool::load(&l.model, &l.version.to_string(), &l.path, pool_config)
                         .map_err(|e| e.to_string())
@@ -239,6 +240,23 @@ fn first_health_check(remotes: &[Arc<RemotePool>]) {
 }
 
 /// A pool that routes use only as a shadow.
+/// A pool that only serves shadow copies batches for throughput, not latency: no client
+/// waits for its answer, and every run it saves is CPU the client path keeps. It waits for
+/// company (fixed-delay batching, at least [`SHADOW_MAX_DELAY`]) and takes larger batches (at
+/// least [`SHADOW_MAX_BATCH`] rows), and its workers run at idle priority, yielding the CPU
+/// to the client path.
+fn shadow_pool_config(config: &mut inference::PoolConfig) {
+    config.idle_priority = true;
+    config.batching = inference::Batching::Fixed;
+    config.max_delay = config.max_delay.max(SHADOW_MAX_DELAY);
+    config.max_batch = config.max_batch.max(SHADOW_MAX_BATCH);
+}
+
+/// A shadow-only pool's shortest batching delay.
+const SHADOW_MAX_DELAY: std::time::Duration = std::time::Duration::from_millis(1);
+/// A shadow-only pool's smallest batch limit.
+const SHADOW_MAX_BATCH: usize = 64;
+
 fn shadow_only(config: &Config, pool: &str) -> bool {
     let mut as_shadow = false;
     for r in config.routes.values() {
