@@ -90,6 +90,20 @@ pub fn http_status_of(code: tonic::Code) -> u16 {
     }
 }
 
+/// One message as gRPC frames it on the wire: uncompressed, its length in 4 big-endian
+/// bytes, then the message (what the gateway writes to its callers and its `grpc` pools).
+pub fn frame(message: &impl prost::Message) -> bytes::Bytes {
+    use bytes::BufMut;
+    let len = message.encoded_len();
+    let mut out = bytes::BytesMut::with_capacity(5 + len);
+    out.put_u8(0);
+    out.put_u32(len as u32);
+    message
+        .encode(&mut out)
+        .expect("the buffer has the message's length");
+    out.freeze()
+}
+
 /// A `grpc-timeout` value (an integer of at most 8 digits and a unit: H M S m u n).
 pub fn parse_timeout(value: &str) -> Option<std::time::Duration> {
     use std::time::Duration;

@@ -15,7 +15,7 @@
 
 use std::sync::Arc;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use inference::protocol::grpc::{self as codec, pb};
 use inference::protocol::{self, ModelRef};
 use inference::{InferError, NamedTensor, Tensor};
@@ -77,17 +77,6 @@ fn unframe(body: &[u8]) -> Result<&[u8], InferError> {
         )));
     }
     Ok(message)
-}
-
-fn frame(message: &impl Message) -> Bytes {
-    let len = message.encoded_len();
-    let mut out = BytesMut::with_capacity(5 + len);
-    out.put_u8(0);
-    out.put_u32(len as u32);
-    message
-        .encode(&mut out)
-        .expect("the buffer has the message's length");
-    out.freeze()
 }
 
 fn decode<M: Message + Default>(body: &[u8]) -> Result<M, GatewayError> {
@@ -362,7 +351,9 @@ impl Gateway {
         answered(ctx, tonic::Code::Ok);
         let mut trailers = http::HeaderMap::new();
         trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
-        let _ = session.write_grpc(ctx, Some(frame(message)), trailers).await;
+        let _ = session
+            .write_grpc(ctx, Some(codec::frame(message)), trailers)
+            .await;
     }
 
     /// A refusal or failure: no message, the status and REST's text in the trailers. The
@@ -431,7 +422,7 @@ mod tests {
             name: "m".into(),
             version: "2".into(),
         };
-        let framed = frame(&m);
+        let framed = codec::frame(&m);
         assert_eq!(decode::<pb::ModelReadyRequest>(&framed).unwrap(), m);
         assert!(unframe(&framed[..3]).unwrap_err().to_string().contains("3 bytes"));
         let mut compressed = framed.to_vec();

@@ -19,40 +19,12 @@ fn bundled() -> inference::ModelRepository {
     inference::ModelRepository::load(&repo().join("models"), &inference::PoolConfig::default()).unwrap()
 }
 
+// The slow model of `inference`'s own tests.
+#[path = "../../../inference/tests/common/slow.rs"]
+mod slow_model;
+
 fn slow() -> inference::ModelRepository {
-    use inference::{DataType, ModelMetadata, Pool, Runner, Tensor, TensorSpec};
-    struct Slow;
-    impl Runner for Slow {
-        fn run(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, String> {
-            std::thread::sleep(Duration::from_millis(300));
-            Ok(vec![inputs[0].clone()])
-        }
-    }
-    let spec = TensorSpec {
-        name: "x".into(),
-        datatype: DataType::F32,
-        shape: vec![-1, 1],
-    };
-    let meta = ModelMetadata {
-        name: "slow".into(),
-        version: "1".into(),
-        platform: "test",
-        inputs: vec![spec.clone()],
-        outputs: vec![spec],
-        batchable: true,
-    };
-    let config = inference::PoolConfig {
-        instances: 1,
-        max_batch: 1,
-        ..inference::PoolConfig::default()
-    };
-    let mut repo = inference::ModelRepository::default();
-    repo.insert(
-        "slow",
-        1,
-        Arc::new(Pool::with_runners(meta, config, vec![Box::new(Slow)])),
-    );
-    repo
+    slow_model::slow_repo()
 }
 
 /// A real `inference-server` (REST or gRPC) on an ephemeral port, in its own runtime thread.

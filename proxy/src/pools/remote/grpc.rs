@@ -12,7 +12,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Buf, Bytes};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -95,18 +95,6 @@ async fn connect(addr: SocketAddr, timeout: Duration) -> Result<SendRequest<Full
         .map_err(|_| "connect timed out".to_string())?
 }
 
-/// One length-prefixed, uncompressed message.
-fn frame(message: &impl Message) -> Bytes {
-    let len = message.encoded_len();
-    let mut out = BytesMut::with_capacity(5 + len);
-    out.put_u8(0);
-    out.put_u32(len as u32);
-    message
-        .encode(&mut out)
-        .expect("the buffer has the message's length");
-    out.freeze()
-}
-
 /// What a call came back with: the answer's message, or the status the upstream refused it
 /// with (its code and message, passed on).
 pub(super) type Answer<M> = Result<M, tonic::Status>;
@@ -132,7 +120,7 @@ pub(super) async fn unary<M: Message + Default>(
             .header(http::header::TE, "trailers")
             .header("grpc-timeout", codec::timeout_value(timeout))
             .header("x-request-id", request_id)
-            .body(Full::new(frame(message)))
+            .body(Full::new(codec::frame(message)))
             .map_err(|e| Failure::Failed(e.to_string()))?;
         let response = match send.try_send_request(request).await {
             Ok(r) => r,

@@ -116,6 +116,15 @@ impl RemotePool {
             .find(|e| Some(e.addr) != avoid && e.ready.load(Ordering::Relaxed))
     }
 
+    /// A healthy endpoint for an attempt: another than `avoid` if there is one, else any.
+    fn pick_for_attempt(&self, avoid: Option<SocketAddr>) -> Result<&Endpoint, GatewayError> {
+        self.pick(avoid)
+            .or_else(|| self.pick(None))
+            .ok_or_else(|| GatewayError::NoHealthyUpstream {
+                pool: self.name.clone(),
+            })
+    }
+
     /// The address of a healthy endpoint, if there is one.
     pub fn select(&self, avoid: Option<SocketAddr>) -> Option<SocketAddr> {
         self.pick(avoid).map(|e| e.addr)
@@ -374,12 +383,7 @@ pub async fn forward(
 ) -> Result<Inbound, GatewayError> {
     let mut avoid = None;
     for attempt in 0..2 {
-        let endpoint =
-            pool.pick(avoid)
-                .or_else(|| pool.pick(None))
-                .ok_or_else(|| GatewayError::NoHealthyUpstream {
-                    pool: pool.name.clone(),
-                })?;
+        let endpoint = pool.pick_for_attempt(avoid)?;
         let addr = endpoint.addr;
         match exchange(pool, connector, endpoint, out).await {
             Ok(inbound) => return Ok(inbound),
@@ -428,12 +432,7 @@ pub async fn infer_grpc(
     let client_limit = client_limit.map(|(_, limit)| limit);
     let mut avoid = None;
     for attempt in 0..2 {
-        let endpoint =
-            pool.pick(avoid)
-                .or_else(|| pool.pick(None))
-                .ok_or_else(|| GatewayError::NoHealthyUpstream {
-                    pool: pool.name.clone(),
-                })?;
+        let endpoint = pool.pick_for_attempt(avoid)?;
         let addr = endpoint.addr;
         let result = grpc::infer(
             &endpoint.channel,
