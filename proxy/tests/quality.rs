@@ -108,7 +108,8 @@ async fn drift_stays_low_on_heldout_rows_and_rises_on_shifted_ones() {
         }
     }
     let g = start(&format!(
-        "models_dir: {}\nquality: {{drift: {{window: 286, min_rows: 100, interval_ms: 100}}}}\npools:\n  cancer-v1: {{local: {{model: breast-cancer, version: 1}}}}\n  plain-v1: {{local: {{model: plain, version: 1}}}}\nroutes:\n  - model: breast-cancer\n    stable: cancer-v1\n  - model: plain\n    stable: plain-v1\n",
+        // About 460 requests as fast as the pool answers: past the default key rate's burst.
+        "models_dir: {}\nrate_limits: {{default: {{per_second: 100000, burst: 100000}}, tiers: {{batch: {{per_second: 2000, burst: 4000}}}}}}\nquality: {{drift: {{window: 286, min_rows: 100, interval_ms: 100}}}}\npools:\n  cancer-v1: {{local: {{model: breast-cancer, version: 1}}}}\n  plain-v1: {{local: {{model: plain, version: 1}}}}\nroutes:\n  - model: breast-cancer\n    stable: cancer-v1\n  - model: plain\n    stable: plain-v1\n",
         models.display()
     ));
     let (rows, _) = heldout();
