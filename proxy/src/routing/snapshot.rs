@@ -239,24 +239,17 @@ fn first_health_check(remotes: &[Arc<RemotePool>]) {
     });
 }
 
-/// A pool that routes use only as a shadow.
 /// A pool that only serves shadow copies batches for throughput, not latency: no client
-/// waits for its answer, and every run it saves is CPU the client path keeps. It waits for
-/// company (fixed-delay batching, at least [`SHADOW_MAX_DELAY`]) and takes larger batches (at
-/// least [`SHADOW_MAX_BATCH`] rows), and its workers run at idle priority, yielding the CPU
-/// to the client path.
+/// waits for its answer, so it always waits for company (fixed-delay batching, its own
+/// `max_delay_us` and `max_batch`), and its workers run at idle priority, yielding the CPU
+/// to the client path. (Raising its delay to 1 ms and its batch to 64 rows lost copies in
+/// `proxy/tests/shadows.rs`, three runs in four; not understood yet, so not done.)
 fn shadow_pool_config(config: &mut inference::PoolConfig) {
     config.idle_priority = true;
     config.batching = inference::Batching::Fixed;
-    config.max_delay = config.max_delay.max(SHADOW_MAX_DELAY);
-    config.max_batch = config.max_batch.max(SHADOW_MAX_BATCH);
 }
 
-/// A shadow-only pool's shortest batching delay.
-const SHADOW_MAX_DELAY: std::time::Duration = std::time::Duration::from_millis(1);
-/// A shadow-only pool's smallest batch limit.
-const SHADOW_MAX_BATCH: usize = 64;
-
+/// A pool that routes use only as a shadow.
 fn shadow_only(config: &Config, pool: &str) -> bool {
     let mut as_shadow = false;
     for r in config.routes.values() {
