@@ -8,7 +8,9 @@
 #  - 100 reloads vs none, nginx -s reload as the reference (bench_reload.sh)
 #
 # then loadtests/report.py writes loadtests/results/report/REPORT.md: each benchmark's
-# figures, ratios and targets, with PNG charts of throughput and latency distributions.
+# figures, ratios and targets, with PNG charts of throughput and latency distributions, and
+# the commit measured. A full run (no --short or --quick) also copies it to
+# loadtests/results/bench_all-<commit>.md, the one file of results/ that is committed.
 # Servers run on core 0, load generators on core 1 (lib.sh).
 #
 #   loadtests/bench_all.sh            15 s per measurement (the gateway's part in 5 rounds)
@@ -36,5 +38,10 @@ for bench in inference gateway shadow reload; do
   "$ROOT/loadtests/bench_$bench.sh" "$@" || FAILED+=("$bench")
 done
 "$ROOT/.venv/bin/python" "$ROOT/loadtests/report.py" --mode "$MODE" --seconds "$(($(date +%s) - START))"
+if [ "$MODE" = full ]; then
+  KEEP="$RESULTS/bench_all-$(git -C "$ROOT" rev-parse --short HEAD).md"
+  sed "/^!\[/d" "$RESULTS/report/REPORT.md" > "$KEEP" # the charts stay beside REPORT.md
+  say "kept as ${KEEP#"$ROOT"/}, without the charts (commit it)"
+fi
 say "took $(($(date +%s) - START)) s"
 [ "${#FAILED[@]}" = 0 ] || die "failed: ${FAILED[*]}"

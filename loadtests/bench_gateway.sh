@@ -279,6 +279,4 @@ REPORT="$RESULTS/gateway.md"
   fi
 } | tee "$REPORT"
 say "report written to ${REPORT#"$ROOT"/}"
-if [ "$STRICT" = 1 ]; then
-  for t in "$T_KEEP" "$T_NG" "$T_HA" "$T_CPU" "$T_P99"; do [ "$t" = met ] || die "a target was missed (see above)"; done
-fi
+finish_bench "$T_KEEP" "$T_NG" "$T_HA" "$T_CPU" "$T_P99"

@@ -47,7 +47,7 @@ one() {
     for (i = 1; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
     answered = v["ok"] * (d + w) / d
     printf "%.0f %.1f %d %d %d\n", v["answered_per_s"], (answered > 0 ? ticks * 1e6 / hz / answered : 0), v["p50_us"], v["p99_us"], v["errors"]
-  }'
+  }' | failures_of "$name" 5
 }
 
 median() { sort -n | awk '{ a[NR] = $1 } END { print (NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2) }'; }
@@ -155,6 +155,4 @@ OUT="$RESULTS/grpc-$(date -u +%Y%m%dT%H%M%SZ).md"
   cat "$REPORT"
 } | tee "$OUT"
 say "report: $OUT"
-if [ "$STRICT" = 1 ]; then
-  for v in "${VERDICTS[@]}"; do [ "$v" = met ] || exit 1; done
-fi
+finish_bench "${VERDICTS[@]}"

@@ -88,7 +88,35 @@ wrk_figures() {
     if (name != "" && csv != "")
       printf "%s,\"%s\",max,%.0f,%d,%d,%d,%d,%d,%d,%.1f,%d\n", bench, name, rps, v["p50_us"], v["p75_us"], v["p90_us"],
         v["p95_us"], v["p99_us"], v["p999_us"], cpu, err >> csv
-  }'
+  }' | failures_of "$name" 5
+}
+
+# failures_of NAME FIELD: passes a figures line through, noting its failed requests (field
+# FIELD) for finish_bench. Warm-ups (NAME empty) count too: a failure is a failure.
+FAILURES="$(mktemp "${TMPDIR:-/tmp}/bench-failures.XXXXXX")"
+failures_of() {
+  local line n
+  while IFS= read -r line; do
+    echo "$line"
+    n="$(echo "$line" | awk -v f="$2" '{ print $f + 0 }')"
+    if [ "$n" -gt 0 ]; then echo "${1:-warm-up}: $n failed" >> "$FAILURES"; fi
+  done
+}
+
+# finish_bench TARGET...: the end of every benchmark. Lists the failed requests of every
+# measurement; with --strict, exits 1 when a target is not "met" or when any request failed
+# (a non-2xx answer or a socket error, in any measurement, ours or a peer's).
+finish_bench() {
+  local t missed=0
+  if [ -s "$FAILURES" ]; then
+    say "failed requests:"; sed 's/^/[bench]   /' "$FAILURES" >&2
+  fi
+  for t in "$@"; do [ "$t" = met ] || missed=1; done
+  if [ "$STRICT" = 1 ]; then
+    [ "$missed" = 0 ] || die "a target was missed (see above)"
+    [ ! -s "$FAILURES" ] || die "requests failed (see above): --strict accepts none"
+  fi
+  rm -f "$FAILURES"
 }
 
 # bench_csv NAME: start $RESULTS/NAME.csv for this benchmark's rows.
@@ -231,7 +259,7 @@ unless_errors() {
 }
 
 # fixed_rate NAME URL RATE CACERT: p50_us p99_us errors at RATE requests/s (open loop); a
-# row in $BENCH_CSV too.
+# row in $BENCH_CSV too. The percentiles count failed requests as the slowest (loadgen).
 fixed_rate() {
   local name="$1" url="$2" rate="$3" ca="$4"
   say "$name: ${rate} requests/s for ${DURATION}s (open loop)"
@@ -243,7 +271,7 @@ fixed_rate() {
       if (csv != "")
         printf "%s,\"%s\",fixed,%.0f,%d,,%d,,%d,%d,,%d\n", bench, name, v["rate"], v["p50_us"], v["p90_us"], v["p99_us"],
           v["p999_us"], v["errors"] >> csv
-    }'
+    }' | failures_of "$name @ $rate/s" 3
 }
 
 # start_gateway_on CONFIG HOST:PORT: runs the gateway on the server core; prints its pid.

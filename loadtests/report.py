@@ -15,6 +15,7 @@ import os
 import pathlib
 import platform
 import re
+import subprocess
 
 import matplotlib
 
@@ -108,6 +109,19 @@ def latency_chart(bench, rows, kind, title, out):
     return save(fig, out / f"{bench}-latency-{kind}.png")
 
 
+def commit():
+    """The commit measured, marked when the checkout had changes of its own."""
+    root = RESULTS.parent.parent
+    try:
+        rev = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                             text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "commit unknown (not a git checkout)"
+    return f"commit {rev}" + (" with uncommitted changes" if dirty else "")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mode", default="full", help="how long each measurement ran (for the header)")
@@ -127,7 +141,7 @@ def main():
         "# Benchmark report",
         "",
         f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, mode `{args.mode}`, "
-        f"{os.cpu_count()} cores ({cpu}), {platform.system()} {platform.release()}."
+        f"{os.cpu_count()} cores ({cpu}), {platform.system()} {platform.release()}, {commit()}."
         + (f" The whole run took {args.seconds:.0f} s." if args.seconds else ""),
         "Servers pinned to core 0, load generators to core 1. Closed-loop figures come from wrk "
         "(64 connections); fixed-rate ones from loadgen, which measures from each request's "

@@ -256,7 +256,7 @@ impl Pool {
                         if idle {
                             crate::priority::idle();
                         }
-                        worker.run()
+                        worker.run(idle)
                     })
                     .expect("spawning an inference worker thread")
             })
@@ -439,11 +439,19 @@ impl Worker {
             }
     }
 
-    fn run(mut self) {
+    /// `background`: the worker's CPU time counts as background work
+    /// ([`crate::priority::background_cpu`]), added after each batch.
+    fn run(mut self, background: bool) {
         // A request that did not fit the previous batch opens the next one, so nothing is
         // reordered behind requests that arrived later.
         let mut carry: Option<Job> = None;
+        let mut counted = crate::priority::thread_cpu();
         loop {
+            if background {
+                let now = crate::priority::thread_cpu();
+                crate::priority::add_background_cpu(now.saturating_sub(counted));
+                counted = now;
+            }
             let first = match carry.take() {
                 Some(job) => job,
                 None => match self.rx.recv() {

@@ -6,6 +6,10 @@ Tuned to be a fair peer: an `async def` endpoint (no thread-pool hop), uvicorn[s
 the stdlib json module straight from bytes (cheaper than a pydantic model), no batching —
 which is what such a server does unless someone writes a batcher.
 
+`POST /noop` does nothing with the same stack (it reads the body and answers `{}`): measured in
+the same run, it shows what FastAPI + uvicorn cost on their own here, so a reader can judge
+that the peer's figure is the framework's and not a slow setup (loadtests/bench_inference.sh).
+
     python fastapi_server.py --model ../../models/breast-cancer/1/model.onnx --port 8001
 """
 
@@ -34,6 +38,11 @@ def build_app(model_path: str, model_name: str) -> FastAPI:
     @app.get("/v2/health/ready")
     async def ready():
         return {"ready": True}
+
+    @app.post("/noop")
+    async def noop(request: Request):
+        await request.body()
+        return Response(b"{}", media_type="application/json")
 
     @app.post("/v2/models/{model}/infer")
     @app.post("/v2/models/{model}/versions/{version}/infer")

@@ -375,3 +375,70 @@ async fn copies_beyond_the_caps_are_dropped_and_counted() {
     assert_eq!(p["shadow_errors"], 1);
     assert_eq!(p["primary_errors"], 0);
 }
+
+/// `shadow.max_cpu_percent` crossed: a process that uses more of its cores than the limit
+/// makes no copies (dropped as `no_spare_cpu`), and every client request is still answered.
+#[tokio::test(flavor = "multi_thread")]
+async fn no_copies_without_spare_cpu() {
+    let g = start(
+        "shadow: {max_cpu_percent: 1}\n\
+         rate_limits: {tiers: {batch: {per_second: 10000000, burst: 10000000}}}\n\
+         pools:\n  cancer-v1: {local: {model: breast-cancer, version: 1}}\n  cancer-v3: {local: {model: breast-cancer, version: 3}}\n\
+         routes:\n  - model: breast-cancer\n    stable: cancer-v1\n    shadows: [{pool: cancer-v3, percent: 100}]\n",
+    );
+    // Well over the first window's allowance (a budget measured before any load), for a
+    // second: the process then uses over 1% of its cores, so the budget is nothing.
+    let end = std::time::Instant::now() + Duration::from_secs(1);
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let mut conn = connect(g.https, &g.tls, Proto::H2).await;
+        let key = g.keys.batch.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0;
+            while std::time::Instant::now() < end {
+                let r = conn
+                    .send(
+                        "POST",
+                        "/v2/models/breast-cancer/infer",
+                        &[("x-api-key", key.as_str())],
+                        example(),
+                    )
+                    .await;
+                assert_eq!(r.status, 200, "{:?}", r.body);
+                n += 1;
+            }
+            n
+        }));
+    }
+    let mut sent = 0u64;
+    for t in tasks {
+        sent += t.await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, metrics) = admin_get(&g, "/metrics").await;
+    let count = |prefix: &str| -> u64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    let shed = count("gateway_shadow_dropped_total{reason=\"no_spare_cpu\"");
+    let made = count("gateway_shadow_requests_total");
+    let dropped = count("gateway_shadow_dropped_total{");
+    assert!(shed > 0, "{sent} requests, no copy shed:\n{metrics}");
+    // The first window's allowance, at most, was copied; the rest was shed.
+    assert!(shed * 2 > sent, "{shed} of {sent} shed:\n{metrics}");
+    assert_eq!(
+        made + dropped,
+        sent,
+        "every request was copied or dropped:\n{metrics}"
+    );
+    // The measured cost of a copy and the foreground's CPU are exported.
+    for gauge in [
+        "gateway_foreground_cpu_cores ",
+        "gateway_shadow_copy_cpu_seconds ",
+    ] {
+        assert!(metrics.contains(gauge), "{metrics}");
+    }
+}

@@ -90,12 +90,15 @@ fn sends_the_requested_rate_and_measures_latency() {
 }
 
 #[test]
-fn non_2xx_answers_are_errors() {
+fn non_2xx_answers_are_errors_and_count_as_the_slowest() {
     let (port, _) = serve(StatusCode::SERVICE_UNAVAILABLE);
     let r = loadgen(port, "200");
     assert!(r["sent"] > 0.0, "{r:?}");
     assert_eq!(r["ok"], 0.0, "{r:?}");
     assert_eq!(r["errors"], r["sent"], "{r:?}");
+    // Fast refusals count as the slowest answers, not as fast ones.
+    assert_eq!(r["p50_us"], r["max_us"], "{r:?}");
+    assert!(r["p50_us"] >= 59_000_000.0, "{r:?}");
 }
 
 #[test]

@@ -385,6 +385,9 @@ pub struct ShadowSettingsFile {
     /// Shadow requests in flight per route; beyond this a copy is dropped (and counted).
     #[serde(default = "default_shadow_in_flight")]
     pub max_in_flight: i64,
+    /// Copies are made while the process uses less than this share of its cores.
+    #[serde(default = "default_shadow_cpu")]
+    pub max_cpu_percent: i64,
     /// A shadow's answer is waited for this long, then recorded as a shadow error.
     #[serde(default = "default_shadow_timeout")]
     pub timeout_ms: i64,
@@ -447,6 +450,10 @@ fn default_sample_agreements() -> f64 {
     0.01
 }
 
+fn default_shadow_cpu() -> i64 {
+    100
+}
+
 fn default_flush_ms() -> i64 {
     500
 }
@@ -455,6 +462,7 @@ impl Default for ShadowSettingsFile {
     fn default() -> Self {
         ShadowSettingsFile {
             max_in_flight: default_shadow_in_flight(),
+            max_cpu_percent: default_shadow_cpu(),
             timeout_ms: default_shadow_timeout(),
             max_body_bytes: default_shadow_body(),
             store: default_shadow_store(),

@@ -220,6 +220,7 @@ pub fn shadow(errors: &mut Errors, shadow: ShadowSettingsFile, base: &Base) -> S
     }
     ShadowSettings {
         max_in_flight: positive(errors, shadow.max_in_flight, 1, 1 << 20, &sh.key("max_in_flight")),
+        max_cpu_percent: positive(errors, shadow.max_cpu_percent, 1, 100, &sh.key("max_cpu_percent")) as u32,
         timeout: Duration::from_millis(
             positive(errors, shadow.timeout_ms, 1, 600_000, &sh.key("timeout_ms")) as u64,
         ),

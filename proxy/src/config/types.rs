@@ -226,6 +226,8 @@ pub struct Shadow {
 #[derive(Clone, Debug, PartialEq)]
 pub struct ShadowSettings {
     pub max_in_flight: usize,
+    /// Copies are admitted while the process uses less than this share of its cores.
+    pub max_cpu_percent: u32,
     pub timeout: Duration,
     pub max_body_bytes: usize,
     pub store: PathBuf,

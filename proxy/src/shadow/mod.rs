@@ -2,7 +2,8 @@
 //! what the primary answered, and kept for model owners' reports.
 //!
 //! The client path only decides which shadows get a copy ([`Mirror::pick`]: sampling, the
-//! body-size cap, and a per-route in-flight cap taken without waiting) and hands a [`Job`]
+//! body-size cap, the CPU the process can spare ([`admission`]), and a per-route in-flight
+//! cap taken without waiting) and hands a [`Job`]
 //! to a spawned task after its own answer is written ([`Mirror::spawn`]). Nothing from a
 //! shadow reaches the client: its status, body, errors and latency stay in the task. A copy
 //! that cannot be made at once is dropped and counted, never queued.
@@ -13,12 +14,14 @@
 //! Jobs reach it through a lock-free queue that it polls every millisecond or so while there
 //! is work: handing one over costs the client path no system call and no thread wake-up.
 //!
+//! - [`admission`]: copies only while the process has CPU to spare
 //! - [`aggregate`]: a minute's exact figures for one pair
 //! - [`breaker`]: a shadow that keeps failing gets a rest, not every request
 //! - [`compare`]: one pair's comparison
 //! - [`store`]: SQLite, written in batches by one thread
 //! - [`report`], [`html`], [`quality_html`]: what model owners read
 
+pub mod admission;
 pub mod aggregate;
 pub mod breaker;
 pub mod compare;
@@ -126,6 +129,11 @@ struct Inner {
     rollouts: Arc<crate::rollout::Rollouts>,
     /// Each shadow's classes wait with the request's record for its feedback labels.
     quality: Arc<crate::quality::Quality>,
+    budget: admission::CpuBudget,
+    /// Copies dropped since the dispatcher last told the store, per pair and reason: one
+    /// event per pair and reason per tick instead of one per copy, so that a flood of drops
+    /// cannot crowd the store's queue.
+    drops: parking_lot::Mutex<std::collections::HashMap<(PairKey, &'static str), u64>>,
 }
 
 impl Mirror {
@@ -145,6 +153,8 @@ impl Mirror {
             breakers: breaker::Breakers::default(),
             rollouts,
             quality,
+            budget: admission::CpuBudget::new(std::thread::available_parallelism().map_or(1, |n| n.get())),
+            drops: Default::default(),
         }));
         let dispatcher = mirror.clone();
         runtime.0.spawn(async move { dispatcher.dispatch().await });
@@ -152,11 +162,20 @@ impl Mirror {
     }
 
     /// Moves queued jobs onto tasks: every millisecond while there is work, backing off to
-    /// 20 ms when there is none.
+    /// 20 ms when there is none; and refills the copies' CPU budget every window.
     async fn dispatch(self) {
         let mut idle = Duration::from_millis(1);
+        let mut refilled = Instant::now();
         loop {
             tokio::time::sleep(idle).await;
+            self.report_drops();
+            if refilled.elapsed() >= admission::WINDOW {
+                refilled = Instant::now();
+                // All shadow tasks run on this runtime's one thread: its CPU is theirs.
+                let s = self.0.budget.refill(inference::priority::thread_cpu());
+                self.0.metrics.shadow_copy_cpu.set(s.per_copy.as_secs_f64());
+                self.0.metrics.foreground_cpu.set(s.foreground);
+            }
             let mut any = false;
             while let Some((snap, picks, job)) = self.0.queue.pop() {
                 any = true;
@@ -198,6 +217,10 @@ impl Mirror {
                 self.dropped(key, "shadow_failing");
                 continue;
             }
+            if !self.0.budget.admit(settings.max_cpu_percent) {
+                self.dropped(key, "no_spare_cpu");
+                continue;
+            }
             let slots = snap
                 .shadow_slots
                 .get(&route.model)
@@ -216,8 +239,16 @@ impl Mirror {
             .shadow_dropped
             .with_label_values(&[&key.route, &key.shadow, reason])
             .inc();
-        if !self.0.recorder.send(Event::Dropped { key, reason }) {
-            self.0.metrics.shadow_records_lost.inc();
+        *self.0.drops.lock().entry((key, reason)).or_default() += 1;
+    }
+
+    /// Hands the drops counted since the last call to the store.
+    fn report_drops(&self) {
+        let drops = std::mem::take(&mut *self.0.drops.lock());
+        for ((key, reason), count) in drops {
+            if !self.0.recorder.send(Event::Dropped { key, reason, count }) {
+                self.0.metrics.shadow_records_lost.inc();
+            }
         }
     }
 
@@ -392,6 +423,7 @@ impl Mirror {
         forced: bool,
     ) {
         let Pick { key, _slot } = pick;
+        self.0.budget.done();
         self.0
             .breakers
             .report(&key.shadow, shadow.is_ok(), Instant::now());

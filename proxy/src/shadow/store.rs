@@ -35,9 +35,11 @@ use crate::config::ShadowSettings;
 
 pub enum Event {
     Record(Box<Record>),
+    /// `count` copies of one pair not made, for one reason (summed since the last event).
     Dropped {
         key: PairKey,
         reason: &'static str,
+        count: u64,
     },
     /// Write everything received so far, then answer.
     Flush(tokio::sync::oneshot::Sender<()>),
@@ -232,12 +234,12 @@ impl Writer {
             loop {
                 match rx.try_recv() {
                     Ok(Event::Record(r)) => self.add(r),
-                    Ok(Event::Dropped { key, reason }) => {
+                    Ok(Event::Dropped { key, reason, count }) => {
                         *self
                             .minute(&key, unix_ms(SystemTime::now()) / 60_000)
                             .dropped
                             .entry(reason.to_string())
-                            .or_default() += 1;
+                            .or_default() += count;
                     }
                     Ok(Event::Flush(done)) => flush_now.push(done),
                     // Stop: everything queued before it was accepted, and has been applied.
@@ -410,6 +412,7 @@ mod tests {
     fn settings(dir: &Path, flush: Duration, keep_records: usize) -> ShadowSettings {
         ShadowSettings {
             max_in_flight: 8,
+            max_cpu_percent: 100,
             timeout: Duration::from_secs(1),
             max_body_bytes: 1 << 20,
             store: dir.join("s.sqlite3"),

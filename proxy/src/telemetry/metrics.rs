@@ -214,6 +214,9 @@ pub struct Metrics {
     pub variant_choice_ignored: IntCounterVec,
     pub shadow_store_backlog: IntGauge,
     pub shadow_store_lag: prometheus::Gauge,
+    /// What the shadow admission measured last ([`crate::shadow::admission`]).
+    pub shadow_copy_cpu: prometheus::Gauge,
+    pub foreground_cpu: prometheus::Gauge,
 }
 
 fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -357,7 +360,7 @@ impl Metrics {
             ),
             shadow_dropped: counter(
                 "shadow_dropped_total",
-                "Copies not made: the route's in-flight cap was reached, or the body was over the cap",
+                "Copies not made, by reason: no_spare_cpu, in_flight_cap, queue_full, body_too_large, shadow_failing",
                 &["route", "shadow", "reason"],
             ),
             shadow_records_lost: IntCounter::new(
@@ -416,6 +419,16 @@ impl Metrics {
                 "Age of the oldest record in the shadow store's last commit: what a crash then would have lost",
             )
             .expect("valid metric"),
+            shadow_copy_cpu: prometheus::Gauge::new(
+                "shadow_copy_cpu_seconds",
+                "CPU time one mirrored copy costs, as the shadow admission last measured it",
+            )
+            .expect("valid metric"),
+            foreground_cpu: prometheus::Gauge::new(
+                "foreground_cpu_cores",
+                "Cores the process used for everything but shadows in the last admission window",
+            )
+            .expect("valid metric"),
             variant_choice_ignored: counter(
                 "variant_choice_ignored_total",
                 "x-canary headers ignored because the key may not choose a variant (auth.may_choose_variant)",
@@ -471,6 +484,8 @@ impl Metrics {
             Box::new(m.variant_choice_ignored.clone()),
             Box::new(m.shadow_store_backlog.clone()),
             Box::new(m.shadow_store_lag.clone()),
+            Box::new(m.shadow_copy_cpu.clone()),
+            Box::new(m.foreground_cpu.clone()),
             Box::new(build),
         ];
         for c in collectors.into_iter().chain(quality_collectors) {
