@@ -21,6 +21,7 @@ pub mod error;
 pub mod priority;
 pub mod model;
 pub mod batch;
+pub mod runner;
 pub mod pool;
 pub mod repository;
 pub mod protocol;
