@@ -1,5 +1,5 @@
-//! Shadows must not touch the primary: no errors, and a p99 close to the p99 without shadows,
-//! measured in this one run under the same load, in two cases:
+//! Shadows must not touch the primary: no errors, and latencies close to those without
+//! shadows, measured in this one run under the same load, in two cases:
 //!
 //! - remote shadows that hang, fail or reset their connections, at 2,000 requests/s;
 //! - a local shadow (the random forest) copied every request at about half of the load this
@@ -7,13 +7,24 @@
 //!   "shadow 100%", where the shadow competes for the same cores.
 //!
 //! The method, not retries, makes it robust against this shared machine's noise: the two
-//! routes (one plain, one shadowed, on the same stable pool) take turns in blocks of 50
-//! requests, either first in turn, so that a burst of noise lands on both; a round's p99 is over
-//! its 2,000 requests per route; the verdict is the median of the rounds' ratios, against a
-//! limit that states its margin. One measurement over the limit fails the test. Its own test
-//! binary, so that no other test shares the machine meanwhile; its two tests take turns.
+//! routes (one plain, one shadowed, on the same stable pool) take turns in 360 block pairs of
+//! 50 requests at a fixed rate, either first in turn, so that noise lands on both. The
+//! verdict is on three ratios (shadowed over plain) with limits that state their margin: the
+//! p50 and p90 of all 18,000 requests per route, and the median over blocks of a block's
+//! second-slowest request (its tail, with the block's one worst left out). One ratio over its
+//! limit fails the test. The pooled p99 is printed, not judged: on these machines it is set
+//! by a handful of stalls of several milliseconds per run, wherever they land (five runs of
+//! the local case at one commit gave ratios from 0.38 to 2.26), so the p99 target lives in
+//! `loadtests/bench_shadow.sh`, whose client is another process, measured for longer. Its own
+//! test binary, so that no other test shares the machine meanwhile; its two tests take turns.
 
 mod common;
+
+// The gateway under test allocates as the shipped binary does (proxy/src/main.rs): how the
+// allocator locks between the client path and the idle-priority shadow thread is part of what
+// a shadow can cost the primary.
+#[global_allocator]
+static GLOBAL: inference::alloc::MiMalloc = inference::alloc::MiMalloc;
 
 use std::time::{Duration, Instant};
 
@@ -24,12 +35,11 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Connections per route.
 const N_CONNS: usize = 10;
-/// Requests per block, blocks per round (per route), rounds.
+/// Requests per block, block pairs.
 const BLOCK: usize = 50;
-const BLOCKS: usize = 40;
-const ROUNDS: usize = 9;
+const PAIRS: usize = 360;
 
-/// Fixed-rate load (open loop, latency from the intended send time) on one route over the
+/// Fixed-rate load (open loop) on one route over the
 /// given HTTP/2 connections; returns every latency and the connections.
 async fn load(
     conns: Vec<Connection>,
@@ -51,12 +61,21 @@ async fn load(
             let mut out = Vec::with_capacity(per_conn);
             for i in 0..per_conn {
                 let due = start + offset + interval * i as u32;
-                tokio::time::sleep_until(due.into()).await;
+                // From the intended time when the previous answer made this request late
+                // (the gateway's delay counts); from the timer's wake-up otherwise, since
+                // tokio's timer fires up to 1 ms late, which is the client's noise, not the
+                // gateway's.
+                let begin = if Instant::now() < due {
+                    tokio::time::sleep_until(due.into()).await;
+                    Instant::now()
+                } else {
+                    due
+                };
                 let r = conn
                     .send("POST", &path, &[("x-api-key", key.as_str())], example())
                     .await;
                 assert_eq!(r.status, 200, "the primary failed: {:?}", r.body);
-                out.push(due.elapsed());
+                out.push(begin.elapsed());
             }
             (out, conn)
         }));
@@ -98,14 +117,14 @@ async fn closed_loop(conns: Vec<Connection>, key: &str, route: &str, secs: f64) 
     (total as f64 / secs, back)
 }
 
-fn p99(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[(v.len() * 99).div_ceil(100) - 1]
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+/// Fails unless every ratio (p50, p90, block tail) is within `limit`.
+fn within(ratios: [f64; 3], limit: f64, case: &str) {
+    for (name, r) in ["p50", "p90", "block tail"].iter().zip(ratios) {
+        assert!(
+            r <= limit,
+            "{name} ratio {r:.3} over {limit:.2} {case} (p50, p90, block tail: {ratios:.3?})"
+        );
+    }
 }
 
 /// The two routes' connections.
@@ -139,32 +158,80 @@ impl Pair {
         lat
     }
 
-    /// `ROUNDS` rounds of `BLOCKS` block pairs, either route first in turn; returns each
-    /// round's p99 ratio (shadowed over plain), printing every round.
-    async fn ratios(&mut self, key: &str, rate: f64, case: &str) -> Vec<f64> {
-        let mut ratios = Vec::new();
-        for round in 1..=ROUNDS {
-            let (mut plain, mut shadowed) = (Vec::new(), Vec::new());
-            for b in 0..BLOCKS {
-                let shadow_first = (b + round) % 2 == 0;
-                for shadowed_turn in [shadow_first, !shadow_first] {
-                    let lat = self.block(key, shadowed_turn, rate).await;
-                    if shadowed_turn {
-                        shadowed.extend(lat)
-                    } else {
-                        plain.extend(lat)
-                    }
-                }
-            }
-            let (a, b) = (p99(plain), p99(shadowed));
-            let ratio = b.as_secs_f64() / a.as_secs_f64();
-            eprintln!("{case}, round {round}: p99 without {a:?}, with {b:?} (ratio {ratio:.3})");
-            ratios.push(ratio);
+    /// `PAIRS` block pairs, either route first in turn; every pair's latencies (plain,
+    /// shadowed).
+    async fn pairs(&mut self, key: &str, rate: f64) -> Vec<(Vec<Duration>, Vec<Duration>)> {
+        let mut out = Vec::with_capacity(PAIRS);
+        for b in 0..PAIRS {
+            let shadow_first = b % 2 == 0;
+            let first = self.block(key, shadow_first, rate).await;
+            let second = self.block(key, !shadow_first, rate).await;
+            out.push(if shadow_first {
+                (second, first)
+            } else {
+                (first, second)
+            });
         }
-        ratios
+        out
+    }
+
+    /// The ratios the verdict is on (p50, p90, block tail; see the module comment), printed
+    /// with the pooled p99 for the reader.
+    async fn ratios(&mut self, key: &str, rate: f64, case: &str) -> [f64; 3] {
+        let pairs = self.pairs(key, rate).await;
+        let pooled = |shadowed: bool| {
+            let mut v: Vec<Duration> = pairs
+                .iter()
+                .flat_map(|(p, s)| if shadowed { s } else { p })
+                .copied()
+                .collect();
+            v.sort();
+            v
+        };
+        let (plain, shadowed) = (pooled(false), pooled(true));
+        let r = |q: f64| quantile(&shadowed, q).as_secs_f64() / quantile(&plain, q).as_secs_f64();
+        let tail = |v: &Vec<Duration>| {
+            let mut v = v.clone();
+            v.sort();
+            v[v.len() - 2].as_secs_f64()
+        };
+        let block_tail = |shadowed: bool| {
+            median(
+                pairs
+                    .iter()
+                    .map(|(p, s)| tail(if shadowed { s } else { p }))
+                    .collect(),
+            )
+        };
+        let paired = median(pairs.iter().map(|(p, s)| tail(s) / tail(p)).collect());
+        eprintln!(
+            "{case}: pooled p50 {:?} / {:?} ({:.3}), p90 {:?} / {:?} ({:.3}), p99 {:?} / {:?} ({:.3}); block tail (2nd slowest of {BLOCK}) median {:.0} / {:.0} µs ({:.3}), paired {paired:.3}",
+            quantile(&plain, 0.5),
+            quantile(&shadowed, 0.5),
+            r(0.5),
+            quantile(&plain, 0.9),
+            quantile(&shadowed, 0.9),
+            r(0.9),
+            quantile(&plain, 0.99),
+            quantile(&shadowed, 0.99),
+            r(0.99),
+            block_tail(false) * 1e6,
+            block_tail(true) * 1e6,
+            block_tail(true) / block_tail(false),
+        );
+        [r(0.5), r(0.9), block_tail(true) / block_tail(false)]
     }
 }
 
+/// The `q` quantile of sorted latencies.
+fn quantile(sorted: &[Duration], q: f64) -> Duration {
+    sorted[((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1]
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
 /// Sum of the metric lines that start with `prefix`.
 fn value(metrics: &str, prefix: &str) -> u64 {
     metrics
@@ -186,10 +253,13 @@ async fn bad_remote_shadows_do_not_touch_the_primary() {
         )
     };
     // Two routes on the same stable pool: one plain, one copying every request to all three
-    // bad shadows (which are given up on after 1 s).
+    // bad shadows (which are given up on after 1 s). Predictions wait for feedback labels in
+    // a store of 64 MiB by default, which this run's 36,000 would fill by some 25 MB: 1 MiB
+    // here, full before the measurement, so that the memory check below sees the shadows'.
     let g = start(&format!(
         "{LOCAL_POOLS}{}{}{}\
          shadow: {{max_in_flight: 128, timeout_ms: 1000}}\n\
+         quality: {{feedback: {{max_bytes: 1048576}}}}\n\
          routes:\n  - model: plain\n    stable: cancer-v1\n  - model: shadowed\n    stable: cancer-v1\n    shadows:\n      - {{pool: sleepy, percent: 100}}\n      - {{pool: failing, percent: 100}}\n      - {{pool: resetting, percent: 100}}\n",
         remote("sleepy", sleepy.addr),
         remote("failing", failing.addr),
@@ -209,13 +279,8 @@ async fn bad_remote_shadows_do_not_touch_the_primary() {
         .await;
     let rss_after = rss_kib();
     eprintln!("RSS {rss_before} -> {rss_after} KiB");
-    // The limit: the design's 1.10, plus 0.10 for this test's own noise (its client shares
-    // the two cores with the gateway); a shadow that slows the primary does so in every round.
-    let m = median(ratios.clone());
-    assert!(
-        m <= 1.20,
-        "median p99 ratio {m:.3} over 1.20 with bad remote shadows (rounds: {ratios:.3?})"
-    );
+    // The limit: the design's 1.10 (at most 1.07 in the runs made when it was set).
+    within(ratios, 1.10, "with bad remote shadows");
 
     let (_, metrics) = admin_get(&g, "/metrics").await;
     // Every bad shadow was reached and failed; the sleeper filled the route's slots, so
@@ -267,17 +332,14 @@ async fn a_local_shadow_at_half_load_does_not_touch_the_primary() {
         .await;
     tokio::time::sleep(Duration::from_millis(500)).await; // copies in flight finish
     let (_, after) = admin_get(&g, "/metrics").await;
-    // The limit: the benchmark's target of 1.15, plus 0.10 for this test's own noise.
-    let m = median(ratios.clone());
-    assert!(
-        m <= 1.25,
-        "median p99 ratio {m:.3} over 1.25 with a local shadow at half load (rounds: {ratios:.3?})"
-    );
+    // The limit: the benchmark's target of 1.15 (at most 1.08 in the runs made when it was set;
+    // 1.10 with the shadow's threads at normal priority instead of idle).
+    within(ratios, 1.15, "with a local shadow at half load");
     let compared = |m: &str| {
         value(m, "gateway_shadow_agreement_total{") + value(m, "gateway_shadow_disagreement_total{")
     };
     let copies = compared(&after) - compared(&before);
-    let sent = (ROUNDS * BLOCKS * BLOCK) as u64;
+    let sent = (PAIRS * BLOCK) as u64;
     eprintln!(
         "copies compared: {copies} of {sent}; dropped: {}",
         value(&after, "gateway_shadow_dropped_total") - value(&before, "gateway_shadow_dropped_total")

@@ -129,12 +129,16 @@ impl Window {
     /// The drift figures of what the window holds now (called off the request path; the
     /// rows are copied out under the lock, then binned).
     pub fn figures(&self, min_rows: usize, threshold: f64) -> Figures {
-        let rows: Vec<f32> = self.rows.lock().data.clone();
+        let (rows, seen) = {
+            let r = self.rows.lock();
+            (r.data.clone(), r.written)
+        };
         let classes: Vec<i64> = self.classes.lock().data.clone();
         let n = rows.len() / self.width.max(1);
         let mut f = Figures {
             version: self.version.clone(),
             rows: n,
+            rows_seen: seen,
             predictions: classes.len(),
             profile: self.profile.is_some(),
             input_psi: None,
@@ -221,6 +225,8 @@ pub struct Figures {
     pub version: String,
     /// Rows and predictions the window holds now.
     pub rows: usize,
+    /// Rows recorded since the window was made (the figures are of the last `rows` of them).
+    pub rows_seen: u64,
     pub predictions: usize,
     /// Whether the model version has a reference profile (without one, drift is unavailable).
     pub profile: bool,

@@ -2,7 +2,12 @@
 //! variant, version, the predicted class of each row) under the request id, and the classes
 //! each shadow predicted for the same request.
 //!
-//! - [`Local`]: this replica's memory, a byte-bounded FIFO. Enough for one replica.
+//! - [`Local`]: this replica's memory, a byte-bounded FIFO. Enough for one replica. The
+//!   client path's [`Local::put`] never waits for a shard's lock: shadow tasks, at idle
+//!   priority, take it too ([`Local::add_shadow`]), and one preempted while holding it would
+//!   stall the primary until the busy machine lets it run again (priority inversion). A put
+//!   that finds the lock taken leaves its record in the shard's small lock-free queue, which
+//!   whoever takes the lock next files first.
 //! - [`Redis`]: shared by every replica, so feedback may reach another replica than the
 //!   prediction did (a load balancer's choice). Writes go through one ordered queue (a
 //!   prediction's record is written before its shadows'); joins are Lua scripts, atomic on
@@ -65,7 +70,7 @@ pub struct Local {
     /// instead made the process's memory jump to the full bound within a few thousand
     /// requests (a hash table's entries land on every page). A shard copies at most
     /// `SHARD_BYTES` worth when it grows, and grows only as far as it is used.
-    shards: Box<[Mutex<LocalInner>]>,
+    shards: Box<[Shard]>,
     hasher: RandomState,
     shard_bytes: usize,
     keep: Duration,
@@ -74,6 +79,16 @@ pub struct Local {
 /// The bound of one shard, at most: about 4,000 one-row predictions.
 const SHARD_BYTES: usize = 1 << 20;
 const MAX_SHARDS: usize = 256;
+
+/// Records a [`Local::put`] could not file at once, per shard, at most (the lock is held for
+/// microseconds; beyond this the put waits for it).
+const PENDING: usize = 64;
+
+struct Shard {
+    inner: Mutex<LocalInner>,
+    /// Puts that found `inner` locked, filed by the next holder before anything else.
+    pending: crossbeam_queue::ArrayQueue<(String, Served)>,
+}
 
 #[derive(Default)]
 struct LocalInner {
@@ -102,25 +117,69 @@ impl Local {
     pub fn new(max_bytes: usize, ttl: Duration) -> Local {
         let n = max_bytes.div_ceil(SHARD_BYTES).clamp(1, MAX_SHARDS);
         Local {
-            shards: (0..n).map(|_| Mutex::default()).collect(),
+            shards: (0..n)
+                .map(|_| Shard {
+                    inner: Mutex::default(),
+                    pending: crossbeam_queue::ArrayQueue::new(PENDING),
+                })
+                .collect(),
             hasher: RandomState::new(),
             shard_bytes: max_bytes / n,
             keep: ttl * 2,
         }
     }
 
-    fn shard(&self, id: &str) -> &Mutex<LocalInner> {
+    fn shard(&self, id: &str) -> &Shard {
         let i = self.hasher.hash_one(id) as usize % self.shards.len();
         &self.shards[i]
     }
 
-    pub fn bytes(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().bytes).sum()
+    /// The shard of `id`, locked, with its pending puts filed.
+    fn lock(&self, id: &str) -> parking_lot::MutexGuard<'_, LocalInner> {
+        let shard = self.shard(id);
+        let mut g = shard.inner.lock();
+        self.file_pending(shard, &mut g);
+        g
     }
 
+    fn file_pending(&self, shard: &Shard, g: &mut LocalInner) {
+        while let Some((id, served)) = shard.pending.pop() {
+            self.insert(g, &id, served);
+        }
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| {
+                let mut g = s.inner.lock();
+                self.file_pending(s, &mut g);
+                g.bytes
+            })
+            .sum()
+    }
+
+    /// Records a prediction; never waits for the lock (see the module comment).
     pub fn put(&self, id: &str, served: Served) {
+        let shard = self.shard(id);
+        let mut g = match shard.inner.try_lock() {
+            Some(g) => g,
+            None => match shard.pending.push((id.to_string(), served)) {
+                Ok(()) => return,
+                Err((_, served)) => {
+                    let mut g = shard.inner.lock();
+                    self.file_pending(shard, &mut g);
+                    self.insert(&mut g, id, served);
+                    return;
+                }
+            },
+        };
+        self.file_pending(shard, &mut g);
+        self.insert(&mut g, id, served);
+    }
+
+    fn insert(&self, g: &mut LocalInner, id: &str, served: Served) {
         let now = served.at_ms;
-        let mut g = self.shard(id).lock();
         if let Some(slot) = g.map.get_mut(id) {
             slot.ambiguous = true;
             return;
@@ -160,7 +219,7 @@ impl Local {
     /// Remembers a shadow's classes; when the request's labels came already, returns them
     /// with the primary's record so the caller counts the shadow now.
     pub fn add_shadow(&self, id: &str, shadow: ShadowServed) -> Option<(Served, Vec<i64>)> {
-        let mut g = self.shard(id).lock();
+        let mut g = self.lock(id);
         let slot = g.map.get_mut(id)?;
         if slot.ambiguous {
             return None;
@@ -178,7 +237,7 @@ impl Local {
     }
 
     pub fn lookup(&self, id: &str) -> Found {
-        let g = self.shard(id).lock();
+        let g = self.lock(id);
         match g.map.get(id) {
             None => Found::Unknown,
             Some(s) if s.ambiguous => Found::Ambiguous,
@@ -190,7 +249,7 @@ impl Local {
     /// Marks the request labelled; the shadows recorded so far, or `None` when someone else
     /// marked it first (or it went meanwhile).
     pub fn mark(&self, id: &str, labels: &[i64]) -> Option<Vec<ShadowServed>> {
-        let mut g = self.shard(id).lock();
+        let mut g = self.lock(id);
         let slot = g.map.get_mut(id)?;
         if slot.labels.is_some() || slot.ambiguous {
             return None;
@@ -418,5 +477,24 @@ mod tests {
             assert!(matches!(s.lookup(&format!("id{i}")), Found::Open(_)));
         }
         assert_eq!(s.lookup("id0"), Found::Unknown);
+    }
+
+    #[test]
+    fn a_put_that_finds_its_shard_locked_waits_for_nothing_and_is_not_lost() {
+        let s = Local::new(1 << 20, Duration::from_secs(60));
+        let shard = s.shard("a");
+        let held = shard.inner.lock();
+        // As the client path does while an idle-priority shadow task holds the lock.
+        s.put("a", served(1, vec![1]));
+        for i in 1..PENDING {
+            s.put(&format!("more{i}"), served(2, vec![0]));
+        }
+        assert_eq!(shard.pending.len(), PENDING, "queued, not waited for");
+        drop(held);
+        assert_eq!(s.lookup("a"), Found::Open(served(1, vec![1])));
+        assert!(shard.pending.is_empty(), "filed by the next holder");
+        for i in 1..PENDING {
+            assert!(matches!(s.lookup(&format!("more{i}")), Found::Open(_)));
+        }
     }
 }

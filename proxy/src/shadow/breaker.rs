@@ -6,8 +6,15 @@
 //!
 //! After [`TRIP_AFTER`] failures in a row the breaker opens for [`FIRST_REST`]; then one copy
 //! goes through as a probe: success closes it, failure doubles the rest (up to [`MAX_REST`]).
+//!
+//! The client path ([`Breakers::allow`]) never waits for the lock: the shadow tasks that
+//! [`Breakers::report`] run at idle priority, and one preempted while holding the lock would
+//! stall the primary for as long as the busy machine keeps it off the CPU (priority
+//! inversion). With no failing pool it takes no lock at all; otherwise it tries the lock, and
+//! a copy that finds it taken is skipped as `shadow_failing` (some shadow is failing then).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -26,12 +33,22 @@ struct State {
 }
 
 #[derive(Default)]
-pub struct Breakers(Mutex<HashMap<String, State>>);
+pub struct Breakers {
+    /// Pools with a failure since their last success.
+    failing: Mutex<HashMap<String, State>>,
+    /// Their number, read without the lock.
+    count: AtomicUsize,
+}
 
 impl Breakers {
-    /// Whether `pool` gets a copy now.
+    /// Whether `pool` gets a copy now. Never waits (see the module comment).
     pub fn allow(&self, pool: &str, now: Instant) -> bool {
-        let mut map = self.0.lock();
+        if self.count.load(Ordering::Acquire) == 0 {
+            return true;
+        }
+        let Some(mut map) = self.failing.try_lock() else {
+            return false;
+        };
         let Some(s) = map.get_mut(pool) else {
             return true;
         };
@@ -48,27 +65,38 @@ impl Breakers {
 
     /// The outcome of a copy sent to `pool`.
     pub fn report(&self, pool: &str, ok: bool, now: Instant) {
-        let mut map = self.0.lock();
-        if ok {
-            // The common case allocates nothing: only failing pools have an entry.
-            map.remove(pool);
+        // The common case takes no lock and allocates nothing.
+        if ok && self.count.load(Ordering::Acquire) == 0 {
             return;
         }
-        let s = map.entry(pool.to_string()).or_default();
-        s.failures += 1;
-        if s.probing || (s.open_until.is_none() && s.failures >= TRIP_AFTER) {
-            s.rest = if s.probing {
-                (s.rest * 2).min(MAX_REST)
+        let mut map = self.failing.lock();
+        let tripped = if ok {
+            map.remove(pool);
+            None
+        } else {
+            let s = map.entry(pool.to_string()).or_default();
+            s.failures += 1;
+            if s.probing || (s.open_until.is_none() && s.failures >= TRIP_AFTER) {
+                s.rest = if s.probing {
+                    (s.rest * 2).min(MAX_REST)
+                } else {
+                    FIRST_REST
+                };
+                s.open_until = Some(now + s.rest);
+                s.probing = false;
+                Some((s.failures, s.rest))
             } else {
-                FIRST_REST
-            };
-            s.open_until = Some(now + s.rest);
-            s.probing = false;
+                None
+            }
+        };
+        self.count.store(map.len(), Ordering::Release);
+        drop(map);
+        if let Some((failures, rest)) = tripped {
             tracing::warn!(
                 pool,
-                failures = s.failures,
+                failures,
                 "shadow keeps failing: no copies for {} ms",
-                s.rest.as_millis()
+                rest.as_millis()
             );
         }
     }
@@ -101,6 +129,21 @@ mod tests {
         b.report("s", true, t2);
         assert!(b.allow("s", t2) && b.allow("s", t2), "closed again");
         assert!(b.allow("other", t0), "pools are independent");
+    }
+
+    #[test]
+    fn the_client_path_never_waits_for_the_lock() {
+        let b = Breakers::default();
+        let t0 = Instant::now();
+        b.report("s", false, t0);
+        let held = b.failing.lock();
+        // Some pool is failing and the lock is taken: skipped at once, not waited for.
+        assert!(!b.allow("other", t0));
+        drop(held);
+        assert!(b.allow("other", t0));
+        b.report("s", true, t0);
+        let _held = b.failing.lock();
+        assert!(b.allow("other", t0), "nothing failing: no lock needed");
     }
 
     #[test]

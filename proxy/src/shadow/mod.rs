@@ -134,7 +134,14 @@ struct Inner {
     /// event per pair and reason per tick instead of one per copy, so that a flood of drops
     /// cannot crowd the store's queue.
     drops: parking_lot::Mutex<std::collections::HashMap<(PairKey, &'static str), u64>>,
+    /// Drops that found `drops` locked by the dispatcher: the client path never waits for a
+    /// lock an idle-priority thread holds (one preempted there would stall the primary).
+    drops_contended: crossbeam_queue::ArrayQueue<(PairKey, &'static str)>,
 }
+
+/// Drops waiting in [`Inner::drops_contended`], at most (the dispatcher holds the lock for
+/// a moment per tick, so a few at a time; beyond, the record is lost and counted).
+const CONTENDED: usize = 1024;
 
 impl Mirror {
     /// Starts taking jobs on `runtime`.
@@ -155,6 +162,7 @@ impl Mirror {
             quality,
             budget: admission::CpuBudget::new(std::thread::available_parallelism().map_or(1, |n| n.get())),
             drops: Default::default(),
+            drops_contended: crossbeam_queue::ArrayQueue::new(CONTENDED),
         }));
         let dispatcher = mirror.clone();
         runtime.0.spawn(async move { dispatcher.dispatch().await });
@@ -239,12 +247,22 @@ impl Mirror {
             .shadow_dropped
             .with_label_values(&[&key.route, &key.shadow, reason])
             .inc();
-        *self.0.drops.lock().entry((key, reason)).or_default() += 1;
+        match self.0.drops.try_lock() {
+            Some(mut drops) => *drops.entry((key, reason)).or_default() += 1,
+            None => {
+                if self.0.drops_contended.push((key, reason)).is_err() {
+                    self.0.metrics.shadow_records_lost.inc();
+                }
+            }
+        }
     }
 
     /// Hands the drops counted since the last call to the store.
     fn report_drops(&self) {
-        let drops = std::mem::take(&mut *self.0.drops.lock());
+        let mut drops = std::mem::take(&mut *self.0.drops.lock());
+        while let Some(d) = self.0.drops_contended.pop() {
+            *drops.entry(d).or_default() += 1;
+        }
         for ((key, reason), count) in drops {
             if !self.0.recorder.send(Event::Dropped { key, reason, count }) {
                 self.0.metrics.shadow_records_lost.inc();
