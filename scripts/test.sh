@@ -72,5 +72,7 @@ if [ "$QUICK" = 0 ]; then
   loadtests/bench_all.sh --quick
   step "gRPC against REST, quick mode (loadtests/bench_grpc.sh)"
   loadtests/bench_grpc.sh --quick
+  step "the prediction cache, quick mode (loadtests/bench_cache.sh)"
+  loadtests/bench_cache.sh --quick
 fi
 step "all checks passed"

@@ -13,7 +13,8 @@
 //!   registry, the split observed), [`admission`] (connections, bytes in flight, header
 //!   limits, API keys, rate limits), [`pools`] (remote upstreams; local pools are
 //!   `inference::Pool`), [`quality`] (input drift windows, feedback joins, accuracy and the
-//!   A/B verdict)
+//!   A/B verdict), [`cache`] (the prediction cache, keyed by model version and canonical
+//!   inputs)
 //! - the request's view: [`routing`] (the config snapshot a request sees, the split)
 //! - features beside the flow: [`rollout`] (the engine and its gates), [`shadow`] (mirroring,
 //!   comparison, the store, reports)
@@ -34,6 +35,7 @@ pub mod admission;
 pub mod pools;
 
 pub mod quality;
+pub mod cache;
 
 pub mod routing;
 

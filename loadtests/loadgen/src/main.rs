@@ -13,8 +13,12 @@
 //! raw tensor contents (what `tritonclient.grpc` sends), and a call counts as answered only
 //! when its `grpc-status` is 0.
 //!
+//! `--bodies FILE --zipf S` draws each request's body from the file's lines, Zipf-distributed
+//! (the first line the most frequent), and `hits` counts the answers the gateway served from
+//! its prediction cache (`x-cache: hit`).
+//!
 //! Prints one machine-readable line:
-//!     RESULT sent=… ok=… errors=… rate=… answered_per_s=… p50_us=… p90_us=… p99_us=… p999_us=… max_us=…
+//!     RESULT sent=… ok=… errors=… hits=… rate=… answered_per_s=… p50_us=… p90_us=… p99_us=… p999_us=… max_us=…
 //!
 //! `rate` is what was answered per second of the schedule; `answered_per_s` per second of
 //! the time the answers took (the server's throughput when it was offered more). The
@@ -65,6 +69,13 @@ struct Args {
     /// HTTP/2 instead of HTTP/1.1 (always so with --grpc)
     #[arg(long)]
     http2: bool,
+    /// POST one of this file's lines (one body each) per request instead of --body, the
+    /// line drawn from a Zipf distribution over the lines (rank 1 the most frequent)
+    #[arg(long, conflicts_with = "body")]
+    bodies: Option<PathBuf>,
+    /// The Zipf exponent for --bodies (0: every line equally often)
+    #[arg(long, default_value_t = 1.0)]
+    zipf: f64,
 }
 
 struct Target {
@@ -74,8 +85,36 @@ struct Target {
     host: String,
     port: u16,
     path: String,
-    body: Option<Bytes>,
+    /// One body (--body), or the lines of --bodies; none for GET.
+    bodies: Vec<Bytes>,
+    /// Cumulative probabilities of the bodies (Zipf), to draw one per request.
+    cdf: Vec<f64>,
     headers: Vec<(String, String)>,
+}
+
+/// The cumulative distribution of Zipf(`n`, `s`): rank k (from 1) has weight 1 / k^s.
+/// An exact inverse-CDF draw over a table: simpler than a sampler crate and the same
+/// sequence on every run (each connection seeds its own generator).
+fn zipf_cdf(n: usize, s: f64) -> Vec<f64> {
+    let weights: Vec<f64> = (1..=n).map(|k| (k as f64).powf(-s)).collect();
+    let total: f64 = weights.iter().sum();
+    let mut acc = 0.0;
+    weights
+        .iter()
+        .map(|w| {
+            acc += w / total;
+            acc
+        })
+        .collect()
+}
+
+/// splitmix64: a tiny seeded generator (the draws need no more).
+fn next_unit(state: &mut u64) -> f64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
 }
 
 enum Sender {
@@ -120,9 +159,11 @@ async fn connect(t: &Target) -> Result<Sender, String> {
     }
 }
 
-async fn one(sender: &mut Sender, t: &Target) -> Result<u16, String> {
+/// One request: its status (599 for a failed gRPC call) and whether the answer came from the
+/// gateway's prediction cache (`x-cache: hit`).
+async fn one(sender: &mut Sender, t: &Target, body: Option<&Bytes>) -> Result<(u16, bool), String> {
     let mut b = hyper::Request::builder()
-        .method(if t.body.is_some() { "POST" } else { "GET" })
+        .method(if body.is_some() { "POST" } else { "GET" })
         .uri(t.path.as_str());
     b = match sender {
         Sender::H1(_) => b.header("host", format!("{}:{}", t.host, t.port)),
@@ -143,7 +184,7 @@ async fn one(sender: &mut Sender, t: &Target) -> Result<u16, String> {
         b = b.header(k.as_str(), v.as_str());
     }
     let req = b
-        .body(Full::new(t.body.clone().unwrap_or_default()))
+        .body(Full::new(body.cloned().unwrap_or_default()))
         .map_err(|e| e.to_string())?;
     let res = match sender {
         Sender::H1(s) => {
@@ -156,6 +197,7 @@ async fn one(sender: &mut Sender, t: &Target) -> Result<u16, String> {
         }
     };
     let status = res.status().as_u16();
+    let hit = res.headers().get("x-cache").is_some_and(|v| v == "hit");
     let grpc_status = |h: &hyper::HeaderMap| h.get("grpc-status").map(|v| v.as_bytes().to_vec());
     let in_head = grpc_status(res.headers());
     let body = res.into_body().collect().await.map_err(|e| e.to_string())?;
@@ -163,10 +205,10 @@ async fn one(sender: &mut Sender, t: &Target) -> Result<u16, String> {
         // A call succeeded only with grpc-status 0, in the trailers (or a trailers-only answer).
         let code = body.trailers().and_then(grpc_status).or(in_head);
         if code.as_deref() != Some(b"0") {
-            return Ok(if status == 200 { 599 } else { status });
+            return Ok((if status == 200 { 599 } else { status }, false));
         }
     }
-    Ok(status)
+    Ok((status, hit))
 }
 
 /// The --body request (Open Inference Protocol JSON) as one framed `ModelInferRequest`.
@@ -189,6 +231,8 @@ struct Tally {
     sent: u64,
     ok: u64,
     errors: u64,
+    /// Answers served from the gateway's prediction cache.
+    hits: u64,
     /// When the last measured request was answered.
     last: Option<Instant>,
 }
@@ -200,21 +244,32 @@ async fn connection(
     t: Arc<Target>,
     mut due_times: tokio::sync::mpsc::UnboundedReceiver<Instant>,
     measure_from: Instant,
+    seed: u64,
 ) -> Tally {
     let mut tally = Tally {
         hist: Histogram::new_with_bounds(1, FAILED_US, 3).expect("bounds"),
         sent: 0,
         ok: 0,
         errors: 0,
+        hits: 0,
         last: None,
     };
+    let mut rng = seed;
     let mut sender: Option<Sender> = None;
     while let Some(due) = due_times.recv().await {
         if sender.is_none() {
             sender = connect(&t).await.ok();
         }
+        let body = match t.bodies.len() {
+            0 => None,
+            1 => Some(&t.bodies[0]),
+            n => {
+                let u = next_unit(&mut rng);
+                Some(&t.bodies[t.cdf.partition_point(|&c| c < u).min(n - 1)])
+            }
+        };
         let result = match sender.as_mut() {
-            Some(s) => one(s, &t).await,
+            Some(s) => one(s, &t, body).await,
             None => Err("connect failed".into()),
         };
         if due < measure_from {
@@ -228,8 +283,9 @@ async fn connection(
         // From when the request was due: time spent waiting behind a slow answer counts.
         let latency = due.elapsed().as_micros().max(1) as u64;
         match result {
-            Ok(status) if (200..300).contains(&status) => {
+            Ok((status, hit)) if (200..300).contains(&status) => {
                 tally.ok += 1;
+                tally.hits += u64::from(hit);
                 let _ = tally.hist.record(latency.min(FAILED_US));
             }
             // A failed request counts as slower than any answer (the histogram's top), so
@@ -331,23 +387,34 @@ fn main() {
 fn run(args: Args) -> Result<(), String> {
     let uri: hyper::Uri = args.url.parse().map_err(|e| format!("--url: {e}"))?;
     let https = uri.scheme_str() == Some("https");
-    let body = match &args.body {
-        Some(p) => Some(Bytes::from(
-            std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?,
-        )),
-        None => None,
+    let read = |p: &PathBuf| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+    let jsons: Vec<Bytes> = match (&args.body, &args.bodies) {
+        (Some(p), _) => vec![Bytes::from(read(p)?)],
+        (None, Some(p)) => read(p)?
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
+            .map(Bytes::copy_from_slice)
+            .collect(),
+        (None, None) => Vec::new(),
     };
-    let (body, path) = match (&args.grpc, body) {
-        (Some(model), Some(json)) => (
-            Some(grpc_body(&json, model)?),
+    if args.bodies.is_some() && jsons.is_empty() {
+        return Err("--bodies: no lines".into());
+    }
+    let (bodies, path) = match &args.grpc {
+        Some(model) if jsons.is_empty() => return Err(format!("--grpc {model} needs --body or --bodies")),
+        Some(model) => (
+            jsons
+                .iter()
+                .map(|j| grpc_body(j, model))
+                .collect::<Result<Vec<_>, _>>()?,
             "/inference.GRPCInferenceService/ModelInfer".to_string(),
         ),
-        (Some(_), None) => return Err("--grpc needs --body".into()),
-        (None, body) => (
-            body,
+        None => (
+            jsons,
             uri.path_and_query().map_or("/".to_string(), |p| p.to_string()),
         ),
     };
+    let cdf = zipf_cdf(bodies.len(), args.zipf);
     let target = Arc::new(Target {
         tls: if https {
             Some(tls_config(
@@ -362,7 +429,8 @@ fn run(args: Args) -> Result<(), String> {
         host: uri.host().ok_or("--url needs a host")?.to_string(),
         port: uri.port_u16().unwrap_or(if https { 443 } else { 80 }),
         path,
-        body,
+        bodies,
+        cdf,
         headers: args
             .header
             .iter()
@@ -391,7 +459,8 @@ fn run(args: Args) -> Result<(), String> {
         let pacer = tokio::spawn(pace(queues, start, interval, end));
         let tasks: Vec<_> = receivers
             .into_iter()
-            .map(|due_times| tokio::spawn(connection(target.clone(), due_times, measure_from)))
+            .enumerate()
+            .map(|(i, due_times)| tokio::spawn(connection(target.clone(), due_times, measure_from, i as u64)))
             .collect();
         let mut out = Vec::new();
         for t in tasks {
@@ -404,20 +473,21 @@ fn run(args: Args) -> Result<(), String> {
         Ok::<_, String>(out)
     })?;
     let mut hist = Histogram::<u64>::new_with_bounds(1, FAILED_US, 3).expect("bounds");
-    let (mut sent, mut ok, mut errors) = (0, 0, 0);
+    let (mut sent, mut ok, mut errors, mut hits) = (0, 0, 0, 0);
     let mut last = measure_from;
     for t in tallies {
         hist.add(&t.hist).expect("same bounds");
         sent += t.sent;
         ok += t.ok;
         errors += t.errors;
+        hits += t.hits;
         last = last.max(t.last.unwrap_or(measure_from));
     }
     // Offered more than it answers, a server is still working through the backlog when the
     // schedule ends: its throughput is what it answered over the time it took.
     let span = (last - measure_from).as_secs_f64().max(args.duration);
     println!(
-        "RESULT sent={sent} ok={ok} errors={errors} rate={:.0} answered_per_s={:.0} p50_us={} p90_us={} p99_us={} p999_us={} max_us={}",
+        "RESULT sent={sent} ok={ok} errors={errors} hits={hits} rate={:.0} answered_per_s={:.0} p50_us={} p90_us={} p99_us={} p999_us={} max_us={}",
         ok as f64 / args.duration,
         ok as f64 / span,
         hist.value_at_quantile(0.5),

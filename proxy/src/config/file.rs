@@ -595,6 +595,35 @@ pub struct RouteFile {
     pub salt: Option<String>,
     #[serde(default)]
     pub shadows: Vec<ShadowFile>,
+    /// The prediction cache (off unless given).
+    #[serde(default)]
+    pub cache: Option<CacheFile>,
+}
+
+/// `cache: {ttl: 60s, max_bytes: 64MiB, pools: {cancer-v2: {ttl: 10s}}}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheFile {
+    pub ttl: String,
+    #[serde(default)]
+    pub max_bytes: Option<SizeFile>,
+    /// Per pool of the route: its own TTL (`0s`: its answers are never cached).
+    #[serde(default)]
+    pub pools: BTreeMap<String, CachePoolFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CachePoolFile {
+    pub ttl: String,
+}
+
+/// A size: bytes, or a string with a unit (`64MiB`, `512 KiB`, `1GB`).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum SizeFile {
+    Bytes(i64),
+    Text(String),
 }
 
 #[derive(Debug, Deserialize)]

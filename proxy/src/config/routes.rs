@@ -11,7 +11,8 @@ use inference::PoolConfig;
 use super::errors::{Errors, percent, positive, valid_name};
 use super::file::{self, HttpPoolFile, LocalPoolFile, PoolFile, RouteFile, StickyFile};
 use super::{
-    Canary, HttpSpec, Limits, LocalSpec, Path, PoolSpec, RemoteProtocol, Rollout, Route, Shadow, Sticky,
+    CacheSpec, Canary, HttpSpec, Limits, LocalSpec, Path, PoolSpec, RemoteProtocol, Rollout, Route, Shadow,
+    Sticky,
 };
 
 pub fn pools(
@@ -213,6 +214,7 @@ fn route(
         sticky,
         salt,
         shadows,
+        cache,
     } = r;
     if !valid_name(&model) {
         errors.add(
@@ -283,6 +285,10 @@ fn route(
     }
     let sticky = sticky_of(errors, sticky, &path);
     let salt = salt.unwrap_or_else(|| model.clone());
+    let served: Vec<&str> = std::iter::once(stable.as_str())
+        .chain(canary.as_ref().map(|c| c.pool.as_str()))
+        .collect();
+    let cache = cache.map(|c| cache_of(errors, c, &served, pool_specs, &path.key("cache")));
     Route {
         index: i,
         model,
@@ -291,7 +297,95 @@ fn route(
         sticky,
         salt,
         shadows,
+        cache,
     }
+}
+
+/// The longest TTL: an answer kept for a day is a lookup table, not a cache.
+const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Default `max_bytes` (64 MiB: some 150,000 one-row answers of the bundled models).
+pub const DEFAULT_CACHE_BYTES: u64 = 64 << 20;
+
+fn cache_of(
+    errors: &mut Errors,
+    c: file::CacheFile,
+    served: &[&str],
+    pool_specs: &BTreeMap<String, PoolSpec>,
+    at: &Path,
+) -> CacheSpec {
+    let ttl_at =
+        |errors: &mut Errors, text: &str, at: &Path, zero_ok: bool| match humantime::parse_duration(text) {
+            Ok(d) if d.is_zero() && zero_ok => d,
+            Ok(d) if d < Duration::from_secs(1) || d > MAX_TTL => {
+                errors.add(at, format!("must be between 1s and 24h, got {text:?}"));
+                Duration::from_secs(1)
+            }
+            Ok(d) => d,
+            Err(e) => {
+                errors.add(at, format!("{text:?}: {e} (e.g. 30s, 5m, 1h)"));
+                Duration::from_secs(1)
+            }
+        };
+    let ttl = ttl_at(errors, &c.ttl, &at.key("ttl"), false);
+    let max_bytes = match c.max_bytes {
+        None => DEFAULT_CACHE_BYTES,
+        Some(size) => {
+            let parsed = match &size {
+                file::SizeFile::Bytes(n) => u64::try_from(*n).map_err(|_| format!("{n} is negative")),
+                file::SizeFile::Text(t) => t
+                    .parse::<bytesize::ByteSize>()
+                    .map(|b| b.as_u64())
+                    .map_err(|e| format!("{t:?}: {e} (e.g. 64MiB, 1GiB)")),
+            };
+            match parsed {
+                Ok(n) if (64 << 10..=64 << 30).contains(&n) => n,
+                Ok(n) => {
+                    errors.add(
+                        &at.key("max_bytes"),
+                        format!("must be between 64KiB and 64GiB, got {n} bytes"),
+                    );
+                    DEFAULT_CACHE_BYTES
+                }
+                Err(e) => {
+                    errors.add(&at.key("max_bytes"), e);
+                    DEFAULT_CACHE_BYTES
+                }
+            }
+        }
+    };
+    let mut pool_ttl = BTreeMap::new();
+    for (pool, p) in c.pools {
+        let p_at = at.key("pools").key(&pool);
+        if !served.contains(&pool.as_str()) {
+            errors.add(
+                &p_at,
+                format!(
+                    "not a pool this route answers from (its pools: {})",
+                    served.join(", ")
+                ),
+            );
+        }
+        pool_ttl.insert(pool, ttl_at(errors, &p.ttl, &p_at.key("ttl"), true));
+    }
+    let spec = CacheSpec {
+        ttl,
+        max_bytes,
+        pool_ttl,
+    };
+    for pool in served {
+        if let Some(PoolSpec::Http(h)) = pool_specs.get(*pool)
+            && h.protocol == RemoteProtocol::Http
+            && !spec.ttl_of(pool).is_zero()
+        {
+            errors.add(
+                at,
+                format!(
+                    "pool {pool} is an http pool, whose bodies the gateway passes on undecoded and cannot key: give it `pools: {{{pool}: {{ttl: 0s}}}}` or serve it through a local or grpc pool"
+                ),
+            );
+        }
+    }
+    spec
 }
 
 fn sticky_of(errors: &mut Errors, sticky: Option<StickyFile>, path: &Path) -> Sticky {

@@ -21,6 +21,7 @@ impl Config {
                 sticky,
                 salt: _,
                 shadows,
+                cache,
             } = route;
             let pool = |name: &str| {
                 self.pools.get(name).map_or_else(
@@ -68,6 +69,22 @@ impl Config {
             ));
             for s in shadows {
                 out.push_str(&format!("    shadow {}% -> {}\n", s.percent, pool(&s.pool)));
+            }
+            if let Some(c) = cache {
+                let pools: Vec<String> = c
+                    .pool_ttl
+                    .iter()
+                    .map(|(p, t)| match t.is_zero() {
+                        true => format!(", {p} not cached"),
+                        false => format!(", {p} {}", humantime::format_duration(*t)),
+                    })
+                    .collect();
+                out.push_str(&format!(
+                    "    cache: ttl {}, at most {}{}\n",
+                    humantime::format_duration(c.ttl),
+                    bytesize::ByteSize::b(c.max_bytes).display().iec(),
+                    pools.concat()
+                ));
             }
         }
         out

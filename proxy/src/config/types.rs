@@ -249,6 +249,25 @@ pub struct Route {
     pub sticky: Sticky,
     pub salt: String,
     pub shadows: Vec<Shadow>,
+    /// The prediction cache of this route's answers (`None`: off).
+    pub cache: Option<CacheSpec>,
+}
+
+/// A route's prediction cache (`cache:` of a route; docs/cache.md).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CacheSpec {
+    pub ttl: Duration,
+    /// Bytes of cached answers (their keys included), at most.
+    pub max_bytes: u64,
+    /// Pools of the route with a TTL of their own; zero: never cached.
+    pub pool_ttl: BTreeMap<String, Duration>,
+}
+
+impl CacheSpec {
+    /// How long `pool`'s answers are served from the cache; zero when they are not cached.
+    pub fn ttl_of(&self, pool: &str) -> Duration {
+        self.pool_ttl.get(pool).copied().unwrap_or(self.ttl)
+    }
 }
 
 impl Route {

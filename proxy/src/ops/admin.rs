@@ -191,6 +191,29 @@ impl Admin {
         if let Some(shared) = &snap.shared_limiter {
             self.metrics.set_redis_up(shared.up());
         }
+        let cache = &self.metrics.cache;
+        cache.bytes.reset();
+        cache.entries.reset();
+        for (route, c) in &snap.caches {
+            c.settle();
+            let t = c.take_counts();
+            let route = route.as_str();
+            cache.requests.with_label_values(&[route, "hit"]).inc_by(t.hits);
+            cache
+                .requests
+                .with_label_values(&[route, "miss"])
+                .inc_by(t.misses);
+            cache
+                .evictions
+                .with_label_values(&[route, "size"])
+                .inc_by(t.evicted_size);
+            cache
+                .evictions
+                .with_label_values(&[route, "expired"])
+                .inc_by(t.expired);
+            cache.bytes.with_label_values(&[route]).set(c.bytes() as i64);
+            cache.entries.with_label_values(&[route]).set(c.len() as i64);
+        }
     }
 
     /// `(problems, degraded, pools)`: stable pools that cannot serve (readiness fails),
@@ -270,6 +293,19 @@ impl Admin {
                         "canary": canary,
                         "canary_share": if total > 0 { json!(canary as f64 / total as f64) } else { json!(null) },
                     },
+                    "cache": snap.caches.get(&r.model).map(|c| {
+                        let (hits, misses) = c.totals();
+                        let lookups = hits + misses;
+                        json!({
+                            "ttl_s": c.spec().ttl.as_secs_f64(),
+                            "max_bytes": c.spec().max_bytes,
+                            "bytes": c.bytes(),
+                            "entries": c.len(),
+                            "hits": hits,
+                            "misses": misses,
+                            "hit_ratio": if lookups > 0 { json!(hits as f64 / lookups as f64) } else { json!(null) },
+                        })
+                    }),
                 })
             })
             .collect();

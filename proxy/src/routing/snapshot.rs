@@ -10,6 +10,7 @@ use inference::Pool;
 
 use crate::admission::ratelimit::RateLimiters;
 use crate::admission::ratelimit::shared::SharedLimiter;
+use crate::cache::RouteCache;
 use crate::config::keys::KeyStore;
 use crate::config::{Config, ConfigError, Errors, Path, PoolSpec, Route};
 use crate::pools::remote::RemotePool;
@@ -51,6 +52,9 @@ pub struct Snapshot {
     pub series: crate::telemetry::metrics::SeriesCache,
     /// The reference profile of each pool's model version that has one (input drift).
     pub profiles: BTreeMap<String, Arc<Profile>>,
+    /// Per route with `cache:`, its prediction cache; carried over by a reload that leaves
+    /// the route's cache settings unchanged (minus the entries of pools whose version moved).
+    pub caches: BTreeMap<String, Arc<RouteCache>>,
 }
 
 /// A warm-up inference slower than this fails the load: the model would not serve either.
@@ -150,9 +154,11 @@ impl Snapshot {
                 )
             })
             .collect();
+        let caches = caches(&config, previous);
         Ok(Snapshot {
             series: crate::telemetry::metrics::SeriesCache::new(config.routes.keys()),
             profiles,
+            caches,
             config,
             pools,
             keys,
@@ -180,8 +186,38 @@ impl Snapshot {
             shared_limiter: self.shared_limiter.clone(),
             shadow_slots: self.shadow_slots.clone(),
             profiles: self.profiles.clone(),
+            caches: self.caches.clone(),
         }
     }
+}
+
+/// Each cached route's cache: the previous one when its settings are unchanged, with the
+/// entries of pools now serving another model version freed; otherwise a new, empty one.
+fn caches(config: &Config, previous: Option<&Snapshot>) -> BTreeMap<String, Arc<RouteCache>> {
+    let mut out = BTreeMap::new();
+    for (name, route) in &config.routes {
+        let Some(spec) = &route.cache else { continue };
+        let kept = previous
+            .and_then(|p| p.caches.get(name))
+            .filter(|c| c.spec() == spec)
+            .cloned();
+        let cache = match kept {
+            Some(c) => {
+                let served = std::iter::once(&route.stable)
+                    .chain(route.canary.as_ref().map(|c| &c.pool))
+                    .map(|p| (p.clone(), config.pools[p].version().to_string()))
+                    .collect();
+                c.retain(served);
+                c
+            }
+            None => Arc::new(RouteCache::new(
+                spec.clone(),
+                Arc::new(crate::cache::Monotonic::new()),
+            )),
+        };
+        out.insert(name.clone(), cache);
+    }
+    out
 }
 
 /// Each pool's reference profile: `profile.json` beside a local pool's `model.onnx`, or the

@@ -105,6 +105,7 @@ mod tests {
             sticky,
             salt: "m".into(),
             shadows: vec![],
+            cache: None,
         }
     }
 

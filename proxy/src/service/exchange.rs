@@ -331,6 +331,9 @@ impl h1::Fields for Head<'_> {
         if let Some(v) = &ctx.model_version {
             f(X_MODEL_VERSION.as_str().as_bytes(), v.as_bytes());
         }
+        if let Some(c) = ctx.cache {
+            f(b"x-cache", c.as_bytes());
+        }
         if let Some(d) = &ctx.rate {
             let replaced = |name: &HeaderName| self.extra.iter().any(|(k, _)| *k == name.as_str());
             for (name, value) in [

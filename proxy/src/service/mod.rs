@@ -106,6 +106,9 @@ pub struct Ctx {
     inference: Option<Duration>,
     /// Shadows this request was copied to (for the access log).
     shadows: usize,
+    /// The prediction cache's answer to this request ("hit", "miss"), when its route and
+    /// pool cache: the `x-cache` field and the access log.
+    cache: Option<&'static str>,
     /// The drift window this request's input and prediction go to (sampled requests only).
     drift: Option<Arc<crate::quality::drift::Window>>,
     /// Counts the request as in flight until it ends (graceful shutdown waits for zero).

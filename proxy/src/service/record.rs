@@ -193,6 +193,7 @@ impl Gateway {
                 rate_limited = ctx.rate.is_some_and(|d| !d.allowed),
                 rate_remaining = ctx.rate.map_or(-1, |d| i64::from(d.remaining)),
                 shadows = ctx.shadows,
+                cache = ctx.cache.unwrap_or("-"),
             );
         }
     }

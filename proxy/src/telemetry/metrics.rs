@@ -203,6 +203,8 @@ pub struct Metrics {
     pub rollout_step: IntGaugeVec,
     /// Drift, feedback and accuracy (`crate::quality`).
     pub quality: super::quality::QualityMetrics,
+    /// The prediction cache (`crate::cache`).
+    pub cache: super::cache::CacheMetrics,
     pub rollout_decisions: IntCounterVec,
     pub config_generation: IntGauge,
     pub config_loaded_at: IntGauge,
@@ -239,8 +241,10 @@ impl Metrics {
         let pair = ["route", "primary_version", "shadow_version"];
         let single = |name: &str, help: &str| IntGauge::new(name, help).expect("valid metric");
         let (quality, quality_collectors) = super::quality::QualityMetrics::new();
+        let (cache, cache_collectors) = super::cache::CacheMetrics::new();
         let m = Metrics {
             quality,
+            cache,
             requests: counter(
                 "requests_total",
                 "Requests answered, by route, variant (stable, canary, shadow; - when refused before routing), model version and status class",
@@ -488,7 +492,11 @@ impl Metrics {
             Box::new(m.foreground_cpu.clone()),
             Box::new(build),
         ];
-        for c in collectors.into_iter().chain(quality_collectors) {
+        for c in collectors
+            .into_iter()
+            .chain(quality_collectors)
+            .chain(cache_collectors)
+        {
             m.names
                 .extend(c.desc().iter().map(|d| format!("gateway_{}", d.fq_name)));
             m.registry.register(c).expect("metric names are unique");

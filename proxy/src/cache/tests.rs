@@ -1,0 +1,128 @@
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use inference::tensor::TensorData;
+use inference::{NamedTensor, Tensor};
+
+use super::*;
+use crate::quality::FakeWallClock;
+
+fn spec(ttl_s: u64, max_bytes: u64) -> CacheSpec {
+    CacheSpec {
+        ttl: Duration::from_secs(ttl_s),
+        max_bytes,
+        pool_ttl: BTreeMap::new(),
+    }
+}
+
+fn row(x: f32) -> Vec<NamedTensor> {
+    vec![NamedTensor {
+        name: "x".into(),
+        tensor: Tensor::new(vec![1, 2], TensorData::F32(vec![x, 1.0])).unwrap(),
+    }]
+}
+
+fn answer(class: i64) -> Vec<Tensor> {
+    vec![Tensor::new(vec![1], TensorData::I64(vec![class])).unwrap()]
+}
+
+fn cache(spec: CacheSpec) -> (RouteCache, Arc<FakeWallClock>) {
+    let clock = Arc::new(FakeWallClock::default());
+    clock.0.store(1_000_000, Ordering::Relaxed);
+    (RouteCache::new(spec, clock.clone()), clock)
+}
+
+#[test]
+fn an_answer_is_found_only_for_its_pool_version_and_inputs() {
+    let (c, _) = cache(spec(60, 1 << 20));
+    let k = c.key("stable-pool", "1", &row(0.5));
+    assert_eq!(c.get(&k), None);
+    c.put(k.clone(), "stable-pool", "1", &answer(1));
+    assert_eq!(c.get(&k), Some(answer(1)));
+    // The canary's pool, another version, other inputs: misses.
+    assert_eq!(c.get(&c.key("canary-pool", "1", &row(0.5))), None);
+    assert_eq!(c.get(&c.key("stable-pool", "2", &row(0.5))), None);
+    assert_eq!(c.get(&c.key("stable-pool", "1", &row(0.25))), None);
+    assert_eq!(c.totals(), (1, 4));
+    let t = c.take_counts();
+    assert_eq!((t.hits, t.misses), (1, 4));
+    assert_eq!(c.take_counts(), Taken::default(), "taken once");
+}
+
+#[test]
+fn an_entry_expires_exactly_at_its_ttl() {
+    let (c, clock) = cache(spec(60, 1 << 20));
+    let k = c.key("p", "1", &row(0.5));
+    c.put(k.clone(), "p", "1", &answer(1));
+    clock.0.fetch_add(59_999, Ordering::Relaxed);
+    assert_eq!(c.get(&k), Some(answer(1)), "59.999 s: served");
+    clock.0.fetch_add(1, Ordering::Relaxed);
+    assert_eq!(c.get(&k), None, "60 s: expired");
+    assert_eq!(c.take_counts().expired, 1);
+    // A pool with a TTL of its own; one of zero is never cached.
+    let mut s = spec(60, 1 << 20);
+    s.pool_ttl.insert("short".into(), Duration::from_secs(5));
+    s.pool_ttl.insert("never".into(), Duration::ZERO);
+    let (c, clock) = cache(s);
+    let k = c.key("short", "1", &row(0.5));
+    c.put(k.clone(), "short", "1", &answer(1));
+    clock.0.fetch_add(4_999, Ordering::Relaxed);
+    assert!(c.get(&k).is_some());
+    clock.0.fetch_add(1, Ordering::Relaxed);
+    assert!(c.get(&k).is_none());
+    assert!(!c.caches("never"));
+    let k = c.key("never", "1", &row(0.5));
+    c.put(k.clone(), "never", "1", &answer(1));
+    assert!(c.get(&k).is_none());
+}
+
+#[test]
+fn a_hash_collision_is_never_served() {
+    let clock = Arc::new(FakeWallClock::default());
+    let c = RouteCache::with_hash(spec(60, 1 << 20), clock, |_| 42);
+    let a = c.key("p", "1", &row(0.5));
+    let b = c.key("p", "1", &row(0.75));
+    assert_eq!(a.hash, b.hash, "forced");
+    c.put(a.clone(), "p", "1", &answer(1));
+    assert_eq!(c.get(&b), None, "same hash, other inputs: a miss");
+    assert_eq!(c.get(&a), Some(answer(1)));
+    // The other input's answer replaces it; the first is then a miss, not the wrong answer.
+    c.put(b.clone(), "p", "1", &answer(0));
+    assert_eq!(c.get(&a), None);
+    assert_eq!(c.get(&b), Some(answer(0)));
+}
+
+#[test]
+fn a_flood_of_distinct_inputs_stays_within_the_bytes() {
+    let max = 256 << 10;
+    let (c, _) = cache(spec(60, max));
+    for i in 0..20_000 {
+        let k = c.key("p", "1", &row(i as f32));
+        c.put(k, "p", "1", &answer(i));
+    }
+    c.settle();
+    assert!(c.bytes() <= max, "{} bytes over {max}", c.bytes());
+    assert!(
+        c.bytes() > max / 2,
+        "{} bytes: the bound, not far below it",
+        c.bytes()
+    );
+    assert!(c.take_counts().evicted_size > 10_000);
+}
+
+#[test]
+fn a_new_version_frees_the_old_one_s_entries() {
+    let (c, _) = cache(spec(60, 1 << 20));
+    for i in 0..100 {
+        c.put(c.key("p", "1", &row(i as f32)), "p", "1", &answer(1));
+        c.put(c.key("q", "1", &row(i as f32)), "q", "1", &answer(1));
+    }
+    c.settle();
+    assert_eq!(c.len(), 200);
+    c.retain(vec![("p".into(), "2".into()), ("q".into(), "1".into())]);
+    c.settle();
+    assert_eq!(c.len(), 100, "p's version-1 entries went, q's stayed");
+    assert!(c.get(&c.key("q", "1", &row(3.0))).is_some());
+}
