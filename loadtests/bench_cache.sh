@@ -19,9 +19,9 @@
 # rows drawn evenly from 50,000 distinct ones, sent to `evicting`; (3) the same rows to
 # `uncached`; (4) inference-server answering the same one-row request, REST, same core. Then
 # the Zipf workload: 10,000 distinct rows (the default size), rank k drawn with weight 1/k,
-# offered far more than a core answers, to `cached` and to `uncached` (and one row, all hits:
-# the bound of what a cache can gain): requests/s answered, the hit ratio loadgen saw
-# (`x-cache: hit`), and how busy each core was. Targets: a hit at most half of a miss's CPU per
+# driven by wrk (64 connections, as fast as they go), to `cached` and to `uncached` (and one
+# row, all hits: the bound of what a cache can gain): requests/s, the hit ratio the gateway
+# counted, and how busy each core was. Targets: a hit at most half of a miss's CPU per
 # request; the Zipf workload at least 1.5× the requests/s without a cache. A failed request
 # fails the target it is part of.
 set -euo pipefail
@@ -30,7 +30,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 parse_bench_args "$@"
 ROUNDS=3
 [ "$QUICK" = 1 ] && ROUNDS=1
-peer_bench_setup cache-bench
+peer_bench_setup cache-bench wrk curl
 CONNS=32
 RATE=2000
 ZIPF_ROWS=10000
@@ -54,22 +54,10 @@ PY
 rows "$ZIPF_ROWS" "$WORK/zipf.jsonl"
 rows "$SPREAD_ROWS" "$WORK/spread.jsonl"
 
-median() { sort -n | awk '{ a[NR] = $1 } END { print (NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2) }'; }
-
-# one NAME PID URL RATE [loadgen args...]: "answered_per_s cpu_us p50_us p99_us errors hits ok"
+# one NAME PID URL RATE [loadgen args...]: "requests/s cpu_us p50_us p99_us errors hits ok"
 one() {
   local name="$1" pid="$2" url="$3" rate="$4"; shift 4
-  local before after out
-  before="$(cpu_ticks "$pid")"
-  out="$(taskset -c "$CLIENT_CPU" "$BIN/loadgen" --url "$url" --rate "$rate" --connections "$CONNS" \
-    --duration "$DURATION" --warmup "$WARMUP" --header "content-type: application/json" "$@" | grep '^RESULT')"
-  after="$(cpu_ticks "$pid")"
-  # The warm-up's CPU is in the ticks too: counted over the warm-up's requests as well.
-  echo "$out" | sed 's/RESULT //' | awk -v ticks="$((after - before))" -v hz="$CLK_TCK" -v d="$DURATION" -v w="$WARMUP" '{
-    for (i = 1; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
-    answered = v["ok"] * (d + w) / d
-    printf "%.0f %.1f %d %d %d %d %d\n", v["answered_per_s"], (answered > 0 ? ticks * 1e6 / hz / answered : 0), v["p50_us"], v["p99_us"], v["errors"], v["hits"], v["ok"]
-  }' | failures_of "$name" 5
+  loadgen_cpu "$name" "$pid" "$url" "$rate" --header "content-type: application/json" "$@"
 }
 
 # --- inference-server: the same one-row request, REST, one I/O thread, one pool worker ---
@@ -118,28 +106,58 @@ for k in hit miss none server; do
   M[${k}h]="$(awk '{ h += $6; ok += $7 } END { printf "%.1f%%", (ok > 0 ? 100 * h / ok : 0) }' "${FILES[$k]}")"
 done
 
-# --- throughput: offered far more than the core answers; which core was the limit ---
-# thru NAME ROUTE [loadgen args...]: "requests/s cpu_us p50 p99 errors hits ok server% client%"
+# --- throughput: wrk, as many requests as 64 connections carry; which core was the limit ---
+# (loadgen, which paces every request, costs its core more than wrk does: with it the client
+# core, not the gateway's, set the figure.) The Zipf draw happens in wrk's request(), from
+# the same lines; hits are the gateway's own counts, from /metrics before and after.
+cat > "$WORK/zipf.lua" <<'LUA'
+local bodies, cdf, total = {}, {}, 0
+for line in io.lines(os.getenv("WRK_BODIES")) do
+  if #line > 0 then bodies[#bodies + 1] = line end
+end
+local s = tonumber(os.getenv("WRK_ZIPF"))
+for k = 1, #bodies do total = total + k ^ (-s); cdf[k] = total end
+for k = 1, #bodies do cdf[k] = cdf[k] / total end
+local headers = {["Content-Type"] = "application/json", ["x-api-key"] = os.getenv("WRK_API_KEY")}
+math.randomseed(1)
+request = function()
+  local u, lo, hi = math.random(), 1, #bodies
+  while lo < hi do
+    local mid = math.floor((lo + hi) / 2)
+    if cdf[mid] < u then lo = mid + 1 else hi = mid end
+  end
+  return wrk.format("POST", nil, headers, bodies[lo])
+end
+LUA
+sed -n '/^done = function/,$p' "$WRK_LUA" >> "$WORK/zipf.lua"
+hits_of() { curl -s "http://127.0.0.1:$P_ADMIN/metrics" | awk -v r="$1" '
+  index($0, "gateway_cache_requests_total{result=\"hit\",route=\"" r "\"}") == 1 { h = $2 }
+  index($0, "gateway_cache_requests_total{result=\"miss\",route=\"" r "\"}") == 1 { m = $2 }
+  END { printf "%d %d\n", h, m }'; }
+# thru NAME ROUTE BODIES_FILE: "requests/s p50 p99 cpu_us errors server% client% hits misses"
 thru() {
-  local name="$1" route="$2"; shift 2
-  local before line
-  before="$(core_jiffies)"
-  line="$(CONNS=64 one "$name" "$GW" "$(url "$route")" "$OFFERED" "$@" "${TLS[@]}")"
-  echo "$line $(core_busy "$before" "$(core_jiffies)" | awk '{ print $1, $2 }')"
+  local name="$1" route="$2" bodies="$3" before_h before_c out ticks
+  WRK_BODIES="$bodies" WRK_ZIPF=1 WRK_API_KEY="$KEY" taskset -c "$CLIENT_CPU" wrk -t1 -c64 -d"${WARMUP}s" \
+    -s "$WORK/zipf.lua" "$(url "$route")" >/dev/null 2>&1 || true
+  before_h="$(hits_of "$route")"; before_c="$(core_jiffies)"; ticks="$(cpu_ticks "$GW")"
+  out="$(WRK_BODIES="$bodies" WRK_ZIPF=1 WRK_API_KEY="$KEY" taskset -c "$CLIENT_CPU" wrk -t1 -c64 -d"${DURATION}s" \
+    -s "$WORK/zipf.lua" "$(url "$route")")"
+  ticks=$(( $(cpu_ticks "$GW") - ticks ))
+  echo "$(echo "$out" | wrk_figures "$name" "$ticks" | awk '{ print $1, $2, $3, $4, $5 }') $(core_busy "$before_c" "$(core_jiffies)" | awk '{ print $1, $2 }') $(paste -d' ' <(echo "$before_h") <(hits_of "$route") | awk '{ print $3 - $1, $4 - $2 }')"
 }
-OFFERED=$((RATE * 100))
+"$ROOT/.venv/bin/python" -c 'import json, sys; print(json.dumps(json.load(open(sys.argv[1]))))' "$ROOT/models/example.json" > "$WORK/one.jsonl"
 for k in zipf-cached zipf-uncached all-hits; do : > "$WORK/$k.txt"; done
 for r in $(seq "$ROUNDS"); do
-  say "throughput, offered ${OFFERED}/s for ${DURATION}s: Zipf cached, Zipf uncached, all hits (round $r of $ROUNDS)"
-  thru "Zipf, cached" cached --bodies "$WORK/zipf.jsonl" --zipf 1 >>"$WORK/zipf-cached.txt"
-  thru "Zipf, uncached" uncached --bodies "$WORK/zipf.jsonl" --zipf 1 >>"$WORK/zipf-uncached.txt"
-  thru "all hits" cached --body "$ROOT/models/example.json" >>"$WORK/all-hits.txt"
+  say "throughput with wrk, ${DURATION}s each: Zipf cached, Zipf uncached, all hits (round $r of $ROUNDS)"
+  thru "Zipf, cached" cached "$WORK/zipf.jsonl" >>"$WORK/zipf-cached.txt"
+  thru "Zipf, uncached" uncached "$WORK/zipf.jsonl" >>"$WORK/zipf-uncached.txt"
+  thru "one row, all hits" cached "$WORK/one.jsonl" >>"$WORK/all-hits.txt"
 done
 declare -A T
 for k in zipf-cached zipf-uncached all-hits; do
-  for f in 1 2 8 9; do T[$k$f]="$(awk -v f="$f" '{ print $f }' "$WORK/$k.txt" | median)"; done
+  for f in 1 4 6 7; do T[$k$f]="$(awk -v f="$f" '{ print $f }' "$WORK/$k.txt" | median)"; done
   T[${k}e]="$(awk '{ s += $5 } END { print s + 0 }' "$WORK/$k.txt")"
-  T[${k}h]="$(awk '{ h += $6; ok += $7 } END { printf "%.1f%%", (ok > 0 ? 100 * h / ok : 0) }' "$WORK/$k.txt")"
+  T[${k}h]="$(awk '{ h += $8; m += $9 } END { printf (h + m > 0 ? "%.1f%%" : "-"), (h + m > 0 ? 100 * h / (h + m) : 0) }' "$WORK/$k.txt")"
 done
 Z_C="${T[zipf-cached1]}"; Z_U="${T[zipf-uncached1]}"
 Z_CE="${T[zipf-cachede]}"; Z_UE="${T[zipf-uncachede]}"
@@ -167,13 +185,13 @@ OUT="$RESULTS/cache-$(date -u +%Y%m%dT%H%M%SZ).md"
   echo
   echo "A hit costs $HIT_RATIO× a miss's CPU (target ≤ 0.5): **$T_HIT**. A miss costs $(ratio "${M[miss2]}" "${M[none2]}")× no cache (lookup, insert, eviction); a hit $(ratio "${M[hit2]}" "${M[server2]}")× inference-server's whole answer."
   echo
-  echo "Throughput: offered ${OFFERED}/s over 64 connections (more than the core answers), medians of $ROUNDS rounds of ${DURATION} s in turns. Zipf workload: $ZIPF_ROWS distinct rows, rank k drawn with weight 1/k. Busy: the server's and the client's core over the run (the server's near 100% means the gateway was the limit)."
+  echo "Throughput: wrk, 64 connections, as many requests as they carry, medians of $ROUNDS rounds of ${DURATION} s in turns (after ${WARMUP} s of warm-up each). Zipf workload: $ZIPF_ROWS distinct rows, rank k drawn with weight 1/k. Hit ratio: the gateway's own counts over the measurement. Busy: the server's and the client's core (the server's near 100%: the gateway was the limit)."
   echo
   echo "| workload | route | requests/s | CPU µs/request | hit ratio | server core | client core | failed |"
   echo "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"
-  echo "| Zipf | cached | $Z_C | ${T[zipf-cached2]} | ${T[zipf-cachedh]} | ${T[zipf-cached8]}% | ${T[zipf-cached9]}% | $Z_CE |"
-  echo "| Zipf | uncached | $Z_U | ${T[zipf-uncached2]} | - | ${T[zipf-uncached8]}% | ${T[zipf-uncached9]}% | $Z_UE |"
-  echo "| one row, all hits | cached | ${T[all-hits1]} | ${T[all-hits2]} | ${T[all-hitsh]} | ${T[all-hits8]}% | ${T[all-hits9]}% | ${T[all-hitse]} |"
+  echo "| Zipf | cached | $Z_C | ${T[zipf-cached4]} | ${T[zipf-cachedh]} | ${T[zipf-cached6]}% | ${T[zipf-cached7]}% | $Z_CE |"
+  echo "| Zipf | uncached | $Z_U | ${T[zipf-uncached4]} | - | ${T[zipf-uncached6]}% | ${T[zipf-uncached7]}% | $Z_UE |"
+  echo "| one row, all hits | cached | ${T[all-hits1]} | ${T[all-hits4]} | ${T[all-hitsh]} | ${T[all-hits6]}% | ${T[all-hits7]}% | ${T[all-hitse]} |"
   echo
   echo "With the cache: $Z_RATIO× the requests/s on the Zipf workload (target ≥ 1.5): **$T_ZIPF**. At a 100% hit ratio the gain is bounded by what the model's part of a request costs: all hits answer $(ratio "${T[all-hits1]}" "$Z_U")× the uncached Zipf rate."
   echo

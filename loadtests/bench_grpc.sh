@@ -34,23 +34,11 @@ json.dump({"inputs": [{"name": "input", "shape": [len(rows), len(rows[0])], "dat
                        "data": [v for r in rows for v in r]}]}, open(sys.argv[2], "w"))
 PY
 
-# one NAME PID URL BODY RATE [loadgen args...]: "rate_ok cpu_us p50_us p99_us errors"
+# one NAME PID URL BODY RATE [loadgen args...]: "rate_ok cpu_us p50_us p99_us errors …"
 one() {
   local name="$1" pid="$2" url="$3" body="$4" rate="$5"; shift 5
-  local before after out
-  before="$(cpu_ticks "$pid")"
-  out="$(taskset -c "$CLIENT_CPU" "$BIN/loadgen" --url "$url" --rate "$rate" --connections "$CONNS" \
-    --duration "$DURATION" --warmup "$WARMUP" --body "$body" "$@" | grep '^RESULT')"
-  after="$(cpu_ticks "$pid")"
-  # The warm-up's CPU is in the ticks too: counted over the warm-up's requests as well.
-  echo "$out" | sed 's/RESULT //' | awk -v ticks="$((after - before))" -v hz="$CLK_TCK" -v rate="$rate" -v d="$DURATION" -v w="$WARMUP" '{
-    for (i = 1; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
-    answered = v["ok"] * (d + w) / d
-    printf "%.0f %.1f %d %d %d\n", v["answered_per_s"], (answered > 0 ? ticks * 1e6 / hz / answered : 0), v["p50_us"], v["p99_us"], v["errors"]
-  }' | failures_of "$name" 5
+  loadgen_cpu "$name" "$pid" "$url" "$rate" --body "$body" "$@"
 }
-
-median() { sort -n | awk '{ a[NR] = $1 } END { print (NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2) }'; }
 
 # compare SETTING PID REST_URL GRPC_URL RATE1 RATE64 [loadgen args...]: rows of the report.
 REPORT="$WORK/report.md"

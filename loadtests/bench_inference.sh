@@ -77,7 +77,6 @@ for r in $(seq "$ROUNDS"); do
       | failures_of "lone requests, $mode batching ($r)" 3 >>"$RESULTS/.lone-$mode.txt"
   done
 done
-median() { sort -n | awk '{ a[NR] = $1 } END { print (NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2) }'; }
 L_A50="$(awk '{ print $1 }' "$RESULTS/.lone-adaptive.txt" | median)"; L_F50="$(awk '{ print $1 }' "$RESULTS/.lone-fixed.txt" | median)"
 L_A99="$(awk '{ print $2 }' "$RESULTS/.lone-adaptive.txt" | median)"; L_F99="$(awk '{ print $2 }' "$RESULTS/.lone-fixed.txt" | median)"
 L_ERR="$(cat "$RESULTS/.lone-adaptive.txt" "$RESULTS/.lone-fixed.txt" | awk '{ s += $3 } END { print s + 0 }')"

@@ -245,6 +245,28 @@ models_dir: $ROOT/models
 EOF
 }
 
+# median: the median of the numbers on stdin, one per line.
+median() { sort -n | awk '{ a[NR] = $1 } END { print (NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2) }'; }
+
+# loadgen_cpu NAME PID URL RATE [loadgen args...]: one loadgen run ($CONNS connections,
+# $DURATION s after $WARMUP s) on the client core, with the server PID's CPU over it.
+# Prints "answered_per_s cpu_us_per_request p50_us p99_us errors hits ok"; failures are
+# listed for finish_bench under NAME.
+loadgen_cpu() {
+  local name="$1" pid="$2" url="$3" rate="$4"; shift 4
+  local before after out
+  before="$(cpu_ticks "$pid")"
+  out="$(taskset -c "$CLIENT_CPU" "$BIN/loadgen" --url "$url" --rate "$rate" --connections "$CONNS" \
+    --duration "$DURATION" --warmup "$WARMUP" "$@" | grep '^RESULT')"
+  after="$(cpu_ticks "$pid")"
+  # The warm-up's CPU is in the ticks too: counted over the warm-up's requests as well.
+  echo "$out" | sed 's/RESULT //' | awk -v ticks="$((after - before))" -v hz="$CLK_TCK" -v d="$DURATION" -v w="$WARMUP" '{
+    for (i = 1; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
+    answered = v["ok"] * (d + w) / d
+    printf "%.0f %.1f %d %d %d %d %d\n", v["answered_per_s"], (answered > 0 ? ticks * 1e6 / hz / answered : 0), v["p50_us"], v["p99_us"], v["errors"], v["hits"] + 0, v["ok"]
+  }' | failures_of "$name" 5
+}
+
 # Ratios, target checks and milliseconds for the reports.
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }'; }
 check() { awk -v v="$1" -v op="$2" -v t="$3" 'BEGIN { ok = (op == ">=" ? v >= t : v <= t); print (ok ? "met" : "MISSED") }'; }
