@@ -301,6 +301,48 @@ async fn a_reload_that_changes_the_version_frees_the_old_answers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_weight_change_keeps_every_answer_with_its_variant() {
+    let g = start(BODY);
+    let body = row_body(&row(11));
+    let mut answers = Vec::new();
+    for canary in ["false", "true"] {
+        let r = post(
+            &g,
+            "/v2/models/breast-cancer/infer",
+            &[("x-canary", canary)],
+            body.clone(),
+        )
+        .await;
+        assert_eq!(r.header("x-cache"), Some("miss"));
+        answers.push(outputs(&r));
+    }
+    // A rollout step: the weight moves by a reload (as the rollout engine applies it).
+    g.write_config(&g.config_text(&BODY.replacen("weight: 50", "weight: 100", 1)));
+    let until = Instant::now() + Duration::from_secs(5);
+    while routes(&g).await["generation"] != 2 {
+        assert!(Instant::now() < until, "no reload");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for (i, (canary, version)) in [("false", "1"), ("true", "2")].into_iter().enumerate() {
+        let r = post(
+            &g,
+            "/v2/models/breast-cancer/infer",
+            &[("x-canary", canary)],
+            body.clone(),
+        )
+        .await;
+        assert_eq!(r.header("x-cache"), Some("hit"), "kept over the weight change");
+        assert_eq!(r.header("x-model-version"), Some(version));
+        assert_eq!(outputs(&r), answers[i]);
+    }
+    // Chosen by the weight now (100: canary), from the canary's entry.
+    let r = post(&g, "/v2/models/breast-cancer/infer", &[], body).await;
+    assert_eq!(r.header("x-model-variant"), Some("canary"));
+    assert_eq!(r.header("x-cache"), Some("hit"));
+    assert_eq!(outputs(&r), answers[1]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hit_still_feeds_shadows_drift_and_feedback() {
     let g = start(
         "pools:\n  cancer-v1: {local: {model: breast-cancer, version: 1}}\n  cancer-v3: {local: {model: breast-cancer, version: 3}}\nquality: {drift: {window: 200, min_rows: 1, interval_ms: 100}}\nroutes:\n  - model: breast-cancer\n    stable: cancer-v1\n    shadows: [{pool: cancer-v3, percent: 100}]\n    cache: {ttl: 60s}\n",
