@@ -303,7 +303,7 @@ fn route(
 
 /// The longest TTL: an answer kept for a day is a lookup table, not a cache.
 const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
-/// Default `max_bytes` (64 MiB: some 150,000 one-row answers of the bundled models).
+/// Default `max_bytes` (64 MiB: some 175,000 one-row answers of the bundled models).
 pub const DEFAULT_CACHE_BYTES: u64 = 64 << 20;
 
 fn cache_of(
