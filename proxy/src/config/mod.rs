@@ -5,6 +5,7 @@
 
 mod errors;
 pub mod file;
+mod route_file;
 pub mod keys;
 pub mod limits;
 pub mod locate;
