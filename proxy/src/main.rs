@@ -285,6 +285,9 @@ fn main() -> ExitCode {
 }
 
 fn run(config: &Path, upgrade: bool) -> Result<(), String> {
+    // Before anything listens: a signal sent as soon as "serving" is printed must find these.
+    let signals = proxy::server::UnixSignals::catch()?;
+    let hangups = Some(proxy::server::catch(libc::SIGHUP, "SIGHUP")?);
     inference::runtime::environment()?;
     let (snapshot, first) = proxy::server::prepare(config)?;
     if let Some(ca) = &first.dev_ca {
@@ -338,7 +341,14 @@ fn run(config: &Path, upgrade: bool) -> Result<(), String> {
     let admin_token = std::env::var("GATEWAY_ADMIN_TOKEN")
         .ok()
         .filter(|t| !t.is_empty());
-    let built = proxy::server::build_with(snapshot, proxy::server::StartOptions { upgrade, admin_token })?;
+    let built = proxy::server::build_with(
+        snapshot,
+        proxy::server::StartOptions {
+            upgrade,
+            admin_token,
+            hangups,
+        },
+    )?;
     // pingora binds its listeners once running: announce "serving" once the admin listener
     // (started with the client one) answers a health check. A bare connect to the TLS port
     // would be logged as a failed handshake, so that port is not probed.
@@ -353,7 +363,7 @@ fn run(config: &Path, upgrade: bool) -> Result<(), String> {
         }
         eprintln!("gateway: the listeners did not come up within 30 s");
     });
-    built.run(Box::new(pingora::server::UnixShutdownSignalWatch));
+    built.run(Box::new(signals));
     println!("stopped");
     Ok(())
 }

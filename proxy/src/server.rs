@@ -21,7 +21,7 @@ use crate::config::{self, Config};
 use crate::http::tls;
 use crate::ops::admin::Admin;
 use crate::ops::upkeep::Maintenance;
-use crate::reload::watch::FileWatch;
+use crate::reload::watch::{FileWatch, SignalPipe};
 use crate::reload::{self, Reloader};
 use crate::rollout::{Rollouts, SystemClock};
 use crate::routing::snapshot::Snapshot;
@@ -87,7 +87,7 @@ pub struct GatewayServer {
 }
 
 /// How the process starts besides its config.
-#[derive(Clone, Debug, Default)]
+#[derive(Default)]
 pub struct StartOptions {
     /// Take the listening sockets over from a running gateway (pingora's graceful upgrade)
     /// instead of binding them: the old process hands them over on SIGQUIT.
@@ -95,6 +95,9 @@ pub struct StartOptions {
     /// Required (`Authorization: Bearer …` or `x-admin-token`) on the admin listener's
     /// `/admin/…` paths; must be set when the admin listener is not on a loopback address.
     pub admin_token: Option<String>,
+    /// SIGHUP as caught by the process before it printed anything (see [`SignalPipe`]); the
+    /// server catches it itself when this is `None` (an embedded gateway).
+    pub hangups: Option<SignalPipe>,
 }
 
 /// Builds the pingora server for a snapshot.
@@ -260,7 +263,10 @@ pub fn build_with(snapshot: Snapshot, options: StartOptions) -> Result<GatewaySe
     ));
     server.add_service(background_service(
         "reload on SIGHUP",
-        reload::watch::HangupReload(reloader.clone()),
+        match options.hangups {
+            Some(hangups) => reload::watch::HangupReload::new(reloader.clone(), hangups),
+            None => reload::watch::HangupReload::new(reloader.clone(), catch(libc::SIGHUP, "SIGHUP")?),
+        },
     ));
     Ok(GatewayServer {
         server,
@@ -386,6 +392,39 @@ impl ShutdownSignalWatch for ManualShutdown {
     async fn recv(&self) -> ShutdownSignal {
         self.0.notified().await;
         ShutdownSignal::GracefulTerminate
+    }
+}
+
+/// SIGQUIT (hand the listeners over), SIGTERM (drain and stop) and SIGINT (stop now), caught
+/// from the moment [`UnixSignals::catch`] returns. pingora's own watcher registers its
+/// handlers only once its services run, after the listeners answer: a SIGTERM sent as soon as
+/// the gateway says "serving" could meet the default action and end it undrained.
+pub struct UnixSignals([SignalPipe; 3]);
+
+/// [`SignalPipe::catch`] with the signal's name in the error.
+pub fn catch(signal: libc::c_int, name: &str) -> Result<SignalPipe, String> {
+    SignalPipe::catch(signal).map_err(|e| format!("catching {name}: {e}"))
+}
+
+impl UnixSignals {
+    pub fn catch() -> Result<Self, String> {
+        Ok(UnixSignals([
+            catch(libc::SIGQUIT, "SIGQUIT")?,
+            catch(libc::SIGTERM, "SIGTERM")?,
+            catch(libc::SIGINT, "SIGINT")?,
+        ]))
+    }
+}
+
+#[async_trait]
+impl ShutdownSignalWatch for UnixSignals {
+    async fn recv(&self) -> ShutdownSignal {
+        let [quit, term, int] = &self.0;
+        tokio::select! {
+            _ = quit.wait() => ShutdownSignal::GracefulUpgrade,
+            _ = term.wait() => ShutdownSignal::GracefulTerminate,
+            _ = int.wait() => ShutdownSignal::FastShutdown,
+        }
     }
 }
 

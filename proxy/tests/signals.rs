@@ -443,3 +443,48 @@ async fn sighup_reloads_the_config() {
     signal(&child, "TERM");
     assert!(wait_exit(&mut child, Duration::from_secs(10)).0.success());
 }
+
+/// Signals sent while the gateway starts, before the listeners are up (a process manager
+/// that stops or reloads it at once, a test that stops it as soon as it says "serving"):
+/// SIGHUP must not end it and SIGTERM must stop it cleanly, never by the signal's default
+/// action (which ends the process with no drain and no "stopped").
+#[test]
+fn signals_sent_while_it_starts_are_handled_not_fatal() {
+    use std::io::{BufRead, BufReader};
+    let (config, _) = config(format!("127.0.0.1:{}", free_port()).parse().unwrap(), 5);
+    for (first, then) in [("HUP", Some("TERM")), ("TERM", None)] {
+        let mut child = gateway()
+            .args(["run", "--config"])
+            .arg(&config)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap())
+            .lines()
+            .map_while(Result::ok);
+        // The first line comes before pingora has started anything.
+        let line = lines.next().expect("the gateway prints before it listens");
+        signal(&child, first);
+        if let Some(then) = then {
+            let mut seen = vec![line];
+            for l in lines.by_ref() {
+                let serving = l.starts_with("serving https://");
+                seen.push(l);
+                if serving {
+                    break;
+                }
+            }
+            assert!(
+                seen.last().is_some_and(|l| l.starts_with("serving")),
+                "SIG{first} while starting ended the gateway: {seen:?} {:?}",
+                child.try_wait()
+            );
+            signal(&child, then);
+        }
+        let (status, _) = wait_exit(&mut child, Duration::from_secs(20));
+        let rest: Vec<String> = lines.collect();
+        assert!(status.success(), "SIG{first}: {status:?}; printed {rest:?}");
+        assert_eq!(rest.last().map(String::as_str), Some("stopped"), "SIG{first}");
+    }
+}

@@ -133,26 +133,79 @@ pub fn start(reloader: Arc<Reloader>) -> Result<FileWatch, String> {
     })
 }
 
+/// A Unix signal caught from the moment [`SignalPipe::catch`] returns (its handler writes a
+/// byte to a socket pair), waited for on any runtime. tokio's own signal streams register
+/// when first polled, inside services that start alongside the listeners, so a signal sent
+/// as soon as the gateway answers could still meet the default action, which for SIGHUP and
+/// SIGTERM ends the process.
+pub struct SignalPipe {
+    id: signal_hook::SigId,
+    read: std::os::unix::net::UnixStream,
+}
+
+impl SignalPipe {
+    pub fn catch(signal: libc::c_int) -> std::io::Result<Self> {
+        let (read, write) = std::os::unix::net::UnixStream::pair()?;
+        read.set_nonblocking(true)?;
+        let id = signal_hook::low_level::pipe::register(signal, write)?;
+        Ok(SignalPipe { id, read })
+    }
+
+    /// Resolves once the signal has arrived since the last wait (at least once: several
+    /// arrivals in between count as one).
+    pub async fn wait(&self) {
+        let read = self.read.try_clone().and_then(tokio::net::UnixStream::from_std);
+        let Ok(read) = read else {
+            return std::future::pending().await;
+        };
+        loop {
+            if read.readable().await.is_err() {
+                return std::future::pending().await;
+            }
+            let mut arrived = false;
+            let mut buf = [0u8; 64];
+            loop {
+                match read.try_read(&mut buf) {
+                    Ok(0) => return std::future::pending().await, // the handler's end closed
+                    Ok(_) => arrived = true,
+                    Err(_) => break, // WouldBlock: drained (or a spurious wake-up)
+                }
+            }
+            if arrived {
+                return;
+            }
+        }
+    }
+}
+
+impl Drop for SignalPipe {
+    fn drop(&mut self) {
+        signal_hook::low_level::unregister(self.id);
+    }
+}
+
 /// Reloads on `SIGHUP`, the signal operators and process managers send for it.
-pub struct HangupReload(pub Arc<Reloader>);
+pub struct HangupReload {
+    reloader: Arc<Reloader>,
+    hangups: SignalPipe,
+}
+
+impl HangupReload {
+    pub fn new(reloader: Arc<Reloader>, hangups: SignalPipe) -> Self {
+        HangupReload { reloader, hangups }
+    }
+}
 
 #[async_trait]
 impl BackgroundService for HangupReload {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!("SIGHUP will not reload the config: {e}");
-                return;
-            }
-        };
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return,
-                got = hangups.recv() => if got.is_none() { return },
+                _ = self.hangups.wait() => {}
             }
-            tracing::info!("SIGHUP: reloading {}", self.0.path().display());
-            let reloader = self.0.clone();
+            tracing::info!("SIGHUP: reloading {}", self.reloader.path().display());
+            let reloader = self.reloader.clone();
             let _ = tokio::task::spawn_blocking(move || {
                 reloader.reload_keys(Trigger::Signal);
                 reloader.reload(Trigger::Signal)
