@@ -44,6 +44,20 @@ fn outputs(r: &Reply) -> Value {
     r.json()["outputs"].clone()
 }
 
+/// An inference on the cached route.
+async fn ask(g: &Gateway, headers: &[(&str, &str)], body: impl Into<bytes::Bytes>) -> Reply {
+    post(g, "/v2/models/breast-cancer/infer", headers, body).await
+}
+
+/// Waits (at most 5 s) until the config in force is generation `n`.
+async fn reloaded(g: &Gateway, n: u64) {
+    let until = Instant::now() + Duration::from_secs(5);
+    while routes(g).await["generation"] != n {
+        assert!(Instant::now() < until, "no reload to generation {n}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn routes(g: &Gateway) -> Value {
     let (status, body) = admin_get(g, "/admin/routes").await;
     assert_eq!(status, 200);
@@ -77,17 +91,10 @@ async fn each_variant_gets_its_own_answers_and_the_request_keeps_its_id() {
             None,
             "a route without cache: no field"
         );
-        let first = post(
-            &g,
-            "/v2/models/breast-cancer/infer",
-            &[("x-canary", canary)],
-            body.clone(),
-        )
-        .await;
+        let first = ask(&g, &[("x-canary", canary)], body.clone()).await;
         assert_eq!(first.header("x-cache"), Some("miss"));
-        let again = post(
+        let again = ask(
             &g,
-            "/v2/models/breast-cancer/infer",
             &[("x-canary", canary), ("x-request-id", "mine-1")],
             body.clone(),
         )
@@ -105,20 +112,8 @@ async fn each_variant_gets_its_own_answers_and_the_request_keeps_its_id() {
         assert_eq!(again.json()["id"], "mine-1");
     }
     // The two versions' answers differ for this row, so a crossed answer would show.
-    let stable = post(
-        &g,
-        "/v2/models/breast-cancer/infer",
-        &[("x-canary", "false")],
-        body.clone(),
-    )
-    .await;
-    let canary = post(
-        &g,
-        "/v2/models/breast-cancer/infer",
-        &[("x-canary", "true")],
-        body.clone(),
-    )
-    .await;
+    let stable = ask(&g, &[("x-canary", "false")], body.clone()).await;
+    let canary = ask(&g, &[("x-canary", "true")], body.clone()).await;
     assert_ne!(outputs(&stable), outputs(&canary));
 
     let c = cache_of(&g).await;
@@ -173,13 +168,7 @@ async fn sticky_clients_keep_their_variant_s_answers() {
     let mut users: Vec<(String, String)> = Vec::new();
     for u in 0..200 {
         let user = format!("user-{u}");
-        let r = post(
-            &g,
-            "/v2/models/breast-cancer/infer",
-            &[("x-user-id", &user)],
-            body.clone(),
-        )
-        .await;
+        let r = ask(&g, &[("x-user-id", &user)], body.clone()).await;
         let variant = r.header("x-model-variant").unwrap().to_string();
         if !users.iter().any(|(_, v)| *v == variant) {
             users.push((user, variant));
@@ -191,13 +180,7 @@ async fn sticky_clients_keep_their_variant_s_answers() {
     assert_eq!(users.len(), 2, "both variants seen");
     for _ in 0..3 {
         for (user, variant) in &users {
-            let r = post(
-                &g,
-                "/v2/models/breast-cancer/infer",
-                &[("x-user-id", user)],
-                body.clone(),
-            )
-            .await;
+            let r = ask(&g, &[("x-user-id", user)], body.clone()).await;
             assert_eq!(r.header("x-cache"), Some("hit"));
             assert_eq!(r.header("x-model-variant"), Some(variant.as_str()));
             let canary = if variant == "canary" { "true" } else { "false" };
@@ -217,7 +200,7 @@ async fn sticky_clients_keep_their_variant_s_answers() {
 async fn json_binary_predict_and_grpc_share_an_entry() {
     let g = start(&BODY.replace("weight: 50", "weight: 0"));
     let values = row(5);
-    let json = post(&g, "/v2/models/breast-cancer/infer", &[], row_body(&values)).await;
+    let json = ask(&g, &[], row_body(&values)).await;
     assert_eq!(json.header("x-cache"), Some("miss"));
     // The same tensor in Triton's binary form.
     let header =
@@ -227,9 +210,8 @@ async fn json_binary_predict_and_grpc_share_an_entry() {
     let mut binary = header.clone().into_bytes();
     binary.extend(values.iter().flat_map(|v| v.to_le_bytes()));
     let length = header.len().to_string();
-    let r = post(
+    let r = ask(
         &g,
-        "/v2/models/breast-cancer/infer",
         &[
             ("content-type", "application/octet-stream"),
             ("inference-header-content-length", &length),
@@ -268,23 +250,19 @@ async fn a_reload_that_changes_the_version_frees_the_old_answers() {
     let body = "pools:\n  cancer: {local: {model: breast-cancer, version: 1}}\nroutes:\n  - model: breast-cancer\n    stable: cancer\n    cache: {ttl: 60s}\n";
     let g = start(body);
     for i in 0..20 {
-        post(&g, "/v2/models/breast-cancer/infer", &[], row_body(&row(i))).await;
+        ask(&g, &[], row_body(&row(i))).await;
     }
-    let r = post(&g, "/v2/models/breast-cancer/infer", &[], row_body(&row(0))).await;
+    let r = ask(&g, &[], row_body(&row(0))).await;
     assert_eq!(r.header("x-cache"), Some("hit"));
     assert_eq!(cache_of(&g).await["entries"], 20);
     g.write_config(&g.config_text(&body.replace("version: 1", "version: 2")));
-    let until = Instant::now() + Duration::from_secs(5);
-    while routes(&g).await["generation"] != 2 {
-        assert!(Instant::now() < until, "no reload");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    reloaded(&g, 2).await;
     assert_eq!(
         cache_of(&g).await["entries"],
         0,
         "version 1's answers freed at once"
     );
-    let r = post(&g, "/v2/models/breast-cancer/infer", &[], row_body(&row(0))).await;
+    let r = ask(&g, &[], row_body(&row(0))).await;
     assert_eq!(r.header("x-cache"), Some("miss"));
     assert_eq!(r.header("x-model-version"), Some("2"));
     // A reload that changes nothing of the route keeps the answers.
@@ -292,11 +270,8 @@ async fn a_reload_that_changes_the_version_frees_the_old_answers() {
         "{}\n# touched\n",
         body.replace("version: 1", "version: 2")
     )));
-    while routes(&g).await["generation"] != 3 {
-        assert!(Instant::now() < until, "no reload");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let r = post(&g, "/v2/models/breast-cancer/infer", &[], row_body(&row(0))).await;
+    reloaded(&g, 3).await;
+    let r = ask(&g, &[], row_body(&row(0))).await;
     assert_eq!(r.header("x-cache"), Some("hit"));
 }
 
@@ -306,37 +281,21 @@ async fn a_weight_change_keeps_every_answer_with_its_variant() {
     let body = row_body(&row(11));
     let mut answers = Vec::new();
     for canary in ["false", "true"] {
-        let r = post(
-            &g,
-            "/v2/models/breast-cancer/infer",
-            &[("x-canary", canary)],
-            body.clone(),
-        )
-        .await;
+        let r = ask(&g, &[("x-canary", canary)], body.clone()).await;
         assert_eq!(r.header("x-cache"), Some("miss"));
         answers.push(outputs(&r));
     }
     // A rollout step: the weight moves by a reload (as the rollout engine applies it).
     g.write_config(&g.config_text(&BODY.replacen("weight: 50", "weight: 100", 1)));
-    let until = Instant::now() + Duration::from_secs(5);
-    while routes(&g).await["generation"] != 2 {
-        assert!(Instant::now() < until, "no reload");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    reloaded(&g, 2).await;
     for (i, (canary, version)) in [("false", "1"), ("true", "2")].into_iter().enumerate() {
-        let r = post(
-            &g,
-            "/v2/models/breast-cancer/infer",
-            &[("x-canary", canary)],
-            body.clone(),
-        )
-        .await;
+        let r = ask(&g, &[("x-canary", canary)], body.clone()).await;
         assert_eq!(r.header("x-cache"), Some("hit"), "kept over the weight change");
         assert_eq!(r.header("x-model-version"), Some(version));
         assert_eq!(outputs(&r), answers[i]);
     }
     // Chosen by the weight now (100: canary), from the canary's entry.
-    let r = post(&g, "/v2/models/breast-cancer/infer", &[], body).await;
+    let r = ask(&g, &[], body).await;
     assert_eq!(r.header("x-model-variant"), Some("canary"));
     assert_eq!(r.header("x-cache"), Some("hit"));
     assert_eq!(outputs(&r), answers[1]);
@@ -348,20 +307,8 @@ async fn a_hit_still_feeds_shadows_drift_and_feedback() {
         "pools:\n  cancer-v1: {local: {model: breast-cancer, version: 1}}\n  cancer-v3: {local: {model: breast-cancer, version: 3}}\nquality: {drift: {window: 200, min_rows: 1, interval_ms: 100}}\nroutes:\n  - model: breast-cancer\n    stable: cancer-v1\n    shadows: [{pool: cancer-v3, percent: 100}]\n    cache: {ttl: 60s}\n",
     );
     let body = row_body(&row(7));
-    let first = post(
-        &g,
-        "/v2/models/breast-cancer/infer",
-        &[("x-request-id", "first")],
-        body.clone(),
-    )
-    .await;
-    let second = post(
-        &g,
-        "/v2/models/breast-cancer/infer",
-        &[("x-request-id", "second")],
-        body,
-    )
-    .await;
+    let first = ask(&g, &[("x-request-id", "first")], body.clone()).await;
+    let second = ask(&g, &[("x-request-id", "second")], body).await;
     assert_eq!(first.header("x-cache"), Some("miss"));
     assert_eq!(second.header("x-cache"), Some("hit"));
     // Both were copied to the shadow and compared.
