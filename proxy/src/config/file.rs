@@ -532,10 +532,13 @@ fn default_queue() -> i64 {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpPoolFile {
-    /// `host:port` of each server; requests go round-robin over the healthy ones.
+    /// `host:port` of each server; requests go round-robin over the healthy ones. A host
+    /// name stands for every address it resolves to, looked up again every `dns_refresh_ms`.
     pub endpoints: Vec<String>,
     pub model: String,
     pub version: i64,
+    #[serde(default = "default_dns_refresh")]
+    pub dns_refresh_ms: i64,
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout_ms: i64,
     /// Longest wait for the upstream's answer once the request is sent.
@@ -546,6 +549,12 @@ pub struct HttpPoolFile {
     /// The model's reference profile for input drift, relative to `models_dir`.
     #[serde(default)]
     pub profile: Option<String>,
+}
+
+/// Names are looked up again this often: a Kubernetes headless Service's pods come and go
+/// within seconds, and the lookup (one getaddrinfo per name) costs next to nothing.
+fn default_dns_refresh() -> i64 {
+    5000
 }
 
 fn default_connect_timeout() -> i64 {

@@ -1,9 +1,8 @@
 //! `pools:` and `routes:`, checked: every pool well-formed (a local model file that exists, a
-//! remote pool's endpoints that resolve), every route's pools defined, weights and percents in
+//! remote pool's endpoints `host:port`), every route's pools defined, weights and percents in
 //! range, a rollout policy that can be judged.
 
 use std::collections::BTreeMap;
-use std::net::ToSocketAddrs;
 use std::time::Duration;
 
 use inference::PoolConfig;
@@ -11,8 +10,8 @@ use inference::PoolConfig;
 use super::errors::{Errors, percent, positive, valid_name};
 use super::file::{self, HttpPoolFile, LocalPoolFile, PoolFile, RouteFile, StickyFile};
 use super::{
-    CacheSpec, Canary, HttpSpec, Limits, LocalSpec, Path, PoolSpec, RemoteProtocol, Rollout, Route, Shadow,
-    Sticky,
+    CacheSpec, Canary, EndpointSpec, HttpSpec, Limits, LocalSpec, Path, PoolSpec, RemoteProtocol, Rollout,
+    Route, Shadow, Sticky,
 };
 
 pub fn pools(
@@ -130,16 +129,22 @@ fn remote(
     if h.endpoints.is_empty() {
         errors.add(&p.key("endpoints"), "needs at least one host:port");
     }
+    // A name need not resolve here: an in-cluster name does not on a laptop, and the pool
+    // looks it up again while running (`gateway check` warns; readiness waits for it).
     let mut endpoints = Vec::new();
     for (i, e) in h.endpoints.iter().enumerate() {
-        match e.to_socket_addrs().map(|mut a| a.next()) {
-            Ok(Some(addr)) => endpoints.push(addr),
-            _ => errors.add(
+        match EndpointSpec::parse(e) {
+            Some(spec) => endpoints.push(spec),
+            None => errors.add(
                 &p.key("endpoints").index(i),
-                format!("{e:?} is not a reachable host:port"),
+                format!("{e:?} is not host:port (an IP address or a host name, and a port)"),
             ),
         }
     }
+    let dns_refresh =
+        Duration::from_millis(
+            positive(errors, h.dns_refresh_ms, 100, 3_600_000, &p.key("dns_refresh_ms")) as u64,
+        );
     let ms = |errors: &mut Errors, v: i64, min: i64, key: &str| {
         Duration::from_millis(positive(errors, v, min, 600_000, &p.key(key)) as u64)
     };
@@ -172,6 +177,7 @@ fn remote(
     };
     PoolSpec::Http(HttpSpec {
         endpoints,
+        dns_refresh,
         model: h.model,
         version: positive(errors, h.version, 1, u32::MAX as i64, &p.key("version")) as u64,
         connect_timeout,

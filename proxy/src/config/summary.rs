@@ -28,13 +28,31 @@ impl Config {
                     || name.to_string(),
                     |p| match p {
                         PoolSpec::Local(l) => format!("{name} (local {}/{})", l.model, l.version),
-                        PoolSpec::Http(h) => format!(
-                            "{name} ({} {}/{}, {} endpoint(s))",
-                            h.kind(),
-                            h.model,
-                            h.version,
-                            h.endpoints.len()
-                        ),
+                        PoolSpec::Http(h) => {
+                            let names = h
+                                .endpoints
+                                .iter()
+                                .any(|e| matches!(e, crate::config::EndpointSpec::Name { .. }));
+                            format!(
+                                "{name} ({} {}/{}, {}{})",
+                                h.kind(),
+                                h.model,
+                                h.version,
+                                h.endpoints
+                                    .iter()
+                                    .map(ToString::to_string)
+                                    .collect::<Vec<_>>()
+                                    .join(" "),
+                                if names {
+                                    format!(
+                                        "; names looked up every {}",
+                                        humantime::format_duration(h.dns_refresh)
+                                    )
+                                } else {
+                                    String::new()
+                                }
+                            )
+                        }
                     },
                 )
             };

@@ -195,7 +195,12 @@ fn http_pools_are_checked() {
         "  b: {http: {endpoints: [\"not an address\"], model: breast-cancer, version: 2, timeout_ms: 0, health_check: {path: ready}}}",
     );
     let shown: Vec<String> = errors(&text).iter().map(ToString::to_string).collect();
-    assert!(shown.iter().any(|e| e.contains("pools.b.http.endpoints[0]: \"not an address\" is not a reachable host:port")), "{shown:?}");
+    assert!(
+        shown
+            .iter()
+            .any(|e| e.contains("pools.b.http.endpoints[0]: \"not an address\" is not host:port")),
+        "{shown:?}"
+    );
     assert!(
         shown
             .iter()
@@ -206,6 +211,51 @@ fn http_pools_are_checked() {
         shown
             .iter()
             .any(|e| e.contains("pools.b.http.health_check.path: must start with '/'")),
+        "{shown:?}"
+    );
+}
+
+#[test]
+fn endpoints_are_addresses_or_names_and_a_name_need_not_resolve_here() {
+    use crate::config::EndpointSpec::{self, Address, Name};
+    let name = |h: &str, port| Some(Name { host: h.into(), port });
+    assert_eq!(
+        EndpointSpec::parse("10.0.0.7:8000"),
+        Some(Address("10.0.0.7:8000".parse().unwrap()))
+    );
+    assert_eq!(
+        EndpointSpec::parse("[::1]:8001"),
+        Some(Address("[::1]:8001".parse().unwrap()))
+    );
+    assert_eq!(
+        EndpointSpec::parse("models.ml.svc.cluster.local:8000"),
+        name("models.ml.svc.cluster.local", 8000)
+    );
+    assert_eq!(EndpointSpec::parse("localhost:1"), name("localhost", 1));
+    for bad in [
+        "models",
+        "models:0",
+        "models:65536",
+        "models:x",
+        "bad host:80",
+        ":80",
+        "a..b:80",
+        "::1:80x",
+    ] {
+        assert_eq!(EndpointSpec::parse(bad), None, "{bad}");
+    }
+    // In-cluster names do not resolve on a laptop: not an error (the pool looks again).
+    let text = base().replace(
+        "  b: {local: {model: breast-cancer, version: 2}}",
+        "  b: {http: {endpoints: [\"no-such-host.invalid:8000\"], model: breast-cancer, version: 2, dns_refresh_ms: 250}}",
+    );
+    assert!(errors(&text).is_empty(), "{:?}", errors(&text));
+    let text = text.replace("dns_refresh_ms: 250", "dns_refresh_ms: 10");
+    let shown: Vec<String> = errors(&text).iter().map(ToString::to_string).collect();
+    assert!(
+        shown
+            .iter()
+            .any(|e| e.contains("pools.b.http.dns_refresh_ms: must be between 100")),
         "{shown:?}"
     );
 }

@@ -110,7 +110,9 @@ pub struct LocalSpec {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HttpSpec {
-    pub endpoints: Vec<SocketAddr>,
+    pub endpoints: Vec<EndpointSpec>,
+    /// How often names among the endpoints are looked up again.
+    pub dns_refresh: Duration,
     pub model: String,
     pub version: u64,
     pub connect_timeout: Duration,
@@ -129,6 +131,57 @@ impl HttpSpec {
         match self.protocol {
             RemoteProtocol::Http => "http",
             RemoteProtocol::Grpc => "grpc",
+        }
+    }
+}
+
+/// A remote pool's endpoint as routes.yaml gives it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EndpointSpec {
+    /// An IP address and port: itself, for as long as the config stands.
+    Address(SocketAddr),
+    /// A host name and port: every address the name resolves to, looked up again every
+    /// `dns_refresh` (a Kubernetes headless Service: one endpoint per ready pod).
+    Name { host: String, port: u16 },
+}
+
+impl EndpointSpec {
+    /// `ip:port` is an address; `name:port` a name (with a valid port); else `None`.
+    pub fn parse(s: &str) -> Option<EndpointSpec> {
+        if let Ok(addr) = s.parse::<SocketAddr>() {
+            return Some(EndpointSpec::Address(addr));
+        }
+        let (host, port) = s.rsplit_once(':')?;
+        let port = port.parse().ok().filter(|&p| p > 0)?;
+        let name_like = !host.is_empty()
+            && host.len() <= 253
+            && host.split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            });
+        name_like.then(|| EndpointSpec::Name {
+            host: host.to_string(),
+            port,
+        })
+    }
+
+    /// The addresses it stands for now (a blocking lookup for a name).
+    pub fn resolve_now(&self) -> std::io::Result<Vec<SocketAddr>> {
+        use std::net::ToSocketAddrs;
+        match self {
+            EndpointSpec::Address(a) => Ok(vec![*a]),
+            EndpointSpec::Name { host, port } => Ok((host.as_str(), *port).to_socket_addrs()?.collect()),
+        }
+    }
+}
+
+impl std::fmt::Display for EndpointSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EndpointSpec::Address(a) => write!(f, "{a}"),
+            EndpointSpec::Name { host, port } => write!(f, "{host}:{port}"),
         }
     }
 }

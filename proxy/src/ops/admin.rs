@@ -351,7 +351,7 @@ impl Admin {
             .map(|(name, spec)| {
                 let v = match (spec, snap.pools.get(name)) {
                     (PoolSpec::Local(l), _) => json!({"kind": "local", "model": l.model, "version": l.version, "instances": l.pool.instances, "max_batch": l.pool.max_batch}),
-                    (PoolSpec::Http(h), Some(Backend::Remote(r))) => json!({"kind": h.kind(), "model": h.model, "version": h.version, "endpoints": h.endpoints.iter().map(|e| e.to_string()).collect::<Vec<_>>(), "healthy_endpoints": r.healthy_endpoints()}),
+                    (PoolSpec::Http(h), Some(Backend::Remote(r))) => json!({"kind": h.kind(), "model": h.model, "version": h.version, "endpoints": h.endpoints.iter().map(|e| e.to_string()).collect::<Vec<_>>(), "addresses": r.addresses().iter().map(|(a, ready)| json!({"address": a.to_string(), "healthy": ready})).collect::<Vec<_>>(), "healthy_endpoints": r.healthy_endpoints()}),
                     (PoolSpec::Http(h), _) => json!({"kind": h.kind(), "model": h.model, "version": h.version}),
                 };
                 (name.clone(), v)

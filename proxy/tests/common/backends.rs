@@ -143,6 +143,11 @@ pub struct FakeUpstream {
 
 impl FakeUpstream {
     pub async fn start(how: Misbehaviour) -> FakeUpstream {
+        Self::start_at(how, "127.0.0.1:0").await
+    }
+
+    /// [`Self::start`] on a given address: one of several servers behind a name.
+    pub async fn start_at(how: Misbehaviour, bind: &str) -> FakeUpstream {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -152,7 +157,7 @@ impl FakeUpstream {
             .unwrap();
         let listener = {
             let _guard = runtime.enter();
-            let std = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let std = std::net::TcpListener::bind(bind).unwrap();
             std.set_nonblocking(true).unwrap();
             tokio::net::TcpListener::from_std(std).unwrap()
         };

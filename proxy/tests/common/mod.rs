@@ -533,15 +533,19 @@ pub fn run_until_serving_with(
     env: &[(&str, &str)],
     log: Stdio,
 ) -> (std::process::Child, String) {
-    let mut child = gateway()
+    let mut command = gateway();
+    command
         .arg("run")
         .arg("--config")
         .arg(config)
-        .envs(env.iter().copied())
-        .stdout(Stdio::piped())
-        .stderr(log)
-        .spawn()
-        .unwrap();
+        .envs(env.iter().copied());
+    until_serving(command, log)
+}
+
+/// Runs `command` (one that ends up running the gateway) until it prints "serving"; its stdout
+/// so far. stderr goes to `log`.
+pub fn until_serving(mut command: Command, log: Stdio) -> (std::process::Child, String) {
+    let mut child = command.stdout(Stdio::piped()).stderr(log).spawn().unwrap();
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {

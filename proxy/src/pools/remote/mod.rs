@@ -1,9 +1,15 @@
 //! Remote pools: Open Inference Protocol servers (our `inference-server`, or Triton). `grpc`
 //! pools speak its gRPC form ([`grpc`]: one HTTP/2 connection per endpoint, `ModelReady` as
 //! the health check) with the endpoints, round-robin, timeouts and retry rule below. `http`
-//! pools speak REST, reached through pingora's upstream machinery: its load balancer's active HTTP health
-//! checks (requests go round-robin over the endpoints that pass them) and its transport
-//! connector (connect timeouts, TCP options, TLS when asked).
+//! pools speak REST through pingora's transport connector (connect timeouts, TCP options, TLS
+//! when asked), with an HTTP health check per endpoint (`GET` its path, 200 passes); requests
+//! go round-robin over the endpoints that pass.
+//!
+//! Endpoints given as host names are looked up again every `dns_refresh_ms` ([`resolve`]):
+//! every address a name has is an endpoint (a Kubernetes headless Service spreads the load
+//! over its pods). An address that appears is health-checked before it takes requests; one
+//! that disappears takes no new ones, while those in flight on it finish (they hold it).
+//! A failed lookup keeps the addresses the name had.
 //!
 //! Requests are forwarded whole by [`forward`] rather than streamed through pingora's proxy
 //! state machine: inference bodies are small and already read (the gateway must see them to
@@ -26,7 +32,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwapOption;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
@@ -35,9 +41,6 @@ use inference::ModelMetadata;
 use inference::protocol::metadata::ModelMetadataAnswer;
 use parking_lot::Mutex;
 use pingora::connectors::TransportConnector;
-use pingora::lb::health_check::HttpHealthCheck;
-use pingora::lb::selection::RoundRobin;
-use pingora::lb::{Backend, LoadBalancer};
 use pingora::protocols::Stream;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType};
@@ -49,75 +52,74 @@ use crate::errors::GatewayError;
 use crate::config::{HttpSpec, RemoteProtocol};
 
 mod grpc;
+mod resolve;
 mod wire;
 use wire::{read_answer, request_wire};
 
 pub struct RemotePool {
     pub name: String,
     pub spec: HttpSpec,
-    /// Runs the health checks and keeps each endpoint's readiness.
-    lb: LoadBalancer<RoundRobin>,
-    endpoints: Vec<Endpoint>,
+    /// The endpoints now: each address of each entry of `spec.endpoints`, with its health.
+    endpoints: ArcSwap<Vec<Arc<Endpoint>>>,
+    /// The addresses each entry of `spec.endpoints` had at its last successful lookup.
+    resolved: Mutex<resolve::Known>,
     /// Round-robin position.
     next: AtomicUsize,
     /// The upstream's model signature, fetched once an endpoint answers; the simple JSON
     /// endpoint needs it to build requests.
     metadata: ArcSwapOption<ModelMetadata>,
     last_check: Mutex<Option<Instant>>,
+    /// `http` pools' health checks (kept-alive connections, the pool's connect timeout).
+    checker: Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>,
     /// `/v2/models/{model}/versions/{version}`, and the same with `/infer`.
     model_path: String,
     infer_path: String,
 }
 
 impl RemotePool {
+    /// Names are looked up here, blocking (building a config runs off the request path); one
+    /// that does not resolve yet has no endpoint until it does.
     pub fn new(name: &str, spec: HttpSpec) -> Result<RemotePool, String> {
-        let mut lb = LoadBalancer::<RoundRobin>::try_from_iter(spec.endpoints.iter().map(|a| a.to_string()))
-            .map_err(|e| format!("pool {name}: {e}"))?;
-        if spec.protocol == RemoteProtocol::Http {
-            let mut hc = HttpHealthCheck::new("localhost", false);
-            hc.req = pingora::http::RequestHeader::build("GET", spec.health_path.as_bytes(), None)
-                .map_err(|e| format!("pool {name}: health check path: {e}"))?;
-            hc.req
-                .insert_header("host", "localhost")
-                .map_err(|e| e.to_string())?;
-            hc.peer_template.options.connection_timeout = Some(spec.connect_timeout);
-            hc.peer_template.options.read_timeout = Some(health_timeout(&spec));
-            hc.consecutive_failure = 1;
-            hc.consecutive_success = 1;
-            lb.set_health_check(Box::new(hc));
+        if spec.protocol == RemoteProtocol::Http && !spec.health_path.starts_with('/') {
+            return Err(format!("pool {name}: health check path {:?}", spec.health_path));
         }
-        let endpoints = spec
-            .endpoints
-            .iter()
-            .map(|&addr| Endpoint::new(addr, &spec))
+        let known = resolve::Known::now(name, &spec.endpoints);
+        let endpoints = known
+            .addresses()
+            .into_iter()
+            .map(|addr| Arc::new(Endpoint::new(addr, &spec, true)))
             .collect();
+        let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        connector.set_connect_timeout(Some(spec.connect_timeout));
+        connector.set_nodelay(true);
         let model_path = format!("/v2/models/{}/versions/{}", spec.model, spec.version);
-        let pool = RemotePool {
+        Ok(RemotePool {
             infer_path: format!("{model_path}/infer"),
             model_path,
             name: name.to_string(),
+            checker: Client::builder(TokioExecutor::new()).build(connector),
             spec,
-            lb,
-            endpoints,
+            endpoints: ArcSwap::from_pointee(endpoints),
+            resolved: Mutex::new(known),
             next: AtomicUsize::new(0),
             metadata: ArcSwapOption::empty(),
             last_check: Mutex::new(None),
-        };
-        pool.refresh_readiness();
-        Ok(pool)
+        })
     }
 
     /// A healthy endpoint, round-robin; `avoid` skips the one that just failed to connect.
-    fn pick(&self, avoid: Option<SocketAddr>) -> Option<&Endpoint> {
-        let n = self.endpoints.len();
+    fn pick(&self, avoid: Option<SocketAddr>) -> Option<Arc<Endpoint>> {
+        let list = self.endpoints.load();
+        let n = list.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         (0..n)
-            .map(|i| &self.endpoints[(start + i) % n])
+            .map(|i| &list[(start + i) % n])
             .find(|e| Some(e.addr) != avoid && e.ready.load(Ordering::Relaxed))
+            .cloned()
     }
 
     /// A healthy endpoint for an attempt: another than `avoid` if there is one, else any.
-    fn pick_for_attempt(&self, avoid: Option<SocketAddr>) -> Result<&Endpoint, GatewayError> {
+    fn pick_for_attempt(&self, avoid: Option<SocketAddr>) -> Result<Arc<Endpoint>, GatewayError> {
         self.pick(avoid)
             .or_else(|| self.pick(None))
             .ok_or_else(|| GatewayError::NoHealthyUpstream {
@@ -133,57 +135,99 @@ impl RemotePool {
     /// Whether any endpoint passes its health check; unlike [`Self::select`], it does not
     /// move the round-robin on (a check before each request would skip every other endpoint).
     pub fn any_healthy(&self) -> bool {
-        self.endpoints.iter().any(|e| e.ready.load(Ordering::Relaxed))
+        self.endpoints
+            .load()
+            .iter()
+            .any(|e| e.ready.load(Ordering::Relaxed))
     }
 
     pub fn healthy_endpoints(&self) -> usize {
         self.endpoints
+            .load()
             .iter()
             .filter(|e| e.ready.load(Ordering::Relaxed))
             .count()
     }
 
-    /// Copies each endpoint's readiness from the load balancer, which changes it only when a
-    /// health check runs. (Asking the load balancer hashes the backend twice: a tenth of a
-    /// request's own work in the gateway, twice per request.)
-    fn refresh_readiness(&self) {
-        let backends = self.lb.backends();
-        for e in &self.endpoints {
-            self.set_ready(e, backends.ready(&e.backend), || "its health check failed".into());
-        }
+    /// Every endpoint's address and whether it passes its health check, in order.
+    pub fn addresses(&self) -> Vec<(SocketAddr, bool)> {
+        self.endpoints
+            .load()
+            .iter()
+            .map(|e| (e.addr, e.ready.load(Ordering::Relaxed)))
+            .collect()
     }
 
     /// An endpoint's readiness, logged when it changes.
     fn set_ready(&self, e: &Endpoint, ready: bool, why: impl FnOnce() -> String) {
         if e.ready.swap(ready, Ordering::Relaxed) != ready {
             if ready {
-                tracing::info!(pool = %self.name, endpoint = %e.addr, "endpoint is healthy again");
+                tracing::info!(pool = %self.name, endpoint = %e.addr, "endpoint is healthy");
             } else {
                 tracing::warn!(pool = %self.name, endpoint = %e.addr, "endpoint is unhealthy: {}", why());
             }
         }
     }
 
-    /// A `grpc` pool's health check: `ModelReady` on every endpoint at once.
-    async fn check_grpc(&self) {
+    /// One health check of every endpoint at once: `ModelReady` for a `grpc` pool, `GET` of
+    /// the health path for an `http` one (200 passes).
+    async fn check_all(&self) {
+        let list = self.endpoints.load_full();
         let mut checks = tokio::task::JoinSet::new();
-        for (i, e) in self.endpoints.iter().enumerate() {
-            let (channel, spec) = (e.channel.clone(), self.spec.clone());
+        for (i, e) in list.iter().enumerate() {
+            let (e, spec, checker) = (e.clone(), self.spec.clone(), self.checker.clone());
             checks.spawn(async move {
                 let t = health_timeout(&spec);
-                let result =
-                    grpc::model_ready(&channel, spec.connect_timeout, t, &spec.model, spec.version).await;
+                let result = match spec.protocol {
+                    RemoteProtocol::Grpc => {
+                        grpc::model_ready(&e.channel, spec.connect_timeout, t, &spec.model, spec.version)
+                            .await
+                    }
+                    RemoteProtocol::Http => check_http(&checker, e.addr, &spec.health_path, t).await,
+                };
                 (i, result)
             });
         }
         while let Some(done) = checks.join_next().await {
             if let Ok((i, result)) = done {
-                let e = &self.endpoints[i];
                 let failure = result.err();
-                let ready = failure.is_none();
-                self.set_ready(e, ready, || failure.unwrap_or_default());
+                self.set_ready(&list[i], failure.is_none(), || failure.unwrap_or_default());
             }
         }
+    }
+
+    /// Looks the names up again; on a change, the new endpoint list (kept endpoints keep
+    /// their health and connections; new ones wait for a health check). Whether it changed.
+    async fn refresh_names(&self) -> bool {
+        let fresh = resolve::lookup(&self.spec.endpoints).await;
+        let addresses = {
+            let mut known = self.resolved.lock();
+            if !known.update(&self.name, fresh) {
+                return false;
+            }
+            known.addresses()
+        };
+        let old = self.endpoints.load_full();
+        let list: Vec<Arc<Endpoint>> = addresses
+            .iter()
+            .map(|&addr| match old.iter().find(|e| e.addr == addr) {
+                Some(e) => e.clone(),
+                None => Arc::new(Endpoint::new(addr, &self.spec, false)),
+            })
+            .collect();
+        let added: Vec<SocketAddr> = addresses
+            .iter()
+            .filter(|a| !old.iter().any(|e| e.addr == **a))
+            .copied()
+            .collect();
+        let removed: Vec<SocketAddr> = old
+            .iter()
+            .map(|e| e.addr)
+            .filter(|a| !addresses.contains(a))
+            .collect();
+        tracing::info!(pool = %self.name, ?added, ?removed, "endpoints follow DNS: {} now", list.len());
+        self.endpoints.store(Arc::new(list));
+        true
     }
 
     pub fn is_grpc(&self) -> bool {
@@ -215,16 +259,14 @@ impl RemotePool {
             }
             due
         };
-        if !due {
+        let names_due = self.resolved.lock().due(self.spec.dns_refresh) || force;
+        // A changed list is checked at once: new addresses wait for it before taking requests.
+        let changed = names_due && self.refresh_names().await;
+        if !due && !changed {
             return;
         }
-        if self.is_grpc() {
-            self.check_grpc().await;
-        } else {
-            self.lb.backends().run_health_check(true).await;
-            self.refresh_readiness();
-        }
-        for e in &self.endpoints {
+        self.check_all().await;
+        for e in self.endpoints.load().iter() {
             e.idle.purge();
         }
         if self.metadata.load().is_none()
@@ -255,9 +297,8 @@ impl RemotePool {
 /// One upstream endpoint, with what every request to it reuses.
 struct Endpoint {
     addr: SocketAddr,
-    /// The load balancer's key for its health.
-    backend: Backend,
-    /// Whether its last health check passed (true until the first one says otherwise).
+    /// Whether its last health check passed (the config's addresses: true until the first
+    /// one says otherwise; addresses a lookup adds later: false until one passes).
     ready: AtomicBool,
     /// pingora's peer, with this pool's timeouts.
     peer: HttpPeer,
@@ -323,7 +364,7 @@ fn still_open(stream: &mut Stream) -> bool {
 }
 
 impl Endpoint {
-    fn new(addr: SocketAddr, spec: &HttpSpec) -> Endpoint {
+    fn new(addr: SocketAddr, spec: &HttpSpec, ready: bool) -> Endpoint {
         let mut peer = HttpPeer::new(addr, false, String::new());
         peer.options.connection_timeout = Some(spec.connect_timeout);
         peer.options.read_timeout = Some(spec.timeout);
@@ -332,12 +373,7 @@ impl Endpoint {
         peer.options.idle_timeout = Some(Duration::from_secs(60));
         Endpoint {
             addr,
-            backend: Backend {
-                addr: pingora::protocols::l4::socket::SocketAddr::Inet(addr),
-                weight: 1,
-                ext: Default::default(),
-            },
-            ready: AtomicBool::new(true),
+            ready: AtomicBool::new(ready),
             idle: IdleConnections {
                 list: Mutex::new(Vec::new()),
                 timeout: peer.options.idle_timeout.unwrap_or(Duration::from_secs(60)),
@@ -385,7 +421,7 @@ pub async fn forward(
     for attempt in 0..2 {
         let endpoint = pool.pick_for_attempt(avoid)?;
         let addr = endpoint.addr;
-        match exchange(pool, connector, endpoint, out).await {
+        match exchange(pool, connector, &endpoint, out).await {
             Ok(inbound) => return Ok(inbound),
             Err(Failure::NotDelivered(reason)) if attempt == 0 => {
                 tracing::debug!(pool = %pool.name, %addr, "retrying once on another endpoint: {reason}");
@@ -556,6 +592,38 @@ async fn exchange(
         body: answer.body,
         endpoint: endpoint.addr,
     })
+}
+
+/// An `http` pool's health check of one endpoint: `GET path` answers 200 within `timeout`.
+async fn check_http(
+    checker: &Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>,
+    addr: SocketAddr,
+    path: &str,
+    timeout: Duration,
+) -> Result<(), String> {
+    let request = hyper::Request::get(format!("http://{addr}{path}"))
+        .header("host", "localhost")
+        .body(Empty::new())
+        .map_err(|e| e.to_string())?;
+    let exchange = async {
+        let response = checker
+            .request(request)
+            .await
+            .map_err(|e| match std::error::Error::source(&e) {
+                Some(cause) => format!("{e}: {cause}"),
+                None => e.to_string(),
+            })?;
+        let status = response.status();
+        // Read to the end, so that the connection is kept for the next check.
+        let _ = response.into_body().collect().await;
+        if status != 200 {
+            return Err(format!("{path} answered {}", status.as_u16()));
+        }
+        Ok(())
+    };
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| format!("{path} timed out after {} ms", timeout.as_millis()))?
 }
 
 /// `GET /v2/models/{m}/versions/{v}` from one endpoint, as a [`ModelMetadata`].

@@ -44,7 +44,11 @@ fn requests_alternate_over_healthy_endpoints() {
     let pool = RemotePool::new(
         "p",
         HttpSpec {
-            endpoints: endpoints.clone(),
+            endpoints: endpoints
+                .iter()
+                .map(|&a| crate::config::EndpointSpec::Address(a))
+                .collect(),
+            dns_refresh: Duration::from_secs(5),
             model: "m".into(),
             version: 1,
             connect_timeout: Duration::from_secs(1),
