@@ -70,6 +70,21 @@ def dockerfile() -> None:
     instr = [ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("#")]
     froms = [i for i in instr if i.upper().startswith("FROM ")]
     check(len(froms) >= 3, where, f"multi-stage build expected (ORT, build, runtime); {len(froms)} FROM")
+    # deploy/image-smoke.sh (not run here: it builds for ten minutes) must read the same
+    # bases, have a stand-in recipe for each, and read the compose service it checks against.
+    sys.path.insert(0, str(DEPLOY))
+    import image_smoke
+
+    bases = image_smoke.base_images(path)
+    expected = [f.split()[1] for f in froms if f.split()[1] not in {g.split()[-1] for g in froms if " AS " in g.upper()}]
+    check(bases == expected, where, f"image_smoke reads the bases {bases}, the FROM lines name {expected}")
+    for b in bases:
+        name, _, tag = b.partition(":")
+        check(name in {"debian", "python", "rust"} and "bookworm" in tag, where,
+              f"image-smoke.sh has no stand-in recipe for {b}")
+    gw = image_smoke.compose_gateway()
+    check(any(v.endswith(":/opt/gateway/data") for v in gw.get("volumes", [])) and gw.get("read_only"),
+          "deploy/compose.yaml", "the gateway service must mount /opt/gateway/data and be read_only (image-smoke.sh checks it so)")
     final = instr[instr.index(froms[-1]) :]
     users = [i.split()[1] for i in final if i.upper().startswith("USER ")]
     check(bool(users) and users[-1].split(":")[0] not in ("0", "root"), where, "the final stage must run as a non-root USER")

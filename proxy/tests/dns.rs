@@ -128,24 +128,15 @@ async fn a_pool_follows_its_name_without_a_failed_request() {
     let hosts_file = dir.join("hosts");
     std::fs::write(&hosts_file, "").unwrap();
     hosts(&hosts_file, &[]);
-    let (https, admin) = (free_port(), free_port());
-    let config = dir.join("routes.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "listen: {{https: \"127.0.0.1:{https}\", admin: \"127.0.0.1:{admin}\"}}\n\
-             tls: {{cert: certs/server.crt, key: certs/server.key, generate_dev_cert: true}}\n\
-             auth: {{keys_file: certs/api-keys.yaml, create_dev_key: true}}\n\
-             server: {{threads: 2, access_log: true}}\n\
-             rate_limits: {{default: {{per_second: 100000, burst: 100000}}}}\n\
-             models_dir: {}\n\
-             pools:\n  models: {{http: {{endpoints: [\"{NAME}:{port}\"], model: slow, version: 1, timeout_ms: 5000, \
+    let (config, https, admin) = binary_config(
+        &dir,
+        "threads: 2, access_log: true",
+        &format!(
+            "pools:\n  models: {{http: {{endpoints: [\"{NAME}:{port}\"], model: slow, version: 1, timeout_ms: 5000, \
              dns_refresh_ms: 200, health_check: {{interval_ms: 100}}}}}}\n\
-             routes:\n  - model: slow\n    stable: models\n",
-            repo().join("models").display()
+             routes:\n  - model: slow\n    stable: models\n"
         ),
-    )
-    .unwrap();
+    );
     let log = dir.join("gateway.log");
     // The gateway sees `hosts_file` as /etc/hosts, and nothing else changes.
     let mut command = Command::new("unshare");

@@ -39,23 +39,12 @@ fn reset_peak(pid: u32) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_flood_of_maximal_requests_from_one_key_holds_memory_and_others_are_answered() {
     let dir = temp_dir("memory");
-    let (https, admin) = (free_port(), free_port());
-    let config = dir.join("routes.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "listen: {{https: \"127.0.0.1:{https}\", admin: \"127.0.0.1:{admin}\"}}\n\
-             tls: {{cert: certs/server.crt, key: certs/server.key, generate_dev_cert: true}}\n\
-             auth: {{keys_file: certs/api-keys.yaml, create_dev_key: true}}\n\
-             server: {{threads: 2, access_log: false}}\n\
-             rate_limits: {{default: {{per_second: 100000, burst: 100000}}}}\n\
-             models_dir: {}\n\
-             pools:\n  cancer: {{local: {{model: breast-cancer, version: 1, max_rows: 100000}}}}\n\
-             routes:\n  - model: breast-cancer\n    stable: cancer\n",
-            repo().join("models").display()
-        ),
-    )
-    .unwrap();
+    let (config, https, _) = binary_config(
+        &dir,
+        "threads: 2, access_log: false",
+        "pools:\n  cancer: {local: {model: breast-cancer, version: 1, max_rows: 100000}}\n\
+         routes:\n  - model: breast-cancer\n    stable: cancer\n",
+    );
     let (child, printed) = run_until_serving(&config);
     // Killed if the test fails before it stops the gateway itself.
     struct Reaper(u32);

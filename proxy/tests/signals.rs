@@ -17,21 +17,14 @@ fn config(upstream: std::net::SocketAddr, grace_s: u64) -> (std::path::PathBuf, 
 }
 
 fn config_with(upstream: std::net::SocketAddr, server: &str) -> (std::path::PathBuf, u16) {
-    let dir = temp_dir("shutdown");
-    let (https, admin) = (free_port(), free_port());
-    let text = format!(
-        "listen: {{https: \"127.0.0.1:{https}\", admin: \"127.0.0.1:{admin}\"}}\n\
-         tls: {{cert: certs/server.crt, key: certs/server.key, generate_dev_cert: true}}\n\
-         auth: {{keys_file: certs/api-keys.yaml, create_dev_key: true}}\n\
-         server: {{threads: 2, {server}, upgrade_sock: upgrade.sock}}\n\
-         rate_limits: {{default: {{per_second: 100000, burst: 100000}}}}\n\
-         models_dir: {}\n\
-         pools:\n  slow: {{http: {{endpoints: [\"{upstream}\"], model: slow, version: 1, timeout_ms: 20000}}}}\n\
-         routes:\n  - model: slow\n    stable: slow\n",
-        repo().join("models").display()
+    let (file, https, _) = binary_config(
+        &temp_dir("shutdown"),
+        &format!("threads: 2, {server}, upgrade_sock: upgrade.sock"),
+        &format!(
+            "pools:\n  slow: {{http: {{endpoints: [\"{upstream}\"], model: slow, version: 1, timeout_ms: 20000}}}}\n\
+             routes:\n  - model: slow\n    stable: slow\n"
+        ),
     );
-    let file = dir.join("routes.yaml");
-    std::fs::write(&file, text).unwrap();
     (file, https)
 }
 

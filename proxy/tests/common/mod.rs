@@ -523,6 +523,26 @@ pub fn gateway() -> Command {
 }
 
 /// Runs `gateway run` until it says it is serving; returns the child and what it printed.
+/// A routes.yaml for the `gateway` binary, written in `dir`: listeners on free loopback ports,
+/// a development certificate and key made on first run, rate limits out of the way. `server`
+/// is what goes inside `server: {…}`; `pools_and_routes` the rest of the file. Returns the
+/// file and the https and admin ports.
+pub fn binary_config(dir: &Path, server: &str, pools_and_routes: &str) -> (PathBuf, u16, u16) {
+    let (https, admin) = (free_port(), free_port());
+    let text = format!(
+        "listen: {{https: \"127.0.0.1:{https}\", admin: \"127.0.0.1:{admin}\"}}\n\
+         tls: {{cert: certs/server.crt, key: certs/server.key, generate_dev_cert: true}}\n\
+         auth: {{keys_file: certs/api-keys.yaml, create_dev_key: true}}\n\
+         server: {{{server}}}\n\
+         rate_limits: {{default: {{per_second: 100000, burst: 100000}}}}\n\
+         models_dir: {}\n{pools_and_routes}",
+        repo().join("models").display()
+    );
+    let file = dir.join("routes.yaml");
+    std::fs::write(&file, text).unwrap();
+    (file, https, admin)
+}
+
 pub fn run_until_serving(config: &std::path::Path) -> (std::process::Child, String) {
     run_until_serving_with(config, &[], Stdio::null())
 }
