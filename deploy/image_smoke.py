@@ -139,6 +139,7 @@ def ensure_bases(engine: str, bases: list[str]) -> list[str]:
         why = (r.stderr.strip().splitlines() or ["no output"])[-1]
         say(f"{image}: cannot pull ({why[:160]})")
         if have(engine, image):
+            loud(f"STAND-IN: {image} could not be pulled; using the stand-in an earlier run made under that name")
             made.append(image)
             continue
         make_stand_in(engine, image)
