@@ -69,7 +69,7 @@ pub struct RemotePool {
     /// endpoint needs it to build requests.
     metadata: ArcSwapOption<ModelMetadata>,
     last_check: Mutex<Option<Instant>>,
-    /// `http` pools' health checks (kept-alive connections, the pool's connect timeout).
+    /// `http` pools' health checks (the pool's connect timeout).
     checker: Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>,
     /// `/v2/models/{model}/versions/{version}`, and the same with `/infer`.
     model_path: String,
@@ -97,7 +97,11 @@ impl RemotePool {
             infer_path: format!("{model_path}/infer"),
             model_path,
             name: name.to_string(),
-            checker: Client::builder(TokioExecutor::new()).build(connector),
+            // A new connection per check, as pingora's check made: it proves the server still
+            // accepts connections, and none lingers to an address that has left.
+            checker: Client::builder(TokioExecutor::new())
+                .pool_max_idle_per_host(0)
+                .build(connector),
             spec,
             endpoints: ArcSwap::from_pointee(endpoints),
             resolved: Mutex::new(known),
@@ -614,7 +618,6 @@ async fn check_http(
                 None => e.to_string(),
             })?;
         let status = response.status();
-        // Read to the end, so that the connection is kept for the next check.
         let _ = response.into_body().collect().await;
         if status != 200 {
             return Err(format!("{path} answered {}", status.as_u16()));
