@@ -462,7 +462,7 @@ fn check(files: &[PathBuf]) -> Result<(), String> {
                 if !snapshot.config.tls_cert.exists() {
                     println!("  (a development certificate will be made on first run)");
                 }
-                unresolved_names(&snapshot.config);
+                unresolved_names(&snapshot);
             }
             Err(errors) => {
                 failed += 1;
@@ -477,25 +477,21 @@ fn check(files: &[PathBuf]) -> Result<(), String> {
     }
 }
 
-/// Warns of remote endpoints whose names do not resolve here: not an error, since a name
-/// inside a cluster does not resolve on a laptop; `gateway run` looks it up again.
-fn unresolved_names(config: &proxy::config::Config) {
-    for (pool, spec) in &config.pools {
-        let proxy::config::PoolSpec::Http(h) = spec else {
+/// Warns of remote endpoints whose names did not resolve when the pools were built: not an
+/// error, since a name inside a cluster does not resolve on a laptop; `gateway run` looks it
+/// up again.
+fn unresolved_names(snapshot: &proxy::routing::snapshot::Snapshot) {
+    for (pool, backend) in &snapshot.pools {
+        let proxy::routing::snapshot::Backend::Remote(r) = backend else {
             continue;
         };
-        for (i, e) in h.endpoints.iter().enumerate() {
-            let found = e.resolve_now().map(|a| a.len());
-            if matches!(found, Ok(n) if n > 0) {
-                continue;
-            }
-            let why = found.map_or_else(|e| e.to_string(), |_| "no address".to_string());
+        for (i, endpoint, why) in r.unresolved() {
             println!(
-                "  warning: pools.{pool}.{}.endpoints[{i}]: {e} does not resolve here ({why}); \
+                "  warning: pools.{pool}.{}.endpoints[{i}]: {endpoint} does not resolve here ({why}); \
                  `gateway run` looks it up again every {}: until it resolves, the pool has no endpoint from it \
                  (a stable pool with none fails /health/ready)",
-                h.kind(),
-                humantime::format_duration(h.dns_refresh)
+                r.spec.kind(),
+                humantime::format_duration(r.spec.dns_refresh)
             );
         }
     }

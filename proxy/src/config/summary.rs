@@ -29,10 +29,7 @@ impl Config {
                     |p| match p {
                         PoolSpec::Local(l) => format!("{name} (local {}/{})", l.model, l.version),
                         PoolSpec::Http(h) => {
-                            let names = h
-                                .endpoints
-                                .iter()
-                                .any(|e| matches!(e, crate::config::EndpointSpec::Name { .. }));
+                            let names = h.endpoints.iter().any(crate::config::EndpointSpec::is_name);
                             format!(
                                 "{name} ({} {}/{}, {}{})",
                                 h.kind(),

@@ -167,6 +167,10 @@ impl EndpointSpec {
         })
     }
 
+    pub fn is_name(&self) -> bool {
+        matches!(self, EndpointSpec::Name { .. })
+    }
+
     /// The addresses it stands for now (a blocking lookup for a name).
     pub fn resolve_now(&self) -> std::io::Result<Vec<SocketAddr>> {
         use std::net::ToSocketAddrs;

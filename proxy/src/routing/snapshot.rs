@@ -102,14 +102,11 @@ impl Snapshot {
                         Err(e) => errors.add(&at, format!("{}: {e}", l.path.display())),
                     }
                 }
-                PoolSpec::Http(h) => match RemotePool::new(name, h.clone()) {
-                    Ok(pool) => {
-                        let pool = Arc::new(pool);
-                        new_remotes.push(pool.clone());
-                        pools.insert(name.clone(), Backend::Remote(pool));
-                    }
-                    Err(e) => errors.add(&Path::root().key("pools").key(name).key(h.kind()), e),
-                },
+                PoolSpec::Http(h) => {
+                    let pool = Arc::new(RemotePool::new(name, h.clone()));
+                    new_remotes.push(pool.clone());
+                    pools.insert(name.clone(), Backend::Remote(pool));
+                }
             }
         }
         for route in config.routes.values() {

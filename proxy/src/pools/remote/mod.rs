@@ -79,10 +79,7 @@ pub struct RemotePool {
 impl RemotePool {
     /// Names are looked up here, blocking (building a config runs off the request path); one
     /// that does not resolve yet has no endpoint until it does.
-    pub fn new(name: &str, spec: HttpSpec) -> Result<RemotePool, String> {
-        if spec.protocol == RemoteProtocol::Http && !spec.health_path.starts_with('/') {
-            return Err(format!("pool {name}: health check path {:?}", spec.health_path));
-        }
+    pub fn new(name: &str, spec: HttpSpec) -> RemotePool {
         let known = resolve::Known::now(name, &spec.endpoints);
         let endpoints = known
             .addresses()
@@ -93,7 +90,7 @@ impl RemotePool {
         connector.set_connect_timeout(Some(spec.connect_timeout));
         connector.set_nodelay(true);
         let model_path = format!("/v2/models/{}/versions/{}", spec.model, spec.version);
-        Ok(RemotePool {
+        RemotePool {
             infer_path: format!("{model_path}/infer"),
             model_path,
             name: name.to_string(),
@@ -108,7 +105,7 @@ impl RemotePool {
             next: AtomicUsize::new(0),
             metadata: ArcSwapOption::empty(),
             last_check: Mutex::new(None),
-        })
+        }
     }
 
     /// A healthy endpoint, round-robin; `avoid` skips the one that just failed to connect.
@@ -151,6 +148,11 @@ impl RemotePool {
             .iter()
             .filter(|e| e.ready.load(Ordering::Relaxed))
             .count()
+    }
+
+    /// The entries of `endpoints` that did not resolve at their last lookup, and why.
+    pub fn unresolved(&self) -> Vec<(usize, String, String)> {
+        self.resolved.lock().unresolved()
     }
 
     /// Every endpoint's address and whether it passes its health check, in order.

@@ -24,8 +24,8 @@ pub struct Known {
 struct Entry {
     label: String,
     addresses: Vec<SocketAddr>,
-    /// Whether its last lookup failed (logged once when it starts and once when it ends).
-    failing: bool,
+    /// Why its last lookup failed, if it did (logged once when it starts and once when it ends).
+    failure: Option<String>,
 }
 
 pub type Lookup = Vec<Result<Vec<SocketAddr>, String>>;
@@ -39,10 +39,10 @@ impl Known {
                 .map(|s| Entry {
                     label: s.to_string(),
                     addresses: Vec::new(),
-                    failing: false,
+                    failure: None,
                 })
                 .collect(),
-            has_names: specs.iter().any(|s| matches!(s, EndpointSpec::Name { .. })),
+            has_names: specs.iter().any(EndpointSpec::is_name),
             last: Instant::now(),
         };
         let fresh = specs
@@ -69,10 +69,9 @@ impl Known {
                 Ok(mut addresses) => {
                     addresses.sort();
                     addresses.dedup();
-                    if entry.failing {
+                    if entry.failure.take().is_some() {
                         tracing::info!(pool, endpoint = %entry.label, "resolves again");
                     }
-                    entry.failing = false;
                     if addresses.is_empty() && !entry.addresses.is_empty() {
                         tracing::warn!(pool, endpoint = %entry.label, "resolves to no address now");
                     }
@@ -82,7 +81,7 @@ impl Known {
                     }
                 }
                 Err(e) => {
-                    if !entry.failing {
+                    if entry.failure.is_none() {
                         tracing::warn!(
                             pool,
                             endpoint = %entry.label,
@@ -90,11 +89,25 @@ impl Known {
                             "cannot resolve: {e} (looked up again while running; its last addresses are kept)"
                         );
                     }
-                    entry.failing = true;
+                    entry.failure = Some(e);
                 }
             }
         }
         changed
+    }
+
+    /// The entries (index, as written) whose last lookup failed or found no address, and why
+    /// (`gateway check`).
+    pub fn unresolved(&self) -> Vec<(usize, String, String)> {
+        self.entries
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| match (&e.failure, e.addresses.is_empty()) {
+                (Some(why), _) => Some((i, e.label.clone(), why.clone())),
+                (None, true) => Some((i, e.label.clone(), "no address".to_string())),
+                (None, false) => None,
+            })
+            .collect()
     }
 
     /// Every address, each once, in the order of the entries.

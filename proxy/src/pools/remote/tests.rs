@@ -58,8 +58,7 @@ fn requests_alternate_over_healthy_endpoints() {
             profile: None,
             protocol: crate::config::RemoteProtocol::Http,
         },
-    )
-    .unwrap();
+    );
     // Endpoints count as healthy until a check says otherwise; asking does not take a turn.
     let picks: Vec<SocketAddr> = (0..4)
         .map(|_| {
