@@ -3,9 +3,9 @@
 # as the reference:
 #
 #  - the gateway (local pool breast-cancer/1) with no shadow, then with a local shadow
-#    (breast-cancer/3) at 100%: max requests/s and CPU per request with wrk (closed loop),
-#    then p50/p99 at half the no-shadow maximum with loadgen (open loop), the two gateways
-#    taking turns over several runs (medians: this machine's noise comes in bursts); how
+#    (breast-cancer/3) at 100%: max requests/s and CPU per request with wrk (closed loop,
+#    5 runs each), then p50/p99 at half the no-shadow maximum with loadgen (open loop), the
+#    two gateways side by side taking turns (medians: this machine's noise comes in bursts); how
 #    many copies were compared and how many dropped, from the gateway's own metrics;
 #  - nginx proxying to an inference-server, without and with `mirror` at 100% to a second
 #    inference-server, measured the same way.
@@ -70,21 +70,41 @@ gauge() {
   { curl -s "http://127.0.0.1:$P_ADMIN_M/metrics" || true; } | awk -v name="$1" 'index($0, name " ") == 1 { v = $NF } END { printf "%s", (v == "" ? 0 : v) }'
 }
 
-# --- maximum requests/s: each configuration alone on the server core; the copies compared
-# and dropped meanwhile, from the mirrored gateway's counters ---
-max_run() { # name config addr: rps p50 p99 cpu errors compared dropped answered store-lag-s records-lost
-  local gw c d r out
-  gw=$(start_gateway_on "$2" "$3"); PIDS+=("$gw")
-  c=$(compared); d=$(metric gateway_shadow_dropped_total); r=$(primaries)
-  out="$(measure "$1" "$gw" "https://$3/v2/models/breast-cancer/infer")"
-  sleep 1 # copies still in flight finish (or time out) before the counters are read
-  # The shadow store right after a run at the maximum rate: how old the oldest record of its
-  # last commit was (what a crash then would have lost), and records it had to drop.
-  echo "$out $(( $(compared) - c )) $(( $(metric gateway_shadow_dropped_total) - d )) $(( $(primaries) - r )) $(gauge gateway_shadow_store_lag_seconds) $(metric gateway_shadow_records_lost_total)"
-  stop_pid "$gw"
+# --- maximum requests/s: both gateways side by side, one loaded at a time, taking turns
+# (ABBA), MAX_ROUNDS runs each; requests/s, p50, p99 and CPU are medians, errors and the
+# copies compared and dropped are sums over the mirrored runs (from its counters). One run of
+# each cannot tell this machine's bursts of noise from a difference: single runs a minute
+# apart have differed by 25% on the same binary. ---
+MAX_ROUNDS=5
+[ "$QUICK" = 1 ] && MAX_ROUNDS=1
+gw0=$(start_gateway_on "$WORK/plain.yaml" "127.0.0.1:$P_GW"); PIDS+=("$gw0")
+gw1=$(start_gateway_on "$WORK/mirrored.yaml" "127.0.0.1:$P_GW_M"); PIDS+=("$gw1")
+c=$(compared); d=$(metric gateway_shadow_dropped_total); r=$(primaries)
+: > "$WORK/max-plain.txt"; : > "$WORK/max-mirrored.txt"
+plain_max() { measure "gateway, no shadow ($round/$MAX_ROUNDS)" "$gw0" "$URL_GW" >>"$WORK/max-plain.txt"; }
+mirrored_max() {
+  measure "gateway, 100% to a local shadow ($round/$MAX_ROUNDS)" "$gw1" "$URL_GW_M" >>"$WORK/max-mirrored.txt"
+  sleep 1 # copies still in flight finish (or time out) before the next run or the counters
 }
-read -r G0_RPS G0_P50 G0_P99 G0_CPU G0_ERR _ _ _ _ _ < <(max_run "gateway, no shadow" "$WORK/plain.yaml" "127.0.0.1:$P_GW")
-read -r G1_RPS G1_P50 G1_P99 G1_CPU G1_ERR G1_CMP G1_DROP G1_ANS G1_LAG G1_LOST < <(max_run "gateway, 100% to a local shadow" "$WORK/mirrored.yaml" "127.0.0.1:$P_GW_M")
+for round in $(seq "$MAX_ROUNDS"); do
+  if [ $((round % 2)) = 1 ]; then plain_max; mirrored_max; else mirrored_max; plain_max; fi
+done
+# rps p50 p99 cpu: medians of the rounds (CPU keeps its decimal); errors: their sum.
+max_figures() {
+  local f
+  for f in 1 2 3; do awk -v f="$f" '{ print $f }' "$1" | median; done
+  awk '{ print $4 }' "$1" | sort -n | awk '{ a[NR] = $1 } END { print (NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2) }'
+  awk '{ s += $5 } END { print s + 0 }' "$1"
+}
+read -r G0_RPS G0_P50 G0_P99 G0_CPU G0_ERR < <(max_figures "$WORK/max-plain.txt" | xargs)
+read -r G1_RPS G1_P50 G1_P99 G1_CPU G1_ERR < <(max_figures "$WORK/max-mirrored.txt" | xargs)
+G0_RUNS="$(awk '{ printf "%s%d", (NR > 1 ? " " : ""), $1 }' "$WORK/max-plain.txt")"
+G1_RUNS="$(awk '{ printf "%s%d", (NR > 1 ? " " : ""), $1 }' "$WORK/max-mirrored.txt")"
+G1_CMP=$(( $(compared) - c )); G1_DROP=$(( $(metric gateway_shadow_dropped_total) - d )); G1_ANS=$(( $(primaries) - r ))
+# The shadow store right after the maximum-rate runs: how old the oldest record of its last
+# commit was (what a crash then would have lost), and records it had to drop.
+G1_LAG="$(gauge gateway_shadow_store_lag_seconds)"; G1_LOST="$(metric gateway_shadow_records_lost_total)"
+stop_pid "$gw0"; stop_pid "$gw1"
 G1_SHARE="$(awk -v c="$G1_CMP" -v n="$G1_ANS" 'BEGIN { printf "%.1f", (n > 0 ? 100 * c / n : 0) }')"
 
 # --- p50/p99 at half the no-shadow maximum (open loop). This machine's noise comes in
@@ -185,12 +205,14 @@ REPORT="$RESULTS/shadow.md"
   echo
   echo "| server | max requests/s | p99 | CPU µs/request | errors | fixed rate | p50 | p99 | errors |"
   echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
-  echo "| gateway, no shadow | $G0_RPS | $(ms "$G0_P99") | $G0_CPU | $G0_ERR | $RATE/s ¹ | $(ms "$G0_F50") | $(ms "$G0_F99") | $G0_FERR |"
-  echo "| gateway, local shadow 100% | $G1_RPS | $(ms "$G1_P99") | $G1_CPU | $G1_ERR | $RATE/s ¹ | $(ms "$G1_F50") | $(ms "$G1_F99") | $G1_FERR |"
+  echo "| gateway, no shadow | $G0_RPS ² | $(ms "$G0_P99") | $G0_CPU | $G0_ERR | $RATE/s ¹ | $(ms "$G0_F50") | $(ms "$G0_F99") | $G0_FERR |"
+  echo "| gateway, local shadow 100% | $G1_RPS ² | $(ms "$G1_P99") | $G1_CPU | $G1_ERR | $RATE/s ¹ | $(ms "$G1_F50") | $(ms "$G1_F99") | $G1_FERR |"
   echo "| nginx, no mirror | $N0_RPS | $(ms "$N0_P99") | $N0_CPU | $N0_ERR | $N_RATE/s | $(ms "$N0_F50") | $(ms "$N0_F99") | $N0_FERR |"
   echo "| nginx, mirror 100% | $N1_RPS | $(ms "$N1_P99") | $N1_CPU | $N1_ERR | $N_RATE/s | $(ms "$N1_F50") | $(ms "$N1_F99") | $N1_FERR |"
   echo
   echo "¹ The gateway's fixed-rate figures are medians of $ROUNDS runs of ${FIXED} s each, the two gateways taking turns (side by side, one loaded at a time, either first in turn); p99 ratio per turn: ${ROUND_RATIOS[*]}. nginx's are one run each (a reference)."
+  echo
+  echo "² The gateway's maximum-rate figures are medians of $MAX_ROUNDS runs of ${DURATION} s each (wrk, $CONNS connections, after ${WARMUP} s of warm-up), the two gateways taking turns the same way; requests/s per run: no shadow $G0_RUNS, mirrored $G1_RUNS."
   echo
   echo "- gateway: requests/s loss with 100% mirroring ${G_LOSS}% (target ≤ 20%: $T_LOSS); p99 at $RATE/s ${G_P99}× without (target ≤ 1.15: $T_P99)"
   echo "- gateway copies at $RATE/s: ${G1_FSHARE}% of the $G1_FANS requests compared (target ≥ 95%: $T_SHARE), $G1_FDROP dropped (${REASONS:-none}); at the maximum rate: ${G1_SHARE}% of $G1_ANS compared, $G1_DROP dropped. Shadows run at idle CPU priority: on a saturated core they wait and copies are shed (counted by reason) instead of slowing the primary."
