@@ -298,6 +298,10 @@ fixed_rate() {
 
 # start_gateway_on CONFIG HOST:PORT: runs the gateway on the server core; prints its pid.
 start_gateway_on() {
+  # A port someone else holds would pass wait_port, and the figures would be that process's.
+  if (exec 3<>"/dev/tcp/${2%:*}/${2##*:}") 2>/dev/null; then
+    die "$2 is already in use by another process (a gateway left running?): stop it first"
+  fi
   taskset -c "$SERVER_CPU" "${GATEWAY_BIN:-$BIN/gateway}" run --config "$1" >"$WORK/gateway.log" 2>&1 &
   local pid=$!
   wait_port "$2" 60 || die "the gateway did not start: $(tail -5 "$WORK/gateway.log")"
