@@ -5,6 +5,7 @@
 //! - [`alloc`]: the binaries' global allocator (mimalloc).
 //! - [`runtime`]: finds and loads the ONNX Runtime library, once per process.
 //! - [`model`]: a model's signature from its graph; request checks against it.
+//! - [`engine`]: runs one batch, sorts out its failures, counts it.
 //! - [`pool`]: per-model-version worker threads, bounded queue, dynamic batching.
 //! - [`batch`]: stacking requests into a batch and splitting the outputs back.
 //! - [`repository`]: the `<name>/<version>/model.onnx` layout on disk.
@@ -22,6 +23,7 @@ pub mod priority;
 pub mod model;
 pub mod batch;
 pub mod runner;
+pub mod engine;
 pub mod pool;
 pub mod repository;
 pub mod protocol;

@@ -18,16 +18,19 @@
 //!   by themselves (the spirit of Triton's and MLServer's adaptive batching). Under load the
 //!   batches grow with the queue, so the batched throughput stays. [`Batching::Fixed`] always
 //!   waits `max_delay` for company, as the pool did before.
-//! - One bad request fails alone: when a batch of several fails (ORT error, or a panic in our
-//!   code), each of its requests runs again by itself, so only the one that caused it gets
-//!   the error. A failure counts against the pool's health only when the model cannot run
-//!   its warm-up input either: a client whose input breaks the model gets a 400 and cannot
-//!   make the pool unready for everyone else (nor, answering 5xx, roll a canary back).
+//! - A lone request runs on the caller's thread ([`Pool::infer`]) when the pool is idle
+//!   (nothing queued, no worker running), it has at most [`INLINE_ROWS`] rows, and the model
+//!   runs such a request in under `inline_max` (measured, [`PoolStats::solo_run_ns`]). Handing
+//!   it to a worker would cost two thread wake-ups for nothing: at a moderate rate, where
+//!   each request arrives alone, that hand-over cost the gateway more CPU than the model
+//!   (docs/performance.md). A worker that then finds requests waiting batches them as before,
+//!   so throughput under load is the batched one. Callers at idle priority (shadow copies)
+//!   never run inline: a worker of the pool must never wait for them.
+//! - Failures are sorted out per request ([`crate::engine`]): one bad request fails alone.
 
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -35,10 +38,12 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, TrySen
 use tokio::sync::oneshot;
 
 use crate::batch;
+pub use crate::engine::{BATCH_BUCKETS, INLINE_ROWS, NOT_TIMED, PoolStats, UNHEALTHY_AFTER};
+use crate::engine::{Engine, Job, deliver, warm_up_inputs};
 use crate::error::InferError;
 use crate::model::{self, CheckedInputs, LoadError, ModelMetadata, NamedTensor};
 pub use crate::runner::{OrtRunner, Runner};
-use crate::tensor::{Tensor, TensorData};
+use crate::tensor::Tensor;
 
 /// How a pool runs. The defaults suit small CPU models such as the bundled ones.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -65,6 +70,10 @@ pub struct PoolConfig {
     pub max_rows: usize,
     /// When a worker waits for more requests before it runs a batch.
     pub batching: Batching,
+    /// A lone request runs on the caller's thread when the model runs one in under this
+    /// (see the module comment); zero turns it off. 100 µs is a fraction of a TLS handshake,
+    /// which the same thread does anyway, and several times a bundled model's run.
+    pub inline_max: Duration,
 }
 
 /// When a worker holds a batch open for more requests.
@@ -93,6 +102,9 @@ impl std::str::FromStr for Batching {
 /// milliseconds, and its answer stays under a megabyte of JSON.
 pub const DEFAULT_MAX_ROWS: usize = 4096;
 
+/// [`PoolConfig::inline_max`] by default.
+pub const DEFAULT_INLINE_MAX: Duration = Duration::from_micros(100);
+
 impl Default for PoolConfig {
     fn default() -> Self {
         PoolConfig {
@@ -105,6 +117,7 @@ impl Default for PoolConfig {
             idle_priority: false,
             max_rows: DEFAULT_MAX_ROWS,
             batching: Batching::Adaptive,
+            inline_max: DEFAULT_INLINE_MAX,
         }
     }
 }
@@ -136,33 +149,6 @@ impl PoolConfig {
     }
 }
 
-/// Upper bounds of the batch-size histogram (requests per ONNX Runtime run); one more
-/// bucket counts the batches above the last.
-pub const BATCH_BUCKETS: [usize; 8] = [1, 2, 4, 8, 16, 32, 64, 128];
-
-/// After this many failed batches in a row a pool reports itself unhealthy, until one
-/// succeeds (see [`Pool::healthy`]).
-pub const UNHEALTHY_AFTER: u64 = 5;
-
-/// Counters for metrics and benchmarks. Monotonic; read with [`Pool::stats`].
-#[derive(Debug, Default)]
-pub struct PoolStats {
-    pub requests: AtomicU64,
-    pub rows: AtomicU64,
-    pub batches: AtomicU64,
-    pub rejected: AtomicU64,
-    pub failed: AtomicU64,
-    /// Of `failed`: requests whose own input made the model fail (it ran others, or its
-    /// warm-up input); answered 400, not counted against health.
-    pub input_failures: AtomicU64,
-    /// Requests whose caller had gone (timed out, disconnected) before a worker reached them.
-    pub abandoned: AtomicU64,
-    /// Batches per bucket of [`BATCH_BUCKETS`] (not cumulative), plus one above the last.
-    pub batch_sizes: [AtomicU64; BATCH_BUCKETS.len() + 1],
-    /// Failed batches since the last one that succeeded.
-    pub consecutive_failures: AtomicU64,
-}
-
 /// A snapshot of [`PoolStats`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StatsSnapshot {
@@ -173,16 +159,11 @@ pub struct StatsSnapshot {
     pub failed: u64,
     pub input_failures: u64,
     pub abandoned: u64,
+    pub inline: u64,
     pub batch_sizes: [u64; BATCH_BUCKETS.len() + 1],
     pub consecutive_failures: u64,
-}
-
-type Reply = oneshot::Sender<Result<Vec<Tensor>, InferError>>;
-
-struct Job {
-    inputs: Vec<Tensor>,
-    rows: usize,
-    reply: Reply,
+    /// [`PoolStats::solo_run_ns`].
+    pub solo_run_ns: u64,
 }
 
 /// A model version being served. Dropping the pool lets the workers finish every queued
@@ -193,6 +174,13 @@ pub struct Pool {
     label: String,
     tx: Option<Sender<Job>>,
     stats: Arc<PoolStats>,
+    /// One per instance: its worker locks it for each batch; a lone request may lock an
+    /// idle one to run inline.
+    engines: Vec<Arc<Mutex<Engine>>>,
+    /// The pool's batches running now (on workers or inline).
+    running: Arc<AtomicUsize>,
+    /// Requests that may run inline, letting their thread's other ready work go first.
+    lone: AtomicUsize,
     workers: Vec<JoinHandle<()>>,
 }
 
@@ -224,22 +212,24 @@ impl Pool {
         let label = format!("{}/{}", meta.name, meta.version);
         let (tx, rx) = crossbeam_channel::bounded::<Job>(config.queue_capacity.max(1));
         let stats = Arc::new(PoolStats::default());
-        let running = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let workers = runners
+        let running = Arc::new(AtomicUsize::new(0));
+        let engines: Vec<_> = runners
             .into_iter()
+            .map(|runner| Arc::new(Mutex::new(Engine::new(runner, meta.clone(), stats.clone()))))
+            .collect();
+        let workers = engines
+            .iter()
             .enumerate()
-            .map(|(i, runner)| {
+            .map(|(i, engine)| {
                 let idle = config.idle_priority;
                 let worker = Worker {
                     rx: rx.clone(),
-                    runner,
-                    probe: None,
-                    meta: meta.clone(),
+                    engine: engine.clone(),
+                    batchable: meta.batchable,
                     max_batch: config.max_batch.max(1),
                     max_delay: config.max_delay,
                     batching: config.batching,
                     running: running.clone(),
-                    stats: stats.clone(),
                 };
                 std::thread::Builder::new()
                     .name(format!("infer-{label}-{i}"))
@@ -258,6 +248,9 @@ impl Pool {
             label,
             tx: Some(tx),
             stats,
+            engines,
+            running,
+            lone: AtomicUsize::new(0),
             workers,
         }
     }
@@ -292,8 +285,10 @@ impl Pool {
             failed: s.failed.load(Ordering::Relaxed),
             input_failures: s.input_failures.load(Ordering::Relaxed),
             abandoned: s.abandoned.load(Ordering::Relaxed),
+            inline: s.inline.load(Ordering::Relaxed),
             batch_sizes: std::array::from_fn(|i| s.batch_sizes[i].load(Ordering::Relaxed)),
             consecutive_failures: s.consecutive_failures.load(Ordering::Relaxed),
+            solo_run_ns: s.solo_run_ns.load(Ordering::Relaxed),
         }
     }
 
@@ -326,8 +321,37 @@ impl Pool {
         }
     }
 
-    /// Checks, queues and awaits one request. Outputs come back in the model's output order.
+    /// Checks and answers one request: at once on this thread when it is a lone small request
+    /// and the model is fast (see the module comment), otherwise queued for a worker and
+    /// awaited. Outputs come back in the model's output order.
     pub async fn infer(&self, inputs: Vec<NamedTensor>) -> Result<Vec<Tensor>, InferError> {
+        let checked = self.checked(inputs)?;
+        if self.may_inline(&checked) {
+            // Whether it is alone is known only once the caller's thread has read what else
+            // is ready: the other requests of a burst (a closed loop at its maximum rate)
+            // count themselves here meanwhile, and then the whole burst goes to a worker as
+            // one batch. (Tokio runs a yielded task after its I/O driver's next poll.)
+            let lone = Lone::count(&self.lone);
+            tokio::task::yield_now().await;
+            if lone.alone() && self.may_inline(&checked) {
+                drop(lone);
+                // A worker that took a request since may hold every engine: then queue.
+                if let Some(engine) = self.engines.iter().find_map(|e| e.try_lock().ok()) {
+                    return self.run_inline(engine, checked);
+                }
+            }
+        }
+        self.queued(checked).await
+    }
+
+    /// [`Pool::infer`] that never runs on the caller's thread: for callers at idle priority
+    /// (shadow copies), which a worker must never wait for, and which batch for throughput.
+    pub async fn infer_queued(&self, inputs: Vec<NamedTensor>) -> Result<Vec<Tensor>, InferError> {
+        let checked = self.checked(inputs)?;
+        self.queued(checked).await
+    }
+
+    fn checked(&self, inputs: Vec<NamedTensor>) -> Result<CheckedInputs, InferError> {
         let checked = self.meta.check_inputs(inputs, self.config.reject_non_finite)?;
         if checked.rows > self.config.max_rows {
             return Err(InferError::TooManyRows {
@@ -335,9 +359,47 @@ impl Pool {
                 limit: self.config.max_rows,
             });
         }
+        Ok(checked)
+    }
+
+    async fn queued(&self, checked: CheckedInputs) -> Result<Vec<Tensor>, InferError> {
         self.submit(checked)?.await.map_err(|_| {
             InferError::Internal(format!("the worker for {} stopped before answering", self.label))
         })?
+    }
+
+    /// Whether the request may run on the caller's thread (see the module comment).
+    fn may_inline(&self, checked: &CheckedInputs) -> bool {
+        let fast = self.stats.solo_run_ns.load(Ordering::Relaxed) <= self.config.inline_max.as_nanos() as u64;
+        fast && checked.rows <= INLINE_ROWS
+            && !self.config.idle_priority
+            && self.running.load(Ordering::Acquire) == 0
+            && self.tx.as_ref().is_some_and(Sender::is_empty)
+    }
+
+    /// Runs the request here and now on an idle engine.
+    fn run_inline(
+        &self,
+        mut engine: MutexGuard<'_, Engine>,
+        checked: CheckedInputs,
+    ) -> Result<Vec<Tensor>, InferError> {
+        // The reply is not used: the answer comes back from the run itself.
+        let (reply, _rx) = oneshot::channel();
+        let CheckedInputs { tensors, rows } = checked;
+        self.running.fetch_add(1, Ordering::AcqRel);
+        let answers = engine.run_batch(vec![Job {
+            inputs: tensors,
+            rows,
+            reply,
+        }]);
+        drop(engine);
+        self.running.fetch_sub(1, Ordering::AcqRel);
+        self.stats.inline.fetch_add(1, Ordering::Relaxed);
+        answers
+            .into_iter()
+            .next()
+            .map(|(_, answer)| answer)
+            .unwrap_or_else(|| Err(InferError::Internal(format!("{} did not answer", self.label))))
     }
 
     /// Queues checked inputs without waiting: fails at once with `Overloaded` when the queue
@@ -385,43 +447,40 @@ impl Drop for Pool {
     }
 }
 
-/// One row of zeros for every input (dynamic dimensions 1): what [`Pool::warm`] runs, and what
-/// a worker runs to tell a model that fails from an input that makes it fail.
-fn warm_up_inputs(meta: &ModelMetadata) -> Result<Vec<NamedTensor>, String> {
-    meta.inputs
-        .iter()
-        .map(|spec| {
-            let shape: Vec<usize> = spec
-                .shape
-                .iter()
-                .map(|&d| if d > 0 { d as usize } else { 1 })
-                .collect();
-            let len = shape.iter().product();
-            Ok(NamedTensor {
-                name: spec.name.clone(),
-                tensor: Tensor::new(shape, TensorData::zeros(spec.datatype, len))?,
-            })
-        })
-        .collect()
+/// A request counted in [`Pool::lone`] until dropped (also when its caller gives up).
+struct Lone<'a>(&'a AtomicUsize);
+
+impl<'a> Lone<'a> {
+    fn count(lone: &'a AtomicUsize) -> Lone<'a> {
+        lone.fetch_add(1, Ordering::AcqRel);
+        Lone(lone)
+    }
+
+    fn alone(&self) -> bool {
+        self.0.load(Ordering::Acquire) == 1
+    }
+}
+
+impl Drop for Lone<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 struct Worker {
     rx: Receiver<Job>,
-    runner: Box<dyn Runner>,
-    /// The warm-up inputs in the model's order, made on first need.
-    probe: Option<Vec<Tensor>>,
-    meta: Arc<ModelMetadata>,
+    engine: Arc<Mutex<Engine>>,
+    batchable: bool,
     max_batch: usize,
     max_delay: Duration,
     batching: Batching,
-    /// The pool's workers running a batch now.
-    running: Arc<std::sync::atomic::AtomicUsize>,
-    stats: Arc<PoolStats>,
+    /// The pool's batches running now.
+    running: Arc<AtomicUsize>,
 }
 
 impl Worker {
     /// Whether to wait for more requests when none is waiting: always for a fixed delay;
-    /// adaptively, only while another worker runs (this one is collecting, not running).
+    /// adaptively, only while a batch runs (this worker is collecting, not running).
     fn wait_for_company(&self) -> bool {
         !self.max_delay.is_zero()
             && match self.batching {
@@ -432,7 +491,7 @@ impl Worker {
 
     /// `background`: the worker's CPU time counts as background work
     /// ([`crate::priority::background_cpu`]), added after each batch.
-    fn run(mut self, background: bool) {
+    fn run(self, background: bool) {
         // A request that did not fit the previous batch opens the next one, so nothing is
         // reordered behind requests that arrived later.
         let mut carry: Option<Job> = None;
@@ -452,7 +511,7 @@ impl Worker {
             };
             let mut rows = first.rows;
             let mut batch = vec![first];
-            if self.meta.batchable {
+            if self.batchable {
                 let deadline = Instant::now() + self.max_delay;
                 while rows < self.max_batch {
                     let next = match self.rx.try_recv() {
@@ -474,150 +533,13 @@ impl Worker {
                 }
             }
             self.running.fetch_add(1, Ordering::AcqRel);
-            self.run_batch(batch);
+            // Held by a lone request running inline at most for one short run.
+            let mut engine = self.engine.lock().unwrap_or_else(|e| e.into_inner());
+            let answers = engine.run_batch(batch);
+            drop(engine);
+            // Idle again before the callers hear back: the next lone request may run inline.
             self.running.fetch_sub(1, Ordering::AcqRel);
-        }
-    }
-
-    fn run_batch(&mut self, batch: Vec<Job>) {
-        let stats = self.stats.clone();
-        let before = batch.len();
-        let batch: Vec<Job> = batch.into_iter().filter(|job| !job.reply.is_closed()).collect();
-        stats
-            .abandoned
-            .fetch_add((before - batch.len()) as u64, Ordering::Relaxed);
-        if batch.is_empty() {
-            return;
-        }
-        let rows: Vec<usize> = batch.iter().map(|job| job.rows).collect();
-        stats.requests.fetch_add(batch.len() as u64, Ordering::Relaxed);
-        stats
-            .rows
-            .fetch_add(rows.iter().sum::<usize>() as u64, Ordering::Relaxed);
-        stats.batches.fetch_add(1, Ordering::Relaxed);
-        let bucket = BATCH_BUCKETS
-            .iter()
-            .position(|&b| batch.len() <= b)
-            .unwrap_or(BATCH_BUCKETS.len());
-        stats.batch_sizes[bucket].fetch_add(1, Ordering::Relaxed);
-
-        let runner = &mut self.runner;
-        let outcome = guarded(|| {
-            if batch.len() == 1 {
-                let outputs = runner.run(&batch[0].inputs)?;
-                return batch::split(outputs, &rows);
-            }
-            let inputs: Vec<&[Tensor]> = batch.iter().map(|job| job.inputs.as_slice()).collect();
-            let stacked = batch::stack(&inputs)?;
-            let outputs = runner.run(&stacked)?;
-            batch::split(outputs, &rows)
-        });
-        let failed = match outcome {
-            Ok(per_request) => {
-                stats.consecutive_failures.store(0, Ordering::Relaxed);
-                for (job, outputs) in batch.into_iter().zip(per_request) {
-                    let _ = job.reply.send(Ok(outputs));
-                }
-                return;
-            }
-            Err(reason) if batch.len() == 1 => {
-                let job = batch.into_iter().next().expect("one job");
-                self.fail(vec![(job, reason)], false);
-                return;
-            }
-            Err(reason) => {
-                // One request may have broken the batch: each runs again by itself, so that
-                // only the one that caused it fails.
-                tracing::warn!(
-                    model = %self.meta.name,
-                    version = %self.meta.version,
-                    requests = batch.len(),
-                    "batch failed ({reason}); running its requests one by one"
-                );
-                batch
-            }
-        };
-        let mut others_ran = false;
-        let mut failures = Vec::new();
-        for job in failed {
-            let runner = &mut self.runner;
-            match guarded(|| runner.run(&job.inputs)) {
-                Ok(outputs) => {
-                    others_ran = true;
-                    let _ = job.reply.send(Ok(outputs));
-                }
-                Err(reason) => failures.push((job, reason)),
-            }
-        }
-        if failures.is_empty() {
-            stats.consecutive_failures.store(0, Ordering::Relaxed);
-        } else {
-            self.fail(failures, others_ran);
-        }
-    }
-
-    /// Answers requests whose run failed. It is the input's fault when the model ran other
-    /// requests (of the same batch) or runs its warm-up input now: 400, and the pool stays
-    /// healthy. Otherwise the model is failing: 500, one more failure in a row.
-    fn fail(&mut self, failures: Vec<(Job, String)>, others_ran: bool) {
-        let stats = self.stats.clone();
-        let model_runs = others_ran || self.probe_runs();
-        stats.failed.fetch_add(failures.len() as u64, Ordering::Relaxed);
-        if model_runs {
-            stats.consecutive_failures.store(0, Ordering::Relaxed);
-            stats
-                .input_failures
-                .fetch_add(failures.len() as u64, Ordering::Relaxed);
-        } else {
-            stats.consecutive_failures.fetch_add(1, Ordering::Relaxed);
-        }
-        for (job, reason) in failures {
-            if model_runs {
-                tracing::info!(
-                    model = %self.meta.name,
-                    version = %self.meta.version,
-                    "a request's input made the model fail (answered 400): {reason}"
-                );
-                let _ = job.reply.send(Err(InferError::bad_request(format!(
-                    "the model cannot run on this input (it runs on others): {reason}"
-                ))));
-            } else {
-                tracing::error!(
-                    model = %self.meta.name,
-                    version = %self.meta.version,
-                    "inference failed, and the model fails its warm-up input too: {reason}"
-                );
-                let _ = job.reply.send(Err(InferError::Internal(reason)));
-            }
-        }
-    }
-
-    /// Whether the model runs its warm-up input (one row of zeros) right now.
-    fn probe_runs(&mut self) -> bool {
-        if self.probe.is_none() {
-            let inputs = warm_up_inputs(&self.meta)
-                .and_then(|i| self.meta.check_inputs(i, false).map_err(|e| e.to_string()));
-            match inputs {
-                Ok(checked) => self.probe = Some(checked.tensors),
-                Err(_) => return false,
-            }
-        }
-        let (runner, probe) = (&mut self.runner, self.probe.as_deref().unwrap_or_default());
-        guarded(|| runner.run(probe)).is_ok()
-    }
-}
-
-/// Runs `f`, turning a panic into an error: a bug hit by one batch must not end the worker.
-fn guarded<T>(f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
-    match catch_unwind(AssertUnwindSafe(f)) {
-        Ok(result) => result,
-        Err(panic) => {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".to_string());
-            Err(format!("worker panicked: {what}"))
+            deliver(answers);
         }
     }
 }

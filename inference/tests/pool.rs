@@ -9,10 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use inference::model::CheckedInputs;
-use inference::{
-    DataType, InferError, ModelMetadata, NamedTensor, Pool, PoolConfig, Runner, Tensor, TensorData,
-    TensorSpec,
-};
+use inference::{InferError, NamedTensor, Pool, PoolConfig, Runner, Tensor, TensorData};
 
 fn rows_input(name: &str, rows: &[Vec<f64>]) -> Vec<NamedTensor> {
     let cols = rows[0].len();
@@ -181,22 +178,6 @@ impl Runner for GatedEcho {
             panic!("poisoned input");
         }
         Ok(vec![inputs[0].clone()])
-    }
-}
-
-fn echo_meta() -> ModelMetadata {
-    let spec = |name: &str| TensorSpec {
-        name: name.into(),
-        datatype: DataType::F32,
-        shape: vec![-1, 2],
-    };
-    ModelMetadata {
-        name: "echo".into(),
-        version: "1".into(),
-        platform: "test",
-        inputs: vec![spec("x")],
-        outputs: vec![spec("y")],
-        batchable: true,
     }
 }
 

@@ -52,6 +52,10 @@ struct Args {
     /// lone request runs at once) or `fixed` (always up to --max-delay-us)
     #[arg(long, default_value = "adaptive")]
     batching: inference::pool::Batching,
+    /// A lone request of a few rows runs on the connection's thread, without waking a
+    /// worker, when the model runs one in under this many microseconds (measured); 0: never
+    #[arg(long, default_value_t = inference::pool::DEFAULT_INLINE_MAX.as_micros() as u64)]
+    inline_max_us: u64,
     /// Queued requests per model version before new ones get 503
     #[arg(long, default_value_t = 1024)]
     queue_capacity: usize,
@@ -119,6 +123,7 @@ fn run(args: Args) -> Result<(), String> {
         idle_priority: false,
         max_rows: args.max_rows,
         batching: args.batching,
+        inline_max: Duration::from_micros(args.inline_max_us),
     };
     config.validate()?;
     for (flag, value) in [

@@ -19,6 +19,23 @@ mod slow;
 #[allow(unused_imports)] // only the overload and deadline tests use it
 pub use slow::slow_repo;
 
+/// A batchable test model `echo/1`: input `x` and output `y`, FP32 `[-1, 2]`.
+pub fn echo_meta() -> inference::ModelMetadata {
+    let spec = |name: &str| inference::TensorSpec {
+        name: name.into(),
+        datatype: inference::DataType::F32,
+        shape: vec![-1, 2],
+    };
+    inference::ModelMetadata {
+        name: "echo".into(),
+        version: "1".into(),
+        platform: "test",
+        inputs: vec![spec("x")],
+        outputs: vec![spec("y")],
+        batchable: true,
+    }
+}
+
 pub fn models_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models")
 }

@@ -506,6 +506,10 @@ pub struct LocalPoolFile {
     /// instance runs) or `fixed` (always up to `max_delay_us`).
     #[serde(default)]
     pub batching: Option<String>,
+    /// A lone request of a few rows runs on the connection's own thread, without waking a
+    /// worker, when the model runs one in under this (measured); 0: always a worker.
+    #[serde(default = "default_inline_max")]
+    pub inline_max_us: i64,
     #[serde(default = "default_queue")]
     pub queue_capacity: i64,
     /// Rows per request (default: `limits.max_rows`).
@@ -523,6 +527,10 @@ fn default_max_batch() -> i64 {
 
 fn default_max_delay() -> i64 {
     250
+}
+
+fn default_inline_max() -> i64 {
+    inference::pool::DEFAULT_INLINE_MAX.as_micros() as i64
 }
 
 fn default_queue() -> i64 {

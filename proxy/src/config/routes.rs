@@ -70,13 +70,7 @@ fn local(
         pool: PoolConfig {
             instances: positive(errors, l.instances, 1, 256, &p.key("instances")),
             max_batch: positive(errors, l.max_batch, 1, 65_536, &p.key("max_batch")),
-            max_delay: Duration::from_micros(positive(
-                errors,
-                l.max_delay_us,
-                0,
-                1_000_000,
-                &p.key("max_delay_us"),
-            ) as u64),
+            max_delay: micros(errors, l.max_delay_us, &p.key("max_delay_us")),
             queue_capacity: positive(errors, l.queue_capacity, 1, 1 << 20, &p.key("queue_capacity")),
             intra_threads: 1,
             reject_non_finite: true,
@@ -92,8 +86,14 @@ fn local(
                     inference::Batching::Adaptive
                 }
             },
+            inline_max: micros(errors, l.inline_max_us, &p.key("inline_max_us")),
         },
     })
+}
+
+/// A pool's wait in microseconds, 0 to 1 s.
+fn micros(errors: &mut Errors, value: i64, key: &Path) -> Duration {
+    Duration::from_micros(positive(errors, value, 0, 1_000_000, key) as u64)
 }
 
 /// An `http` or `grpc` pool: the same fields, but a gRPC pool's health check is `ModelReady`.

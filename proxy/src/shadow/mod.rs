@@ -375,7 +375,7 @@ impl Mirror {
             None => Err(format!("pool {pool} is gone")),
             Some(Backend::Local(p)) => {
                 let outputs = p
-                    .infer(inputs.as_ref().clone())
+                    .infer_queued(inputs.as_ref().clone())
                     .await
                     .map_err(|e| e.to_string())?;
                 Ok(p.metadata()

@@ -504,7 +504,7 @@ impl Metrics {
         // Registered on first use (`set_redis_up`): absent when limits are not shared.
         m.names.push("gateway_ratelimit_redis_up".into());
         m.names.extend(
-            [BATCH_SIZE.0, REJECTED.0, FAILED.0]
+            [BATCH_SIZE.0, REJECTED.0, FAILED.0, INLINE.0]
                 .iter()
                 .map(|n| format!("gateway_{n}")),
         );
@@ -576,10 +576,14 @@ const FAILED: (&str, &str) = (
     "pool_failed_total",
     "Requests whose inference failed in a local pool",
 );
+const INLINE: (&str, &str) = (
+    "pool_inline_total",
+    "Requests a local pool ran on the connection's own thread (a lone request, a fast model)",
+);
 
 impl PoolCollector {
     fn new(pools: LocalPools) -> PoolCollector {
-        let descs = [BATCH_SIZE, REJECTED, FAILED]
+        let descs = [BATCH_SIZE, REJECTED, FAILED, INLINE]
             .iter()
             .map(|(name, help)| {
                 Desc::new(
@@ -621,6 +625,7 @@ impl Collector for PoolCollector {
         let mut batch = family(BATCH_SIZE.0, BATCH_SIZE.1, MetricType::HISTOGRAM);
         let mut rejected = family(REJECTED.0, REJECTED.1, MetricType::COUNTER);
         let mut failed = family(FAILED.0, FAILED.1, MetricType::COUNTER);
+        let mut inline = family(INLINE.0, INLINE.1, MetricType::COUNTER);
         for (name, s) in (self.pools)() {
             let mut h = proto::Histogram::default();
             let mut cumulative = 0;
@@ -638,7 +643,11 @@ impl Collector for PoolCollector {
             let mut m = labelled(&name);
             m.set_histogram(h);
             batch.mut_metric().push(m);
-            for (f, value) in [(&mut rejected, s.rejected), (&mut failed, s.failed)] {
+            for (f, value) in [
+                (&mut rejected, s.rejected),
+                (&mut failed, s.failed),
+                (&mut inline, s.inline),
+            ] {
                 let mut c = proto::Counter::default();
                 c.set_value(value as f64);
                 let mut m = labelled(&name);
@@ -646,7 +655,7 @@ impl Collector for PoolCollector {
                 f.mut_metric().push(m);
             }
         }
-        [batch, rejected, failed]
+        [batch, rejected, failed, inline]
             .into_iter()
             .filter(|f| !f.get_metric().is_empty())
             .collect()

@@ -1,0 +1,208 @@
+//! Lone requests run on the caller's thread: only when the pool is idle, the model was timed
+//! fast and the request is small; never for a burst (which batches on a worker), a slow
+//! model, a pool at idle priority or with `inline_max` 0; and a failure inline is sorted out
+//! as on a worker.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+mod common;
+
+use inference::pool::{INLINE_ROWS, NOT_TIMED};
+use inference::{InferError, NamedTensor, Pool, PoolConfig, Runner, Tensor, TensorData};
+
+/// Echoes its input after `delay`, noting the thread each run was on; fails while `broken`,
+/// and on an input holding [`BAD`] (the model "cannot run on it").
+struct Echo {
+    delay: Duration,
+    threads: Arc<Mutex<Vec<String>>>,
+    broken: Arc<AtomicBool>,
+}
+
+const BAD: f32 = -1.0;
+
+impl Runner for Echo {
+    fn run(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, String> {
+        let name = std::thread::current().name().unwrap_or("?").to_string();
+        self.threads.lock().unwrap().push(name);
+        std::thread::sleep(self.delay);
+        if self.broken.load(Ordering::Relaxed) {
+            return Err("the model is broken".into());
+        }
+        if let TensorData::F32(v) = inputs[0].data()
+            && v.contains(&BAD)
+        {
+            return Err("index out of range".into());
+        }
+        Ok(vec![inputs[0].clone()])
+    }
+}
+
+struct Fixture {
+    pool: Arc<Pool>,
+    threads: Arc<Mutex<Vec<String>>>,
+    broken: Arc<AtomicBool>,
+}
+
+impl Fixture {
+    fn new(delay: Duration, config: PoolConfig) -> Fixture {
+        let meta = common::echo_meta();
+        let threads = Arc::new(Mutex::new(Vec::new()));
+        let broken = Arc::new(AtomicBool::new(false));
+        let runners: Vec<Box<dyn Runner>> = (0..config.instances)
+            .map(|_| {
+                Box::new(Echo {
+                    delay,
+                    threads: threads.clone(),
+                    broken: broken.clone(),
+                }) as Box<dyn Runner>
+            })
+            .collect();
+        Fixture {
+            pool: Arc::new(Pool::with_runners(meta, config, runners)),
+            threads,
+            broken,
+        }
+    }
+
+    /// Threads the runs since the last call were on.
+    fn ran_on(&self) -> Vec<String> {
+        std::mem::take(&mut *self.threads.lock().unwrap())
+    }
+}
+
+fn rows(n: usize, value: f32) -> Vec<NamedTensor> {
+    vec![NamedTensor {
+        name: "x".into(),
+        tensor: Tensor::new(vec![n, 2], TensorData::F32(vec![value; 2 * n])).unwrap(),
+    }]
+}
+
+const WORKER: &str = "infer-echo/1-0";
+
+fn here() -> String {
+    std::thread::current().name().unwrap_or("?").to_string()
+}
+
+#[tokio::test]
+async fn a_lone_request_runs_on_the_callers_thread_once_the_model_was_timed_fast() {
+    let f = Fixture::new(Duration::ZERO, PoolConfig::default());
+    assert_eq!(f.pool.stats().inline, 0);
+    // Not timed yet: the first runs on the worker, and times the model.
+    f.pool.infer(rows(1, 1.0)).await.unwrap();
+    assert_eq!(f.ran_on(), [WORKER]);
+    for value in [2.0, 3.0] {
+        let out = f.pool.infer(rows(INLINE_ROWS, value)).await.unwrap();
+        assert_eq!(out[0], rows(INLINE_ROWS, value)[0].tensor);
+    }
+    let h = here();
+    assert_eq!(f.ran_on(), [h.as_str(), &h]);
+    let s = f.pool.stats();
+    assert_eq!((s.inline, s.requests, s.batches), (2, 3, 3));
+    // One row more than INLINE_ROWS goes to the worker.
+    f.pool.infer(rows(INLINE_ROWS + 1, 4.0)).await.unwrap();
+    assert_eq!(f.ran_on(), [WORKER]);
+}
+
+/// Requests that arrive together batch on a worker: each lets its thread's other ready work
+/// go first and then sees the others. Without that, on this one-thread runtime every one of
+/// them would find the pool idle and run inline, one after the other.
+#[tokio::test]
+async fn a_burst_goes_to_a_worker_and_batches() {
+    let f = Fixture::new(Duration::ZERO, PoolConfig::default());
+    f.pool.infer(rows(1, 1.0)).await.unwrap(); // timed: fast
+    f.ran_on();
+    let before = f.pool.stats();
+    let burst: Vec<_> = (0..8)
+        .map(|i| {
+            let pool = f.pool.clone();
+            tokio::spawn(async move { pool.infer(rows(1, i as f32)).await })
+        })
+        .collect();
+    for (i, task) in burst.into_iter().enumerate() {
+        assert_eq!(task.await.unwrap().unwrap()[0], rows(1, i as f32)[0].tensor);
+    }
+    let s = f.pool.stats();
+    // The last of the burst may find the worker done with the others and run alone.
+    assert!(
+        s.inline - before.inline <= 1,
+        "{} of 8 ran inline",
+        s.inline - before.inline
+    );
+    assert!(
+        s.batches - before.batches < 8,
+        "{} runs for 8 requests",
+        s.batches - before.batches
+    );
+    assert!(f.ran_on().iter().filter(|t| *t == WORKER).count() >= 1);
+}
+
+#[tokio::test]
+async fn a_slow_model_never_runs_inline() {
+    let config = PoolConfig {
+        inline_max: Duration::from_micros(100),
+        ..PoolConfig::default()
+    };
+    let f = Fixture::new(Duration::from_millis(2), config);
+    for i in 0..4 {
+        f.pool.infer(rows(1, i as f32)).await.unwrap();
+    }
+    assert_eq!(f.ran_on(), [WORKER; 4]);
+    let s = f.pool.stats();
+    assert_eq!(s.inline, 0);
+    assert!(
+        s.solo_run_ns >= 2_000_000 && s.solo_run_ns != NOT_TIMED,
+        "{}",
+        s.solo_run_ns
+    );
+}
+
+#[tokio::test]
+async fn inline_max_zero_and_idle_priority_pools_never_run_inline() {
+    for config in [
+        PoolConfig {
+            inline_max: Duration::ZERO,
+            ..PoolConfig::default()
+        },
+        PoolConfig {
+            idle_priority: true,
+            ..PoolConfig::default()
+        },
+    ] {
+        let f = Fixture::new(Duration::ZERO, config);
+        for i in 0..3 {
+            f.pool.infer(rows(1, i as f32)).await.unwrap();
+        }
+        assert_eq!(f.ran_on(), [WORKER; 3]);
+        assert_eq!(f.pool.stats().inline, 0);
+    }
+    // And a shadow's copy never does, whatever the pool.
+    let f = Fixture::new(Duration::ZERO, PoolConfig::default());
+    for i in 0..3 {
+        f.pool.infer_queued(rows(1, i as f32)).await.unwrap();
+    }
+    assert_eq!(f.ran_on(), [WORKER; 3]);
+}
+
+/// A failure inline is told apart as on a worker: the input's fault is a 400 and the pool
+/// stays healthy; a model that fails its warm-up input too is a 500 and counts against it.
+#[tokio::test]
+async fn failures_inline_are_sorted_out_as_on_a_worker() {
+    let f = Fixture::new(Duration::ZERO, PoolConfig::default());
+    f.pool.infer(rows(1, 1.0)).await.unwrap();
+    let err = f.pool.infer(rows(1, BAD)).await.unwrap_err();
+    assert!(matches!(err, InferError::BadRequest(_)), "{err:?}");
+    assert!(f.pool.healthy());
+    f.broken.store(true, Ordering::Relaxed);
+    let err = f.pool.infer(rows(1, 2.0)).await.unwrap_err();
+    assert!(matches!(err, InferError::Internal(_)), "{err:?}");
+    let s = f.pool.stats();
+    assert_eq!(
+        (s.inline, s.failed, s.input_failures, s.consecutive_failures),
+        (2, 2, 1, 1)
+    );
+    // Both ran here, each followed by its warm-up probe.
+    let h = here();
+    assert_eq!(f.ran_on(), [WORKER, &h, &h, &h, &h]);
+}
