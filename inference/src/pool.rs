@@ -18,7 +18,7 @@
 //!   by themselves (the spirit of Triton's and MLServer's adaptive batching). Under load the
 //!   batches grow with the queue, so the batched throughput stays. [`Batching::Fixed`] always
 //!   waits `max_delay` for company, as the pool did before.
-//! - A lone request runs on the caller's thread ([`Pool::infer`]) when the pool is idle
+//! - With adaptive batching, a lone request runs on the caller's thread ([`Pool::infer`]) when the pool is idle
 //!   (nothing queued, no worker running), it has at most [`INLINE_ROWS`] rows, and the model
 //!   runs such a request in under `inline_max` (measured, [`PoolStats::solo_run_ns`]). Handing
 //!   it to a worker would cost two thread wake-ups for nothing: at a moderate rate, where
@@ -372,6 +372,7 @@ impl Pool {
     fn may_inline(&self, checked: &CheckedInputs) -> bool {
         let fast = self.stats.solo_run_ns.load(Ordering::Relaxed) <= self.config.inline_max.as_nanos() as u64;
         fast && checked.rows <= INLINE_ROWS
+            && self.config.batching == Batching::Adaptive
             && !self.config.idle_priority
             && self.running.load(Ordering::Acquire) == 0
             && self.tx.as_ref().is_some_and(Sender::is_empty)

@@ -1,6 +1,6 @@
 //! Lone requests run on the caller's thread: only when the pool is idle, the model was timed
 //! fast and the request is small; never for a burst (which batches on a worker), a slow
-//! model, a pool at idle priority or with `inline_max` 0; and a failure inline is sorted out
+//! model, a pool at idle priority, with fixed-delay batching or with `inline_max` 0; and a failure inline is sorted out
 //! as on a worker.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,7 +10,7 @@ use std::time::Duration;
 mod common;
 
 use inference::pool::{INLINE_ROWS, NOT_TIMED};
-use inference::{InferError, NamedTensor, Pool, PoolConfig, Runner, Tensor, TensorData};
+use inference::{Batching, InferError, NamedTensor, Pool, PoolConfig, Runner, Tensor, TensorData};
 
 /// Echoes its input after `delay`, noting the thread each run was on; fails while `broken`,
 /// and on an input holding [`BAD`] (the model "cannot run on it").
@@ -159,7 +159,7 @@ async fn a_slow_model_never_runs_inline() {
 }
 
 #[tokio::test]
-async fn inline_max_zero_and_idle_priority_pools_never_run_inline() {
+async fn inline_max_zero_fixed_batching_and_idle_priority_pools_never_run_inline() {
     for config in [
         PoolConfig {
             inline_max: Duration::ZERO,
@@ -167,6 +167,10 @@ async fn inline_max_zero_and_idle_priority_pools_never_run_inline() {
         },
         PoolConfig {
             idle_priority: true,
+            ..PoolConfig::default()
+        },
+        PoolConfig {
+            batching: Batching::Fixed,
             ..PoolConfig::default()
         },
     ] {
