@@ -18,14 +18,16 @@
 //!   by themselves (the spirit of Triton's and MLServer's adaptive batching). Under load the
 //!   batches grow with the queue, so the batched throughput stays. [`Batching::Fixed`] always
 //!   waits `max_delay` for company, as the pool did before.
-//! - With adaptive batching, a lone request runs on the caller's thread ([`Pool::infer`]) when the pool is idle
-//!   (nothing queued, no worker running), it has at most [`INLINE_ROWS`] rows, and the model
-//!   runs such a request in under `inline_max` (measured, [`PoolStats::solo_run_ns`]). Handing
+//! - With adaptive batching, a lone request runs on the caller's thread ([`Pool::infer`])
+//!   when the pool is idle (nothing queued, no worker running), it has at most
+//!   [`INLINE_ROWS`] rows, and the model runs such a request in under `inline_max`
+//!   (measured, [`PoolStats::solo_run_ns`]). Handing
 //!   it to a worker would cost two thread wake-ups for nothing: at a moderate rate, where
 //!   each request arrives alone, that hand-over cost the gateway more CPU than the model
 //!   (docs/performance.md). A worker that then finds requests waiting batches them as before,
-//!   so throughput under load is the batched one. Callers at idle priority (shadow copies)
-//!   never run inline: a worker of the pool must never wait for them.
+//!   so throughput under load is the batched one. Callers at idle priority (shadow copies,
+//!   [`Pool::infer_queued`]) never run inline: a worker of the pool must never wait for them;
+//!   nor does fixed batching, which promises to wait for company.
 //! - Failures are sorted out per request ([`crate::engine`]): one bad request fails alone.
 
 use std::path::Path;

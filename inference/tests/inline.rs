@@ -1,7 +1,7 @@
 //! Lone requests run on the caller's thread: only when the pool is idle, the model was timed
 //! fast and the request is small; never for a burst (which batches on a worker), a slow
-//! model, a pool at idle priority, with fixed-delay batching or with `inline_max` 0; and a failure inline is sorted out
-//! as on a worker.
+//! model, a pool at idle priority, with fixed-delay batching or with `inline_max` 0; and a
+//! failure inline is sorted out as on a worker.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
