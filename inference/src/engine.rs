@@ -11,7 +11,7 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use tokio::sync::oneshot;
@@ -82,20 +82,24 @@ impl Default for PoolStats {
 
 pub type Reply = oneshot::Sender<Result<Vec<Tensor>, InferError>>;
 
-/// A batch's answers, each with the reply it goes to: delivered by the caller once it let go
+/// A batch's answers, each with the reply it goes to (none for a request run inline, whose
+/// caller takes its answer straight from the run): delivered by the caller once it let go
 /// of the engine ([`deliver`]), so that a caller woken by its answer finds the engine free.
-pub type Answers = Vec<(Reply, Result<Vec<Tensor>, InferError>)>;
+pub type Answers = Vec<(Option<Reply>, Result<Vec<Tensor>, InferError>)>;
 
 pub fn deliver(answers: Answers) {
     for (reply, answer) in answers {
-        let _ = reply.send(answer);
+        if let Some(reply) = reply {
+            let _ = reply.send(answer);
+        }
     }
 }
 
 pub struct Job {
     pub inputs: Vec<Tensor>,
     pub rows: usize,
-    pub reply: Reply,
+    /// None when the caller runs the batch itself (inline) and is still there.
+    pub reply: Option<Reply>,
 }
 
 pub struct Engine {
@@ -104,23 +108,42 @@ pub struct Engine {
     probe: Option<Vec<Tensor>>,
     meta: Arc<ModelMetadata>,
     stats: Arc<PoolStats>,
+    /// The pool's batches running now, on workers or inline.
+    running: Arc<AtomicUsize>,
 }
 
 impl Engine {
-    pub fn new(runner: Box<dyn Runner>, meta: Arc<ModelMetadata>, stats: Arc<PoolStats>) -> Engine {
+    pub fn new(
+        runner: Box<dyn Runner>,
+        meta: Arc<ModelMetadata>,
+        stats: Arc<PoolStats>,
+        running: Arc<AtomicUsize>,
+    ) -> Engine {
         Engine {
             runner,
             probe: None,
             meta,
             stats,
+            running,
         }
     }
 
-    /// Runs the batch's requests as one ORT call; the answers are for [`deliver`].
+    /// Runs the batch's requests as one ORT call, counted in `running` meanwhile (which
+    /// is back down before anyone hears the answers); the answers are for [`deliver`].
     pub fn run_batch(&mut self, batch: Vec<Job>) -> Answers {
+        self.running.fetch_add(1, Ordering::AcqRel);
+        let answers = self.run(batch);
+        self.running.fetch_sub(1, Ordering::AcqRel);
+        answers
+    }
+
+    fn run(&mut self, batch: Vec<Job>) -> Answers {
         let stats = self.stats.clone();
         let before = batch.len();
-        let batch: Vec<Job> = batch.into_iter().filter(|job| !job.reply.is_closed()).collect();
+        let batch: Vec<Job> = batch
+            .into_iter()
+            .filter(|job| !job.reply.as_ref().is_some_and(Reply::is_closed))
+            .collect();
         stats
             .abandoned
             .fetch_add((before - batch.len()) as u64, Ordering::Relaxed);

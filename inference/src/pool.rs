@@ -73,8 +73,9 @@ pub struct PoolConfig {
     /// When a worker waits for more requests before it runs a batch.
     pub batching: Batching,
     /// A lone request runs on the caller's thread when the model runs one in under this
-    /// (see the module comment); zero turns it off. 100 µs is a fraction of a TLS handshake,
-    /// which the same thread does anyway, and several times a bundled model's run.
+    /// (see the module comment); zero turns it off. It bounds how long one model run holds
+    /// a connection's thread: 100 µs is about eight times what a lone breast-cancer/1
+    /// request costs in its pool (11.9 µs, `loadtests/bench_inference.sh`, pool alone).
     pub inline_max: Duration,
 }
 
@@ -217,7 +218,10 @@ impl Pool {
         let running = Arc::new(AtomicUsize::new(0));
         let engines: Vec<_> = runners
             .into_iter()
-            .map(|runner| Arc::new(Mutex::new(Engine::new(runner, meta.clone(), stats.clone()))))
+            .map(|runner| {
+                let engine = Engine::new(runner, meta.clone(), stats.clone(), running.clone());
+                Arc::new(Mutex::new(engine))
+            })
             .collect();
         let workers = engines
             .iter()
@@ -386,17 +390,13 @@ impl Pool {
         mut engine: MutexGuard<'_, Engine>,
         checked: CheckedInputs,
     ) -> Result<Vec<Tensor>, InferError> {
-        // The reply is not used: the answer comes back from the run itself.
-        let (reply, _rx) = oneshot::channel();
         let CheckedInputs { tensors, rows } = checked;
-        self.running.fetch_add(1, Ordering::AcqRel);
         let answers = engine.run_batch(vec![Job {
             inputs: tensors,
             rows,
-            reply,
+            reply: None,
         }]);
         drop(engine);
-        self.running.fetch_sub(1, Ordering::AcqRel);
         self.stats.inline.fetch_add(1, Ordering::Relaxed);
         answers
             .into_iter()
@@ -422,7 +422,7 @@ impl Pool {
         match tx.try_send(Job {
             inputs: tensors,
             rows,
-            reply,
+            reply: Some(reply),
         }) {
             Ok(()) => Ok(rx),
             Err(TrySendError::Full(_)) => {
@@ -535,13 +535,11 @@ impl Worker {
                     batch.push(next);
                 }
             }
-            self.running.fetch_add(1, Ordering::AcqRel);
             // Held by a lone request running inline at most for one short run.
             let mut engine = self.engine.lock().unwrap_or_else(|e| e.into_inner());
             let answers = engine.run_batch(batch);
-            drop(engine);
             // Idle again before the callers hear back: the next lone request may run inline.
-            self.running.fetch_sub(1, Ordering::AcqRel);
+            drop(engine);
             deliver(answers);
         }
     }

@@ -115,18 +115,17 @@ pub(super) async fn unary<M: Message + Default>(
             .sender(connect_timeout)
             .await
             .map_err(Failure::NotDelivered)?;
-        let mut request = http::Request::post(format!("http://{}{SERVICE}{method}", channel.addr))
+        // New in every call: sent as a literal HPACK never indexes, as the answers' ids are
+        // (`service::exchange::Head::response_header` says why).
+        let mut id = http::HeaderValue::from_str(request_id).map_err(|e| Failure::Failed(e.to_string()))?;
+        id.set_sensitive(true);
+        let request = http::Request::post(format!("http://{}{SERVICE}{method}", channel.addr))
             .header(http::header::CONTENT_TYPE, "application/grpc")
             .header(http::header::TE, "trailers")
             .header("grpc-timeout", codec::timeout_value(timeout))
-            .header("x-request-id", request_id)
+            .header("x-request-id", id)
             .body(Full::new(codec::frame(message)))
             .map_err(|e| Failure::Failed(e.to_string()))?;
-        // New in every call: sent as a literal HPACK never indexes, as the answers' ids are
-        // (`service::exchange::Head::response_header` says why).
-        if let Some(v) = request.headers_mut().get_mut("x-request-id") {
-            v.set_sensitive(true);
-        }
         let response = match send.try_send_request(request).await {
             Ok(r) => r,
             Err(e) if e.message().is_some() => return Err(Failure::NotDelivered(e.into_error().to_string())),
