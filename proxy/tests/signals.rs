@@ -91,6 +91,8 @@ struct Tally {
     /// Requests that could not be sent (the connection had closed, the stream was refused):
     /// never processed, so sent again on a new connection, as clients do.
     not_sent: AtomicUsize,
+    /// Connection attempts that failed or hung (no request was sent on them).
+    cannot_connect: AtomicUsize,
 }
 
 /// Whether a client error means the request was never processed: the connection was
@@ -111,9 +113,24 @@ fn never_processed(e: &hyper::Error) -> bool {
     false
 }
 
+/// What a client does when it cannot connect.
+#[derive(Clone, Copy, PartialEq)]
+enum OnRefusal {
+    /// Stop: the gateway has stopped listening (SIGTERM).
+    Stop,
+    /// Try again shortly, as a client of a service that must stay up does (an upgrade).
+    Retry,
+}
+
 /// A client that keeps its connection (HTTP/1.1 or HTTP/2) and sends one request after
-/// another until `stop`, or until it cannot connect (the gateway has stopped listening).
-async fn kept_alive_client(client: Arc<Client>, proto: Proto, stop: Arc<AtomicBool>, tally: Arc<Tally>) {
+/// another until `stop`; when it cannot connect, it stops or tries again (`on_refusal`).
+async fn kept_alive_client(
+    client: Arc<Client>,
+    proto: Proto,
+    stop: Arc<AtomicBool>,
+    tally: Arc<Tally>,
+    on_refusal: OnRefusal,
+) {
     use http_body_util::{BodyExt, Full};
     let body = bytes::Bytes::from(example());
     'connections: while !stop.load(Ordering::Relaxed) {
@@ -126,12 +143,20 @@ async fn kept_alive_client(client: Arc<Client>, proto: Proto, stop: Arc<AtomicBo
             try_connect(client.addr, &client.tls, proto),
         )
         .await;
-        let Ok(Ok(conn)) = conn else {
-            if conn.is_err() {
-                eprintln!("{proto:?}: connection attempt hung 3 s");
-                tally.not_sent.fetch_add(1, Ordering::Relaxed);
+        let conn = match conn {
+            Ok(Ok(conn)) => conn,
+            failed => {
+                tally.cannot_connect.fetch_add(1, Ordering::Relaxed);
+                if on_refusal == OnRefusal::Stop {
+                    return;
+                }
+                match failed {
+                    Ok(Err(e)) => eprintln!("{proto:?}: cannot connect, trying again: {e:?}"),
+                    _ => eprintln!("{proto:?}: a connection attempt hung 3 s, trying again"),
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
             }
-            return;
         };
         let mut h1 = None;
         let mut h2 = None;
@@ -204,7 +229,8 @@ async fn kept_alive_client(client: Arc<Client>, proto: Proto, stop: Arc<AtomicBo
 /// Runs the binary on [`config`] until it serves; a client with its dev key.
 fn serve(upstream: std::net::SocketAddr, grace_s: u64) -> (Child, Arc<Client>, std::path::PathBuf) {
     let (file, https) = config(upstream, grace_s);
-    let (child, printed) = run_until_serving(&file);
+    let log = std::fs::File::create(file.parent().unwrap().join("gateway.err")).unwrap();
+    let (child, printed) = run_until_serving_with(&file, &[], log.into());
     let client = Arc::new(Client {
         addr: format!("127.0.0.1:{https}").parse().unwrap(),
         tls: client_tls(&file.parent().unwrap().join("certs/ca.crt")),
@@ -273,6 +299,7 @@ fn load(
     client: &Arc<Client>,
     stop: &Arc<AtomicBool>,
     tally: &Arc<Tally>,
+    on_refusal: OnRefusal,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     [Proto::H1, Proto::H2]
         .into_iter()
@@ -283,6 +310,7 @@ fn load(
                 proto,
                 stop.clone(),
                 tally.clone(),
+                on_refusal,
             ))
         })
         .collect()
@@ -293,18 +321,29 @@ async fn an_upgrade_hands_the_sockets_to_a_new_process_without_a_failed_request(
     let upstream = FakeUpstream::start(Misbehaviour::Slow(Duration::from_millis(20))).await;
     let (mut old, client, file) = serve(upstream.addr, 10);
     let dir = file.parent().unwrap().to_path_buf();
-    // Kept-alive clients throughout, HTTP/1.1 and HTTP/2.
+    // Kept-alive clients throughout, HTTP/1.1 and HTTP/2; one that cannot connect tries again
+    // (counted): the service stays up, so a real client would.
     let stop = Arc::new(AtomicBool::new(false));
     let tally = Arc::new(Tally::default());
-    let clients = load(&client, &stop, &tally);
-    // The new process waits for the sockets; the old one hands them over on SIGQUIT.
+    let clients = load(&client, &stop, &tally, OnRefusal::Retry);
+    // The new process waits for the sockets; the old one hands them over on SIGQUIT. What
+    // both processes print goes to files, shown when the test fails.
     let mut new = gateway()
         .args(["run", "--upgrade", "--config"])
         .arg(&file)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stdout(std::fs::File::create(dir.join("new-process.out")).unwrap())
+        .stderr(std::fs::File::create(dir.join("new-process.err")).unwrap())
         .spawn()
         .unwrap();
+    let printed = || {
+        let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap_or_default();
+        format!(
+            "the new process printed:\n{}{}\nthe old one logged:\n{}",
+            read("new-process.out"),
+            read("new-process.err"),
+            read("gateway.err")
+        )
+    };
     let sock = dir.join("upgrade.sock");
     let waited = Instant::now();
     while !sock.exists() {
@@ -318,28 +357,47 @@ async fn an_upgrade_hands_the_sockets_to_a_new_process_without_a_failed_request(
     signal(&old, "QUIT");
     let (status, _) = wait_exit(&mut old, Duration::from_secs(20));
     assert!(status.success(), "{status:?}");
+    // The new process answers once the old one has left (within 5 s: a bound for a slow
+    // machine, not a measured figure; it takes some 10 ms here).
     let before = tally.ok.load(Ordering::Relaxed);
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let left = Instant::now();
+    while tally.ok.load(Ordering::Relaxed) == before && left.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert!(
         tally.ok.load(Ordering::Relaxed) > before,
-        "nobody answers after the old process left"
+        "nobody answered in the 5 s after the old process left (the new one: {:?}; {} connection attempts failed); {}",
+        new.try_wait().unwrap(),
+        tally.cannot_connect.load(Ordering::Relaxed),
+        printed()
     );
+    let first = left.elapsed();
+    tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, Ordering::Relaxed);
     for c in clients {
         c.await.unwrap();
     }
     assert!(
         new.try_wait().unwrap().is_none(),
-        "the new process must still run"
+        "the new process must still run; {}",
+        printed()
     );
     signal(&new, "TERM");
     wait_exit(&mut new, Duration::from_secs(10));
-    let [ok, failed, closes, not_sent] =
-        [&tally.ok, &tally.failed, &tally.told_to_close, &tally.not_sent].map(|c| c.load(Ordering::Relaxed));
+    let [ok, failed, closes, not_sent, cannot_connect] = [
+        &tally.ok,
+        &tally.failed,
+        &tally.told_to_close,
+        &tally.not_sent,
+        &tally.cannot_connect,
+    ]
+    .map(|c| c.load(Ordering::Relaxed));
     eprintln!(
-        "upgrade, kept-alive clients: {ok} requests answered, {failed} failed; {closes} answers said connection: close, {not_sent} requests were sent again on a new connection"
+        "upgrade, kept-alive clients: {ok} requests answered, {failed} failed; {closes} answers said connection: close, \
+         {not_sent} requests were sent again on a new connection, {cannot_connect} connection attempts failed; \
+         the first answer after the old process left came {first:?} after it"
     );
-    assert_eq!(failed, 0);
+    assert_eq!(failed, 0, "{}", printed());
     assert!(
         closes > 0,
         "the old process's HTTP/1.1 connections were told to close"
@@ -354,7 +412,7 @@ async fn sigterm_drains_kept_alive_connections_without_a_failed_request() {
     let (mut child, client, _) = serve(upstream.addr, 10);
     let stop = Arc::new(AtomicBool::new(false));
     let tally = Arc::new(Tally::default());
-    let clients = load(&client, &stop, &tally);
+    let clients = load(&client, &stop, &tally, OnRefusal::Stop);
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let answered_before = tally.ok.load(Ordering::Relaxed);
     signal(&child, "TERM");
