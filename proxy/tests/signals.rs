@@ -113,6 +113,18 @@ fn never_processed(e: &hyper::Error) -> bool {
     false
 }
 
+/// A gateway process that is killed if the test ends (or fails) with it still running.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// What a client does when it cannot connect.
 #[derive(Clone, Copy, PartialEq)]
 enum OnRefusal {
@@ -319,7 +331,8 @@ fn load(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_upgrade_hands_the_sockets_to_a_new_process_without_a_failed_request() {
     let upstream = FakeUpstream::start(Misbehaviour::Slow(Duration::from_millis(20))).await;
-    let (mut old, client, file) = serve(upstream.addr, 10);
+    let (old, client, file) = serve(upstream.addr, 10);
+    let mut old = Running(old);
     let dir = file.parent().unwrap().to_path_buf();
     // Kept-alive clients throughout, HTTP/1.1 and HTTP/2; one that cannot connect tries again
     // (counted): the service stays up, so a real client would.
@@ -328,13 +341,15 @@ async fn an_upgrade_hands_the_sockets_to_a_new_process_without_a_failed_request(
     let clients = load(&client, &stop, &tally, OnRefusal::Retry);
     // The new process waits for the sockets; the old one hands them over on SIGQUIT. What
     // both processes print goes to files, shown when the test fails.
-    let mut new = gateway()
-        .args(["run", "--upgrade", "--config"])
-        .arg(&file)
-        .stdout(std::fs::File::create(dir.join("new-process.out")).unwrap())
-        .stderr(std::fs::File::create(dir.join("new-process.err")).unwrap())
-        .spawn()
-        .unwrap();
+    let mut new = Running(
+        gateway()
+            .args(["run", "--upgrade", "--config"])
+            .arg(&file)
+            .stdout(std::fs::File::create(dir.join("new-process.out")).unwrap())
+            .stderr(std::fs::File::create(dir.join("new-process.err")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
     let printed = || {
         let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap_or_default();
         format!(
@@ -354,8 +369,8 @@ async fn an_upgrade_hands_the_sockets_to_a_new_process_without_a_failed_request(
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    signal(&old, "QUIT");
-    let (status, _) = wait_exit(&mut old, Duration::from_secs(20));
+    signal(&old.0, "QUIT");
+    let (status, _) = wait_exit(&mut old.0, Duration::from_secs(20));
     assert!(status.success(), "{status:?}");
     // The new process answers once the old one has left (within 5 s: a bound for a slow
     // machine, not a measured figure; it takes some 10 ms here).
@@ -367,7 +382,7 @@ async fn an_upgrade_hands_the_sockets_to_a_new_process_without_a_failed_request(
     assert!(
         tally.ok.load(Ordering::Relaxed) > before,
         "nobody answered in the 5 s after the old process left (the new one: {:?}; {} connection attempts failed); {}",
-        new.try_wait().unwrap(),
+        new.0.try_wait().unwrap(),
         tally.cannot_connect.load(Ordering::Relaxed),
         printed()
     );
@@ -378,12 +393,12 @@ async fn an_upgrade_hands_the_sockets_to_a_new_process_without_a_failed_request(
         c.await.unwrap();
     }
     assert!(
-        new.try_wait().unwrap().is_none(),
+        new.0.try_wait().unwrap().is_none(),
         "the new process must still run; {}",
         printed()
     );
-    signal(&new, "TERM");
-    wait_exit(&mut new, Duration::from_secs(10));
+    signal(&new.0, "TERM");
+    wait_exit(&mut new.0, Duration::from_secs(10));
     let [ok, failed, closes, not_sent, cannot_connect] = [
         &tally.ok,
         &tally.failed,
