@@ -9,12 +9,16 @@
 //! The method, not retries, makes it robust against this shared machine's noise: the two
 //! routes (one plain, one shadowed, on the same stable pool) take turns in 360 block pairs of
 //! 50 requests at a fixed rate, either first in turn, so that noise lands on both. The
-//! verdict is on three ratios (shadowed over plain) with limits that state their margin: the
-//! p50 and p90 of all 18,000 requests per route, and the median over blocks of a block's
-//! second-slowest request (its tail, with the block's one worst left out). One ratio over its
-//! limit fails the test. The pooled p99 is printed, not judged: on these machines it is set
-//! by a handful of stalls of several milliseconds per run, wherever they land (five runs of
-//! the local case at one commit gave ratios from 0.38 to 2.26), so the p99 target lives in
+//! verdict is on three ratios, each the median over the 360 pairs of the shadowed block's
+//! figure over the plain block's: a block's p50, its p90 (5th-slowest request) and its tail
+//! (second-slowest, with the block's one worst left out). The limits state their margin; one
+//! ratio over its limit fails the test. A shadow that costs the primary anything on most
+//! requests moves most pairs' ratios; a neighbour who takes the cores for a while slows both
+//! blocks of the pairs it lands on (a pair lasts some 50 ms) and moves few ratios. Pooled
+//! quantiles are printed, not judged: on these machines they are set by where a neighbour's
+//! bursts land (five runs of the local case at one commit gave pooled p99 ratios from 0.38 to
+//! 2.26; a CI run whose pooled p90 was 5 ms against a p50 of 0.8 ms gave a pooled p90 ratio of
+//! 1.25 and a paired tail ratio of 1.02), so the p99 target lives in
 //! `loadtests/bench_shadow.sh`, whose client is another process, measured for longer. Its own
 //! test binary, so that no other test shares the machine meanwhile; its two tests take turns.
 
@@ -117,12 +121,12 @@ async fn closed_loop(conns: Vec<Connection>, key: &str, route: &str, secs: f64) 
     (total as f64 / secs, back)
 }
 
-/// Fails unless every ratio (p50, p90, block tail) is within `limit`.
+/// Fails unless every paired ratio (block p50, p90, tail) is within `limit`.
 fn within(ratios: [f64; 3], limit: f64, case: &str) {
-    for (name, r) in ["p50", "p90", "block tail"].iter().zip(ratios) {
+    for (name, r) in ["block p50", "block p90", "block tail"].iter().zip(ratios) {
         assert!(
             r <= limit,
-            "{name} ratio {r:.3} over {limit:.2} {case} (p50, p90, block tail: {ratios:.3?})"
+            "median {name} ratio {r:.3} over {limit:.2} {case} (block p50, p90, tail: {ratios:.3?})"
         );
     }
 }
@@ -175,8 +179,9 @@ impl Pair {
         out
     }
 
-    /// The ratios the verdict is on (p50, p90, block tail; see the module comment), printed
-    /// with the pooled p99 for the reader.
+    /// The ratios the verdict is on (over block pairs, the median ratio of the blocks' p50,
+    /// p90 and tail; see the module comment), printed with the pooled quantiles' ratios for
+    /// the reader.
     async fn ratios(&mut self, key: &str, rate: f64, case: &str) -> [f64; 3] {
         let pairs = self.pairs(key, rate).await;
         let pooled = |shadowed: bool| {
@@ -190,22 +195,19 @@ impl Pair {
         };
         let (plain, shadowed) = (pooled(false), pooled(true));
         let r = |q: f64| quantile(&shadowed, q).as_secs_f64() / quantile(&plain, q).as_secs_f64();
-        let tail = |v: &Vec<Duration>| {
+        // A block's `k`th slowest request, in seconds.
+        let slowest = |v: &Vec<Duration>, k: usize| {
             let mut v = v.clone();
             v.sort();
-            v[v.len() - 2].as_secs_f64()
+            v[v.len() - k].as_secs_f64()
         };
-        let block_tail = |shadowed: bool| {
-            median(
-                pairs
-                    .iter()
-                    .map(|(p, s)| tail(if shadowed { s } else { p }))
-                    .collect(),
-            )
-        };
-        let paired = median(pairs.iter().map(|(p, s)| tail(s) / tail(p)).collect());
+        // Over pairs, the median of (shadowed block's `k`th slowest / plain block's).
+        let paired = |k: usize| median(pairs.iter().map(|(p, s)| slowest(s, k) / slowest(p, k)).collect());
+        let (p50, p90, tail) = (paired(BLOCK / 2), paired(BLOCK / 10), paired(2));
         eprintln!(
-            "{case}: pooled p50 {:?} / {:?} ({:.3}), p90 {:?} / {:?} ({:.3}), p99 {:?} / {:?} ({:.3}); block tail (2nd slowest of {BLOCK}) median {:.0} / {:.0} µs ({:.3}), paired {paired:.3}",
+            "{case}: pooled p50 {:?} / {:?} ({:.3}), p90 {:?} / {:?} ({:.3}), p99 {:?} / {:?} ({:.3}); \
+             median over {PAIRS} block pairs of the shadowed/plain ratio of the block's p50 {p50:.3}, \
+             p90 {p90:.3}, tail (2nd slowest of {BLOCK}) {tail:.3}",
             quantile(&plain, 0.5),
             quantile(&shadowed, 0.5),
             r(0.5),
@@ -215,11 +217,8 @@ impl Pair {
             quantile(&plain, 0.99),
             quantile(&shadowed, 0.99),
             r(0.99),
-            block_tail(false) * 1e6,
-            block_tail(true) * 1e6,
-            block_tail(true) / block_tail(false),
         );
-        [r(0.5), r(0.9), block_tail(true) / block_tail(false)]
+        [p50, p90, tail]
     }
 }
 
@@ -279,7 +278,8 @@ async fn bad_remote_shadows_do_not_touch_the_primary() {
         .await;
     let rss_after = rss_kib();
     eprintln!("RSS {rss_before} -> {rss_after} KiB");
-    // The limit: the design's 1.10 (at most 1.07 in the runs made when it was set).
+    // The limit: the design's 1.10 (paired ratios from 0.94 to 1.05 in five runs on a noisy
+    // machine whose p50 reached 2.8 ms, where the pooled p90 ratio reached 1.24).
     within(ratios, 1.10, "with bad remote shadows");
 
     let (_, metrics) = admin_get(&g, "/metrics").await;
@@ -321,8 +321,14 @@ async fn a_local_shadow_at_half_load_does_not_touch_the_primary() {
     let key = g.keys.batch.clone();
     let mut pair = Pair::open(&g).await;
     // This setup's maximum without a shadow, after a warm-up; the load is half of it.
-    let (_, c) = closed_loop(std::mem::take(&mut pair.plain), &key, "plain", 0.5).await;
-    let (max, c) = closed_loop(c, &key, "plain", 2.0).await;
+    // The best of three rounds: a neighbour's burst lowers a round's figure (a run measured
+    // 1,096/s where the others measured 10,400 to 11,700), never raises it.
+    let (_, mut c) = closed_loop(std::mem::take(&mut pair.plain), &key, "plain", 0.5).await;
+    let mut max = 0f64;
+    for _ in 0..3 {
+        let (round, back) = closed_loop(c, &key, "plain", 1.0).await;
+        (max, c) = (max.max(round), back);
+    }
     pair.plain = c;
     let rate = (max / 2.0).round();
     eprintln!("maximum without a shadow: {max:.0} requests/s; load: {rate} requests/s");
@@ -337,8 +343,8 @@ async fn a_local_shadow_at_half_load_does_not_touch_the_primary() {
         .await;
     tokio::time::sleep(Duration::from_millis(500)).await; // copies in flight finish
     let (_, after) = admin_get(&g, "/metrics").await;
-    // The limit: the benchmark's target of 1.15 (at most 1.08 in the runs made when it was set;
-    // 1.10 with the shadow's threads at normal priority instead of idle).
+    // The limit: the benchmark's target of 1.15 (paired ratios from 0.91 to 1.13 in five runs
+    // on a noisy machine whose p50 reached 3.3 ms, 1.13 in the noisiest).
     within(ratios, 1.15, "with a local shadow at half load");
     let compared = |m: &str| {
         value(m, "gateway_shadow_agreement_total{") + value(m, "gateway_shadow_disagreement_total{")
