@@ -296,7 +296,7 @@ impl GatewayServer {
     /// Serves until `shutdown` fires. Then: the listeners stop accepting; connections drain
     /// (requests in flight finish; kept-alive HTTP/1.1 ones answer their next request with
     /// `Connection: close`, HTTP/2 ones get a GOAWAY), for up to `server.shutdown_grace_s`,
-    /// and it returns as soon as the last one has closed; shadow copies in flight get a
+    /// and it returns once none has been open for [`QUIET`]; shadow copies in flight get a
     /// moment to land, and the shadow store writes everything it accepted.
     pub fn run(self, shutdown: Box<dyn ShutdownSignalWatch + Send>) {
         let GatewayServer {
@@ -341,10 +341,25 @@ impl GatewayServer {
                 "stopped accepting; draining connections"
             );
         }
-        while busy() && Instant::now() < deadline {
-            // The upkeep loop has stopped: connections still in their TLS handshake are
-            // held to their deadline here.
-            connections.sweep(handshake);
+        // Quiet means nothing open for `QUIET` in a row, not at one look: pingora reports the
+        // shutdown as soon as it has told the listeners, whose tasks (on other threads) may
+        // still accept a connection, and an accepted connection is counted only once its task
+        // runs. Leaving at the first quiet look could reset such a connection (after an
+        // upgrade the new process would have served it).
+        let mut quiet_since: Option<Instant> = None;
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            if busy() {
+                quiet_since = None;
+                // The upkeep loop has stopped: connections still in their TLS handshake are
+                // held to their deadline here.
+                connections.sweep(handshake);
+            } else if now.duration_since(*quiet_since.get_or_insert(now)) >= QUIET {
+                break;
+            }
             std::thread::sleep(Duration::from_millis(10));
         }
         if busy() {
@@ -369,6 +384,11 @@ impl GatewayServer {
         // do; the process exits without it (embedders: its runtimes end when it wakes).
     }
 }
+
+/// How long nothing may be open before a stopping gateway is drained: a listener's task sees
+/// the shutdown and a just-accepted connection's task counts it within microseconds unless
+/// the machine stalls them; this noisy 2-core machine has stalled tasks for tens of ms.
+const QUIET: Duration = Duration::from_millis(250);
 
 /// A shutdown trigger for embedding (tests): fires on [`ShutdownHandle::shutdown`].
 pub struct ManualShutdown(Arc<tokio::sync::Notify>);
