@@ -335,7 +335,8 @@ async fn an_upgrade_hands_the_sockets_to_a_new_process_without_a_failed_request(
     let mut old = Running(old);
     let dir = file.parent().unwrap().to_path_buf();
     // Kept-alive clients throughout, HTTP/1.1 and HTTP/2; one that cannot connect tries again
-    // (counted): the service stays up, so a real client would.
+    // (counted, and none may fail: the listening socket is open in one process or the other
+    // throughout, so a failed attempt is a connection one of them accepted and then reset).
     let stop = Arc::new(AtomicBool::new(false));
     let tally = Arc::new(Tally::default());
     let clients = load(&client, &stop, &tally, OnRefusal::Retry);
@@ -413,6 +414,12 @@ async fn an_upgrade_hands_the_sockets_to_a_new_process_without_a_failed_request(
          the first answer after the old process left came {first:?} after it"
     );
     assert_eq!(failed, 0, "{}", printed());
+    assert_eq!(
+        cannot_connect,
+        0,
+        "connections were lost in the upgrade (accepted, then reset); {}",
+        printed()
+    );
     assert!(
         closes > 0,
         "the old process's HTTP/1.1 connections were told to close"
