@@ -183,7 +183,15 @@ impl Pair {
     /// p90 and tail; see the module comment), printed with the pooled quantiles' ratios for
     /// the reader.
     async fn ratios(&mut self, key: &str, rate: f64, case: &str) -> [f64; 3] {
-        let pairs = self.pairs(key, rate).await;
+        // Each block sorted once: the per-block figures below are its order statistics.
+        let pairs: Vec<(Vec<Duration>, Vec<Duration>)> = (self.pairs(key, rate).await)
+            .into_iter()
+            .map(|(mut p, mut s)| {
+                p.sort();
+                s.sort();
+                (p, s)
+            })
+            .collect();
         let pooled = |shadowed: bool| {
             let mut v: Vec<Duration> = pairs
                 .iter()
@@ -195,12 +203,8 @@ impl Pair {
         };
         let (plain, shadowed) = (pooled(false), pooled(true));
         let r = |q: f64| quantile(&shadowed, q).as_secs_f64() / quantile(&plain, q).as_secs_f64();
-        // A block's `k`th slowest request, in seconds.
-        let slowest = |v: &Vec<Duration>, k: usize| {
-            let mut v = v.clone();
-            v.sort();
-            v[v.len() - k].as_secs_f64()
-        };
+        // A sorted block's `k`th slowest request, in seconds.
+        let slowest = |v: &[Duration], k: usize| v[v.len() - k].as_secs_f64();
         // Over pairs, the median of (shadowed block's `k`th slowest / plain block's).
         let paired = |k: usize| median(pairs.iter().map(|(p, s)| slowest(s, k) / slowest(p, k)).collect());
         let (p50, p90, tail) = (paired(BLOCK / 2), paired(BLOCK / 10), paired(2));
