@@ -4,7 +4,9 @@
 # One-row and 64-row requests of breast-cancer/1, the same tensors in both protocols (REST
 # sends the JSON body, gRPC the ModelInferRequest with raw contents that tritonclient.grpc
 # sends). loadgen drives both (open loop, HTTP/1.1 for REST, HTTP/2 for gRPC, one request in
-# flight per connection), on core 1; the server is pinned to core 0.
+# flight per connection), on core 1; the server is pinned to core 0. loadgen writes a gRPC
+# call's HEADERS and DATA in one write, as tritonclient.grpc and perf_analyzer (gRPC's C core)
+# do; hyper's client, which it used before 2026-12-04, wrote them in two (docs/grpc.md).
 #
 #   loadtests/bench_grpc.sh            15 s per measurement, 3 rounds
 #   loadtests/bench_grpc.sh --short    3 s per measurement

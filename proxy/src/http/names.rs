@@ -10,9 +10,12 @@ pub const X_CANARY: HeaderName = HeaderName::from_static("x-canary");
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const X_MODEL_VARIANT: HeaderName = HeaderName::from_static("x-model-variant");
 pub const X_MODEL_VERSION: HeaderName = HeaderName::from_static("x-model-version");
+pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 pub const RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
 pub const RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
 pub const RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
+/// gRPC's status, in the trailers.
+pub const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 /// The binary tensor extension's `Inference-Header-Content-Length`.
 pub const INFERENCE_HEADER_LENGTH: HeaderName = HeaderName::from_static(inference::protocol::HEADER_LENGTH);
 

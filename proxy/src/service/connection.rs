@@ -28,6 +28,7 @@ use pingora::server::ShutdownWatch;
 
 use super::exchange::{Exchange, Io};
 use super::{Ctx, Gateway};
+use crate::admission::auth;
 use crate::errors::GatewayError;
 use crate::http::coalesce::Coalesced;
 use crate::http::h1;
@@ -111,15 +112,18 @@ impl Gateway {
         let mut ctx = Ctx {
             key_memo: match session.take_connection_user_context() {
                 Some(memo) => memo.downcast().ok(),
-                None => (!session.is_http2()).then(Box::default),
+                None if session.is_http2() => Some(auth::thread_memo()),
+                None => Some(Box::default()),
             },
             ..Ctx::default()
         };
         let mut exchange = Exchange::new(Io::Pingora(session), body_timeout);
         self.serve(&mut exchange, &mut ctx).await;
         self.log(&exchange, &ctx);
-        if let Some(memo) = ctx.key_memo.take() {
-            session.set_connection_user_context(Some(memo));
+        match ctx.key_memo.take() {
+            Some(memo) if session.is_http2() => auth::return_thread_memo(memo),
+            Some(memo) => session.set_connection_user_context(Some(memo)),
+            None => {}
         }
     }
 

@@ -25,6 +25,7 @@ use super::exchange::Exchange;
 use super::local::{Engine, busy, in_signature_order, not_ready, within};
 use super::{Ctx, Gateway, Kind};
 use crate::errors::GatewayError;
+use crate::http::names::GRPC_STATUS;
 use crate::pools::remote::{self, RemotePool};
 use crate::routing::snapshot::{Backend, Snapshot};
 use crate::shadow;
@@ -350,7 +351,7 @@ impl Gateway {
         ctx.status = 200;
         answered(ctx, tonic::Code::Ok);
         let mut trailers = http::HeaderMap::new();
-        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+        trailers.insert(GRPC_STATUS, http::HeaderValue::from_static("0"));
         let _ = session
             .write_grpc(ctx, Some(codec::frame(message)), trailers)
             .await;
@@ -369,7 +370,7 @@ impl Gateway {
         answered(ctx, status.code());
         let mut trailers = http::HeaderMap::new();
         if status.add_header(&mut trailers).is_err() {
-            trailers.insert("grpc-status", http::HeaderValue::from_static("13"));
+            trailers.insert(GRPC_STATUS, http::HeaderValue::from_static("13"));
         }
         for (name, value) in e.headers() {
             if let Ok(v) = http::HeaderValue::from_str(&value) {
