@@ -199,6 +199,10 @@ async fn one(sender: &mut Sender, t: &Target, body: Option<&Bytes>) -> Result<(u
             (status, hit, in_head, body.trailers().cloned())
         }
         Sender::H2(s) => {
+            if let (Some(body), false) = (body, t.grpc) {
+                // What hyper (and curl) send with a REST body; gRPC clients send none.
+                b = b.header("content-length", body.len());
+            }
             let req = b.body(()).map_err(|e| e.to_string())?;
             std::future::poll_fn(|cx| s.poll_ready(cx))
                 .await
