@@ -9,9 +9,9 @@
 //!             --duration 10 --body example.json --header "x-api-key: …" --cacert certs/ca.crt
 //!
 //! `--grpc` sends the same request as a gRPC `ModelInfer` call instead (HTTP/2, h2c or TLS with
-//! ALPN h2; a call's frames in one write, see [`Sender`]): the JSON body is converted once, before the load, into the protobuf message with
-//! raw tensor contents (what `tritonclient.grpc` sends), and a call counts as answered only
-//! when its `grpc-status` is 0.
+//! ALPN h2; a call's frames in one write, see [`Sender`]): the JSON body is converted once,
+//! before the load, into the protobuf message with raw tensor contents (what
+//! `tritonclient.grpc` sends), and a call counts as answered only when its `grpc-status` is 0.
 //!
 //! `--bodies FILE --zipf S` draws each request's body from the file's lines, Zipf-distributed
 //! (the first line the most frequent), and `hits` counts the answers the gateway served from
