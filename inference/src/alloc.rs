@@ -10,6 +10,18 @@
 //! Every mimalloc block is a whole number of words from a page start aligned at least as
 //! much, so a request aligned to a word or less takes `mi_malloc`; larger alignments keep the
 //! `_aligned` functions. (mimalloc's own issue: microsoft/mimalloc#314.)
+//!
+//! mimalloc is built without transparent huge pages (`libmimalloc-sys`'s `no_thp`, in the
+//! workspace's Cargo.toml): otherwise it asks for them on its arenas (`MADV_HUGEPAGE`), and
+//! after it returns free memory to the system, the next allocation there faults in a whole
+//! 2 MiB page the kernel zeroes first. In the gateway with a local shadow that was 5% of the
+//! process's CPU samples (`clear_page_erms` under `do_huge_pmd_anonymous_page`, mostly on
+//! the shadow thread, whose frees of the client path's tensors return pages). A one-off
+//! (2026-12-04, `target/dist` builds of one commit with and without the feature, side by side
+//! on core 0, the configuration of `loadtests/bench_shadow.sh` at 14,000 requests/s from
+//! `loadgen` on core 1, four turns each): copies compared 41, 61, 81, 87% without huge pages
+//! against 34, 52, 74, 53% with them; the primary's p99 1.6–2.7 ms against 2.3–24 ms; CPU per
+//! request and the closed-loop maximum (wrk) unchanged within the noise.
 
 use std::alloc::{GlobalAlloc, Layout};
 use std::ffi::c_void;
