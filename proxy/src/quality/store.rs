@@ -20,6 +20,7 @@
 //! own `x-request-id`, sent twice) is "ambiguous" and never joins: joining either would risk
 //! a wrong join.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
 use std::time::Duration;
@@ -93,8 +94,8 @@ struct Shard {
 #[derive(Default)]
 struct LocalInner {
     map: HashMap<String, Slot>,
-    /// Insertion order (id, sequence number), for eviction oldest first.
-    order: VecDeque<(String, u64)>,
+    /// Insertion order (id, sequence number, when put in Unix ms), for eviction oldest first.
+    order: VecDeque<(String, u64, u64)>,
     bytes: usize,
     seq: u64,
 }
@@ -180,38 +181,41 @@ impl Local {
 
     fn insert(&self, g: &mut LocalInner, id: &str, served: Served) {
         let now = served.at_ms;
-        if let Some(slot) = g.map.get_mut(id) {
-            slot.ambiguous = true;
-            return;
-        }
         let bytes = weight(id, &served);
-        g.seq += 1;
-        let seq = g.seq;
-        g.map.insert(
-            id.to_string(),
-            Slot {
-                seq,
-                served,
-                shadows: Vec::new(),
-                labels: None,
-                ambiguous: false,
-                bytes,
-            },
-        );
-        g.order.push_back((id.to_string(), seq));
+        let seq = g.seq + 1;
+        // One lookup on the client path: the entry, not a probe and then an insert.
+        match g.map.entry(id.to_string()) {
+            Entry::Occupied(mut taken) => {
+                taken.get_mut().ambiguous = true;
+                return;
+            }
+            Entry::Vacant(free) => {
+                free.insert(Slot {
+                    seq,
+                    served,
+                    shadows: Vec::new(),
+                    labels: None,
+                    ambiguous: false,
+                    bytes,
+                });
+            }
+        }
+        g.seq = seq;
+        g.order.push_back((id.to_string(), seq, now));
         g.bytes += bytes;
+        // The oldest go while over the bound or kept for long enough. The queue carries when
+        // each was put, so that deciding costs no lookup; an entry whose id was put again
+        // since (a newer sequence number) leaves the newer one alone.
         let keep_ms = self.keep.as_millis() as u64;
-        while let Some((old, old_seq)) = g.order.front().cloned() {
-            let stale = g
-                .map
-                .get(&old)
-                .is_some_and(|s| s.seq == old_seq && s.served.at_ms + keep_ms < now);
-            if g.bytes <= self.shard_bytes && !stale {
+        while let Some(&(_, _, at_ms)) = g.order.front() {
+            if g.bytes <= self.shard_bytes && at_ms + keep_ms >= now {
                 break;
             }
-            g.order.pop_front();
-            if let Some(slot) = g.map.remove(&old) {
-                g.bytes -= slot.bytes;
+            let (old, old_seq, _) = g.order.pop_front().expect("the front was just read");
+            if let Entry::Occupied(slot) = g.map.entry(old)
+                && slot.get().seq == old_seq
+            {
+                g.bytes -= slot.remove().bytes;
             }
         }
     }
