@@ -357,6 +357,58 @@ impl Pool {
         self.queued(checked).await
     }
 
+    /// Runs requests on the caller's thread, as batches of requests whose inputs stack (at
+    /// most `max_batch` rows each), and answers them in their order. For a caller that may
+    /// block and whose pool no client waits for: the shadow runtime's thread, running copies
+    /// for a pool that only serves shadows (idle priority). It waits for an engine if the
+    /// pool's worker holds them all. Handing the copies to that worker instead cost a wake-up
+    /// of the worker and one of the caller per batch, on a core the client path shares.
+    pub fn run_here(&self, requests: Vec<Vec<NamedTensor>>) -> Vec<Result<Vec<Tensor>, InferError>> {
+        let mut answers: Vec<Option<Result<Vec<Tensor>, InferError>>> = Vec::with_capacity(requests.len());
+        let mut waiting = Vec::with_capacity(requests.len());
+        let mut jobs = Vec::with_capacity(requests.len());
+        for (i, inputs) in requests.into_iter().enumerate() {
+            match self.checked(inputs) {
+                Ok(CheckedInputs { tensors, rows }) => {
+                    let (reply, rx) = oneshot::channel();
+                    waiting.push((i, rx));
+                    jobs.push(Job {
+                        inputs: tensors,
+                        rows,
+                        reply: Some(reply),
+                    });
+                    answers.push(None);
+                }
+                Err(e) => answers.push(Some(Err(e))),
+            }
+        }
+        if !jobs.is_empty() {
+            let engine = self.engines.iter().find_map(|e| e.try_lock().ok());
+            let mut engine =
+                engine.unwrap_or_else(|| self.engines[0].lock().unwrap_or_else(|e| e.into_inner()));
+            let max = self.config.max_batch.max(1);
+            let (mut batch, mut rows): (Vec<Job>, usize) = (Vec::new(), 0);
+            for job in jobs {
+                let full = !self.meta.batchable || rows + job.rows > max;
+                if !batch.is_empty() && (full || !batch::compatible(&batch[0].inputs, &job.inputs)) {
+                    deliver(engine.run_batch(std::mem::take(&mut batch)));
+                    rows = 0;
+                }
+                rows += job.rows;
+                batch.push(job);
+            }
+            deliver(engine.run_batch(batch));
+        }
+        for (i, mut rx) in waiting {
+            let lost = || InferError::Internal(format!("{} did not answer", self.label));
+            answers[i] = Some(rx.try_recv().unwrap_or_else(|_| Err(lost())));
+        }
+        answers
+            .into_iter()
+            .map(|a| a.expect("every request was answered"))
+            .collect()
+    }
+
     fn checked(&self, inputs: Vec<NamedTensor>) -> Result<CheckedInputs, InferError> {
         let checked = self.meta.check_inputs(inputs, self.config.reject_non_finite)?;
         if checked.rows > self.config.max_rows {

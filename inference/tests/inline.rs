@@ -1,7 +1,8 @@
 //! Lone requests run on the caller's thread: only when the pool is idle, the model was timed
 //! fast and the request is small; never for a burst (which batches on a worker), a slow
 //! model, a pool at idle priority, with fixed-delay batching or with `inline_max` 0; and a
-//! failure inline is sorted out as on a worker.
+//! failure inline is sorted out as on a worker. A shadow runtime runs its copies to a pool only
+//! shadows use on its own thread, in batches ([`Pool::run_here`]).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -209,4 +210,52 @@ async fn failures_inline_are_sorted_out_as_on_a_worker() {
     // Both ran here, each followed by its warm-up probe.
     let h = here();
     assert_eq!(f.ran_on(), [WORKER, &h, &h, &h, &h]);
+}
+
+/// A shadow runtime's copies to a pool only shadows use run on the caller's thread
+/// ([`Pool::run_here`]), stacked while they fit `max_batch` rows; each gets its own answer
+/// in its place, and a request the model cannot run, or whose inputs are wrong, fails alone.
+#[test]
+fn run_here_batches_on_the_caller_s_thread_and_answers_each_in_its_place() {
+    let config = PoolConfig {
+        max_batch: 4,
+        idle_priority: true,
+        batching: Batching::Fixed,
+        ..PoolConfig::default()
+    };
+    let f = Fixture::new(Duration::ZERO, config);
+    let f32s = |answer: &Result<Vec<Tensor>, InferError>| match answer.as_ref().unwrap()[0].data() {
+        TensorData::F32(v) => v.clone(),
+        other => panic!("{other:?}"),
+    };
+    let wrong_shape = vec![NamedTensor {
+        name: "x".into(),
+        tensor: Tensor::new(vec![1, 3], TensorData::F32(vec![0.0; 3])).unwrap(),
+    }];
+    let requests = vec![
+        rows(1, 1.0),
+        rows(2, 2.0),
+        rows(2, 3.0),
+        rows(1, BAD),
+        wrong_shape,
+        rows(1, 5.0),
+    ];
+    let answers = f.pool.run_here(requests);
+    assert_eq!(answers.len(), 6);
+    assert_eq!(f32s(&answers[0]), vec![1.0; 2]);
+    assert_eq!(f32s(&answers[1]), vec![2.0; 4]);
+    assert_eq!(f32s(&answers[2]), vec![3.0; 4]);
+    assert!(
+        matches!(answers[3], Err(InferError::BadRequest(_))),
+        "{:?}",
+        answers[3]
+    );
+    assert!(answers[4].is_err());
+    assert_eq!(f32s(&answers[5]), vec![5.0; 2]);
+    // Rows 1 + 2, then 2 + 1 + 1 (the bad one breaks it: each again alone, then the model's
+    // warm-up input shows it was the input's fault); all here.
+    let h = here();
+    let ran = f.ran_on();
+    assert!(ran.len() >= 5 && ran.iter().all(|t| *t == h), "{ran:?}");
+    assert!(f.pool.healthy());
 }

@@ -18,6 +18,7 @@
 //! - [`aggregate`]: a minute's exact figures for one pair
 //! - [`breaker`]: a shadow that keeps failing gets a rest, not every request
 //! - [`compare`]: one pair's comparison
+//! - `local`: copies to shadow-only local pools, run in batches on the runtime's own thread
 //! - [`store`]: SQLite, written in batches by one thread
 //! - [`report`], [`html`], [`quality_html`]: what model owners read
 
@@ -26,6 +27,7 @@ pub mod aggregate;
 pub mod breaker;
 pub mod compare;
 pub mod html;
+mod local;
 pub mod quality_html;
 pub mod record;
 pub mod report;
@@ -169,8 +171,9 @@ impl Mirror {
         mirror
     }
 
-    /// Moves queued jobs onto tasks: every millisecond while there is work, backing off to
-    /// 20 ms when there is none; and refills the copies' CPU budget every window.
+    /// Runs queued copies to shadow-only local pools itself (`local`) and moves the others
+    /// onto tasks: every millisecond while there is work, backing off to 20 ms when there is
+    /// none; and refills the copies' CPU budget every window.
     async fn dispatch(self) {
         let mut idle = Duration::from_millis(1);
         let mut refilled = Instant::now();
@@ -185,10 +188,19 @@ impl Mirror {
                 self.0.metrics.foreground_cpu.set(s.foreground);
             }
             let mut any = false;
-            while let Some((snap, picks, job)) = self.0.queue.pop() {
+            let mut here = Vec::new();
+            while let Some(queued) = self.0.queue.pop() {
                 any = true;
-                let this = self.clone();
-                tokio::spawn(async move { this.run(snap, picks, job).await });
+                match Mirror::way(queued) {
+                    local::Way::Here(copy) => here.push(copy),
+                    local::Way::Task((snap, picks, job)) => {
+                        let this = self.clone();
+                        tokio::spawn(async move { this.run(snap, picks, job).await });
+                    }
+                }
+            }
+            if !here.is_empty() {
+                self.run_here(here);
             }
             idle = if any {
                 Duration::from_millis(1)
