@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use inference::{NamedTensor, Pool};
 
@@ -29,11 +29,7 @@ pub(super) enum Way {
 pub(super) struct Here {
     pool: Arc<Pool>,
     pick: Pick,
-    request_id: String,
-    inputs: Vec<NamedTensor>,
-    primary: Result<Vec<NamedTensor>, String>,
-    primary_latency: Duration,
-    forced: bool,
+    job: Job,
 }
 
 impl Mirror {
@@ -47,39 +43,13 @@ impl Mirror {
             },
             _ => None,
         };
-        let Job {
-            request_id,
-            input,
-            primary,
-            primary_latency,
-            forced,
-        } = job;
-        let back = |input, primary| Job {
-            request_id: request_id.clone(),
-            input,
-            primary,
-            primary_latency,
-            forced,
-        };
-        let primary = match primary {
-            Primary::Outputs(o) => Ok(o),
-            Primary::Failed(e) => Err(e),
-            oip @ Primary::Oip { .. } => return Way::Task((snap, picks, back(input, oip))),
-        };
-        match (pool, input, picks.pop()) {
-            (Some(pool), Input::Tensors(inputs), Some(pick)) => Way::Here(Here {
-                pool,
-                pick,
-                request_id,
-                inputs,
-                primary,
-                primary_latency,
-                forced,
-            }),
-            (_, input, pick) => {
+        let decoded = matches!(job.input, Input::Tensors(_))
+            && matches!(job.primary, Primary::Outputs(_) | Primary::Failed(_));
+        match (pool, picks.pop()) {
+            (Some(pool), Some(pick)) if decoded => Way::Here(Here { pool, pick, job }),
+            (_, pick) => {
                 picks.extend(pick);
-                let primary = primary.map_or_else(Primary::Failed, Primary::Outputs);
-                Way::Task((snap, picks, back(input, primary)))
+                Way::Task((snap, picks, job))
             }
         }
     }
@@ -93,7 +63,14 @@ impl Mirror {
         }
         for copies in by_pool.into_values() {
             let pool = copies[0].pool.clone();
-            let requests = copies.iter().map(|c| c.inputs.clone()).collect();
+            // `way` took decoded inputs and answers only.
+            let requests = copies
+                .iter()
+                .map(|c| match &c.job.input {
+                    Input::Tensors(t) => t.clone(),
+                    Input::Oip { .. } => Vec::new(),
+                })
+                .collect();
             let started = Instant::now();
             let answers = pool.run_here(requests);
             let latency = started.elapsed();
@@ -109,15 +86,25 @@ impl Mirror {
                         })
                         .collect()
                 });
+                let Here { pick, job, .. } = copy;
+                let primary = match job.primary {
+                    Primary::Outputs(o) => Ok(Arc::new(o)),
+                    Primary::Failed(e) => Err(e),
+                    Primary::Oip { .. } => Err("not decoded".to_string()),
+                };
+                let inputs = match job.input {
+                    Input::Tensors(t) => t,
+                    Input::Oip { .. } => Vec::new(),
+                };
                 self.record(
-                    copy.pick,
-                    copy.request_id,
-                    Arc::new(copy.inputs),
-                    copy.primary.map(Arc::new),
+                    pick,
+                    job.request_id,
+                    Arc::new(inputs),
+                    primary,
                     shadow,
-                    copy.primary_latency,
+                    job.primary_latency,
                     latency,
-                    copy.forced,
+                    job.forced,
                 );
             }
         }
