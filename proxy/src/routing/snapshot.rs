@@ -275,9 +275,10 @@ fn first_health_check(remotes: &[Arc<RemotePool>]) {
 /// A pool that only serves shadow copies batches for throughput, not latency: no client
 /// waits for its answer, so its workers always wait for company (fixed-delay batching, its
 /// own `max_delay_us` and `max_batch`) and run at idle priority, yielding the CPU to the
-/// client path. (Most copies to it do not reach its workers: the shadow runtime runs them
-/// itself, a tick's worth per run, `shadow/local.rs`.) (Raising its delay to 1 ms and its batch to 64 rows lost copies in
-/// `proxy/tests/shadows.rs`, three runs in four; not understood yet, so not done.)
+/// client path. Most copies to it do not reach its workers: the shadow runtime runs them
+/// itself, a tick's worth per run (`shadow/local.rs`). (Raising its delay to 1 ms and its
+/// batch to 64 rows lost copies in `proxy/tests/shadows.rs`, three runs in four; not
+/// understood yet, so not done.)
 fn shadow_pool_config(config: &mut inference::PoolConfig) {
     config.idle_priority = true;
     config.batching = inference::Batching::Fixed;

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use inference::{NamedTensor, Pool};
+use inference::Pool;
 
 use super::{Input, Job, Mirror, Pick, Primary, Queued};
 use crate::routing::snapshot::Backend;
@@ -63,48 +63,38 @@ impl Mirror {
         }
         for copies in by_pool.into_values() {
             let pool = copies[0].pool.clone();
-            // `way` took decoded inputs and answers only.
-            let requests = copies
-                .iter()
-                .map(|c| match &c.job.input {
-                    Input::Tensors(t) => t.clone(),
-                    Input::Oip { .. } => Vec::new(),
-                })
-                .collect();
-            let started = Instant::now();
-            let answers = pool.run_here(requests);
-            let latency = started.elapsed();
-            let names = &pool.metadata().outputs;
-            for (copy, answer) in copies.into_iter().zip(answers) {
-                let shadow = answer.map_err(|e| e.to_string()).map(|outputs| {
-                    names
-                        .iter()
-                        .zip(outputs)
-                        .map(|(spec, tensor)| NamedTensor {
-                            name: spec.name.clone(),
-                            tensor,
-                        })
-                        .collect()
-                });
-                let Here { pick, job, .. } = copy;
-                let primary = match job.primary {
-                    Primary::Outputs(o) => Ok(Arc::new(o)),
-                    Primary::Failed(e) => Err(e),
-                    Primary::Oip { .. } => Err("not decoded".to_string()),
-                };
-                let inputs = match job.input {
-                    Input::Tensors(t) => t,
-                    Input::Oip { .. } => Vec::new(),
-                };
-                self.record(
+            let mut requests = Vec::with_capacity(copies.len());
+            let mut waiting = Vec::with_capacity(copies.len());
+            for Here { pick, job, .. } in copies {
+                // `way` took decoded inputs and answers only: nothing is decoded here.
+                let inputs = job.input.decode().0.unwrap_or_default();
+                requests.push(inputs.clone());
+                let primary = job.primary.decode();
+                waiting.push((
                     pick,
                     job.request_id,
                     Arc::new(inputs),
                     primary,
-                    shadow,
                     job.primary_latency,
-                    latency,
                     job.forced,
+                ));
+            }
+            let started = Instant::now();
+            let answers = pool.run_here(requests);
+            let latency = started.elapsed();
+            for ((pick, request_id, inputs, primary, primary_latency, forced), answer) in
+                waiting.into_iter().zip(answers)
+            {
+                let shadow = answer.map_err(|e| e.to_string()).map(|o| super::named(&pool, o));
+                self.record(
+                    pick,
+                    request_id,
+                    inputs,
+                    primary,
+                    shadow,
+                    primary_latency,
+                    latency,
+                    forced,
                 );
             }
         }

@@ -74,6 +74,43 @@ pub enum Primary {
     Failed(String),
 }
 
+/// A request's body as it came, with its binary header's length.
+type Raw = (Bytes, Option<String>);
+
+impl Input {
+    /// The inputs, decoded here if the client path did not; with the undecoded body, which
+    /// remote shadows get unchanged.
+    fn decode(self) -> (Result<Vec<NamedTensor>, String>, Option<Raw>) {
+        match self {
+            Input::Tensors(t) => (Ok(t), None),
+            Input::Oip { body, header_length } => (
+                protocol::decode_request(&body, header_length.as_deref())
+                    .map(|r| r.inputs)
+                    .map_err(|e| e.to_string()),
+                Some((body, header_length)),
+            ),
+        }
+    }
+}
+
+impl Primary {
+    /// The primary's outputs, decoded here if the client path did not, or why there are none.
+    fn decode(self) -> Result<Arc<Vec<NamedTensor>>, String> {
+        match self {
+            Primary::Outputs(o) => Ok(Arc::new(o)),
+            Primary::Oip {
+                status: 200,
+                body,
+                header_length,
+            } => protocol::decode_response(&body, header_length.as_deref())
+                .map(|r| Arc::new(r.outputs))
+                .map_err(|e| format!("unreadable answer: {e}")),
+            Primary::Oip { status, body, .. } => Err(format!("status {status}: {}", snippet(&body))),
+            Primary::Failed(e) => Err(e),
+        }
+    }
+}
+
 /// One request to mirror.
 pub struct Job {
     pub request_id: String,
@@ -303,15 +340,7 @@ impl Mirror {
             forced,
         } = job;
         // The original body, passed unchanged to remote shadows when there is one.
-        let (inputs, raw) = match input {
-            Input::Tensors(t) => (Ok(t), None),
-            Input::Oip { body, header_length } => (
-                protocol::decode_request(&body, header_length.as_deref())
-                    .map(|r| r.inputs)
-                    .map_err(|e| e.to_string()),
-                Some((body, header_length)),
-            ),
-        };
+        let (inputs, raw) = input.decode();
         let inputs = match inputs {
             Ok(t) => Arc::new(t),
             Err(e) => {
@@ -319,18 +348,7 @@ impl Mirror {
                 return;
             }
         };
-        let primary = match primary {
-            Primary::Outputs(o) => Ok(Arc::new(o)),
-            Primary::Oip {
-                status: 200,
-                body,
-                header_length,
-            } => protocol::decode_response(&body, header_length.as_deref())
-                .map(|r| Arc::new(r.outputs))
-                .map_err(|e| format!("unreadable answer: {e}")),
-            Primary::Oip { status, body, .. } => Err(format!("status {status}: {}", snippet(&body))),
-            Primary::Failed(e) => Err(e),
-        };
+        let primary = primary.decode();
         let timeout = snap.config.shadow.timeout;
         let shadow_one = |pick: Pick| {
             let (this, snap, inputs, primary, raw, request_id) = (
@@ -380,7 +398,7 @@ impl Mirror {
         snap: &Snapshot,
         pool: &str,
         inputs: &Arc<Vec<NamedTensor>>,
-        raw: Option<(Bytes, Option<String>)>,
+        raw: Option<Raw>,
         request_id: &str,
     ) -> Result<Vec<NamedTensor>, String> {
         match snap.pools.get(pool) {
@@ -390,15 +408,7 @@ impl Mirror {
                     .infer_queued(inputs.as_ref().clone())
                     .await
                     .map_err(|e| e.to_string())?;
-                Ok(p.metadata()
-                    .outputs
-                    .iter()
-                    .zip(outputs)
-                    .map(|(spec, tensor)| NamedTensor {
-                        name: spec.name.clone(),
-                        tensor,
-                    })
-                    .collect())
+                Ok(named(p, outputs))
             }
             Some(Backend::Remote(p)) if p.is_grpc() => {
                 let spec = &p.spec;
@@ -527,6 +537,16 @@ impl Mirror {
             m.shadow_records_lost.inc();
         }
     }
+}
+
+/// A local pool's outputs under their names.
+fn named(pool: &inference::Pool, outputs: Vec<inference::Tensor>) -> Vec<NamedTensor> {
+    let specs = &pool.metadata().outputs;
+    let name = |(spec, tensor): (&inference::TensorSpec, _)| NamedTensor {
+        name: spec.name.clone(),
+        tensor,
+    };
+    specs.iter().zip(outputs).map(name).collect()
 }
 
 /// The start of a body, for error messages.
