@@ -18,21 +18,25 @@
 //!   by themselves (the spirit of Triton's and MLServer's adaptive batching). Under load the
 //!   batches grow with the queue, so the batched throughput stays. [`Batching::Fixed`] always
 //!   waits `max_delay` for company, as the pool did before.
-//! - With adaptive batching, a lone request runs on the caller's thread ([`Pool::infer`])
-//!   when the pool is idle (nothing queued, no worker running), it has at most
-//!   [`INLINE_ROWS`] rows, and the model runs such a request in under `inline_max`
-//!   (measured, [`PoolStats::solo_run_ns`]). Handing
-//!   it to a worker would cost two thread wake-ups for nothing: at a moderate rate, where
-//!   each request arrives alone, that hand-over cost the gateway more CPU than the model
-//!   (docs/performance.md). A worker that then finds requests waiting batches them as before,
-//!   so throughput under load is the batched one. Callers at idle priority (shadow copies,
-//!   [`Pool::infer_queued`]) never run inline: a worker of the pool must never wait for them;
-//!   nor does fixed batching, which promises to wait for company.
+//! - With adaptive batching, requests run on the caller's thread ([`Pool::infer`]) when the
+//!   pool is idle (nothing queued, no batch running), each has at most [`INLINE_ROWS`] rows,
+//!   and the model runs such a request in under `inline_max` (measured,
+//!   [`PoolStats::solo_run_ns`]). The first such request lets its thread's other ready work
+//!   go first; requests that arrive meanwhile (the rest of a burst the I/O driver read at
+//!   once) join it, and it runs them all as batches. Handing them to a worker would cost two
+//!   thread wake-ups per batch for nothing: at a moderate rate, where each request arrives
+//!   nearly alone, that hand-over cost the gateway more CPU than the model; at 23,000
+//!   requests/s on one core the gateway spent 33 µs per request with lone requests inline
+//!   and bursts on the worker, 29 µs with bursts gathered (one-off, docs/performance.md).
+//!   Under load the worker batches what queues while a batch runs, as before. Callers at
+//!   idle priority (shadow copies, [`Pool::infer_queued`]) never run inline: a worker of the
+//!   pool must never wait for them; nor does fixed batching, which promises to wait for
+//!   company.
 //! - Failures are sorted out per request ([`crate::engine`]): one bad request fails alone.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -40,8 +44,8 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, TrySen
 use tokio::sync::oneshot;
 
 use crate::batch;
+use crate::engine::{Answers, Engine, Job, deliver, warm_up_inputs};
 pub use crate::engine::{BATCH_BUCKETS, INLINE_ROWS, NOT_TIMED, PoolStats, UNHEALTHY_AFTER};
-use crate::engine::{Engine, Job, deliver, warm_up_inputs};
 use crate::error::InferError;
 use crate::model::{self, CheckedInputs, LoadError, ModelMetadata, NamedTensor};
 pub use crate::runner::{OrtRunner, Runner};
@@ -182,8 +186,9 @@ pub struct Pool {
     engines: Vec<Arc<Mutex<Engine>>>,
     /// The pool's batches running now (on workers or inline).
     running: Arc<AtomicUsize>,
-    /// Requests that may run inline, letting their thread's other ready work go first.
-    lone: AtomicUsize,
+    /// Requests waiting on their callers' threads for the first of them to run them all
+    /// (see [`Pool::infer`]).
+    gathered: Mutex<Vec<Job>>,
     workers: Vec<JoinHandle<()>>,
 }
 
@@ -256,7 +261,7 @@ impl Pool {
             stats,
             engines,
             running,
-            lone: AtomicUsize::new(0),
+            gathered: Mutex::new(Vec::new()),
             workers,
         }
     }
@@ -327,27 +332,39 @@ impl Pool {
         }
     }
 
-    /// Checks and answers one request: at once on this thread when it is a lone small request
-    /// and the model is fast (see the module comment), otherwise queued for a worker and
+    /// Checks and answers one request: on this thread when the pool is idle, the request is
+    /// small and the model fast (see the module comment), otherwise queued for a worker and
     /// awaited. Outputs come back in the model's output order.
     pub async fn infer(&self, inputs: Vec<NamedTensor>) -> Result<Vec<Tensor>, InferError> {
         let checked = self.checked(inputs)?;
-        if self.may_inline(&checked) {
-            // Whether it is alone is known only once the caller's thread has read what else
-            // is ready: the other requests of a burst (a closed loop at its maximum rate)
-            // count themselves here meanwhile, and then the whole burst goes to a worker as
-            // one batch. (Tokio runs a yielded task after its I/O driver's next poll.)
-            let lone = Lone::count(&self.lone);
-            tokio::task::yield_now().await;
-            if lone.alone() && self.may_inline(&checked) {
-                drop(lone);
-                // A worker that took a request since may hold every engine: then queue.
-                if let Some(engine) = self.engines.iter().find_map(|e| e.try_lock().ok()) {
-                    return self.run_inline(engine, checked);
-                }
-            }
+        if !self.may_inline(&checked) {
+            return self.queued(checked).await;
         }
-        self.queued(checked).await
+        let CheckedInputs { tensors, rows } = checked;
+        let (reply, rx) = oneshot::channel();
+        let leads = {
+            let mut gathered = self.gathered.lock().unwrap_or_else(|e| e.into_inner());
+            gathered.push(Job {
+                inputs: tensors,
+                rows,
+                reply: Some(reply),
+            });
+            gathered.len() == 1
+        };
+        if leads {
+            // The other requests of a burst (read in the same poll of the I/O driver) join
+            // the gathered ones meanwhile: tokio runs a yielded task after its driver's next
+            // poll. Then this task runs them all as batches, and each caller finds its answer.
+            let lead = Lead {
+                pool: self,
+                here: false,
+            };
+            tokio::task::yield_now().await;
+            lead.run_here();
+        }
+        rx.await.map_err(|_| {
+            InferError::Internal(format!("the worker for {} stopped before answering", self.label))
+        })?
     }
 
     /// [`Pool::infer`] that never runs on the caller's thread: for callers at idle priority
@@ -386,18 +403,9 @@ impl Pool {
             let engine = self.engines.iter().find_map(|e| e.try_lock().ok());
             let mut engine =
                 engine.unwrap_or_else(|| self.engines[0].lock().unwrap_or_else(|e| e.into_inner()));
-            let max = self.config.max_batch.max(1);
-            let (mut batch, mut rows): (Vec<Job>, usize) = (Vec::new(), 0);
-            for job in jobs {
-                let full = !self.meta.batchable || rows + job.rows > max;
-                if !batch.is_empty() && (full || !batch::compatible(&batch[0].inputs, &job.inputs)) {
-                    deliver(engine.run_batch(std::mem::take(&mut batch)));
-                    rows = 0;
-                }
-                rows += job.rows;
-                batch.push(job);
-            }
-            deliver(engine.run_batch(batch));
+            let answers = self.run_batches(&mut engine, jobs);
+            drop(engine);
+            deliver(answers);
         }
         for (i, mut rx) in waiting {
             let lost = || InferError::Internal(format!("{} did not answer", self.label));
@@ -436,25 +444,84 @@ impl Pool {
             && self.tx.as_ref().is_some_and(Sender::is_empty)
     }
 
-    /// Runs the request here and now on an idle engine.
-    fn run_inline(
-        &self,
-        mut engine: MutexGuard<'_, Engine>,
-        checked: CheckedInputs,
-    ) -> Result<Vec<Tensor>, InferError> {
-        let CheckedInputs { tensors, rows } = checked;
-        let answers = engine.run_batch(vec![Job {
-            inputs: tensors,
-            rows,
-            reply: None,
-        }]);
-        drop(engine);
-        self.stats.inline.fetch_add(1, Ordering::Relaxed);
+    /// Runs the jobs as batches of jobs whose inputs stack, at most `max_batch` rows each,
+    /// in their order; the answers are for [`deliver`].
+    fn run_batches(&self, engine: &mut Engine, jobs: Vec<Job>) -> Answers {
+        let max = self.config.max_batch.max(1);
+        let mut answers = Vec::with_capacity(jobs.len());
+        let (mut batch, mut rows): (Vec<Job>, usize) = (Vec::new(), 0);
+        for job in jobs {
+            let full = !self.meta.batchable || rows + job.rows > max;
+            if !batch.is_empty() && (full || !batch::compatible(&batch[0].inputs, &job.inputs)) {
+                answers.extend(engine.run_batch(std::mem::take(&mut batch)));
+                rows = 0;
+            }
+            rows += job.rows;
+            batch.push(job);
+        }
+        if !batch.is_empty() {
+            answers.extend(engine.run_batch(batch));
+        }
         answers
-            .into_iter()
-            .next()
-            .map(|(_, answer)| answer)
-            .unwrap_or_else(|| Err(InferError::Internal(format!("{} did not answer", self.label))))
+    }
+
+    /// Answers the gathered requests: on this thread when an engine is idle and nothing waits
+    /// for a worker (`here`), otherwise through the queue.
+    fn run_gathered(&self, here: bool) {
+        let jobs = std::mem::take(&mut *self.gathered.lock().unwrap_or_else(|e| e.into_inner()));
+        if jobs.is_empty() {
+            return;
+        }
+        let idle = here && self.tx.as_ref().is_some_and(Sender::is_empty);
+        let engine = if idle {
+            self.engines.iter().find_map(|e| e.try_lock().ok())
+        } else {
+            None
+        };
+        let Some(mut engine) = engine else {
+            for job in jobs {
+                self.enqueue(job);
+            }
+            return;
+        };
+        let n = jobs.len() as u64;
+        let answers = self.run_batches(&mut engine, jobs);
+        // Idle again before the callers hear back.
+        drop(engine);
+        self.stats.inline.fetch_add(n, Ordering::Relaxed);
+        deliver(answers);
+    }
+
+    /// Queues a job whose caller awaits its reply; a full or closed queue answers at once.
+    fn enqueue(&self, job: Job) {
+        let refused = match &self.tx {
+            None => job,
+            Some(tx) => match tx.try_send(job) {
+                Ok(()) => return,
+                Err(TrySendError::Full(job)) => {
+                    self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                    if let Some(reply) = job.reply {
+                        let _ = reply.send(Err(self.overloaded()));
+                    }
+                    return;
+                }
+                Err(TrySendError::Disconnected(job)) => job,
+            },
+        };
+        if let Some(reply) = refused.reply {
+            let _ = reply.send(Err(self.shutting_down()));
+        }
+    }
+
+    fn overloaded(&self) -> InferError {
+        InferError::Overloaded {
+            model: self.label.clone(),
+            capacity: self.config.queue_capacity,
+        }
+    }
+
+    fn shutting_down(&self) -> InferError {
+        InferError::NotReady(format!("model {} is shutting down", self.label))
     }
 
     /// Queues checked inputs without waiting: fails at once with `Overloaded` when the queue
@@ -465,10 +532,7 @@ impl Pool {
     ) -> Result<oneshot::Receiver<Result<Vec<Tensor>, InferError>>, InferError> {
         let CheckedInputs { tensors, rows } = checked;
         let Some(tx) = &self.tx else {
-            return Err(InferError::NotReady(format!(
-                "model {} is shutting down",
-                self.label
-            )));
+            return Err(self.shutting_down());
         };
         let (reply, rx) = oneshot::channel();
         match tx.try_send(Job {
@@ -479,15 +543,9 @@ impl Pool {
             Ok(()) => Ok(rx),
             Err(TrySendError::Full(_)) => {
                 self.stats.rejected.fetch_add(1, Ordering::Relaxed);
-                Err(InferError::Overloaded {
-                    model: self.label.clone(),
-                    capacity: self.config.queue_capacity,
-                })
+                Err(self.overloaded())
             }
-            Err(TrySendError::Disconnected(_)) => Err(InferError::NotReady(format!(
-                "model {} is shutting down",
-                self.label
-            ))),
+            Err(TrySendError::Disconnected(_)) => Err(self.shutting_down()),
         }
     }
 }
@@ -502,23 +560,22 @@ impl Drop for Pool {
     }
 }
 
-/// A request counted in [`Pool::lone`] until dropped (also when its caller gives up).
-struct Lone<'a>(&'a AtomicUsize);
+/// The task that runs the gathered requests ([`Pool::infer`]). Dropped before it ran them
+/// (its caller gave up), it hands them to the workers, so that no other caller is stranded.
+struct Lead<'a> {
+    pool: &'a Pool,
+    here: bool,
+}
 
-impl<'a> Lone<'a> {
-    fn count(lone: &'a AtomicUsize) -> Lone<'a> {
-        lone.fetch_add(1, Ordering::AcqRel);
-        Lone(lone)
-    }
-
-    fn alone(&self) -> bool {
-        self.0.load(Ordering::Acquire) == 1
+impl Lead<'_> {
+    fn run_here(mut self) {
+        self.here = true;
     }
 }
 
-impl Drop for Lone<'_> {
+impl Drop for Lead<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.pool.run_gathered(self.here);
     }
 }
 

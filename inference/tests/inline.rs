@@ -1,9 +1,10 @@
-//! Lone requests run on the caller's thread: only when the pool is idle, the model was timed
-//! fast and the request is small; never for a burst (which batches on a worker), a slow
-//! model, a pool at idle priority, with fixed-delay batching or with `inline_max` 0; and a
-//! failure inline is sorted out as on a worker. A shadow runtime runs its copies to a pool only
+//! Lone requests and bursts run on the caller's thread: only when the pool is idle, the model
+//! was timed fast and the requests are small (a burst as batches, none stranded when its first
+//! caller gives up); never for a slow model, a pool at idle priority, with fixed-delay
+//! batching or with `inline_max` 0; and a failure inline is sorted out as on a worker. A shadow runtime runs its copies to a pool only
 //! shadows use on its own thread, in batches ([`Pool::run_here`]).
 
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -106,11 +107,11 @@ async fn a_lone_request_runs_on_the_callers_thread_once_the_model_was_timed_fast
     assert_eq!(f.ran_on(), [WORKER]);
 }
 
-/// Requests that arrive together batch on a worker: each lets its thread's other ready work
-/// go first and then sees the others. Without that, on this one-thread runtime every one of
-/// them would find the pool idle and run inline, one after the other.
+/// Requests that arrive together on one thread batch there: the first lets its thread's
+/// other ready work go first, the others join it meanwhile, and it runs them all as one
+/// batch. Without the wait, on this one-thread runtime every one of them would run alone.
 #[tokio::test]
-async fn a_burst_goes_to_a_worker_and_batches() {
+async fn a_burst_batches_on_the_callers_thread() {
     let f = Fixture::new(Duration::ZERO, PoolConfig::default());
     f.pool.infer(rows(1, 1.0)).await.unwrap(); // timed: fast
     f.ran_on();
@@ -125,18 +126,56 @@ async fn a_burst_goes_to_a_worker_and_batches() {
         assert_eq!(task.await.unwrap().unwrap()[0], rows(1, i as f32)[0].tensor);
     }
     let s = f.pool.stats();
-    // The last of the burst may find the worker done with the others and run alone.
+    assert_eq!(s.inline - before.inline, 8);
+    assert_eq!(s.batches - before.batches, 1, "8 requests in one run");
+    assert_eq!(f.ran_on(), [here()]);
+}
+
+/// More gathered rows than `max_batch` run as several batches, in their order.
+#[tokio::test]
+async fn a_burst_over_max_batch_runs_as_several_batches() {
+    let config = PoolConfig {
+        max_batch: 4,
+        ..PoolConfig::default()
+    };
+    let f = Fixture::new(Duration::ZERO, config);
+    f.pool.infer(rows(1, 1.0)).await.unwrap();
+    f.ran_on();
+    let before = f.pool.stats();
+    let burst: Vec<_> = (0..10)
+        .map(|i| {
+            let pool = f.pool.clone();
+            tokio::spawn(async move { pool.infer(rows(1, i as f32)).await })
+        })
+        .collect();
+    for (i, task) in burst.into_iter().enumerate() {
+        assert_eq!(task.await.unwrap().unwrap()[0], rows(1, i as f32)[0].tensor);
+    }
+    let s = f.pool.stats();
+    assert_eq!((s.inline - before.inline, s.batches - before.batches), (10, 3));
+}
+
+/// A caller that gave up while it held the gathered requests hands them to the worker: the
+/// others still get their answers.
+#[tokio::test]
+async fn the_others_are_answered_when_the_first_caller_gives_up() {
+    let f = Fixture::new(Duration::ZERO, PoolConfig::default());
+    f.pool.infer(rows(1, 1.0)).await.unwrap();
+    f.ran_on();
+    let mut first = Box::pin(f.pool.infer(rows(1, 7.0)));
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
     assert!(
-        s.inline - before.inline <= 1,
-        "{} of 8 ran inline",
-        s.inline - before.inline
+        first.as_mut().poll(&mut cx).is_pending(),
+        "the first waits for the others"
     );
-    assert!(
-        s.batches - before.batches < 8,
-        "{} runs for 8 requests",
-        s.batches - before.batches
-    );
-    assert!(f.ran_on().iter().filter(|t| *t == WORKER).count() >= 1);
+    let pool = f.pool.clone();
+    let second = tokio::spawn(async move { pool.infer(rows(1, 8.0)).await });
+    tokio::task::yield_now().await; // the second joins the first
+    drop(first);
+    let second = tokio::time::timeout(Duration::from_secs(10), second).await;
+    let second = second.expect("the second caller was stranded").unwrap().unwrap();
+    assert_eq!(second[0], rows(1, 8.0)[0].tensor);
+    assert!(f.ran_on().iter().all(|t| t == WORKER));
 }
 
 #[tokio::test]
