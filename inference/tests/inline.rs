@@ -107,27 +107,32 @@ async fn a_lone_request_runs_on_the_callers_thread_once_the_model_was_timed_fast
     assert_eq!(f.ran_on(), [WORKER]);
 }
 
+/// Sends `n` one-row requests at once from tasks of this thread (the pool timed fast first)
+/// and checks each answer; the pool's counters over the burst: (inline, batches).
+async fn burst(f: &Fixture, n: usize) -> (u64, u64) {
+    f.pool.infer(rows(1, 1.0)).await.unwrap(); // timed: fast
+    f.ran_on();
+    let before = f.pool.stats();
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let pool = f.pool.clone();
+            tokio::spawn(async move { pool.infer(rows(1, i as f32)).await })
+        })
+        .collect();
+    for (i, task) in tasks.into_iter().enumerate() {
+        assert_eq!(task.await.unwrap().unwrap()[0], rows(1, i as f32)[0].tensor);
+    }
+    let s = f.pool.stats();
+    (s.inline - before.inline, s.batches - before.batches)
+}
+
 /// Requests that arrive together on one thread batch there: the first lets its thread's
 /// other ready work go first, the others join it meanwhile, and it runs them all as one
 /// batch. Without the wait, on this one-thread runtime every one of them would run alone.
 #[tokio::test]
 async fn a_burst_batches_on_the_callers_thread() {
     let f = Fixture::new(Duration::ZERO, PoolConfig::default());
-    f.pool.infer(rows(1, 1.0)).await.unwrap(); // timed: fast
-    f.ran_on();
-    let before = f.pool.stats();
-    let burst: Vec<_> = (0..8)
-        .map(|i| {
-            let pool = f.pool.clone();
-            tokio::spawn(async move { pool.infer(rows(1, i as f32)).await })
-        })
-        .collect();
-    for (i, task) in burst.into_iter().enumerate() {
-        assert_eq!(task.await.unwrap().unwrap()[0], rows(1, i as f32)[0].tensor);
-    }
-    let s = f.pool.stats();
-    assert_eq!(s.inline - before.inline, 8);
-    assert_eq!(s.batches - before.batches, 1, "8 requests in one run");
+    assert_eq!(burst(&f, 8).await, (8, 1), "8 requests inline in one run");
     assert_eq!(f.ran_on(), [here()]);
 }
 
@@ -139,20 +144,8 @@ async fn a_burst_over_max_batch_runs_as_several_batches() {
         ..PoolConfig::default()
     };
     let f = Fixture::new(Duration::ZERO, config);
-    f.pool.infer(rows(1, 1.0)).await.unwrap();
-    f.ran_on();
-    let before = f.pool.stats();
-    let burst: Vec<_> = (0..10)
-        .map(|i| {
-            let pool = f.pool.clone();
-            tokio::spawn(async move { pool.infer(rows(1, i as f32)).await })
-        })
-        .collect();
-    for (i, task) in burst.into_iter().enumerate() {
-        assert_eq!(task.await.unwrap().unwrap()[0], rows(1, i as f32)[0].tensor);
-    }
-    let s = f.pool.stats();
-    assert_eq!((s.inline - before.inline, s.batches - before.batches), (10, 3));
+    assert_eq!(burst(&f, 10).await, (10, 3));
+    assert_eq!(f.ran_on(), [here(), here(), here()]);
 }
 
 /// A caller that gave up while it held the gathered requests hands them to the worker: the
