@@ -494,22 +494,25 @@ impl Pool {
 
     /// Queues a job whose caller awaits its reply; a full or closed queue answers at once.
     fn enqueue(&self, job: Job) {
-        let refused = match &self.tx {
-            None => job,
-            Some(tx) => match tx.try_send(job) {
-                Ok(()) => return,
-                Err(TrySendError::Full(job)) => {
-                    self.stats.rejected.fetch_add(1, Ordering::Relaxed);
-                    if let Some(reply) = job.reply {
-                        let _ = reply.send(Err(self.overloaded()));
-                    }
-                    return;
-                }
-                Err(TrySendError::Disconnected(job)) => job,
-            },
+        if let Err((job, refusal)) = self.try_queue(job)
+            && let Some(reply) = job.reply
+        {
+            let _ = reply.send(Err(refusal));
+        }
+    }
+
+    /// Puts a job on the workers' queue; a full or closed queue gives it back with why.
+    fn try_queue(&self, job: Job) -> Result<(), (Job, InferError)> {
+        let Some(tx) = &self.tx else {
+            return Err((job, self.shutting_down()));
         };
-        if let Some(reply) = refused.reply {
-            let _ = reply.send(Err(self.shutting_down()));
+        match tx.try_send(job) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(job)) => {
+                self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                Err((job, self.overloaded()))
+            }
+            Err(TrySendError::Disconnected(job)) => Err((job, self.shutting_down())),
         }
     }
 
@@ -531,22 +534,14 @@ impl Pool {
         checked: CheckedInputs,
     ) -> Result<oneshot::Receiver<Result<Vec<Tensor>, InferError>>, InferError> {
         let CheckedInputs { tensors, rows } = checked;
-        let Some(tx) = &self.tx else {
-            return Err(self.shutting_down());
-        };
         let (reply, rx) = oneshot::channel();
-        match tx.try_send(Job {
+        let job = Job {
             inputs: tensors,
             rows,
             reply: Some(reply),
-        }) {
-            Ok(()) => Ok(rx),
-            Err(TrySendError::Full(_)) => {
-                self.stats.rejected.fetch_add(1, Ordering::Relaxed);
-                Err(self.overloaded())
-            }
-            Err(TrySendError::Disconnected(_)) => Err(self.shutting_down()),
-        }
+        };
+        self.try_queue(job).map_err(|(_, refusal)| refusal)?;
+        Ok(rx)
     }
 }
 
