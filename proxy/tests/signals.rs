@@ -101,7 +101,7 @@ struct Tally {
 /// error only to streams above the frame's last stream id, which the server says it never
 /// processed, and to requests made on the connection after it; a stream at or below that id
 /// that the server then failed to answer ends with a broken pipe instead, and counts as failed.
-/// (A CI run counted a stream above the id as failed: one of 371.)
+/// (A CI run had counted one such GOAWAY error as failed: one request of 371.)
 fn never_processed(e: &hyper::Error) -> bool {
     if e.is_canceled() {
         return true;
