@@ -94,7 +94,7 @@ async fn every_model_matches_python_onnxruntime() {
         }
         checked += 1;
     }
-    assert_eq!(checked, 4, "every bundled model version has test vectors");
+    assert_eq!(checked, 5, "every bundled model version has test vectors");
 }
 
 /// Concurrent single-row requests stacked by the pool (max_batch 32) answer exactly as an
