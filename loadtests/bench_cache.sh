@@ -7,9 +7,10 @@
 #   digits/2         gradient-boosted trees, some 30 µs a row under onnxruntime: a model that
 #                    costs more than the gateway's own path, the case a cache is for. The
 #                    targets are counted on it.
-#   breast-cancer/1  a small MLP, about 1 µs a row in a batch: the model is a small part of a
-#                    request, so a cache can gain little; measured beside it as the bound
-#                    (its figures and what the targets would say are reported, not counted).
+#   breast-cancer/1  a small MLP, a few µs of a batched request at most: the model is a
+#                    small part of a request, so a cache can gain little; measured beside it
+#                    as the bound (its figures and what the targets would say are reported,
+#                    not counted).
 #
 #   cached-*     cache: {ttl: 300s, max_bytes: 64MiB}
 #   evicting-*   cache: {ttl: 300s, max_bytes: 64KiB}   (room for some 100 answers: a miss,
@@ -220,7 +221,7 @@ OUT="$RESULTS/cache-$(date -u +%Y%m%dT%H%M%SZ).md"
 {
   echo "# The prediction cache ($(git -C "$ROOT" rev-parse --short HEAD), $(date -u +%F), profile $PROFILE)"
   echo
-  echo "Command: \`loadtests/bench_cache.sh $ARGS\`. One row per request; server on core $SERVER_CPU, loadgen on core $CLIENT_CPU, $CONNS connections, HTTP/1.1 over TLS with a key. Two models: digits/2 (gradient-boosted trees, some 30 µs a row: the targets are counted on it) and breast-cancer/1 (a small MLP, about 1 µs a row in a batch: a reference that shows the bound, not counted)."
+  echo "Command: \`loadtests/bench_cache.sh $ARGS\`. One row per request; server on core $SERVER_CPU, loadgen on core $CLIENT_CPU, $CONNS connections, HTTP/1.1 over TLS with a key. Two models: digits/2 (gradient-boosted trees, some 30 µs a row: the targets are counted on it) and breast-cancer/1 (a small MLP, a few µs of a batched request at most: a reference that shows the bound, not counted)."
   echo "CPU µs/request, p50, p99: medians of $ROUNDS rounds of ${DURATION} s at ${RATE}/s, the settings in turns. Hits: answers with \`x-cache: hit\`, as loadgen counted them."
   for m in "${MODELS[@]}"; do
     set -- $m

@@ -140,8 +140,8 @@ MODELS = [
         "StandardScaler + MLP (64), relu, adam, alpha=1e-3",
     ),
     # A model whose inference costs more than the gateway's own path (some 30 µs a row under
-    # onnxruntime, against about 1 µs for the MLPs above): what a prediction cache is for, and
-    # what `loadtests/bench_cache.sh` measures it on beside breast-cancer/1.
+    # onnxruntime, far more than the MLPs above; docs/inference-server.md): what a prediction
+    # cache is for, and what `loadtests/bench_cache.sh` measures it on beside breast-cancer/1.
     (
         "digits",
         2,
