@@ -577,8 +577,9 @@ impl ServeHttp for Admin {
             }
             "/admin/quality" => reply(200, "application/json", self.quality_json().to_string().into_bytes()),
             "/admin/config" | "/config" => {
+                let (snap, status) = self.reloader.in_force();
                 let mut body = Self::config_json(&snap);
-                body["reload"] = json!(self.reloader.status());
+                body["reload"] = json!(status);
                 reply(200, "application/json", body.to_string().into_bytes())
             }
             "/admin/rollouts" => reply(

@@ -247,6 +247,16 @@ impl Reloader {
         self.status.lock().clone()
     }
 
+    /// The snapshot in force with the status that describes it. Every reload swaps the
+    /// snapshot while it holds the status lock, so the two read here under that lock belong
+    /// together; read one after the other, a reload between them showed the new generation's
+    /// number beside the previous generation's routes (`/admin/config`, caught by
+    /// `proxy/tests/signals.rs::sighup_reloads_the_config` in a CI run).
+    pub fn in_force(&self) -> (Arc<Snapshot>, Status) {
+        let status = self.status.lock();
+        (self.state.load_full(), status.clone())
+    }
+
     /// True when `hash` is what is in force, or (for the watcher) what was last refused: the
     /// watcher may see one refused version more than once; it is refused and counted once.
     /// An operator asking again (SIGHUP, admin API) gets the errors again.
@@ -296,9 +306,10 @@ impl Reloader {
         match Snapshot::build_from(config, Some(&current)) {
             Ok(snap) => {
                 let diff = Diff::between(&current, &snap, &self.running, false);
+                // Swapped under the status lock: see [`Self::in_force`].
+                let mut status = self.status.lock();
                 let old = self.state.swap(Arc::new(snap));
                 let _ = self.retire.send((old, Vec::new()));
-                let mut status = self.status.lock();
                 status.generation += 1;
                 status.loaded_at = now();
                 let applied = Applied {
@@ -392,13 +403,14 @@ impl Reloader {
             Ok((snap, cert)) => {
                 let diff = Diff::between(&current, &snap, &self.running, cert.is_some());
                 let retired = diff.pools_retired.clone();
+                // Swapped under the status lock: see [`Self::in_force`].
+                let mut status = self.status.lock();
                 let old = self.state.swap(Arc::new(snap));
                 if let Some(cert) = cert {
                     self.certs.set(cert);
                 }
                 // The old snapshot lives on in requests that started with it.
                 let _ = self.retire.send((old, retired));
-                let mut status = self.status.lock();
                 status.generation += 1;
                 status.hash = hash.clone();
                 status.loaded_at = now();
@@ -544,9 +556,10 @@ impl Reloader {
                 let count = store.len();
                 let snap = current.with_keys(store);
                 let diff = Diff::between(&current, &snap, &self.running, false);
+                // Swapped under the status lock: see [`Self::in_force`].
+                let mut status = self.status.lock();
                 let old = self.state.swap(Arc::new(snap));
                 let _ = self.retire.send((old, Vec::new()));
-                let mut status = self.status.lock();
                 status.generation += 1;
                 status.keys = KeysStatus {
                     file: file.display().to_string(),
