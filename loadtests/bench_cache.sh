@@ -70,8 +70,8 @@ for m in "${MODELS[@]}"; do
   set -- $m
   rows "$2" "$ZIPF_ROWS" "$WORK/zipf-$1.jsonl"
   rows "$2" "$SPREAD_ROWS" "$WORK/spread-$1.jsonl"
-  head -1 "$WORK/zipf-$1.jsonl" > "$WORK/one-$1.jsonl"
-  cp "$WORK/one-$1.jsonl" "$WORK/one-$1.json"
+  # The one row: loadgen's --body and wrk's body list (one line) read the same file.
+  head -1 "$WORK/zipf-$1.jsonl" > "$WORK/one-$1.json"
 done
 
 # one NAME PID URL RATE [loadgen args...]: "requests/s cpu_us p50_us p99_us errors hits ok"
@@ -181,7 +181,7 @@ for r in $(seq "$ROUNDS"); do
     say "throughput with wrk, $2/$3, ${DURATION}s each: Zipf cached, Zipf uncached, all hits (round $r of $ROUNDS)"
     thru "Zipf, cached, $1" "cached-$1" "$WORK/zipf-$1.jsonl" >>"$WORK/zipf-cached-$1.txt"
     thru "Zipf, uncached, $1" "uncached-$1" "$WORK/zipf-$1.jsonl" >>"$WORK/zipf-uncached-$1.txt"
-    thru "one row, all hits, $1" "cached-$1" "$WORK/one-$1.jsonl" >>"$WORK/all-hits-$1.txt"
+    thru "one row, all hits, $1" "cached-$1" "$WORK/one-$1.json" >>"$WORK/all-hits-$1.txt"
   done
 done
 declare -A T
