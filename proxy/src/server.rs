@@ -122,6 +122,7 @@ pub fn build_with(snapshot: Snapshot, options: StartOptions) -> Result<GatewaySe
         check_bindable(https, "https")?;
         check_bindable(admin, "admin")?;
     }
+    let tls_read = crate::reload::tls_hash(&snapshot.config);
     let certs = tls::CertResolver::new(tls::load_certified_key(
         &snapshot.config.tls_cert,
         &snapshot.config.tls_key,
@@ -172,7 +173,7 @@ pub fn build_with(snapshot: Snapshot, options: StartOptions) -> Result<GatewaySe
         Arc::new(SystemClock::default()),
         metrics.clone(),
     );
-    let reloader = Reloader::new(state.clone(), certs, metrics.clone(), rollouts.clone());
+    let reloader = Reloader::new(state.clone(), certs, tls_read, metrics.clone(), rollouts.clone());
     // Rollouts in the config start (or resume from their state file) before the first request.
     reloader.apply_rollouts();
     let watch = if watch_files {

@@ -554,3 +554,47 @@ async fn admin_reload_reports_what_it_did() {
     assert_eq!(config["reload"]["generation"], 2);
     assert_eq!(config["reload"]["hash"].as_str().unwrap().len(), 32);
 }
+
+/// The reload status holds the hash of the keys *in force*, not of the file as read again
+/// later: a keys file edited between the gateway reading it at start and the reloader taking
+/// charge is loaded by the next reload. (The status used to hash the file again, edit
+/// included; the watcher then took the edit for the keys in force and never loaded it: a
+/// key revoked in that moment would have stayed valid until the next edit.)
+#[test]
+fn a_keys_edit_made_while_starting_is_loaded_by_the_next_reload() {
+    use proxy::config::keys::{Lookup, add_key};
+    use proxy::reload::{Outcome, Reloader, Trigger};
+
+    let dir = temp_dir("keys-while-starting");
+    let config = dir.join("routes.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "tls: {{cert: server.crt, key: server.key, generate_dev_cert: true}}\n\
+             auth: {{keys_file: api-keys.yaml, create_dev_key: true}}\n\
+             models_dir: {}\n{LOCAL_POOLS}routes:\n  - model: breast-cancer\n    stable: cancer-v1\n",
+            repo().join("models").display()
+        ),
+    )
+    .unwrap();
+    let (snapshot, _) = proxy::server::prepare(&config).unwrap();
+    let tls = proxy::reload::tls_hash(&snapshot.config);
+    let certs = proxy::http::tls::CertResolver::new(
+        proxy::http::tls::load_certified_key(&snapshot.config.tls_cert, &snapshot.config.tls_key).unwrap(),
+    );
+    // The edit, after the snapshot read the keys file and before the reloader starts.
+    let (late, _) = add_key(&snapshot.config.keys_file, "late", "default").unwrap();
+    assert_eq!(snapshot.keys.lookup(&late), Lookup::Unknown);
+
+    let metrics = Arc::new(proxy::telemetry::metrics::Metrics::new());
+    let state = Arc::new(arc_swap::ArcSwap::from_pointee(snapshot));
+    let clock = Arc::new(proxy::rollout::SystemClock::default());
+    let rollouts = proxy::rollout::Rollouts::new(None, clock, metrics.clone());
+    let reloader = Reloader::new(state.clone(), certs, tls, metrics, rollouts);
+    let outcome = reloader.reload_keys(Trigger::File);
+    assert!(matches!(outcome, Outcome::Applied(_)), "{outcome:?}");
+    assert!(matches!(state.load().keys.lookup(&late), Lookup::Valid(_)));
+    // And nothing more to load after it.
+    assert!(matches!(reloader.reload_keys(Trigger::File), Outcome::Unchanged));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -77,6 +77,10 @@ pub struct KeyStore {
     /// Hashed with foldhash (seeded per process) rather than SipHash: every request looks a
     /// digest up, and SHA-256 digests are spread evenly already.
     by_digest: HashMap<[u8; 32], Arc<KeyInfo>, foldhash::fast::RandomState>,
+    /// xxh3-128 of the text the store was parsed from (`None`: no file, as an empty one). The
+    /// keys watcher compares the file's hash with the one of the keys in force; hashing the
+    /// file again later could see an edit made since, which would then never be loaded.
+    source_hash: Option<u128>,
 }
 
 /// SHA-256 of a key, with ring's assembly implementation (SHA extensions or AVX2 where the
@@ -137,7 +141,10 @@ impl KeyStore {
             yaml_serde::from_str(&source).map_err(|e| vec![yaml_error(file, &e)])?
         };
         let mut errors = Errors::new(file, &source);
-        let mut store = KeyStore::default();
+        let mut store = KeyStore {
+            source_hash: Some(xxhash_rust::xxh3::xxh3_128(source.as_bytes())),
+            ..KeyStore::default()
+        };
         let mut ids = std::collections::HashSet::new();
         for (i, entry) in parsed.keys.into_iter().enumerate() {
             let at = YamlPath::root().key("keys").index(i);
@@ -211,6 +218,13 @@ impl KeyStore {
 
     pub fn len(&self) -> usize {
         self.by_digest.len()
+    }
+
+    /// The xxh3-128 of the text these keys were read from (of no bytes for a store made
+    /// without a file): what the file's bytes hash to while these keys are the ones in it.
+    pub fn source_hash(&self) -> u128 {
+        self.source_hash
+            .unwrap_or_else(|| xxhash_rust::xxh3::xxh3_128(b""))
     }
 
     pub fn is_empty(&self) -> bool {

@@ -154,8 +154,9 @@ fn read_or_empty(path: &Path) -> Vec<u8> {
     std::fs::read(path).unwrap_or_default()
 }
 
-/// Hash of the certificate and key files' bytes.
-fn tls_hash(config: &Config) -> u128 {
+/// Hash of the certificate and key files' bytes. Taken before they are loaded: an edit in
+/// between then makes one reload too many, never one too few.
+pub fn tls_hash(config: &Config) -> u128 {
     let mut h = xxhash_rust::xxh3::Xxh3::new();
     h.update(&read_or_empty(&config.tls_cert));
     h.update(&[0]);
@@ -174,25 +175,30 @@ fn content_hash(source: &[u8], tls: u128) -> String {
 }
 
 fn bytes_hash(bytes: &[u8]) -> String {
-    format!("{:032x}", xxhash_rust::xxh3::xxh3_128(bytes))
+    hex(xxhash_rust::xxh3::xxh3_128(bytes))
+}
+
+fn hex(hash: u128) -> String {
+    format!("{hash:032x}")
 }
 
 impl Reloader {
     /// Takes charge of `state` (built from `running` at start) and the listener's
-    /// certificate. Starts the thread that retires replaced snapshots.
+    /// certificate, loaded from files whose [`tls_hash`] was `tls` just before. Starts the
+    /// thread that retires replaced snapshots.
     pub fn new(
         state: Arc<ArcSwap<Snapshot>>,
         certs: Arc<CertResolver>,
+        tls: u128,
         metrics: Arc<Metrics>,
         rollouts: Arc<Rollouts>,
     ) -> Arc<Reloader> {
         let snap = state.load_full();
         let running = snap.config.clone();
-        let tls = tls_hash(&running);
         let hash = content_hash(running.source.as_bytes(), tls);
         let keys = KeysStatus {
             file: running.keys_file.display().to_string(),
-            hash: bytes_hash(&read_or_empty(&running.keys_file)),
+            hash: hex(snap.keys.source_hash()),
             loaded_at: now(),
             keys: snap.keys.len(),
             ..KeysStatus::default()
@@ -418,14 +424,16 @@ impl Reloader {
                 status.rejected_hash = None;
                 status.files_rejected = false;
                 status.restart_required = diff.restart_required.clone();
-                let keys_file = self.state.load().config.keys_file.clone();
-                if status.keys.file != keys_file.display().to_string() {
-                    // Another keys file, loaded with this config: it is the one in force now.
+                let in_force = self.state.load();
+                let keys_file = in_force.config.keys_file.display().to_string();
+                if status.keys.file != keys_file {
+                    // Another keys file, loaded with this config: it is the one in force now
+                    // (its hash that of the text its keys came from, see `KeyStore`).
                     status.keys = KeysStatus {
-                        file: keys_file.display().to_string(),
-                        hash: bytes_hash(&read_or_empty(&keys_file)),
+                        file: keys_file,
+                        hash: hex(in_force.keys.source_hash()),
                         loaded_at: now(),
-                        keys: self.state.load().keys.len(),
+                        keys: in_force.keys.len(),
                         ..KeysStatus::default()
                     };
                 }
