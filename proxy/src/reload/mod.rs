@@ -171,14 +171,15 @@ fn content_hash(source: &[u8], tls: u128) -> String {
     h.update(source);
     h.update(&[0]);
     h.update(&tls.to_le_bytes());
-    format!("{:032x}", h.digest128())
+    hash_hex(h.digest128())
 }
 
 fn bytes_hash(bytes: &[u8]) -> String {
-    hex(xxhash_rust::xxh3::xxh3_128(bytes))
+    hash_hex(xxhash_rust::xxh3::xxh3_128(bytes))
 }
 
-fn hex(hash: u128) -> String {
+/// How the status shows a hash: 32 hex digits.
+fn hash_hex(hash: u128) -> String {
     format!("{hash:032x}")
 }
 
@@ -198,7 +199,7 @@ impl Reloader {
         let hash = content_hash(running.source.as_bytes(), tls);
         let keys = KeysStatus {
             file: running.keys_file.display().to_string(),
-            hash: hex(snap.keys.source_hash()),
+            hash: hash_hex(snap.keys.source_hash()),
             loaded_at: now(),
             keys: snap.keys.len(),
             ..KeysStatus::default()
@@ -431,7 +432,7 @@ impl Reloader {
                     // (its hash that of the text its keys came from, see `KeyStore`).
                     status.keys = KeysStatus {
                         file: keys_file,
-                        hash: hex(in_force.keys.source_hash()),
+                        hash: hash_hex(in_force.keys.source_hash()),
                         loaded_at: now(),
                         keys: in_force.keys.len(),
                         ..KeysStatus::default()
