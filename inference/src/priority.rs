@@ -3,8 +3,9 @@
 //! preempts it at once. (`nice 19` still takes a share of the CPU under load.)
 //!
 //! And what they cost: the CPU time of the calling thread and of the process, and a
-//! process-wide count of what background pool workers spent ([`background_cpu`]), from which
-//! a gateway tells its foreground's CPU from its shadows'.
+//! process-wide count of what background threads spent ([`background_cpu`]: idle-priority pool
+//! workers, a gateway's shadow store writer), from which a gateway tells its foreground's CPU
+//! from its shadows'.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -31,7 +32,8 @@ fn cpu_clock(clock: libc::clockid_t) -> Duration {
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
-/// CPU time of idle-priority pool workers, added by each as it goes.
+/// CPU time of background threads (idle-priority pool workers, the shadow store's writer),
+/// added by each as it goes.
 static BACKGROUND_CPU_NS: AtomicU64 = AtomicU64::new(0);
 
 /// Adds CPU time spent by a background (idle-priority) worker.
@@ -39,7 +41,7 @@ pub fn add_background_cpu(spent: Duration) {
     BACKGROUND_CPU_NS.fetch_add(spent.as_nanos() as u64, Ordering::Relaxed);
 }
 
-/// CPU time all idle-priority pool workers of this process have used so far.
+/// CPU time the background threads of this process have used so far.
 pub fn background_cpu() -> Duration {
     Duration::from_nanos(BACKGROUND_CPU_NS.load(Ordering::Relaxed))
 }

@@ -306,7 +306,7 @@ impl Quality {
         }
         match &self.store {
             Store::Local(s) => {
-                if let Some((served, labels)) = s.add_shadow(request_id, shadow.clone()) {
+                if let Some((served, labels, shadow)) = s.add_shadow(request_id, shadow) {
                     self.count_shadow(&served, &shadow, &labels);
                 }
             }

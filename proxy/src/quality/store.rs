@@ -225,16 +225,16 @@ impl Local {
         }
     }
 
-    /// Remembers a shadow's classes; when the request's labels came already, returns them
-    /// with the primary's record so the caller counts the shadow now.
-    pub fn add_shadow(&self, id: &str, shadow: ShadowServed) -> Option<(Served, Vec<i64>)> {
+    /// Remembers a shadow's classes; when the request's labels came already, gives them
+    /// back with the labels and the primary's record, so the caller counts the shadow now.
+    pub fn add_shadow(&self, id: &str, shadow: ShadowServed) -> Option<(Served, Vec<i64>, ShadowServed)> {
         let mut g = self.lock(id);
         let slot = g.map.get_mut(id)?;
         if slot.ambiguous {
             return None;
         }
         if let Some(labels) = &slot.labels {
-            return Some((slot.served.clone(), labels.clone()));
+            return Some((slot.served.clone(), labels.clone(), shadow));
         }
         if slot.shadows.len() < MAX_SHADOWS {
             let extra = 64 + shadow.pool.len() + 8 * shadow.classes.len();
@@ -449,8 +449,8 @@ mod tests {
         assert_eq!(s.lookup("a"), Found::Duplicate);
         // A shadow that answers after the label is joined at once.
         assert_eq!(
-            s.add_shadow("a", shadow),
-            Some((served(1, vec![1, 0]), vec![1, 1]))
+            s.add_shadow("a", shadow.clone()),
+            Some((served(1, vec![1, 0]), vec![1, 1], shadow))
         );
         s.put("b", served(2, vec![1]));
         s.put("b", served(3, vec![0]));

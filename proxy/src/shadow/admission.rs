@@ -10,7 +10,8 @@
 //!   [`inference::priority::background_cpu`]); the rest is the foreground's;
 //! - the copies' budget for the next window is what the process may use
 //!   (`shadow.max_cpu_percent` of the cores it may run on) minus the foreground's use,
-//!   divided by the CPU one compared copy costs (measured the same way, smoothed);
+//!   divided by the CPU one compared copy costs (measured the same way, smoothed), plus
+//!   what the last window left unused, up to as much again;
 //! - a copy over the budget is dropped and counted as `no_spare_cpu`. A budget older than two
 //!   windows admits nothing: the shadow runtime that refills it runs at idle priority, and
 //!   when it cannot get the CPU for that long, the process has none to spare.
@@ -130,7 +131,11 @@ impl CpuBudget {
         let spare = (allowed - foreground.as_secs_f64() / wall).max(0.0);
         let per_copy = s.per_copy.max(Duration::from_micros(1)).as_secs_f64();
         // (The epsilon keeps a whole number of copies whole through the float arithmetic.)
-        let tokens = (spare * WINDOW.as_secs_f64() / per_copy + 1e-6) as i64;
+        let fresh = (spare * WINDOW.as_secs_f64() / per_copy + 1e-6) as i64;
+        // What the last window left unused carries over, up to one window's worth: copies
+        // wait at idle priority, so a busy window's copies can use the spare CPU of the
+        // quiet one before it (the foreground's use swings from window to window).
+        let tokens = fresh + self.tokens.load(Ordering::Acquire).clamp(0, fresh);
         let per_copy = s.per_copy;
         *s = Sampler {
             at: now,
@@ -157,9 +162,11 @@ mod tests {
     const MS: fn(u64) -> Duration = Duration::from_millis;
     const US: fn(u64) -> Duration = Duration::from_micros;
 
-    /// A budget for one core, at most 90% of it, whose sampler starts at `t0` with no CPU used.
+    /// A budget for one core, at most 90% of it, whose sampler starts at `t0` with no CPU used,
+    /// and nothing left to carry over.
     fn budget() -> (CpuBudget, Instant) {
         let b = CpuBudget::new(1);
+        b.tokens.store(0, Ordering::Relaxed);
         b.max_cpu_percent.store(90, Ordering::Relaxed);
         let t0 = b.start;
         *b.sampler.lock() = Sampler {
@@ -196,6 +203,21 @@ mod tests {
     }
 
     #[test]
+    fn what_a_window_leaves_carries_over_up_to_one_window() {
+        let (b, t0) = budget();
+        // 10 ms of 50 used: 0.7 of a core spare, 700 copies at 50 µs.
+        assert_eq!(b.refill_from(t0 + MS(50), MS(10), Duration::ZERO).tokens, 700);
+        let admitted = (0..300).filter(|_| b.admit_at(t0 + MS(60), 90)).count();
+        assert_eq!(admitted, 300);
+        // 30 ms of the next 50: 300 fresh, and at most as many of the 400 left.
+        assert_eq!(b.refill_from(t0 + MS(100), MS(40), Duration::ZERO).tokens, 600);
+        // Overspent (more asked than admitted): nothing carries, the fresh share stays.
+        let refused = (0..700).filter(|_| !b.admit_at(t0 + MS(110), 90)).count();
+        assert_eq!(refused, 100);
+        assert_eq!(b.refill_from(t0 + MS(150), MS(65), Duration::ZERO).tokens, 400);
+    }
+
+    #[test]
     fn a_budget_not_refilled_for_two_windows_admits_nothing() {
         let (b, t0) = budget();
         b.refill_from(t0 + MS(50), Duration::ZERO, Duration::ZERO);
@@ -219,8 +241,17 @@ mod tests {
 
     #[test]
     fn the_limit_follows_the_snapshot() {
-        let (b, t0) = budget();
+        let b = CpuBudget::new(1);
+        let t0 = b.start;
         assert!(b.admit_at(t0, 50)); // a first window's worth before any refill; sets 50%
+        b.tokens.store(0, Ordering::Relaxed); // nothing to carry over
+        *b.sampler.lock() = Sampler {
+            at: t0,
+            process: Duration::ZERO,
+            shadow: Duration::ZERO,
+            done: 0,
+            per_copy: FIRST_GUESS,
+        };
         let s = b.refill_from(t0 + MS(50), MS(25), Duration::ZERO);
         assert_eq!(s.tokens, 0); // 50% used of 50% allowed
     }

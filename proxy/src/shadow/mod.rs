@@ -505,6 +505,7 @@ impl Mirror {
             }
         }
         if let Ok(outputs) = &shadow
+            && self.0.quality.feedback_enabled()
             && let Some(classes) = crate::predictions::classes(outputs)
         {
             self.0.quality.shadow_served(
@@ -533,7 +534,7 @@ impl Mirror {
             primary_latency,
             shadow_latency: Some(shadow_latency),
         };
-        if !self.0.recorder.send(Event::Record(Box::new(record))) {
+        if !self.0.recorder.record(record) {
             m.shadow_records_lost.inc();
         }
     }

@@ -8,10 +8,13 @@
 //! - `records`: every disagreement and every error with its inputs and both outputs, plus a
 //!   sample of agreements (`shadow.sample_agreements`).
 //!
-//! Shadow tasks hand [`Event`]s to a bounded channel (never blocking: when it is full, or
-//! when the records waiting to be written hold `shadow.max_backlog_bytes`, the event is
-//! counted and dropped); the writer polls them every 50 ms and commits one transaction per
-//! `shadow.flush_ms`. A crash loses what was not yet committed: the events of the last
+//! Every compared copy is added to its pair's minute where it was compared, on the shadow
+//! runtime's thread ([`Recorder::record`]): the writer takes those aggregates every 50 ms, and
+//! gets through a bounded channel only the records it keeps and the drop counts ([`Event`];
+//! never blocking: when the channel is full, or when the records waiting to be written hold
+//! `shadow.max_backlog_bytes`, the record is counted and dropped; aggregates are never lost).
+//! Handing every copy to the writer cost more CPU than comparing it: one more thread per copy
+//! touching and freeing its tensors. The writer commits one transaction per `shadow.flush_ms`. A crash loses what was not yet committed: the events of the last
 //! `flush_ms` + 50 ms (0.55 s by default) while the writer keeps up; when it falls behind (it
 //! runs at idle priority, so on a saturated machine it does), at most the backlog, whose age
 //! the writer reports after each commit ([`Recorder::lag`], `gateway_shadow_store_lag_seconds`).
@@ -34,6 +37,7 @@ use super::record::{PairKey, Record};
 use crate::config::ShadowSettings;
 
 pub enum Event {
+    /// A record to keep (its pair's minute has it already: [`Recorder::record`]).
     Record(Box<Record>),
     /// `count` copies of one pair not made, for one reason (summed since the last event).
     Dropped {
@@ -108,6 +112,19 @@ pub struct Recorder {
     writer: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
     pub path: PathBuf,
     backlog: Arc<Backlog>,
+    /// Aggregates of the copies recorded since the writer last took them.
+    pending: Arc<Mutex<Pending>>,
+    /// `shadow.sample_agreements`, as the store was started with.
+    sample_agreements: f64,
+}
+
+/// Each pair's aggregate of its current minute, and those of minutes a pair has left.
+/// Bounded: one entry per pair, plus one per pair and minute boundary between two of the
+/// writer's takes (every 50 ms).
+#[derive(Default)]
+struct Pending {
+    open: HashMap<PairKey, (i64, Aggregate)>,
+    closed: Vec<(PairKey, i64, Aggregate)>,
 }
 
 /// Records sent and not yet written (or dropped by the writer), in bytes; and how old the
@@ -131,9 +148,11 @@ impl Recorder {
             max: settings.max_backlog_bytes,
             ..Backlog::default()
         });
+        let pending = Arc::new(Mutex::new(Pending::default()));
         let writer = Writer {
             conn,
             backlog: backlog.clone(),
+            pending: pending.clone(),
             settings: settings.clone(),
             minutes: HashMap::new(),
             dirty: HashSet::new(),
@@ -153,7 +172,39 @@ impl Recorder {
             writer: Arc::new(Mutex::new(Some(handle))),
             path: settings.store.clone(),
             backlog,
+            pending,
+            sample_agreements: settings.sample_agreements,
         })
+    }
+
+    /// Adds a compared (or failed) copy to its pair's minute, and hands the record to the
+    /// writer when it is kept: every disagreement and error, a sample of agreements
+    /// (`shadow.sample_agreements`). False when a kept record was lost ([`Recorder::send`]).
+    pub fn record(&self, r: Record) -> bool {
+        let minute = unix_ms(r.at) / 60_000;
+        {
+            let mut pending = self.pending.lock();
+            let Pending { open, closed } = &mut *pending;
+            match open.get_mut(&r.key) {
+                Some((m, agg)) if *m == minute => agg.add(&r),
+                Some((m, agg)) => {
+                    closed.push((r.key.clone(), *m, std::mem::take(agg)));
+                    *m = minute;
+                    agg.add(&r);
+                }
+                None => {
+                    let mut agg = Aggregate::default();
+                    agg.add(&r);
+                    open.insert(r.key.clone(), (minute, agg));
+                }
+            }
+        }
+        let keep = match &r.comparison {
+            Some(c) if c.agrees() => rand::random::<f64>() < self.sample_agreements,
+            // Disagreements and errors: always.
+            _ => true,
+        };
+        !keep || self.send(Event::Record(Box::new(r)))
     }
 
     /// Hands an event to the writer without waiting. False when the queue is full, the
@@ -213,6 +264,7 @@ impl Recorder {
 struct Writer {
     conn: Connection,
     backlog: Arc<Backlog>,
+    pending: Arc<Mutex<Pending>>,
     settings: ShadowSettings,
     /// Aggregates of the minutes touched lately, complete (seeded from the store on first
     /// touch, so a restart within a minute adds to that minute instead of replacing it).
@@ -228,12 +280,18 @@ impl Writer {
     fn run(mut self, rx: Receiver<Event>) {
         let tick = self.settings.flush_interval.min(Duration::from_millis(50));
         let mut next_flush = Instant::now() + self.settings.flush_interval;
+        let mut counted = inference::priority::thread_cpu();
         loop {
+            // Everything this thread does is shadow work, and the admission counts it so (as
+            // the foreground's, it made copies look cheaper and the client path busier).
+            let now = inference::priority::thread_cpu();
+            inference::priority::add_background_cpu(now.saturating_sub(counted));
+            counted = now;
             std::thread::sleep(tick);
             let mut flush_now = Vec::new();
             loop {
                 match rx.try_recv() {
-                    Ok(Event::Record(r)) => self.add(r),
+                    Ok(Event::Record(r)) => self.records.push(*r),
                     Ok(Event::Dropped { key, reason, count }) => {
                         *self
                             .minute(&key, unix_ms(SystemTime::now()) / 60_000)
@@ -244,12 +302,15 @@ impl Writer {
                     Ok(Event::Flush(done)) => flush_now.push(done),
                     // Stop: everything queued before it was accepted, and has been applied.
                     Ok(Event::Stop) | Err(TryRecvError::Disconnected) => {
+                        self.take_pending();
                         self.flush();
                         return;
                     }
                     Err(TryRecvError::Empty) => break,
                 }
             }
+            // After the queue: a flush asked for after a copy was recorded finds its aggregate.
+            self.take_pending();
             if !flush_now.is_empty() || Instant::now() >= next_flush {
                 self.flush();
                 next_flush = Instant::now() + self.settings.flush_interval;
@@ -288,18 +349,12 @@ impl Writer {
         self.minutes.get_mut(&id).expect("inserted above")
     }
 
-    fn add(&mut self, r: Box<Record>) {
-        let minute = unix_ms(r.at) / 60_000;
-        self.minute(&r.key, minute).add(&r);
-        let keep = match &r.comparison {
-            Some(c) if c.agrees() => rand::random::<f64>() < self.settings.sample_agreements,
-            // Disagreements and errors: always.
-            _ => true,
-        };
-        if keep {
-            self.records.push(*r);
-        } else {
-            self.backlog.bytes.fetch_sub(r.bytes(), Ordering::Relaxed);
+    /// Adds the aggregates recorded since the last take to their minutes.
+    fn take_pending(&mut self) {
+        let Pending { open, closed } = std::mem::take(&mut *self.pending.lock());
+        let open = open.into_iter().map(|(key, (minute, agg))| (key, minute, agg));
+        for (key, minute, agg) in closed.into_iter().chain(open) {
+            self.minute(&key, minute).merge(&agg);
         }
     }
 
@@ -464,7 +519,7 @@ mod tests {
         // A flush interval far longer than the test: only close() can have written.
         let rec = Recorder::start(&settings(&dir, Duration::from_secs(60), 100)).unwrap();
         for i in 0..10 {
-            assert!(rec.send(Event::Record(Box::new(record(i % 2, 0)))));
+            assert!(rec.record(record(i % 2, 0)));
         }
         rec.close();
         let path = dir.join("s.sqlite3");
@@ -480,7 +535,7 @@ mod tests {
         assert_eq!(agg.confusion[&1][&0], 5);
         // Disagreements are all recorded; agreements sampled at 0 here.
         assert_eq!(count(&path, "records"), 5);
-        assert!(!rec.send(Event::Record(Box::new(record(0, 0)))), "closed");
+        assert!(!rec.record(record(0, 1)), "closed");
         // The store and its WAL files are readable by their owner only.
         for name in ["s.sqlite3", "s.sqlite3-wal", "s.sqlite3-shm"] {
             let f = dir.join(name);
@@ -494,6 +549,38 @@ mod tests {
     }
 
     #[test]
+    fn copies_of_one_pair_in_two_minutes_count_in_each() {
+        let dir = std::env::temp_dir().join(format!("shadow-store-minutes-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let rec = Recorder::start(&settings(&dir, Duration::from_secs(60), 100)).unwrap();
+        let now = SystemTime::now();
+        // One minute, the next, and back: the pair's open minute moves and is set aside.
+        for (at, n) in [
+            (now - Duration::from_secs(60), 2),
+            (now, 3),
+            (now - Duration::from_secs(60), 1),
+        ] {
+            for _ in 0..n {
+                let mut r = record(1, 1);
+                r.at = at;
+                assert!(rec.record(r));
+            }
+        }
+        rec.close();
+        let rows: Vec<(i64, i64)> = Connection::open(dir.join("s.sqlite3"))
+            .unwrap()
+            .prepare("SELECT minute, requests FROM minutes ORDER BY minute")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let minute = unix_ms(now) / 60_000;
+        assert_eq!(rows, vec![(minute - 1, 3), (minute, 3)]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn the_backlog_is_bounded_in_bytes() {
         let dir = std::env::temp_dir().join(format!("shadow-store-backlog-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -503,9 +590,7 @@ mod tests {
         let rec = Recorder::start(&s).unwrap();
         // The writer takes events every 50 ms but writes only every 60 s: three fit, the
         // fourth is refused whoever has it.
-        let sent: Vec<bool> = (0..6)
-            .map(|_| rec.send(Event::Record(Box::new(record(0, 1)))))
-            .collect();
+        let sent: Vec<bool> = (0..6).map(|_| rec.record(record(0, 1))).collect();
         assert_eq!(sent, [true, true, true, false, false, false]);
         assert_eq!(rec.backlog_bytes(), 3 * one);
         rec.close();
@@ -522,7 +607,7 @@ mod tests {
         for _ in 0..2 {
             let rec = Recorder::start(&settings(&dir, Duration::from_millis(20), 3)).unwrap();
             for _ in 0..4 {
-                rec.send(Event::Record(Box::new(record(1, 0))));
+                rec.record(record(1, 0));
             }
             rec.close();
         }
