@@ -241,17 +241,9 @@ mod tests {
 
     #[test]
     fn the_limit_follows_the_snapshot() {
-        let b = CpuBudget::new(1);
-        let t0 = b.start;
-        assert!(b.admit_at(t0, 50)); // a first window's worth before any refill; sets 50%
-        b.tokens.store(0, Ordering::Relaxed); // nothing to carry over
-        *b.sampler.lock() = Sampler {
-            at: t0,
-            process: Duration::ZERO,
-            shadow: Duration::ZERO,
-            done: 0,
-            per_copy: FIRST_GUESS,
-        };
+        let (b, t0) = budget();
+        b.tokens.store(1, Ordering::Relaxed); // one copy's worth, spent on the next line
+        assert!(b.admit_at(t0, 50)); // sets 50%
         let s = b.refill_from(t0 + MS(50), MS(25), Duration::ZERO);
         assert_eq!(s.tokens, 0); // 50% used of 50% allowed
     }
