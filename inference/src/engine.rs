@@ -60,6 +60,9 @@ pub struct PoolStats {
     /// How long one request of at most [`INLINE_ROWS`] rows runs alone, smoothed over the
     /// last few such runs (ns; [`NOT_TIMED`] before the first).
     pub solo_run_ns: AtomicU64,
+    /// CPU per request of the runs made on callers' threads ([`crate::Pool::run_here`]),
+    /// smoothed like `solo_run_ns` ([`NOT_TIMED`] before the first).
+    pub here_run_ns: AtomicU64,
 }
 
 impl Default for PoolStats {
@@ -76,6 +79,7 @@ impl Default for PoolStats {
             batch_sizes: Default::default(),
             consecutive_failures: AtomicU64::new(0),
             solo_run_ns: AtomicU64::new(NOT_TIMED),
+            here_run_ns: AtomicU64::new(NOT_TIMED),
         }
     }
 }
@@ -227,9 +231,7 @@ impl Engine {
     /// run each time, so that one slow run (ORT's first, a preempted one) moves it little and
     /// a model that became slower shows within a few runs.
     fn timed_solo(&self, ns: u64) {
-        let old = self.stats.solo_run_ns.load(Ordering::Relaxed);
-        let new = if old == NOT_TIMED { ns } else { (old * 3 + ns) / 4 };
-        self.stats.solo_run_ns.store(new, Ordering::Relaxed);
+        smooth(&self.stats.solo_run_ns, ns);
     }
 
     /// Answers requests whose run failed. It is the input's fault when the model ran other
@@ -321,4 +323,11 @@ fn guarded<T>(f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
             Err(format!("worker panicked: {what}"))
         }
     }
+}
+
+/// Moves a smoothed figure a quarter of the way to `ns` (or sets it, if it was [`NOT_TIMED`]).
+pub(crate) fn smooth(figure: &AtomicU64, ns: u64) {
+    let old = figure.load(Ordering::Relaxed);
+    let new = if old == NOT_TIMED { ns } else { (old * 3 + ns) / 4 };
+    figure.store(new, Ordering::Relaxed);
 }

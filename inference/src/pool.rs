@@ -46,6 +46,9 @@ use tokio::sync::oneshot;
 use crate::batch;
 use crate::engine::{Answers, Engine, Job, deliver, warm_up_inputs};
 pub use crate::engine::{BATCH_BUCKETS, INLINE_ROWS, NOT_TIMED, PoolStats, UNHEALTHY_AFTER};
+
+/// One request's answer from a run on the caller's thread ([`Pool::run_here`]).
+pub type Answer = Result<Vec<Tensor>, InferError>;
 use crate::error::InferError;
 use crate::model::{self, CheckedInputs, LoadError, ModelMetadata, NamedTensor};
 pub use crate::runner::{OrtRunner, Runner};
@@ -380,8 +383,33 @@ impl Pool {
     /// for a pool that only serves shadows (idle priority). It waits for an engine if the
     /// pool's worker holds them all. Handing the copies to that worker instead cost a wake-up
     /// of the worker and one of the caller per batch, on a core the client path shares.
-    pub fn run_here(&self, requests: Vec<Vec<NamedTensor>>) -> Vec<Result<Vec<Tensor>, InferError>> {
-        let mut answers: Vec<Option<Result<Vec<Tensor>, InferError>>> = Vec::with_capacity(requests.len());
+    pub fn run_here(&self, requests: Vec<Vec<NamedTensor>>) -> Vec<Answer> {
+        match self.run_here_if(requests, true) {
+            Ok(answers) => answers,
+            Err(_) => unreachable!("a caller that waits gets an engine"),
+        }
+    }
+
+    /// [`Pool::run_here`] for a caller that must not block: gives the requests back when no
+    /// engine is idle.
+    pub fn try_run_here(
+        &self,
+        requests: Vec<Vec<NamedTensor>>,
+    ) -> Result<Vec<Answer>, Vec<Vec<NamedTensor>>> {
+        self.run_here_if(requests, false)
+    }
+
+    fn run_here_if(
+        &self,
+        requests: Vec<Vec<NamedTensor>>,
+        wait: bool,
+    ) -> Result<Vec<Answer>, Vec<Vec<NamedTensor>>> {
+        let mut engine = match self.engines.iter().find_map(|e| e.try_lock().ok()) {
+            Some(engine) => engine,
+            None if wait => self.engines[0].lock().unwrap_or_else(|e| e.into_inner()),
+            None => return Err(requests),
+        };
+        let mut answers: Vec<Option<Answer>> = Vec::with_capacity(requests.len());
         let mut waiting = Vec::with_capacity(requests.len());
         let mut jobs = Vec::with_capacity(requests.len());
         for (i, inputs) in requests.into_iter().enumerate() {
@@ -400,21 +428,31 @@ impl Pool {
             }
         }
         if !jobs.is_empty() {
-            let engine = self.engines.iter().find_map(|e| e.try_lock().ok());
-            let mut engine =
-                engine.unwrap_or_else(|| self.engines[0].lock().unwrap_or_else(|e| e.into_inner()));
+            let (count, started) = (jobs.len() as u64, crate::priority::thread_cpu());
             let answers = self.run_batches(&mut engine, jobs);
             drop(engine);
+            let spent = crate::priority::thread_cpu().saturating_sub(started);
+            crate::engine::smooth(&self.stats.here_run_ns, spent.as_nanos() as u64 / count);
             deliver(answers);
         }
         for (i, mut rx) in waiting {
             let lost = || InferError::Internal(format!("{} did not answer", self.label));
             answers[i] = Some(rx.try_recv().unwrap_or_else(|_| Err(lost())));
         }
-        answers
+        Ok(answers
             .into_iter()
             .map(|a| a.expect("every request was answered"))
-            .collect()
+            .collect())
+    }
+
+    /// What one request costs when run on the caller's thread: measured on such runs, or
+    /// failing that on lone runs (the warm-up's included); `None` before either.
+    pub fn here_cost(&self) -> Option<Duration> {
+        [&self.stats.here_run_ns, &self.stats.solo_run_ns]
+            .into_iter()
+            .map(|f| f.load(Ordering::Relaxed))
+            .find(|&ns| ns != NOT_TIMED)
+            .map(Duration::from_nanos)
     }
 
     fn checked(&self, inputs: Vec<NamedTensor>) -> Result<CheckedInputs, InferError> {

@@ -315,6 +315,72 @@ async fn a_disagreeing_shadow_yields_exactly_its_disagreements() {
     assert!(table.contains("merged from 2 stores"), "{table}");
 }
 
+/// Copies to a shadow-only local pool run on the I/O thread that answered (`io_threads`, in
+/// its quiet turns) or on the shadow runtime's thread (`shadow_thread`), as configured; either
+/// way every copy is compared, and the disagreements are exactly those the models predict.
+/// Twice through the rows: an I/O thread takes copies once what one costs is known to fit its
+/// pool's `inline_max`, and the pool's only lone run before the first copies is its warm-up,
+/// ONNX Runtime's first (the first copies may go to the shadow thread and measure it there).
+#[tokio::test(flavor = "multi_thread")]
+async fn local_copies_run_on_the_configured_thread_and_each_is_compared() {
+    let rows = boundary_rows();
+    let (v1, v2) = (labels(1, &rows).await, labels(2, &rows).await);
+    let expected = (0..rows.len()).filter(|&i| v1[i] != v2[i]).count() as u64;
+    let n = rows.len() as u64;
+    for (setting, thread, other) in [("io_threads", "io", "shadow"), ("shadow_thread", "shadow", "io")] {
+        let g = start(&format!(
+            "{LOCAL_POOLS}shadow: {{sample_agreements: 0, flush_ms: 50, max_in_flight: 1024, local_copies: {setting}}}\nroutes:\n  - model: breast-cancer\n    stable: cancer-v1\n    shadows: [{{pool: cancer-v2, percent: 100}}]\n"
+        ));
+        let mut conn = connect(g.https, &g.tls, Proto::H1).await;
+        let ran = |metrics: &str, thread: &str| -> u64 {
+            let prefix = format!("gateway_shadow_local_copies_total{{thread=\"{thread}\"}} ");
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(prefix.as_str()))
+                .map_or(0, |v| v.parse().unwrap())
+        };
+        let mut before = (0, 0);
+        for pass in 1..=2u64 {
+            for (i, row) in rows.iter().enumerate() {
+                let r = conn
+                    .send(
+                        "POST",
+                        "/v2/models/breast-cancer/infer",
+                        &[("x-api-key", g.keys.batch.as_str())],
+                        row_body(row),
+                    )
+                    .await;
+                assert_eq!(r.status, 200, "{:?}", r.body);
+                assert_eq!(r.json()["outputs"][0]["data"][0], v1[i], "{setting}: row {i}");
+            }
+            let p = &report_with(&g, pass * n).await["pairs"][0];
+            assert_eq!(
+                (p["compared"].as_u64(), p["disagreements"].as_u64()),
+                (Some(pass * n), Some(pass * expected)),
+                "{setting}, pass {pass}"
+            );
+            let (_, metrics) = admin_get(&g, "/metrics").await;
+            let now = (ran(&metrics, thread), ran(&metrics, other));
+            assert_eq!(
+                now.0 + now.1,
+                pass * n,
+                "{setting}: every copy ran without a task\n{metrics}"
+            );
+            if pass == 2 {
+                assert_eq!(
+                    now.0 - before.0,
+                    n,
+                    "{setting}: the second pass ran on the {thread} thread\n{metrics}"
+                );
+            }
+            before = now;
+        }
+        if setting == "shadow_thread" {
+            assert_eq!(before.1, 0, "no copy ran on an I/O thread");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn copies_beyond_the_caps_are_dropped_and_counted() {
     // A shadow that takes 2 s, one slot per route: while one copy waits, the rest are dropped.

@@ -413,6 +413,13 @@ pub struct ShadowSettingsFile {
     /// Records waiting to be written, at most (bytes): beyond, they are dropped and counted.
     #[serde(default = "default_backlog")]
     pub max_backlog_bytes: i64,
+    /// Where copies to shadow-only local pools run: `auto`, `io_threads` or `shadow_thread`.
+    #[serde(default = "default_local_copies")]
+    pub local_copies: String,
+}
+
+fn default_local_copies() -> String {
+    "auto".into()
 }
 
 fn default_backlog() -> i64 {
@@ -471,6 +478,7 @@ impl Default for ShadowSettingsFile {
             sample_agreements: default_sample_agreements(),
             flush_ms: default_flush_ms(),
             max_backlog_bytes: default_backlog(),
+            local_copies: default_local_copies(),
         }
     }
 }

@@ -13,7 +13,9 @@ use std::time::Duration;
 use super::errors::{Errors, positive};
 use super::file::{ListenFile, RateFile, RateLimitsFile, ServerFile, ShadowSettingsFile, TlsFile};
 use super::keys::KeyStore;
-use super::{ClientAddress, KeysInForce, Path, Rate, RateLimits, RedisLimits, ShadowSettings, limits};
+use super::{
+    ClientAddress, KeysInForce, LocalCopies, Path, Rate, RateLimits, RedisLimits, ShadowSettings, limits,
+};
 
 /// Where relative paths in the file are anchored: the config file's directory (as given, so
 /// messages stay short).
@@ -251,6 +253,18 @@ pub fn shadow(errors: &mut Errors, shadow: ShadowSettingsFile, base: &Base) -> S
             1 << 34,
             &sh.key("max_backlog_bytes"),
         ),
+        local_copies: match shadow.local_copies.as_str() {
+            "auto" => LocalCopies::Auto,
+            "io_threads" => LocalCopies::IoThreads,
+            "shadow_thread" => LocalCopies::ShadowThread,
+            other => {
+                errors.add(
+                    &sh.key("local_copies"),
+                    format!("{other:?} is not one of: auto, io_threads, shadow_thread"),
+                );
+                LocalCopies::Auto
+            }
+        },
     }
 }
 

@@ -124,6 +124,13 @@ fn the_base_config_is_valid() {
     53,
     "rate_limits.redis.timeout_ms: must be between 1 and 10000"
 )]
+#[case::bad_local_copies(
+    "pools:",
+    "shadow: {local_copies: sometimes}\npools:",
+    4,
+    24,
+    "shadow.local_copies: \"sometimes\" is not one of: auto, io_threads, shadow_thread"
+)]
 fn one_problem_located(
     #[case] from: &str,
     #[case] to: &str,

@@ -294,6 +294,19 @@ pub struct ShadowSettings {
     pub flush_interval: Duration,
     /// Bytes of records waiting for the store's writer, at most.
     pub max_backlog_bytes: usize,
+    pub local_copies: LocalCopies,
+}
+
+/// Where copies to local pools that only serve shadows run (`shadow.local_copies`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LocalCopies {
+    /// On the I/O threads when they have every core the process may use (nothing else would
+    /// run the shadow thread but a core they share), on the shadow thread otherwise.
+    Auto,
+    /// On the I/O thread that answered the request, in its quiet turns.
+    IoThreads,
+    /// On the shadow runtime's idle-priority thread.
+    ShadowThread,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

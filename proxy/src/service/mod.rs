@@ -165,6 +165,7 @@ impl Gateway {
     /// One request, from its header (already read) to its answer.
     async fn serve(&self, session: &mut Exchange<'_>, ctx: &mut Ctx) {
         ctx.started = Some(Instant::now());
+        crate::shadow::client_request_seen();
         ctx._in_flight = Some(InFlight::enter(&self.metrics.in_flight));
         ctx.request_id = limits::request_id(session.req_header());
         let snap = self.state.load_full();

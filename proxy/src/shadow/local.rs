@@ -1,21 +1,54 @@
-//! Copies to local pools that only serve shadows, run on the shadow runtime's own thread.
+//! Copies to local pools that only serve shadows, run without a task: on the I/O thread that
+//! answered the request, in its quiet turns, or on the shadow runtime's own thread.
 //!
-//! The dispatcher takes the copies queued since its last tick (a millisecond) together. A copy
-//! whose request the client path already decoded, going to one local pool at idle priority
-//! (one that only serves as a shadow: no client waits for its engines), runs right there as
-//! part of one batch per pool ([`inference::Pool::run_here`]) and is compared and recorded at
-//! once: no task, no hand-over to the pool's worker and back. That hand-over cost two thread
-//! wake-ups per batch on a core the client path shares. Everything else (remote shadows, a
-//! remote primary's undecoded body, several shadows for one request) runs on a task as before.
+//! Such a copy (its request already decoded by the client path, one shadow, a local pool at
+//! idle priority: no client waits for its engines) runs as part of one batch per pool
+//! ([`inference::Pool::run_here`]) and is compared and recorded at once: no task, no hand-over
+//! to the pool's worker and back (that cost two thread wake-ups per batch on a core the client
+//! path shares). Everything else (remote shadows, a remote primary's undecoded body, several
+//! shadows for one request) runs on a task of the shadow runtime.
+//!
+//! Where (`shadow.local_copies`, `auto` by default):
+//!
+//! - **On the I/O thread** (`io_threads`; `auto` when the I/O threads have every core the
+//!   process may use). The copy waits in the thread's queue; a drainer task of that thread
+//!   wakes every [`TICK`], and runs a slice of the copies only in a quiet turn: one that
+//!   started no client request since its last yield, the client path's ready work done first.
+//!   A slice is sized to the pool's `inline_max` (what one copy costs is measured,
+//!   [`inference::Pool::here_cost`]), so a request that arrives during one waits at most about
+//!   as long as for a lone request the client path runs inline; a pool whose copy costs more
+//!   than that runs its copies on the shadow thread. Why: on a core the shadow thread shares
+//!   with an I/O thread, every wake-up of the I/O thread while the shadow thread runs is a
+//!   preemption. In `loadtests/bench_shadow.sh`'s setting (one core, 27,800–32,000 requests/s;
+//!   a one-off with `perf` and per-thread CPU, docs/performance.md) 77% of the shadow thread's
+//!   time went to being preempted, and running the copies here instead cut the mirrored
+//!   gateway's CPU per request by about a tenth.
+//! - **On the shadow thread** (`shadow_thread`; `auto` when the process has a core the I/O
+//!   threads do not use): the dispatcher takes the copies queued since its last tick (a
+//!   millisecond) together, at idle priority.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use inference::Pool;
 
 use super::{Input, Job, Mirror, Pick, Primary, Queued};
-use crate::routing::snapshot::Backend;
+use crate::config::LocalCopies;
+use crate::routing::snapshot::{Backend, Snapshot};
+
+/// How long an I/O thread's copies gather before its drainer runs them: batches of a
+/// millisecond's copies run a model far more cheaply per row than one copy at a time.
+const TICK: Duration = Duration::from_millis(1);
+
+/// Copies in one slice, at most, whatever the model costs.
+const MAX_SLICE: usize = 32;
+
+/// Copies waiting for one I/O thread's drainer, at most; beyond, a copy is dropped and
+/// counted (`queue_full`): some 100 ms of copies at the rates one thread answers.
+const THREAD_QUEUE: usize = 4096;
 
 /// Where the dispatcher sends a queued copy.
 pub(super) enum Way {
@@ -25,78 +58,217 @@ pub(super) enum Way {
     Task(Queued),
 }
 
-/// A copy the dispatcher runs itself.
+/// A copy run without a task.
 pub(super) struct Here {
     pool: Arc<Pool>,
-    pick: Pick,
+    pub(super) pick: Pick,
     job: Job,
+}
+
+/// The shadow-only local pool a request's copies can run in without a task, if any.
+fn pool_for(snap: &Snapshot, picks: &[Pick], job: &Job) -> Option<Arc<Pool>> {
+    let [pick] = picks else { return None };
+    let decoded = matches!(job.input, Input::Tensors(_))
+        && matches!(job.primary, Primary::Outputs(_) | Primary::Failed(_));
+    match snap.pools.get(&pick.key.shadow) {
+        Some(Backend::Local(p)) if decoded && p.config().idle_priority => Some(p.clone()),
+        _ => None,
+    }
 }
 
 impl Mirror {
     /// Whether the dispatcher runs the copy itself (see the module comment).
     pub(super) fn way(queued: Queued) -> Way {
         let (snap, mut picks, job) = queued;
-        let pool = match picks.as_slice() {
-            [pick] => match snap.pools.get(&pick.key.shadow) {
-                Some(Backend::Local(p)) if p.config().idle_priority => Some(p.clone()),
-                _ => None,
-            },
-            _ => None,
+        match pool_for(&snap, &picks, &job) {
+            Some(pool) => {
+                let pick = picks.pop().expect("one pick");
+                Way::Here(Here { pool, pick, job })
+            }
+            None => Way::Task((snap, picks, job)),
+        }
+    }
+
+    /// Queues the copy on this I/O thread when that is where it runs (see the module
+    /// comment); gives it back otherwise.
+    pub(super) fn on_io_thread(&self, queued: Queued) -> Option<Queued> {
+        let (snap, mut picks, job) = queued;
+        let io_threads = match snap.config.shadow.local_copies {
+            LocalCopies::IoThreads => true,
+            LocalCopies::ShadowThread => false,
+            LocalCopies::Auto => snap.config.threads >= self.0.cores,
         };
-        let decoded = matches!(job.input, Input::Tensors(_))
-            && matches!(job.primary, Primary::Outputs(_) | Primary::Failed(_));
-        match (pool, picks.pop()) {
-            (Some(pool), Some(pick)) if decoded => Way::Here(Here { pool, pick, job }),
-            (_, pick) => {
-                picks.extend(pick);
-                Way::Task((snap, picks, job))
+        let pool = io_threads.then(|| pool_for(&snap, &picks, &job)).flatten();
+        let quick = pool
+            .as_ref()
+            .is_some_and(|p| p.here_cost().is_some_and(|c| c <= p.config().inline_max));
+        let runtime = tokio::runtime::Handle::try_current();
+        let (Some(pool), true, Ok(runtime)) = (pool, quick, runtime) else {
+            return Some((snap, picks, job));
+        };
+        let copy = Here {
+            pool,
+            pick: picks.pop().expect("one pick"),
+            job,
+        };
+        WAITING.with(|w| {
+            let mut copies = w.copies.lock();
+            if copies.len() >= THREAD_QUEUE {
+                drop(copies);
+                self.dropped(copy.pick.key, "queue_full");
+                return;
+            }
+            copies.push(copy);
+            drop(copies);
+            if !w.draining.swap(true, Ordering::AcqRel) {
+                let (this, w) = (self.clone(), w.clone());
+                runtime.spawn(async move { this.drain(w).await });
+            }
+        });
+        None
+    }
+
+    /// Runs a thread's queued copies on that thread, a slice per quiet turn: every tick while
+    /// there are copies, then ends (the next copy starts another).
+    async fn drain(self, w: Arc<Waiting>) {
+        loop {
+            tokio::time::sleep(TICK).await;
+            loop {
+                // The client path first: yield until a turn in which it started no request.
+                loop {
+                    let seen = SEEN.with(Cell::get);
+                    tokio::task::yield_now().await;
+                    if SEEN.with(Cell::get) == seen {
+                        break;
+                    }
+                }
+                let slice = w.slice();
+                if slice.is_empty() {
+                    break;
+                }
+                let cpu = inference::priority::thread_cpu();
+                let left = self.run_copies(slice, false);
+                // Counted as shadow work by the admission, like the shadow thread's.
+                inference::priority::add_background_cpu(
+                    inference::priority::thread_cpu().saturating_sub(cpu),
+                );
+                if !left.is_empty() {
+                    // Another thread runs the pool's engines: the rest waits for the next tick.
+                    w.copies.lock().splice(0..0, left);
+                    break;
+                }
+            }
+            let copies = w.copies.lock();
+            if copies.is_empty() {
+                w.draining.store(false, Ordering::Release);
+                return;
             }
         }
     }
 
-    /// Runs the copies: one batch run per pool, then each compared and recorded as a task
-    /// would have.
+    /// Runs the copies (the shadow thread's tick): one batch run per pool, then each
+    /// compared and recorded as a task would have.
     pub(super) fn run_here(&self, copies: Vec<Here>) {
+        let left = self.run_copies(copies, true);
+        debug_assert!(left.is_empty(), "a caller that waits runs every copy");
+    }
+
+    /// Runs the copies whose pool has an idle engine (every copy when `wait`), and gives back
+    /// the others.
+    fn run_copies(&self, copies: Vec<Here>, wait: bool) -> Vec<Here> {
         let mut by_pool: HashMap<*const Pool, Vec<Here>> = HashMap::new();
         for copy in copies {
             by_pool.entry(Arc::as_ptr(&copy.pool)).or_default().push(copy);
         }
+        let mut left = Vec::new();
         for copies in by_pool.into_values() {
             let pool = copies[0].pool.clone();
-            let mut requests = Vec::with_capacity(copies.len());
-            let mut waiting = Vec::with_capacity(copies.len());
-            for Here { pick, job, .. } in copies {
-                // `way` took decoded inputs and answers only: nothing is decoded here.
-                let inputs = job.input.decode().0.unwrap_or_default();
-                requests.push(inputs.clone());
-                let primary = job.primary.decode();
-                waiting.push((
-                    pick,
-                    job.request_id,
-                    Arc::new(inputs),
-                    primary,
-                    job.primary_latency,
-                    job.forced,
-                ));
-            }
+            // `pool_for` took decoded inputs and answers only: nothing is decoded here.
+            let (requests, jobs): (Vec<_>, Vec<_>) = copies
+                .into_iter()
+                .map(|Here { pick, job, .. }| {
+                    let Input::Tensors(inputs) = &job.input else {
+                        unreachable!("copies run here are decoded")
+                    };
+                    (inputs.clone(), (pick, job))
+                })
+                .unzip();
             let started = Instant::now();
-            let answers = pool.run_here(requests);
+            let answers = if wait {
+                pool.run_here(requests)
+            } else {
+                match pool.try_run_here(requests) {
+                    Ok(answers) => answers,
+                    Err(_) => {
+                        left.extend(jobs.into_iter().map(|(pick, job)| Here {
+                            pool: pool.clone(),
+                            pick,
+                            job,
+                        }));
+                        continue;
+                    }
+                }
+            };
             let latency = started.elapsed();
-            for ((pick, request_id, inputs, primary, primary_latency, forced), answer) in
-                waiting.into_iter().zip(answers)
-            {
+            self.0
+                .metrics
+                .shadow_local_copies
+                .with_label_values(&[if wait { "shadow" } else { "io" }])
+                .inc_by(jobs.len() as u64);
+            for ((pick, job), answer) in jobs.into_iter().zip(answers) {
+                let inputs = job.input.decode().0.unwrap_or_default();
                 let shadow = answer.map_err(|e| e.to_string()).map(|o| super::named(&pool, o));
                 self.record(
                     pick,
-                    request_id,
-                    inputs,
-                    primary,
+                    job.request_id,
+                    Arc::new(inputs),
+                    job.primary.decode(),
                     shadow,
-                    primary_latency,
+                    job.primary_latency,
                     latency,
-                    forced,
+                    job.forced,
                 );
             }
         }
+        left
     }
+}
+
+/// One I/O thread's copies waiting for its drainer.
+#[derive(Default)]
+struct Waiting {
+    copies: parking_lot::Mutex<Vec<Here>>,
+    draining: AtomicBool,
+}
+
+impl Waiting {
+    /// The next slice: copies from the front while what they are expected to cost (each its
+    /// pool's [`Pool::here_cost`]) stays within the first one's pool's `inline_max`.
+    fn slice(&self) -> Vec<Here> {
+        let mut copies = self.copies.lock();
+        let Some(first) = copies.first() else {
+            return Vec::new();
+        };
+        let budget = first.pool.config().inline_max;
+        let (mut n, mut cost) = (0, Duration::ZERO);
+        for copy in copies.iter().take(MAX_SLICE) {
+            cost += copy.pool.here_cost().unwrap_or(budget);
+            if n > 0 && cost > budget {
+                break;
+            }
+            n += 1;
+        }
+        copies.drain(..n).collect()
+    }
+}
+
+/// Counts a client request started on this thread: a drainer runs copies only in turns that
+/// started none.
+pub fn client_request_seen() {
+    SEEN.with(|s| s.set(s.get() + 1));
+}
+
+thread_local! {
+    static SEEN: Cell<u64> = const { Cell::new(0) };
+    static WAITING: Arc<Waiting> = Arc::new(Waiting::default());
 }

@@ -18,7 +18,8 @@
 //! - [`aggregate`]: a minute's exact figures for one pair
 //! - [`breaker`]: a shadow that keeps failing gets a rest, not every request
 //! - [`compare`]: one pair's comparison
-//! - `local`: copies to shadow-only local pools, run in batches on the runtime's own thread
+//! - `local`: copies to shadow-only local pools, run in batches without a task: on the I/O
+//!   thread in its quiet turns, or on the shadow runtime's thread
 //! - [`store`]: SQLite, written in batches by one thread
 //! - [`report`], [`html`], [`quality_html`]: what model owners read
 
@@ -28,6 +29,7 @@ pub mod breaker;
 pub mod compare;
 pub mod html;
 mod local;
+pub use local::client_request_seen;
 pub mod quality_html;
 pub mod record;
 pub mod report;
@@ -169,6 +171,8 @@ struct Inner {
     /// Each shadow's classes wait with the request's record for its feedback labels.
     quality: Arc<crate::quality::Quality>,
     budget: admission::CpuBudget,
+    /// Cores the process may use.
+    cores: usize,
     /// Copies dropped since the dispatcher last told the store, per pair and reason: one
     /// event per pair and reason per tick instead of one per copy, so that a flood of drops
     /// cannot crowd the store's queue.
@@ -191,6 +195,7 @@ impl Mirror {
         rollouts: Arc<crate::rollout::Rollouts>,
         quality: Arc<crate::quality::Quality>,
     ) -> Mirror {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let mirror = Mirror(Arc::new(Inner {
             recorder,
             metrics,
@@ -199,7 +204,8 @@ impl Mirror {
             breakers: breaker::Breakers::default(),
             rollouts,
             quality,
-            budget: admission::CpuBudget::new(std::thread::available_parallelism().map_or(1, |n| n.get())),
+            budget: admission::CpuBudget::new(cores),
+            cores,
             drops: Default::default(),
             drops_contended: crossbeam_queue::ArrayQueue::new(CONTENDED),
         }));
@@ -319,12 +325,16 @@ impl Mirror {
         }
     }
 
-    /// Queues the shadows of one request for the shadow runtime; returns at once.
+    /// Queues the shadows of one request for the shadow runtime, or for this I/O thread
+    /// ([`Mirror::on_io_thread`]); returns at once.
     pub fn spawn(&self, snap: Arc<Snapshot>, picks: Vec<Pick>, job: Job) {
         if picks.is_empty() {
             return;
         }
-        if let Err((_, picks, _)) = self.0.queue.push((snap, picks, job)) {
+        let Some(queued) = self.on_io_thread((snap, picks, job)) else {
+            return;
+        };
+        if let Err((_, picks, _)) = self.0.queue.push(queued) {
             for pick in picks {
                 self.dropped(pick.key, "queue_full");
             }

@@ -477,6 +477,7 @@ mod tests {
             sample_agreements: 0.0,
             flush_interval: flush,
             max_backlog_bytes: 64 << 20,
+            local_copies: crate::config::LocalCopies::Auto,
         }
     }
 

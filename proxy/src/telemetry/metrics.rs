@@ -198,6 +198,7 @@ pub struct Metrics {
     pub shadow_prob_delta: HistogramVec,
     pub shadow_errors: IntCounterVec,
     pub shadow_dropped: IntCounterVec,
+    pub shadow_local_copies: IntCounterVec,
     pub shadow_records_lost: IntCounter,
     pub config_reloads: IntCounterVec,
     pub rollout_step: IntGaugeVec,
@@ -367,6 +368,11 @@ impl Metrics {
                 "Copies not made, by reason: no_spare_cpu, in_flight_cap, queue_full, body_too_large, shadow_failing",
                 &["route", "shadow", "reason"],
             ),
+            shadow_local_copies: counter(
+                "shadow_local_copies_total",
+                "Copies to shadow-only local pools run without a task, by thread: io (an I/O thread, in its quiet turns) or shadow (the shadow runtime's)",
+                &["thread"],
+            ),
             shadow_records_lost: IntCounter::new(
                 "shadow_records_lost_total",
                 "Comparison events lost because the store's queue was full",
@@ -474,6 +480,7 @@ impl Metrics {
             Box::new(m.shadow_prob_delta.clone()),
             Box::new(m.shadow_errors.clone()),
             Box::new(m.shadow_dropped.clone()),
+            Box::new(m.shadow_local_copies.clone()),
             Box::new(m.shadow_records_lost.clone()),
             Box::new(m.config_reloads.clone()),
             Box::new(m.rollout_step.clone()),
