@@ -27,8 +27,9 @@ peer_bench_setup shadow-bench wrk nginx curl
 
 P_GW=18543; P_ADMIN=18902; P_NGINX=18544; P_UP=18301; P_SHADOW=18302
 P_GW_M=18545; P_ADMIN_M=18903 # the mirrored gateway, when both run side by side
-# max_in_flight 4,096, as in proxy/tests/shadow_isolation.rs: the copies wait for the CPU at
-# idle priority, and at 28,000 copies/s the default 64 (256 before) covers 2 ms (9 ms) of the
+# max_in_flight 4,096, as in proxy/tests/shadow_isolation.rs: the copies wait for the CPU the
+# client path leaves (an I/O thread's quiet turns here: one I/O thread on one core; idle
+# priority elsewhere), and at 28,000 copies/s the default 64 (256 before) covers 2 ms (9 ms) of the
 # client path keeping the core busy, which its bursts outlast; the CPU budget, not this cap,
 # is what sheds copies here (docs/limits.md).
 gw_config() { # file shadows-yaml store
@@ -142,7 +143,7 @@ sleep 1 # copies still in flight finish (or time out) before the counters are re
 G1_FCMP=$(( $(compared) - c0 )); G1_FDROP=$(( $(metric gateway_shadow_dropped_total) - d0 )); G1_FANS=$(( $(primaries) - r0 ))
 K_PLAIN=$(( $(tree_ticks "$gw0") - k0 )); K_MIRR=$(( $(tree_ticks "$gw1") - k1 ))
 REASONS="$(drop_reasons)"
-# What one copy costs as the gateway's own admission measures it (the shadow threads' CPU per
+# What one copy costs as the gateway's own admission measures it (the shadow work's CPU per
 # copy), and the share compared at a quarter of the maximum: where the client path leaves room.
 GAUGE_COPY="$(awk -v s="$(gauge gateway_shadow_copy_cpu_seconds)" 'BEGIN { printf "%.1f", s * 1e6 }')"
 QRATE=$((RATE / 2))
@@ -219,8 +220,8 @@ REPORT="$RESULTS/shadow.md"
   echo "² The gateway's maximum-rate figures are medians of $MAX_ROUNDS runs of ${DURATION} s each (wrk, $CONNS connections, after ${WARMUP} s of warm-up), the two gateways taking turns the same way; requests/s per run: no shadow $G0_RUNS, mirrored $G1_RUNS."
   echo
   echo "- gateway: requests/s loss with 100% mirroring ${G_LOSS}% (target ≤ 20%: $T_LOSS); p99 at $RATE/s ${G_P99}× without (target ≤ 1.15: $T_P99)"
-  echo "- gateway copies at $RATE/s: ${G1_FSHARE}% of the $G1_FANS requests compared (target ≥ 95%: $T_SHARE), $G1_FDROP dropped (${REASONS:-none}); at the maximum rate: ${G1_SHARE}% of $G1_ANS compared, $G1_DROP dropped. Shadows run at idle CPU priority: on a saturated core they wait and copies are shed (counted by reason) instead of slowing the primary."
-  echo "- CPU at $RATE/s, over the whole phase: $CPU_REQ µs per request for the plain gateway; the mirrored one spent $CPU_COPY µs more per compared copy (a difference of two measurements: noise when few copies were compared); one copy costs $GAUGE_COPY µs as the gateway's admission measures the shadow threads (gateway_shadow_copy_cpu_seconds)"
+  echo "- gateway copies at $RATE/s: ${G1_FSHARE}% of the $G1_FANS requests compared (target ≥ 95%: $T_SHARE), $G1_FDROP dropped (${REASONS:-none}); at the maximum rate: ${G1_SHARE}% of $G1_ANS compared, $G1_DROP dropped. Shadows run after the client path (here in the I/O thread's quiet turns, elsewhere at idle CPU priority): on a saturated core they wait and copies are shed (counted by reason) instead of slowing the primary."
+  echo "- CPU at $RATE/s, over the whole phase: $CPU_REQ µs per request for the plain gateway; the mirrored one spent $CPU_COPY µs more per compared copy (a difference of two measurements: noise when few copies were compared); one copy costs $GAUGE_COPY µs as the gateway's admission measures shadow work (gateway_shadow_copy_cpu_seconds)"
   echo "- at a quarter of the maximum ($QRATE/s, one run of $((FIXED * 2)) s, mirrored gateway): ${Q_SHARE}% of $Q_ANS requests compared; primary p50 $(ms "$Q50"), p99 $(ms "$Q99"), $QERR failed"
   echo "- shadow store after the maximum-rate run: the oldest record of its last commit was ${G1_LAG} s old (what a crash then would have lost; shadow.flush_ms + 50 ms while the writer keeps up), $G1_LOST records lost to its bounded backlog"
   echo "- nginx mirror: requests/s loss ${N_LOSS}%; p99 at $N_RATE/s ${N_P99}× without (its mirror upstream runs on core $CLIENT_CPU)"

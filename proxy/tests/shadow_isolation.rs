@@ -343,10 +343,11 @@ fn pin_to(core: usize) {
 /// `loadtests/bench_shadow.sh` (with one core, both share it): the client is another machine in
 /// production, and on shared cores its own threads' share of the CPU is part of what the
 /// ratios move with. This split also tells apart a design that sheds its cost onto the client
-/// path: copies run between requests on the I/O thread (tried on 2026-12-04 and not kept,
-/// `docs/performance.md`) gave block p50 ratios of 1.21 with shared cores and 1.34 split,
-/// where the idle-priority shadow thread gave 1.03 and 1.07 split (two runs, all copies
-/// compared).
+/// path: copies run between requests on the I/O threads gave block p50 ratios of 1.21 with
+/// shared cores and 1.34 split (`docs/performance.md`), where the idle-priority shadow thread
+/// gave 1.03 and 1.07 split (two runs, all copies compared). Split, the gateway's two I/O
+/// threads share one core, so `shadow.local_copies: auto` runs the copies on the shadow
+/// thread; with one I/O thread per core it runs them in the I/O threads' quiet turns.
 #[test]
 fn a_local_shadow_at_half_load_does_not_touch_the_primary() {
     let cores = my_cores();

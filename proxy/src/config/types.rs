@@ -300,8 +300,8 @@ pub struct ShadowSettings {
 /// Where copies to local pools that only serve shadows run (`shadow.local_copies`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LocalCopies {
-    /// On the I/O threads when they have every core the process may use (nothing else would
-    /// run the shadow thread but a core they share), on the shadow thread otherwise.
+    /// On the I/O threads when there are as many as cores the process may use (each has a
+    /// core of its own, which the shadow thread would share), on the shadow thread otherwise.
     Auto,
     /// On the I/O thread that answered the request, in its quiet turns.
     IoThreads,

@@ -10,22 +10,21 @@
 //!
 //! Where (`shadow.local_copies`, `auto` by default):
 //!
-//! - **On the I/O thread** (`io_threads`; `auto` when the I/O threads have every core the
-//!   process may use). The copy waits in the thread's queue; a drainer task of that thread
-//!   wakes every [`TICK`], and runs a slice of the copies only in a quiet turn: one that
-//!   started no client request since its last yield, the client path's ready work done first.
-//!   A slice is sized to the pool's `inline_max` (what one copy costs is measured,
-//!   [`inference::Pool::here_cost`]), so a request that arrives during one waits at most about
-//!   as long as for a lone request the client path runs inline; a pool whose copy costs more
-//!   than that runs its copies on the shadow thread. Why: on a core the shadow thread shares
-//!   with an I/O thread, every wake-up of the I/O thread while the shadow thread runs is a
-//!   preemption. In `loadtests/bench_shadow.sh`'s setting (one core, 27,800–32,000 requests/s;
-//!   a one-off with `perf` and per-thread CPU, docs/performance.md) 77% of the shadow thread's
-//!   time went to being preempted, and running the copies here instead cut the mirrored
-//!   gateway's CPU per request by about a tenth.
-//! - **On the shadow thread** (`shadow_thread`; `auto` when the process has a core the I/O
-//!   threads do not use): the dispatcher takes the copies queued since its last tick (a
-//!   millisecond) together, at idle priority.
+//! - **On the I/O thread** (`io_threads`; `auto` when there are as many I/O threads as cores
+//!   the process may use: [`on_io_threads`]). The copy waits in the thread's queue; a drainer
+//!   task of that thread wakes every [`TICK`] and runs a slice of the copies only in a quiet
+//!   turn: one that started no client request since its last yield, the client path's ready
+//!   work done first. A slice is sized to the pool's `inline_max` (what one copy costs is
+//!   measured, [`inference::Pool::here_cost`]), so a request that arrives during one waits at
+//!   most about as long as for a lone request the client path runs inline; a pool whose copy
+//!   costs more than that runs its copies on the shadow thread. Why: on a core the shadow
+//!   thread shares with an I/O thread, every wake-up of the I/O thread while the shadow thread
+//!   runs is a preemption. In `loadtests/bench_shadow.sh`'s setting (one core, 27,800–32,000
+//!   requests/s; a one-off with `perf` and per-thread CPU, docs/performance.md) 77% of the
+//!   shadow thread's time went to being preempted, and running the copies here instead cut the
+//!   mirrored gateway's CPU per request by about a tenth.
+//! - **On the shadow thread** (`shadow_thread`; `auto` otherwise): the dispatcher takes the
+//!   copies queued since its last tick (a millisecond) together, at idle priority.
 
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -76,6 +75,20 @@ fn pool_for(snap: &Snapshot, picks: &[Pick], job: &Job) -> Option<Arc<Pool>> {
     }
 }
 
+/// Whether copies to shadow-only local pools run on the I/O threads: with `auto`, when there
+/// are as many I/O threads as cores the process may use. With fewer, a core without an I/O
+/// thread runs the shadow thread and preempts no one; with more, an I/O thread's slice would
+/// hold up another I/O thread on its core, which (unlike the idle-priority shadow thread)
+/// cannot be preempted for a client's request: `proxy/tests/shadow_isolation.rs`'s local case
+/// measured that (docs/performance.md).
+fn on_io_threads(setting: LocalCopies, io_threads: usize, cores: usize) -> bool {
+    match setting {
+        LocalCopies::IoThreads => true,
+        LocalCopies::ShadowThread => false,
+        LocalCopies::Auto => io_threads == cores,
+    }
+}
+
 impl Mirror {
     /// Whether the dispatcher runs the copy itself (see the module comment).
     pub(super) fn way(queued: Queued) -> Way {
@@ -93,11 +106,7 @@ impl Mirror {
     /// comment); gives it back otherwise.
     pub(super) fn on_io_thread(&self, queued: Queued) -> Option<Queued> {
         let (snap, mut picks, job) = queued;
-        let io_threads = match snap.config.shadow.local_copies {
-            LocalCopies::IoThreads => true,
-            LocalCopies::ShadowThread => false,
-            LocalCopies::Auto => snap.config.threads >= self.0.cores,
-        };
+        let io_threads = on_io_threads(snap.config.shadow.local_copies, snap.config.threads, self.0.cores);
         let pool = io_threads.then(|| pool_for(&snap, &picks, &job)).flatten();
         let quick = pool
             .as_ref()
@@ -271,4 +280,30 @@ pub fn client_request_seen() {
 thread_local! {
     static SEEN: Cell<u64> = const { Cell::new(0) };
     static WAITING: Arc<Waiting> = Arc::new(Waiting::default());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_runs_copies_on_the_io_threads_when_each_has_a_core_of_its_own() {
+        use LocalCopies::*;
+        for (setting, threads, cores, want) in [
+            (Auto, 1, 1, true),
+            (Auto, 4, 4, true),
+            // A core no I/O thread uses: the shadow thread preempts no one there.
+            (Auto, 1, 2, false),
+            // Two I/O threads on one core: a slice would hold up the other one.
+            (Auto, 2, 1, false),
+            (IoThreads, 2, 1, true),
+            (ShadowThread, 1, 1, false),
+        ] {
+            assert_eq!(
+                on_io_threads(setting, threads, cores),
+                want,
+                "{setting:?}, {threads} threads, {cores} cores"
+            );
+        }
+    }
 }
