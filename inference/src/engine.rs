@@ -84,12 +84,15 @@ impl Default for PoolStats {
     }
 }
 
-pub type Reply = oneshot::Sender<Result<Vec<Tensor>, InferError>>;
+pub type Reply = oneshot::Sender<Answer>;
 
 /// A batch's answers, each with the reply it goes to (none for a request run inline, whose
 /// caller takes its answer straight from the run): delivered by the caller once it let go
 /// of the engine ([`deliver`]), so that a caller woken by its answer finds the engine free.
-pub type Answers = Vec<(Option<Reply>, Result<Vec<Tensor>, InferError>)>;
+pub type Answers = Vec<(Option<Reply>, Answer)>;
+
+/// One request's answer: its outputs, or why there are none.
+pub type Answer = Result<Vec<Tensor>, InferError>;
 
 pub fn deliver(answers: Answers) {
     for (reply, answer) in answers {

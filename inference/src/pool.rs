@@ -44,15 +44,12 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, TrySen
 use tokio::sync::oneshot;
 
 use crate::batch;
-use crate::engine::{Answers, Engine, Job, deliver, warm_up_inputs};
+use crate::engine::{Answer, Answers, Engine, Job, deliver, warm_up_inputs};
 pub use crate::engine::{BATCH_BUCKETS, INLINE_ROWS, NOT_TIMED, PoolStats, UNHEALTHY_AFTER};
 use crate::error::InferError;
 use crate::model::{self, CheckedInputs, LoadError, ModelMetadata, NamedTensor};
 pub use crate::runner::{OrtRunner, Runner};
 use crate::tensor::Tensor;
-
-/// One request's answer from a run on the caller's thread ([`Pool::run_here`]).
-pub type Answer = Result<Vec<Tensor>, InferError>;
 
 /// How a pool runs. The defaults suit small CPU models such as the bundled ones.
 #[derive(Clone, Debug, PartialEq, Eq)]

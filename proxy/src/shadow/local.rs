@@ -108,11 +108,12 @@ impl Mirror {
         let (snap, mut picks, job) = queued;
         let io_threads = on_io_threads(snap.config.shadow.local_copies, snap.config.threads, self.0.cores);
         let pool = io_threads.then(|| pool_for(&snap, &picks, &job)).flatten();
-        let quick = pool
-            .as_ref()
-            .is_some_and(|p| p.here_cost().is_some_and(|c| c <= p.config().inline_max));
-        let runtime = tokio::runtime::Handle::try_current();
-        let (Some(pool), true, Ok(runtime)) = (pool, quick, runtime) else {
+        let quick = |p: &Arc<Pool>| p.here_cost().is_some_and(|c| c <= p.config().inline_max);
+        // The runtime is looked up only for a copy that runs here (shadow_thread: never).
+        let Some((pool, runtime)) = pool
+            .filter(quick)
+            .and_then(|p| Some((p, tokio::runtime::Handle::try_current().ok()?)))
+        else {
             return Some((snap, picks, job));
         };
         let copy = Here {
