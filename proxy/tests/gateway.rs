@@ -489,14 +489,7 @@ async fn sticky_by_key_keeps_the_variant() {
         let mut conn = connect(g.https, &g.tls, Proto::H2).await;
         let mut seen = std::collections::HashSet::new();
         for _ in 0..20 {
-            let r = conn
-                .send(
-                    "POST",
-                    "/v2/models/breast-cancer/infer",
-                    &[("x-api-key", key)],
-                    example(),
-                )
-                .await;
+            let r = send_example(&mut conn, key).await;
             seen.insert(r.header("x-model-variant").unwrap().to_string());
         }
         assert_eq!(seen.len(), 1, "a key keeps its variant: {seen:?}");

@@ -332,12 +332,11 @@ async fn local_copies_run_on_the_configured_thread_and_each_is_compared() {
             "{LOCAL_POOLS}shadow: {{sample_agreements: 0, flush_ms: 50, max_in_flight: 1024, local_copies: {setting}}}\nroutes:\n  - model: breast-cancer\n    stable: cancer-v1\n    shadows: [{{pool: cancer-v2, percent: 100}}]\n"
         ));
         let mut conn = connect(g.https, &g.tls, Proto::H1).await;
-        let ran = |metrics: &str, thread: &str| -> u64 {
-            let prefix = format!("gateway_shadow_local_copies_total{{thread=\"{thread}\"}} ");
-            metrics
-                .lines()
-                .find_map(|l| l.strip_prefix(prefix.as_str()))
-                .map_or(0, |v| v.parse().unwrap())
+        let ran = |metrics: &str, thread: &str| {
+            series_in(
+                metrics,
+                &format!("gateway_shadow_local_copies_total{{thread=\"{thread}\"}}"),
+            ) as u64
         };
         let mut before = (0, 0);
         for pass in 1..=2u64 {
@@ -381,6 +380,80 @@ async fn local_copies_run_on_the_configured_thread_and_each_is_compared() {
     }
 }
 
+/// `shadow.max_queued` crossed, in both places a copy waits: for an I/O thread's quiet turn
+/// and for the shadow runtime's dispatcher. At 4 waiting, eight connections that keep a
+/// gateway's I/O threads busy make more copies within a dispatcher's millisecond (or
+/// between an I/O thread's quiet turns) than that; the rest are dropped as `queue_full`, and
+/// every request is either in the report or counted as dropped.
+#[tokio::test(flavor = "multi_thread")]
+async fn copies_beyond_the_waiting_bound_are_dropped_and_counted() {
+    const CONNS: usize = 8;
+    const EACH: u64 = 50;
+    for setting in ["io_threads", "shadow_thread"] {
+        let g = start(&format!(
+            "{LOCAL_POOLS}shadow: {{sample_agreements: 0, flush_ms: 50, max_in_flight: 4096, max_queued: 4, local_copies: {setting}}}\n\
+             rate_limits: {{tiers: {{batch: {{per_second: 10000000, burst: 10000000}}}}}}\n\
+             routes:\n  - model: breast-cancer\n    stable: cancer-v1\n    shadows: [{{pool: cancer-v2, percent: 100}}]\n"
+        ));
+        let mut tasks = Vec::new();
+        for _ in 0..CONNS {
+            let mut conn = connect(g.https, &g.tls, Proto::H2).await;
+            let key = g.keys.batch.clone();
+            tasks.push(tokio::spawn(async move {
+                for _ in 0..EACH {
+                    assert_eq!(send_example(&mut conn, &key).await.status, 200);
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let n = CONNS as u64 * EACH;
+        let mut seen = (0, Value::Null);
+        for _ in 0..100 {
+            let (_, text) = admin_get(&g, "/admin/shadow/report?latest=1000").await;
+            let report: Value = serde_json::from_str(&text).unwrap();
+            let p = &report["pairs"][0];
+            let dropped: u64 = p["dropped"]
+                .as_object()
+                .map_or(0, |d| d.values().map(|v| v.as_u64().unwrap()).sum());
+            seen = (p["requests"].as_u64().unwrap_or(0) + dropped, p.clone());
+            if seen.0 >= n {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let p = seen.1;
+        assert_eq!(
+            seen.0, n,
+            "{setting}: every request compared or counted as dropped: {p}"
+        );
+        let full = p["dropped"]["queue_full"].as_u64().unwrap_or(0);
+        eprintln!(
+            "{setting}: {full} of {n} copies dropped as queue_full; {}",
+            p["dropped"]
+        );
+        assert!(full > 0, "{setting}: some copies found 4 waiting: {p}");
+        let (_, metrics) = admin_get(&g, "/metrics").await;
+        let counted = series_in(
+            &metrics,
+            "gateway_shadow_dropped_total{reason=\"queue_full\",route=\"breast-cancer\",shadow=\"cancer-v2\"}",
+        ) as u64;
+        assert_eq!(
+            counted, full,
+            "{setting}: the metric and the report agree\n{metrics}"
+        );
+        let thread = if setting == "io_threads" { "io" } else { "shadow" };
+        assert!(
+            series_in(
+                &metrics,
+                &format!("gateway_shadow_local_copies_total{{thread=\"{thread}\"}}")
+            ) > 0.0,
+            "{setting}: copies waited where the setting says\n{metrics}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn copies_beyond_the_caps_are_dropped_and_counted() {
     // A shadow that takes 2 s, one slot per route: while one copy waits, the rest are dropped.
@@ -421,14 +494,13 @@ async fn copies_beyond_the_caps_are_dropped_and_counted() {
         .await;
     assert_eq!(r.status, 200);
     let (_, metrics) = admin_get(&g, "/metrics").await;
-    let dropped = |reason: &str| -> u64 {
-        let prefix = format!(
-            "gateway_shadow_dropped_total{{reason=\"{reason}\",route=\"breast-cancer\",shadow=\"slow\"}} "
-        );
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(prefix.as_str()))
-            .map_or(0, |v| v.parse().unwrap())
+    let dropped = |reason: &str| {
+        series_in(
+            &metrics,
+            &format!(
+                "gateway_shadow_dropped_total{{reason=\"{reason}\",route=\"breast-cancer\",shadow=\"slow\"}}"
+            ),
+        ) as u64
     };
     assert_eq!(dropped("in_flight_cap"), 19, "{metrics}");
     assert_eq!(dropped("body_too_large"), 1, "{metrics}");
@@ -462,15 +534,7 @@ async fn no_copies_without_spare_cpu() {
         tasks.push(tokio::spawn(async move {
             let mut n = 0;
             while std::time::Instant::now() < end {
-                let r = conn
-                    .send(
-                        "POST",
-                        "/v2/models/breast-cancer/infer",
-                        &[("x-api-key", key.as_str())],
-                        example(),
-                    )
-                    .await;
-                assert_eq!(r.status, 200, "{:?}", r.body);
+                assert_eq!(send_example(&mut conn, &key).await.status, 200);
                 n += 1;
             }
             n

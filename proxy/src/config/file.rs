@@ -416,6 +416,13 @@ pub struct ShadowSettingsFile {
     /// Where copies to shadow-only local pools run: `auto`, `io_threads` or `shadow_thread`.
     #[serde(default = "default_local_copies")]
     pub local_copies: String,
+    /// Copies waiting for the shadow runtime, and for each I/O thread's quiet turns, at most.
+    #[serde(default = "default_max_queued")]
+    pub max_queued: i64,
+}
+
+fn default_max_queued() -> i64 {
+    4096
 }
 
 fn default_local_copies() -> String {
@@ -479,6 +486,7 @@ impl Default for ShadowSettingsFile {
             flush_ms: default_flush_ms(),
             max_backlog_bytes: default_backlog(),
             local_copies: default_local_copies(),
+            max_queued: default_max_queued(),
         }
     }
 }

@@ -265,6 +265,7 @@ pub fn shadow(errors: &mut Errors, shadow: ShadowSettingsFile, base: &Base) -> S
                 LocalCopies::Auto
             }
         },
+        max_queued: positive(errors, shadow.max_queued, 1, 1 << 16, &sh.key("max_queued")),
     }
 }
 

@@ -131,6 +131,13 @@ fn the_base_config_is_valid() {
     24,
     "shadow.local_copies: \"sometimes\" is not one of: auto, io_threads, shadow_thread"
 )]
+#[case::bad_max_queued(
+    "pools:",
+    "shadow: {max_queued: 0}\npools:",
+    4,
+    22,
+    "shadow.max_queued: must be between 1 and 65536, got 0"
+)]
 fn one_problem_located(
     #[case] from: &str,
     #[case] to: &str,

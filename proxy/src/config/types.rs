@@ -295,6 +295,8 @@ pub struct ShadowSettings {
     /// Bytes of records waiting for the store's writer, at most.
     pub max_backlog_bytes: usize,
     pub local_copies: LocalCopies,
+    /// Copies waiting for the shadow runtime, and (apart) for each I/O thread, at most.
+    pub max_queued: usize,
 }
 
 /// Where copies to local pools that only serve shadows run (`shadow.local_copies`).

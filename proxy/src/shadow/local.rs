@@ -45,10 +45,6 @@ const TICK: Duration = Duration::from_millis(1);
 /// Copies in one slice, at most, whatever the model costs.
 const MAX_SLICE: usize = 32;
 
-/// Copies waiting for one I/O thread's drainer, at most; beyond, a copy is dropped and
-/// counted (`queue_full`): some 100 ms of copies at the rates one thread answers.
-const THREAD_QUEUE: usize = 4096;
-
 /// Where the dispatcher sends a queued copy.
 pub(super) enum Way {
     /// Runs it itself, with the tick's other copies to the same pool.
@@ -106,6 +102,8 @@ impl Mirror {
     /// comment); gives it back otherwise.
     pub(super) fn on_io_thread(&self, queued: Queued) -> Option<Queued> {
         let (snap, mut picks, job) = queued;
+        // Beyond, a copy is dropped and counted (`queue_full`): `shadow.max_queued`.
+        let max = snap.config.shadow.max_queued;
         let io_threads = on_io_threads(snap.config.shadow.local_copies, snap.config.threads, self.0.cores);
         let pool = io_threads.then(|| pool_for(&snap, &picks, &job)).flatten();
         let quick = |p: &Arc<Pool>| p.here_cost().is_some_and(|c| c <= p.config().inline_max);
@@ -123,7 +121,7 @@ impl Mirror {
         };
         WAITING.with(|w| {
             let mut copies = w.copies.lock();
-            if copies.len() >= THREAD_QUEUE {
+            if copies.len() >= max {
                 drop(copies);
                 self.dropped(copy.pick.key, "queue_full");
                 return;

@@ -36,6 +36,7 @@ pub mod report;
 pub mod store;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -152,9 +153,6 @@ impl ShadowRuntime {
 
 type Queued = (Arc<Snapshot>, Vec<Pick>, Job);
 
-/// Jobs waiting for the shadow runtime, at most; beyond this copies are dropped (counted).
-const QUEUE: usize = 4096;
-
 /// The gateway's shadow machinery; cheap to clone into tasks (one reference count).
 #[derive(Clone)]
 pub struct Mirror(Arc<Inner>);
@@ -164,7 +162,10 @@ struct Inner {
     metrics: Arc<Metrics>,
     /// Shadows' own upstream connections (see the module comment).
     connector: Arc<TransportConnector>,
-    queue: crossbeam_queue::ArrayQueue<Queued>,
+    /// Jobs waiting for the dispatcher: at most `shadow.max_queued`, counted in `queued`
+    /// (taken before a push, given back after a pop, so the bound holds exactly).
+    queue: crossbeam_queue::SegQueue<Queued>,
+    queued: AtomicUsize,
     breakers: breaker::Breakers,
     /// A rollout's agreement gate reads the comparisons of the canary's pool as a shadow.
     rollouts: Arc<crate::rollout::Rollouts>,
@@ -200,7 +201,8 @@ impl Mirror {
             recorder,
             metrics,
             connector: Arc::new(TransportConnector::new(None)),
-            queue: crossbeam_queue::ArrayQueue::new(QUEUE),
+            queue: crossbeam_queue::SegQueue::new(),
+            queued: Default::default(),
             breakers: breaker::Breakers::default(),
             rollouts,
             quality,
@@ -233,6 +235,7 @@ impl Mirror {
             let mut any = false;
             let mut here = Vec::new();
             while let Some(queued) = self.0.queue.pop() {
+                self.0.queued.fetch_sub(1, Ordering::AcqRel);
                 any = true;
                 match Mirror::way(queued) {
                     local::Way::Here(copy) => here.push(copy),
@@ -331,14 +334,18 @@ impl Mirror {
         if picks.is_empty() {
             return;
         }
+        let max = snap.config.shadow.max_queued;
         let Some(queued) = self.on_io_thread((snap, picks, job)) else {
             return;
         };
-        if let Err((_, picks, _)) = self.0.queue.push(queued) {
-            for pick in picks {
+        if self.0.queued.fetch_add(1, Ordering::AcqRel) >= max {
+            self.0.queued.fetch_sub(1, Ordering::AcqRel);
+            for pick in queued.1 {
                 self.dropped(pick.key, "queue_full");
             }
+            return;
         }
+        self.0.queue.push(queued);
     }
 
     async fn run(self, snap: Arc<Snapshot>, picks: Vec<Pick>, job: Job) {

@@ -478,6 +478,7 @@ mod tests {
             flush_interval: flush,
             max_backlog_bytes: 64 << 20,
             local_copies: crate::config::LocalCopies::Auto,
+            max_queued: 4096,
         }
     }
 

@@ -500,11 +500,27 @@ pub async fn admin_get(g: &Gateway, path: &str) -> (u16, String) {
 /// Prometheus' sorted order), summed over the lines that start with it; 0 when absent.
 pub async fn metric(g: &Gateway, series: &str) -> f64 {
     let (_, scrape) = admin_get(g, "/metrics").await;
+    series_in(&scrape, series)
+}
+
+/// [`metric`] in a scrape already taken.
+pub fn series_in(scrape: &str, series: &str) -> f64 {
     scrape
         .lines()
         .filter(|l| l.starts_with(series))
         .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
         .sum()
+}
+
+/// `example()` sent to breast-cancer with `key`.
+pub async fn send_example(conn: &mut Connection, key: &str) -> Reply {
+    conn.send(
+        "POST",
+        "/v2/models/breast-cancer/infer",
+        &[("x-api-key", key)],
+        example(),
+    )
+    .await
 }
 
 /// Resident memory of this process, in KiB (Linux).
