@@ -599,8 +599,14 @@ async fn admin_metrics_and_config() {
     let config: serde_json::Value = serde_json::from_str(&config).unwrap();
     assert_eq!(config["routes"][0]["canary"]["weight"], 10);
     assert_eq!(
-        config["shadow"]["max_in_flight"], 64,
-        "the shadow settings in force"
+        (
+            &config["shadow"]["max_in_flight"],
+            &config["shadow"]["max_queued"],
+            &config["shadow"]["local_copies"]
+        ),
+        (&json!(64), &json!(4096), &json!("auto")),
+        "the shadow settings in force: {}",
+        config["shadow"]
     );
     assert_eq!(get("/readyz").await.0, 200);
     assert_eq!(get("/nope").await.0, 404);

@@ -311,6 +311,17 @@ pub enum LocalCopies {
     ShadowThread,
 }
 
+impl LocalCopies {
+    /// As written in the file.
+    pub fn name(self) -> &'static str {
+        match self {
+            LocalCopies::Auto => "auto",
+            LocalCopies::IoThreads => "io_threads",
+            LocalCopies::ShadowThread => "shadow_thread",
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Route {
     /// Position in the file's `routes` list, for error messages.

@@ -367,6 +367,10 @@ impl Admin {
             "keep_hours": sh.keep_age.as_secs() / 3600,
             "sample_agreements": sh.sample_agreements,
             "flush_ms": sh.flush_interval.as_millis() as u64,
+            "max_cpu_percent": sh.max_cpu_percent,
+            "max_backlog_bytes": sh.max_backlog_bytes,
+            "local_copies": sh.local_copies.name(),
+            "max_queued": sh.max_queued,
         });
         let rl = &snap.config.rate_limits;
         let rate =
