@@ -314,6 +314,25 @@ async fn feedback_gives_exactly_the_accuracy_of_the_answers_and_refuses_what_it_
     let r = feedback(&g, &g.keys.dev, fb("mine-1", json!([1]))).await;
     assert_eq!(r.status, 409);
     assert!(r.error().contains("more than one prediction"), "{}", r.error());
+    // MAX_FEEDBACK_ROWS: a prediction of 1,024 rows is kept for its labels; one of 1,025
+    // is not (its feedback is unknown, 404).
+    let many = |n: usize| -> Vec<Vec<f32>> { rows.iter().cycle().take(n).cloned().collect() };
+    for (n, status) in [(1024, 200), (1025, 404)] {
+        let a = predict(&mut conn, &g.keys.dev, &many(n), &[]).await;
+        let r = feedback(&g, &g.keys.dev, fb(&a.id, json!(vec![0; n]))).await;
+        assert_eq!(r.status, status, "a prediction of {n} rows: {:?}", r.body);
+    }
+    // MAX_ITEMS: a body of 10,000 items is read (each unknown here); 10,001 is refused whole.
+    for (n, status) in [(10_000, 200), (10_001, 400)] {
+        let list: Vec<Value> = (0..n)
+            .map(|i| json!({"request_id": format!("x{i}"), "labels": [0]}))
+            .collect();
+        let r = feedback(&g, &g.keys.dev, serde_json::to_string(&list).unwrap()).await;
+        assert_eq!(r.status, status, "{n} items: {:?}", r.body);
+        if status == 400 {
+            assert!(r.error().contains("at most 10000"), "{}", r.error());
+        }
+    }
     let r = send(
         &g,
         Proto::H1,

@@ -63,7 +63,7 @@ pub enum Found {
 type Hasher = foldhash::quality::RandomState;
 
 /// Shadows remembered per request, at most (routes have a handful).
-const MAX_SHADOWS: usize = 16;
+pub(super) const MAX_SHADOWS: usize = 16;
 
 /// This replica's store.
 pub struct Local {

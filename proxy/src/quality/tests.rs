@@ -162,3 +162,52 @@ fn queued_remote_bodies_are_bounded_in_bytes_as_well_as_in_number() {
     q.record_body(w, big, None);
     assert_eq!(q.bodies.len(), 1);
 }
+
+#[test]
+fn a_prediction_remembers_at_most_max_shadows_shadows() {
+    let (q, _) = quality(60);
+    served(&q, "r", "t", "stable", vec![1]);
+    for i in 0..store::MAX_SHADOWS + 1 {
+        q.shadow_served(
+            "r",
+            ShadowServed {
+                pool: format!("s{i}"),
+                version: "1".into(),
+                classes: vec![1],
+            },
+        );
+    }
+    join(&q, "t", "m", vec![item("r", vec![1])]);
+    assert_eq!(
+        q.paired.lock().len(),
+        store::MAX_SHADOWS,
+        "the shadow past the bound is not joined"
+    );
+}
+
+#[test]
+fn redis_writes_past_the_queue_are_dropped_and_counted() {
+    // Nothing listens on port 1: the writer keeps retrying, so writes only wait.
+    let settings = FeedbackSettings {
+        enabled: true,
+        ttl: Duration::from_secs(60),
+        max_bytes: 1 << 20,
+        redis: Some(crate::config::quality::FeedbackRedis {
+            url: "redis://127.0.0.1:1".into(),
+            prefix: "test".into(),
+            timeout: Duration::from_millis(100),
+        }),
+    };
+    let q = Quality::new(
+        &settings,
+        Arc::new(Metrics::new()),
+        Arc::new(FakeWallClock::default()),
+    );
+    let dropped = || q.metrics.quality.dropped.with_label_values(&["queue_full"]).get();
+    for i in 0..QUEUE {
+        served(&q, &format!("r{i}"), "t", "stable", vec![1]);
+    }
+    assert_eq!((q.writes.len(), dropped()), (QUEUE, 0));
+    served(&q, "one-more", "t", "stable", vec![1]);
+    assert_eq!((q.writes.len(), dropped()), (QUEUE, 1));
+}
