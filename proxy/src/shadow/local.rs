@@ -258,16 +258,26 @@ impl Waiting {
             return Vec::new();
         };
         let budget = first.pool.config().inline_max;
-        let (mut n, mut cost) = (0, Duration::ZERO);
-        for copy in copies.iter().take(MAX_SLICE) {
-            cost += copy.pool.here_cost().unwrap_or(budget);
-            if n > 0 && cost > budget {
-                break;
-            }
-            n += 1;
-        }
+        let n = slice_len(
+            copies.iter().map(|c| c.pool.here_cost().unwrap_or(budget)),
+            budget,
+        );
         copies.drain(..n).collect()
     }
+}
+
+/// How many of the copies (their expected costs, in order) make one slice: the first always,
+/// then while the sum stays within `budget`, [`MAX_SLICE`] at most.
+fn slice_len(costs: impl Iterator<Item = Duration>, budget: Duration) -> usize {
+    let (mut n, mut cost) = (0, Duration::ZERO);
+    for c in costs.take(MAX_SLICE) {
+        cost += c;
+        if n > 0 && cost > budget {
+            break;
+        }
+        n += 1;
+    }
+    n
 }
 
 /// Counts a client request started on this thread: a drainer runs copies only in turns that
@@ -304,5 +314,19 @@ mod tests {
                 "{setting:?}, {threads} threads, {cores} cores"
             );
         }
+    }
+    #[test]
+    fn a_slice_stays_within_its_budget_and_max_slice() {
+        let us = Duration::from_micros;
+        let costs = |each: u64, n: usize| std::iter::repeat_n(us(each), n);
+        // 10 µs each within 100 µs: ten copies, the eleventh would cross it.
+        assert_eq!(slice_len(costs(10, 50), us(100)), 10);
+        // Cheap copies: MAX_SLICE, whatever the budget leaves.
+        assert_eq!(slice_len(costs(1, 50), us(100)), MAX_SLICE);
+        // One copy over the budget still runs (alone), or it would never run.
+        assert_eq!(slice_len(costs(500, 3), us(100)), 1);
+        assert_eq!(slice_len(costs(10, 0), us(100)), 0);
+        // Mixed: 40 + 50 fit in 100, + 30 does not.
+        assert_eq!(slice_len([us(40), us(50), us(30)].into_iter(), us(100)), 2);
     }
 }
