@@ -253,18 +253,14 @@ pub fn shadow(errors: &mut Errors, shadow: ShadowSettingsFile, base: &Base) -> S
             1 << 34,
             &sh.key("max_backlog_bytes"),
         ),
-        local_copies: match shadow.local_copies.as_str() {
-            "auto" => LocalCopies::Auto,
-            "io_threads" => LocalCopies::IoThreads,
-            "shadow_thread" => LocalCopies::ShadowThread,
-            other => {
-                errors.add(
-                    &sh.key("local_copies"),
-                    format!("{other:?} is not one of: auto, io_threads, shadow_thread"),
-                );
-                LocalCopies::Auto
-            }
-        },
+        local_copies: LocalCopies::parse(&shadow.local_copies).unwrap_or_else(|| {
+            let names: Vec<_> = LocalCopies::ALL.iter().map(|c| c.name()).collect();
+            errors.add(
+                &sh.key("local_copies"),
+                format!("{:?} is not one of: {}", shadow.local_copies, names.join(", ")),
+            );
+            LocalCopies::Auto
+        }),
         max_queued: positive(errors, shadow.max_queued, 1, 1 << 16, &sh.key("max_queued")),
     }
 }

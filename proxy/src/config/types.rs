@@ -312,6 +312,17 @@ pub enum LocalCopies {
 }
 
 impl LocalCopies {
+    pub const ALL: [LocalCopies; 3] = [
+        LocalCopies::Auto,
+        LocalCopies::IoThreads,
+        LocalCopies::ShadowThread,
+    ];
+
+    /// The setting written as `name`, if there is one.
+    pub fn parse(name: &str) -> Option<LocalCopies> {
+        LocalCopies::ALL.into_iter().find(|c| c.name() == name)
+    }
+
     /// As written in the file.
     pub fn name(self) -> &'static str {
         match self {

@@ -102,8 +102,6 @@ impl Mirror {
     /// comment); gives it back otherwise.
     pub(super) fn on_io_thread(&self, queued: Queued) -> Option<Queued> {
         let (snap, mut picks, job) = queued;
-        // Beyond, a copy is dropped and counted (`queue_full`): `shadow.max_queued`.
-        let max = snap.config.shadow.max_queued;
         let io_threads = on_io_threads(snap.config.shadow.local_copies, snap.config.threads, self.0.cores);
         let pool = io_threads.then(|| pool_for(&snap, &picks, &job)).flatten();
         let quick = |p: &Arc<Pool>| p.here_cost().is_some_and(|c| c <= p.config().inline_max);
@@ -121,7 +119,8 @@ impl Mirror {
         };
         WAITING.with(|w| {
             let mut copies = w.copies.lock();
-            if copies.len() >= max {
+            // Beyond `shadow.max_queued`, a copy is dropped and counted.
+            if copies.len() >= snap.config.shadow.max_queued {
                 drop(copies);
                 self.dropped(copy.pick.key, "queue_full");
                 return;
@@ -315,6 +314,7 @@ mod tests {
             );
         }
     }
+
     #[test]
     fn a_slice_stays_within_its_budget_and_max_slice() {
         let us = Duration::from_micros;
