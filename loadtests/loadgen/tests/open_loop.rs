@@ -90,6 +90,16 @@ fn sends_the_requested_rate_and_measures_latency() {
 }
 
 #[test]
+fn high_rates_are_paced_without_the_timer_and_still_on_schedule() {
+    let (port, served) = serve(StatusCode::OK);
+    // 25,000/s: a 40 µs interval, below SPIN, so the pacer yields instead of arming the timer.
+    let r = loadgen(port, "25000");
+    assert!((22_500.0..=27_500.0).contains(&r["sent"]), "{r:?}");
+    assert_eq!(r["ok"], r["sent"], "{r:?}");
+    assert!(served.load(Ordering::Relaxed) as f64 >= r["sent"]);
+}
+
+#[test]
 fn non_2xx_answers_are_errors_and_count_as_the_slowest() {
     let (port, _) = serve(StatusCode::SERVICE_UNAVAILABLE);
     let r = loadgen(port, "200");
