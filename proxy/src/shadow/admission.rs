@@ -5,19 +5,16 @@
 //! (at the in-flight cap, or timed out) after costing the client path its hand-over. So copies
 //! are admitted against a budget instead, whatever the in-flight cap:
 //!
-//! - every [`WINDOW`] the process's CPU time is measured, and the part of it that was shadow
-//!   work (the shadow runtime's thread, idle-priority pool workers and the I/O threads'
-//!   slices of copies: [`inference::priority::background_cpu`]); the rest is the
-//!   foreground's. Whichever of the threads that run copies comes first refills: the shadow
-//!   runtime, or an I/O thread in a quiet turn;
+//! - every [`WINDOW`] the shadow runtime measures the process's CPU time and the part of it
+//!   that was shadow work (its own thread, and idle-priority pool workers:
+//!   [`inference::priority::background_cpu`]); the rest is the foreground's;
 //! - the copies' budget for the next window is what the process may use
 //!   (`shadow.max_cpu_percent` of the cores it may run on) minus the foreground's use,
 //!   divided by the CPU one compared copy costs (measured the same way, smoothed), plus
 //!   what the last window left unused, up to as much again;
 //! - a copy over the budget is dropped and counted as `no_spare_cpu`. A budget older than two
-//!   windows admits nothing: the threads that refill it do so only when the client path
-//!   leaves them room (the shadow runtime at idle priority, an I/O thread in a quiet turn),
-//!   and when none could for that long, the process has none to spare.
+//!   windows admits nothing: the shadow runtime that refills it runs at idle priority, and
+//!   when it cannot get the CPU for that long, the process has none to spare.
 //!
 //! Copies to pools that also serve clients are charged as foreground work: conservative.
 
@@ -106,54 +103,21 @@ impl CpuBudget {
         self.done.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Measures the window that just ended and sets the next one's budget, if a window has
-    /// passed since the last refill and no other thread is refilling it. Shadow work's CPU is
-    /// what was added to [`inference::priority::background_cpu`] (the shadow thread adds its
-    /// own, the I/O threads their slices'), so any thread that runs copies can refill. Why not
-    /// only the shadow thread: where copies run in the I/O thread's quiet turns, they are
-    /// what keeps the core busy, and the shadow thread, at idle priority, could not get it
-    /// to refill for more than two windows: the budget went stale and about 9,000 copies
-    /// were shed at a time, in half of the turns at 41,500/s (a one-off, 2026-12-05).
-    pub fn refill_if_due(&self) -> Option<Sample> {
-        self.refill_if_due_at(Instant::now(), || {
-            (
-                inference::priority::process_cpu(),
-                inference::priority::background_cpu(),
-            )
-        })
+    /// Measures the window that just ended and sets the next one's budget. `shadow_thread`:
+    /// the CPU time of the thread that runs shadow tasks (the caller's).
+    pub fn refill(&self, shadow_thread: Duration) -> Sample {
+        self.refill_from(
+            Instant::now(),
+            inference::priority::process_cpu(),
+            shadow_thread + inference::priority::background_cpu(),
+        )
     }
 
-    /// [`Self::refill_if_due`] at `now`, with the process's and the shadow work's CPU time
-    /// read only when it refills.
-    fn refill_if_due_at(&self, now: Instant, cpu: impl FnOnce() -> (Duration, Duration)) -> Option<Sample> {
-        let now_ms = now.saturating_duration_since(self.start).as_millis() as u64;
-        if now_ms < self.refilled_ms.load(Ordering::Acquire) + WINDOW.as_millis() as u64 {
-            return None;
-        }
-        let s = self.sampler.try_lock()?;
-        // Another thread may have refilled between the check and the lock.
-        if now.saturating_duration_since(s.at) < WINDOW {
-            return None;
-        }
-        let (process, shadow) = cpu();
-        Some(self.refill_locked(s, now, process, shadow))
-    }
-
-    /// A refill from given readings: the time, the process's CPU time and the shadow work's,
-    /// both since the process started.
-    #[cfg(test)]
+    /// [`Self::refill`] from given readings: the time, the process's CPU time and the shadow
+    /// work's, both since the process started.
     fn refill_from(&self, now: Instant, process: Duration, shadow: Duration) -> Sample {
-        self.refill_locked(self.sampler.lock(), now, process, shadow)
-    }
-
-    fn refill_locked(
-        &self,
-        mut s: parking_lot::MutexGuard<'_, Sampler>,
-        now: Instant,
-        process: Duration,
-        shadow: Duration,
-    ) -> Sample {
         let done = self.done.load(Ordering::Relaxed);
+        let mut s = self.sampler.lock();
         let wall = now.saturating_duration_since(s.at).as_secs_f64().max(1e-3);
         let shadow_spent = shadow.saturating_sub(s.shadow);
         let foreground = process.saturating_sub(s.process).saturating_sub(shadow_spent);
@@ -287,27 +251,6 @@ mod tests {
         }
         let s = b.refill_from(t0 + MS(100), MS(90), MS(100));
         assert_eq!(s.per_copy, US(40));
-    }
-
-    #[test]
-    fn a_refill_is_due_once_a_window_and_done_once() {
-        let (b, t0) = budget();
-        b.refill_from(t0 + MS(50), MS(5), Duration::ZERO);
-        let cpu = || (MS(10), Duration::ZERO);
-        // Within the window: nothing, and the clocks are not read.
-        assert!(b.refill_if_due_at(t0 + MS(99), || unreachable!()).is_none());
-        // A window on: refilled (5 ms of 50 used), then not again at the same time.
-        let s = b.refill_if_due_at(t0 + MS(100), cpu).expect("due");
-        assert!((s.foreground - 0.1).abs() < 1e-9, "{}", s.foreground);
-        assert!(b.refill_if_due_at(t0 + MS(100), cpu).is_none());
-        // A thread that read the old refill time before another refilled: the sampler says no.
-        b.refilled_ms.store(50, Ordering::Relaxed);
-        assert!(b.refill_if_due_at(t0 + MS(120), cpu).is_none());
-        // Another thread refilling right now: this one does not wait for it.
-        let held = b.sampler.lock();
-        assert!(b.refill_if_due_at(t0 + MS(200), cpu).is_none());
-        drop(held);
-        assert!(b.refill_if_due_at(t0 + MS(200), cpu).is_some());
     }
 
     #[test]

@@ -149,8 +149,6 @@ impl Mirror {
                         break;
                     }
                 }
-                // A quiet turn: the core has room, so the budget can be refilled from here.
-                self.refill_if_due();
                 let slice = w.slice();
                 if slice.is_empty() {
                     break;

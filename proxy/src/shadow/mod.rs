@@ -221,15 +221,17 @@ impl Mirror {
     /// none; and refills the copies' CPU budget every window.
     async fn dispatch(self) {
         let mut idle = Duration::from_millis(1);
-        let mut cpu = inference::priority::thread_cpu();
+        let mut refilled = Instant::now();
         loop {
             tokio::time::sleep(idle).await;
             self.report_drops();
-            // All shadow tasks run on this runtime's one thread: its CPU is theirs.
-            let now = inference::priority::thread_cpu();
-            inference::priority::add_background_cpu(now.saturating_sub(cpu));
-            cpu = now;
-            self.refill_if_due();
+            if refilled.elapsed() >= admission::WINDOW {
+                refilled = Instant::now();
+                // All shadow tasks run on this runtime's one thread: its CPU is theirs.
+                let s = self.0.budget.refill(inference::priority::thread_cpu());
+                self.0.metrics.shadow_copy_cpu.set(s.per_copy.as_secs_f64());
+                self.0.metrics.foreground_cpu.set(s.foreground);
+            }
             let mut any = false;
             let mut here = Vec::new();
             while let Some(queued) = self.0.queue.pop() {
@@ -251,15 +253,6 @@ impl Mirror {
             } else {
                 (idle * 2).min(Duration::from_millis(20))
             };
-        }
-    }
-
-    /// Refills the copies' CPU budget if a window has passed (from the shadow thread or an
-    /// I/O thread's drainer: [`admission::CpuBudget::refill_if_due`]).
-    fn refill_if_due(&self) {
-        if let Some(s) = self.0.budget.refill_if_due() {
-            self.0.metrics.shadow_copy_cpu.set(s.per_copy.as_secs_f64());
-            self.0.metrics.foreground_cpu.set(s.foreground);
         }
     }
 
