@@ -379,15 +379,13 @@ async fn pace(
             return Ok(());
         }
         let wait = due.saturating_duration_since(Instant::now());
-        if !wait.is_zero() && wait <= SPIN {
-            // Yields until it is due: to the runtime, which polls the sockets without
-            // sleeping, and to any other process on this core (`sched_yield`), such as a
-            // benchmark's upstream server.
+        if wait <= SPIN {
+            // Yields until it is due (not at all when it is): see SPIN.
             while Instant::now() < due {
                 std::thread::yield_now();
                 tokio::task::yield_now().await;
             }
-        } else if !wait.is_zero() {
+        } else {
             timer
                 .get_mut()
                 .set_state(TimerState::Oneshot(wait), SetTimeFlags::Default);
