@@ -12,9 +12,13 @@
 //!   (`shadow.max_cpu_percent` of the cores it may run on) minus the foreground's use,
 //!   divided by the CPU one compared copy costs (measured the same way, smoothed), plus
 //!   what the last window left unused, up to as much again;
-//! - a copy over the budget is dropped and counted as `no_spare_cpu`. A budget older than two
-//!   windows admits nothing: the shadow runtime that refills it runs at idle priority, and
-//!   when it cannot get the CPU for that long, the process has none to spare.
+//! - a copy over the budget is dropped and counted as `no_spare_cpu`, unless an I/O thread
+//!   runs it and keeps up with its copies ([`super::local::drainer_keeps_up`], with no cap
+//!   below 100%): that thread's quiet turns are spare CPU seen directly, where the budget is
+//!   an estimate a window late (it shed whole bursts of copies the core had room for:
+//!   docs/shadows.md). A budget older than two windows admits nothing: the shadow runtime
+//!   that refills it runs at idle priority, and when it cannot get the CPU for that long,
+//!   the process has none to spare.
 //!
 //! Copies to pools that also serve clients are charged as foreground work: conservative.
 

@@ -14,10 +14,10 @@
 //!   the process may use: [`on_io_threads`]). The copy waits in the thread's queue; a drainer
 //!   task of that thread wakes every [`TICK`] and runs a slice of the copies only in a quiet
 //!   turn: one that started no client request since its last yield, the client path's ready
-//!   work done first. A slice is sized to the pool's `inline_max` (what one copy costs is
-//!   measured, [`inference::Pool::here_cost`]), so a request that arrives during one waits at
-//!   most about as long as for a lone request the client path runs inline; a pool whose copy
-//!   costs more than that runs its copies on the shadow thread. Why: on a core the shadow
+//!   work done first. A slice costs about [`SLICE_BUDGET`] (what one copy costs the thread is
+//!   measured), so a request that arrives during one waits about as long as behind one more
+//!   request; a pool whose model run costs more than its `inline_max`
+//!   ([`inference::Pool::here_cost`]) runs its copies on the shadow thread. Why: on a core the shadow
 //!   thread shares with an I/O thread, every wake-up of the I/O thread while the shadow thread
 //!   runs is a preemption. In `loadtests/bench_shadow.sh`'s setting (one core, 27,800–32,000
 //!   requests/s; a one-off with `perf` and per-thread CPU, docs/performance.md) 77% of the
@@ -45,6 +45,15 @@ const TICK: Duration = Duration::from_millis(1);
 /// Copies in one slice, at most, whatever the model costs.
 const MAX_SLICE: usize = 32;
 
+/// What one slice may cost, at most (a single copy that costs more still runs alone): about
+/// what one client request costs the I/O thread at half load in `loadtests/bench_shadow.sh`
+/// (20 µs), so that a request arriving during a slice waits about as long as behind one more
+/// request. Alternating 5 s turns at 38,500/s (a one-off, `docs/performance.md`), the mirrored
+/// gateway's p90 against the plain one's: 94–115 µs against 52–64 with slices of 32 copies
+/// (about 150 µs), 65–77 against 48–63 with 4 (about 20 µs); slices of one or two copies
+/// cost more per copy and shed 10–40 times as many.
+const SLICE_BUDGET: Duration = Duration::from_micros(20);
+
 /// Where the dispatcher sends a queued copy.
 pub(super) enum Way {
     /// Runs it itself, with the tick's other copies to the same pool.
@@ -69,6 +78,11 @@ fn pool_for(snap: &Snapshot, picks: &[Pick], job: &Job) -> Option<Arc<Pool>> {
         Some(Backend::Local(p)) if decoded && p.config().idle_priority => Some(p.clone()),
         _ => None,
     }
+}
+
+/// Whether the pool is a local one that only serves shadows (its engines at idle priority).
+pub(super) fn shadow_only_local(snap: &Snapshot, pool: &str) -> bool {
+    matches!(snap.pools.get(pool), Some(Backend::Local(p)) if p.config().idle_priority)
 }
 
 /// Whether copies to shadow-only local pools run on the I/O threads: with `auto`, when there
@@ -151,14 +165,15 @@ impl Mirror {
                 }
                 let slice = w.slice();
                 if slice.is_empty() {
+                    *w.emptied.lock() = Some(Instant::now());
                     break;
                 }
-                let cpu = inference::priority::thread_cpu();
+                let (cpu, n) = (inference::priority::thread_cpu(), slice.len());
                 let left = self.run_copies(slice, false);
+                let spent = inference::priority::thread_cpu().saturating_sub(cpu);
+                w.measured(n - left.len(), spent);
                 // Counted as shadow work by the admission, like the shadow thread's.
-                inference::priority::add_background_cpu(
-                    inference::priority::thread_cpu().saturating_sub(cpu),
-                );
+                inference::priority::add_background_cpu(spent);
                 if !left.is_empty() {
                     // Another thread runs the pool's engines: the rest waits for the next tick.
                     w.copies.lock().splice(0..0, left);
@@ -246,22 +261,53 @@ impl Mirror {
 struct Waiting {
     copies: parking_lot::Mutex<Vec<Here>>,
     draining: AtomicBool,
+    /// When the drainer last ran every copy it had (never, on a thread that runs none).
+    emptied: parking_lot::Mutex<Option<Instant>>,
+    /// What one copy cost this thread, model, comparison and record together (ns, smoothed;
+    /// 0 before the first slice).
+    per_copy_ns: std::sync::atomic::AtomicU64,
+}
+
+/// How recently this thread's drainer must have run every copy it had for
+/// [`drainer_keeps_up`]: the tick its copies gather for, and as long again.
+const KEEPING_UP: Duration = Duration::from_millis(2);
+
+/// Whether this I/O thread's drainer keeps up: within the last [`KEEPING_UP`] it ran every
+/// copy it had, in quiet turns only, so the thread has had time to spare for copies whatever
+/// the CPU budget estimated. The admission takes that as room for one more copy to a
+/// shadow-only local pool. False on a thread whose copies run elsewhere.
+pub(super) fn drainer_keeps_up(now: Instant) -> bool {
+    WAITING.with(|w| {
+        w.emptied
+            .lock()
+            .is_some_and(|at| now.saturating_duration_since(at) < KEEPING_UP)
+    })
 }
 
 impl Waiting {
-    /// The next slice: copies from the front while what they are expected to cost (each its
-    /// pool's [`Pool::here_cost`]) stays within the first one's pool's `inline_max`.
+    /// The next slice: copies from the front while what they are expected to cost (this
+    /// thread's measured cost per copy; one copy alone before any was measured) stays within
+    /// [`SLICE_BUDGET`].
     fn slice(&self) -> Vec<Here> {
         let mut copies = self.copies.lock();
-        let Some(first) = copies.first() else {
-            return Vec::new();
+        let each = match self.per_copy_ns.load(Ordering::Relaxed) {
+            0 => SLICE_BUDGET,
+            ns => Duration::from_nanos(ns),
         };
-        let budget = first.pool.config().inline_max;
-        let n = slice_len(
-            copies.iter().map(|c| c.pool.here_cost().unwrap_or(budget)),
-            budget,
-        );
+        let n = slice_len(std::iter::repeat_n(each, copies.len()), SLICE_BUDGET);
         copies.drain(..n).collect()
+    }
+
+    /// A slice ran `copies` copies in `spent` of this thread's CPU: the cost per copy,
+    /// smoothed over a few slices.
+    fn measured(&self, copies: usize, spent: Duration) {
+        if copies == 0 {
+            return;
+        }
+        let now = (spent.as_nanos() as u64 / copies as u64).max(1);
+        let before = self.per_copy_ns.load(Ordering::Relaxed);
+        let smoothed = if before == 0 { now } else { (before * 3 + now) / 4 };
+        self.per_copy_ns.store(smoothed, Ordering::Relaxed);
     }
 }
 
@@ -316,7 +362,45 @@ mod tests {
     }
 
     #[test]
+    fn the_cost_per_copy_is_measured_and_smoothed() {
+        let w = Waiting::default();
+        w.measured(0, Duration::from_micros(50)); // nothing ran: nothing learnt
+        assert_eq!(w.per_copy_ns.load(Ordering::Relaxed), 0);
+        w.measured(4, Duration::from_micros(20));
+        assert_eq!(
+            w.per_copy_ns.load(Ordering::Relaxed),
+            5_000,
+            "the first replaces nothing"
+        );
+        w.measured(4, Duration::from_micros(36));
+        assert_eq!(w.per_copy_ns.load(Ordering::Relaxed), 6_000, "(3 × 5 + 9) / 4 µs");
+        // At 6 µs a copy, a slice within 20 µs holds 3.
+        assert_eq!(
+            slice_len(std::iter::repeat_n(Duration::from_micros(6), 10), SLICE_BUDGET),
+            3
+        );
+    }
+
+    #[test]
+    fn a_drainer_keeps_up_only_while_it_recently_ran_every_copy() {
+        // On a thread of its own: the state is the thread's.
+        std::thread::spawn(|| {
+            let now = Instant::now();
+            assert!(!drainer_keeps_up(now), "a thread whose drainer never ran");
+            WAITING.with(|w| *w.emptied.lock() = Some(now));
+            assert!(drainer_keeps_up(now + Duration::from_millis(1)));
+            assert!(
+                !drainer_keeps_up(now + KEEPING_UP),
+                "2 ms without emptying its queue"
+            );
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
     fn a_slice_stays_within_its_budget_and_max_slice() {
+        // (slice_len's budget is SLICE_BUDGET in use; any budget here.)
         let us = Duration::from_micros;
         let costs = |each: u64, n: usize| std::iter::repeat_n(us(each), n);
         // 10 µs each within 100 µs: ten copies, the eleventh would cross it.

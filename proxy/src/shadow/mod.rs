@@ -283,7 +283,16 @@ impl Mirror {
                 self.dropped(key, "shadow_failing");
                 continue;
             }
-            if !self.0.budget.admit(settings.max_cpu_percent) {
+            // The budget, or failing it an I/O thread that keeps up with its copies
+            // (admission.rs): only for a lone shadow-only local pool (the copies such a
+            // thread runs) and only with no cap below the whole machine.
+            let keeping_up = || {
+                settings.max_cpu_percent >= 100
+                    && route.shadows.len() == 1
+                    && local::shadow_only_local(snap, &s.pool)
+                    && local::drainer_keeps_up(now)
+            };
+            if !self.0.budget.admit(settings.max_cpu_percent) && !keeping_up() {
                 self.dropped(key, "no_spare_cpu");
                 continue;
             }
