@@ -139,7 +139,7 @@ impl Mirror {
                 self.dropped(copy.pick.key, "queue_full");
                 return;
             }
-            copies.push(copy);
+            copies.push_back(copy);
             drop(copies);
             if !w.draining.swap(true, Ordering::AcqRel) {
                 let (this, w) = (self.clone(), w.clone());
@@ -176,7 +176,10 @@ impl Mirror {
                 inference::priority::add_background_cpu(spent);
                 if !left.is_empty() {
                     // Another thread runs the pool's engines: the rest waits for the next tick.
-                    w.copies.lock().splice(0..0, left);
+                    let mut copies = w.copies.lock();
+                    for copy in left.into_iter().rev() {
+                        copies.push_front(copy);
+                    }
                     break;
                 }
             }
@@ -259,7 +262,10 @@ impl Mirror {
 /// One I/O thread's copies waiting for its drainer.
 #[derive(Default)]
 struct Waiting {
-    copies: parking_lot::Mutex<Vec<Here>>,
+    /// A deque: a slice taken from the front of a `Vec` moved every copy behind it, which
+    /// was 5.6% of the I/O thread's samples at 40,000/s with slices of a few copies (`perf
+    /// record --call-graph dwarf`, a one-off).
+    copies: parking_lot::Mutex<std::collections::VecDeque<Here>>,
     draining: AtomicBool,
     /// When the drainer last ran every copy it had (never, on a thread that runs none).
     emptied: parking_lot::Mutex<Option<Instant>>,
