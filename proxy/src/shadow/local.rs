@@ -17,12 +17,12 @@
 //!   work done first. A slice costs about [`SLICE_BUDGET`] (what one copy costs the thread is
 //!   measured), so a request that arrives during one waits about as long as behind one more
 //!   request; a pool whose model run costs more than its `inline_max`
-//!   ([`inference::Pool::here_cost`]) runs its copies on the shadow thread. Why: on a core the shadow
-//!   thread shares with an I/O thread, every wake-up of the I/O thread while the shadow thread
-//!   runs is a preemption. In `loadtests/bench_shadow.sh`'s setting (one core, 27,800–32,000
-//!   requests/s; a one-off with `perf` and per-thread CPU, docs/performance.md) 77% of the
-//!   shadow thread's time went to being preempted, and running the copies here instead cut the
-//!   mirrored gateway's CPU per request by about a tenth.
+//!   ([`inference::Pool::here_cost`]) runs its copies on the shadow thread. Why: on a core the
+//!   shadow thread shares with an I/O thread, every wake-up of the I/O thread while the shadow
+//!   thread runs is a preemption. In `loadtests/bench_shadow.sh`'s setting (one core, 27,800–32,000
+//!   requests/s; a one-off with `perf` and per-thread CPU, docs/performance.md) 77% of the shadow
+//!   thread's time went to being preempted, and running the copies here instead cut the mirrored
+//!   gateway's CPU per request by about a tenth.
 //! - **On the shadow thread** (`shadow_thread`; `auto` otherwise): the dispatcher takes the
 //!   copies queued since its last tick (a millisecond) together, at idle priority.
 
@@ -50,8 +50,9 @@ const MAX_SLICE: usize = 32;
 /// (20 µs), so that a request arriving during a slice waits about as long as behind one more
 /// request. Alternating 5 s turns at 38,500/s (a one-off, `docs/performance.md`), the mirrored
 /// gateway's p90 against the plain one's: 94–115 µs against 52–64 with slices of 32 copies
-/// (about 150 µs), 65–77 against 48–63 with 4 (about 20 µs); slices of one or two copies
-/// cost more per copy and shed 10–40 times as many.
+/// (about 150 µs), 65–77 against 48–63 with 4 (about 20 µs); with slices of one or two
+/// copies, which cost more per copy, 1,806–120,997 copies were shed per turn against
+/// 26–9,633 with 4.
 const SLICE_BUDGET: Duration = Duration::from_micros(20);
 
 /// Where the dispatcher sends a queued copy.
@@ -376,7 +377,7 @@ mod tests {
         assert_eq!(
             w.per_copy_ns.load(Ordering::Relaxed),
             5_000,
-            "the first replaces nothing"
+            "the first measurement is taken as it is"
         );
         w.measured(4, Duration::from_micros(36));
         assert_eq!(w.per_copy_ns.load(Ordering::Relaxed), 6_000, "(3 × 5 + 9) / 4 µs");
