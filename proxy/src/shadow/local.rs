@@ -75,15 +75,22 @@ fn pool_for(snap: &Snapshot, picks: &[Pick], job: &Job) -> Option<Arc<Pool>> {
     let [pick] = picks else { return None };
     let decoded = matches!(job.input, Input::Tensors(_))
         && matches!(job.primary, Primary::Outputs(_) | Primary::Failed(_));
-    match snap.pools.get(&pick.key.shadow) {
-        Some(Backend::Local(p)) if decoded && p.config().idle_priority => Some(p.clone()),
+    decoded
+        .then(|| shadow_only_pool(snap, &pick.key.shadow).cloned())
+        .flatten()
+}
+
+/// The pool, if it is a local one that only serves shadows (its engines at idle priority).
+fn shadow_only_pool<'a>(snap: &'a Snapshot, pool: &str) -> Option<&'a Arc<Pool>> {
+    match snap.pools.get(pool) {
+        Some(Backend::Local(p)) if p.config().idle_priority => Some(p),
         _ => None,
     }
 }
 
-/// Whether the pool is a local one that only serves shadows (its engines at idle priority).
+/// Whether the pool is a local one that only serves shadows.
 pub(super) fn shadow_only_local(snap: &Snapshot, pool: &str) -> bool {
-    matches!(snap.pools.get(pool), Some(Backend::Local(p)) if p.config().idle_priority)
+    shadow_only_pool(snap, pool).is_some()
 }
 
 /// Whether copies to shadow-only local pools run on the I/O threads: with `auto`, when there
