@@ -9,10 +9,11 @@
 //! read by its `Content-Length`, and its answer leaves in one write (one TLS record).
 //!
 //! Only plain requests are read here: HTTP/1.1, `GET` or `POST`, an origin-form target, a
-//! header block under [`FAST_HEADER_BYTES`], at most one `Host`, one `Content-Length` of digits
-//! or none, no `Transfer-Encoding` or `Upgrade`, and no `Expect` but `100-continue`. For any
-//! other request (or one httparse refuses), the connection and the bytes already read go to
-//! pingora's session ([`Next::Handoff`]) for that request, whose rules and errors apply to it.
+//! header block under [`FAST_HEADER_BYTES`], at most one `Host` (without `@`), one
+//! `Content-Length` of digits or none, no `Transfer-Encoding` or `Upgrade`, and no `Expect`
+//! but `100-continue`. For any other request (or one httparse refuses), the connection and
+//! the bytes already read go to pingora's session ([`Next::Handoff`]) for that request, whose
+//! rules and errors apply to it.
 //!
 //! Deadlines ([`Waits`]): a connection with no request in flight waits `idle` for the next
 //! one; once its first byte has come, the whole header block must arrive within `header`
@@ -235,7 +236,8 @@ impl Conn {
                 }
             } else if name.eq_ignore_ascii_case(b"host") {
                 hosts += 1;
-                if hosts > 1 {
+                // pingora refuses userinfo in `Host` (400: `http::Uri::host` would strip it).
+                if hosts > 1 || h.value.contains(&b'@') {
                     return Parsed::Handoff;
                 }
             } else if name.eq_ignore_ascii_case(b"expect") {
