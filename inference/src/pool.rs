@@ -387,8 +387,11 @@ impl Pool {
         }
     }
 
-    /// [`Pool::run_here`] for a caller that must not block: gives the requests back when no
-    /// engine is idle.
+    /// [`Pool::run_here`] for a caller that must not block (an event loop's thread): gives the
+    /// requests back when no engine is idle. The run's cost is measured in elapsed time, not
+    /// on the thread's CPU clock: such a thread does nothing else until the run ends, and a
+    /// read of that clock is a system call (with the I/O thread's own two reads per slice of
+    /// copies, 2.4% of its samples at 35,000 requests/s: `perf`, a one-off, docs/performance.md).
     pub fn try_run_here(
         &self,
         requests: Vec<Vec<NamedTensor>>,
@@ -425,10 +428,14 @@ impl Pool {
             }
         }
         if !jobs.is_empty() {
-            let (count, started) = (jobs.len() as u64, crate::priority::thread_cpu());
+            let count = jobs.len() as u64;
+            let (cpu, wall) = (wait.then(crate::priority::thread_cpu), Instant::now());
             let answers = self.run_batches(&mut engine, jobs);
             drop(engine);
-            let spent = crate::priority::thread_cpu().saturating_sub(started);
+            let spent = match cpu {
+                Some(cpu) => crate::priority::thread_cpu().saturating_sub(cpu),
+                None => wall.elapsed(),
+            };
             crate::engine::smooth(&self.stats.here_run_ns, spent.as_nanos() as u64 / count);
             deliver(answers);
         }

@@ -76,7 +76,7 @@ fn pool_for(snap: &Snapshot, picks: &[Pick], job: &Job) -> Option<Arc<Pool>> {
     let decoded = matches!(job.input, Input::Tensors(_))
         && matches!(job.primary, Primary::Outputs(_) | Primary::Failed(_));
     decoded
-        .then(|| shadow_only_pool(snap, &pick.key.shadow).cloned())
+        .then(|| shadow_only_pool(snap, &pick.pair.key.shadow).cloned())
         .flatten()
 }
 
@@ -144,7 +144,7 @@ impl Mirror {
             // Beyond `shadow.max_queued`, a copy is dropped and counted.
             if copies.len() >= snap.config.shadow.max_queued {
                 drop(copies);
-                self.dropped(copy.pick.key, "queue_full");
+                self.dropped(&copy.pick.pair.key, "queue_full");
                 return;
             }
             copies.push_back(copy);
@@ -176,9 +176,11 @@ impl Mirror {
                     *w.emptied.lock() = Some(Instant::now());
                     break;
                 }
-                let (cpu, n) = (inference::priority::thread_cpu(), slice.len());
+                // Elapsed, not the thread's CPU clock (a system call per read): nothing else
+                // runs on this thread during a slice (see inference::Pool::try_run_here).
+                let (started, n) = (Instant::now(), slice.len());
                 let left = self.run_copies(slice, false);
-                let spent = inference::priority::thread_cpu().saturating_sub(cpu);
+                let spent = started.elapsed();
                 w.measured(n - left.len(), spent);
                 // Counted as shadow work by the admission, like the shadow thread's.
                 inference::priority::add_background_cpu(spent);

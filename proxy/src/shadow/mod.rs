@@ -50,7 +50,7 @@ use crate::config::Route;
 use crate::pools::remote;
 use crate::routing::snapshot::{Backend, Snapshot};
 use crate::telemetry::metrics::Metrics;
-use record::{PairKey, Record};
+use record::{Pair, PairKey, Pairs, Record};
 use store::{Event, Recorder};
 
 /// What the request looked like, in whichever form the client path already had it.
@@ -126,7 +126,7 @@ pub struct Job {
 
 /// A shadow that gets a copy, holding its in-flight slot.
 pub struct Pick {
-    key: PairKey,
+    pair: Arc<Pair>,
     _slot: OwnedSemaphorePermit,
 }
 
@@ -177,10 +177,11 @@ struct Inner {
     /// Copies dropped since the dispatcher last told the store, per pair and reason: one
     /// event per pair and reason per tick instead of one per copy, so that a flood of drops
     /// cannot crowd the store's queue.
-    drops: parking_lot::Mutex<std::collections::HashMap<(PairKey, &'static str), u64>>,
+    drops: parking_lot::Mutex<std::collections::HashMap<(Arc<PairKey>, &'static str), u64>>,
     /// Drops that found `drops` locked by the dispatcher: the client path never waits for a
     /// lock an idle-priority thread holds (one preempted there would stall the primary).
-    drops_contended: crossbeam_queue::ArrayQueue<(PairKey, &'static str)>,
+    drops_contended: crossbeam_queue::ArrayQueue<(Arc<PairKey>, &'static str)>,
+    pairs: Pairs,
 }
 
 /// Drops waiting in [`Inner::drops_contended`], at most (the dispatcher holds the lock for
@@ -210,6 +211,7 @@ impl Mirror {
             cores,
             drops: Default::default(),
             drops_contended: crossbeam_queue::ArrayQueue::new(CONTENDED),
+            pairs: Pairs::default(),
         }));
         let dispatcher = mirror.clone();
         runtime.0.spawn(async move { dispatcher.dispatch().await });
@@ -269,12 +271,10 @@ impl Mirror {
             if s.percent < 100 && rand::random_range(0..100u8) >= s.percent {
                 continue;
             }
-            let key = PairKey {
-                route: route.model.clone(),
-                primary_version: primary_version.to_string(),
-                shadow: s.pool.clone(),
-                shadow_version: snap.config.pools[&s.pool].version().to_string(),
-            };
+            let mut version = itoa::Buffer::new();
+            let shadow_version = version.format(snap.config.pools[&s.pool].version());
+            let pair = (self.0.pairs).get(&route.model, primary_version, &s.pool, shadow_version);
+            let key = &pair.key;
             if body_len > settings.max_body_bytes {
                 self.dropped(key, "body_too_large");
                 continue;
@@ -301,23 +301,23 @@ impl Mirror {
                 .get(&route.model)
                 .expect("a semaphore per route");
             match slots.clone().try_acquire_owned() {
-                Ok(slot) => picks.push(Pick { key, _slot: slot }),
+                Ok(slot) => picks.push(Pick { pair, _slot: slot }),
                 Err(_) => self.dropped(key, "in_flight_cap"),
             }
         }
         picks
     }
 
-    fn dropped(&self, key: PairKey, reason: &'static str) {
+    fn dropped(&self, key: &Arc<PairKey>, reason: &'static str) {
         self.0
             .metrics
             .shadow_dropped
             .with_label_values(&[&key.route, &key.shadow, reason])
             .inc();
         match self.0.drops.try_lock() {
-            Some(mut drops) => *drops.entry((key, reason)).or_default() += 1,
+            Some(mut drops) => *drops.entry((key.clone(), reason)).or_default() += 1,
             None => {
-                if self.0.drops_contended.push((key, reason)).is_err() {
+                if self.0.drops_contended.push((key.clone(), reason)).is_err() {
                     self.0.metrics.shadow_records_lost.inc();
                 }
             }
@@ -331,6 +331,7 @@ impl Mirror {
             *drops.entry(d).or_default() += 1;
         }
         for ((key, reason), count) in drops {
+            let key = Arc::unwrap_or_clone(key);
             if !self.0.recorder.send(Event::Dropped { key, reason, count }) {
                 self.0.metrics.shadow_records_lost.inc();
             }
@@ -350,7 +351,7 @@ impl Mirror {
         if self.0.queued.fetch_add(1, Ordering::AcqRel) >= max {
             self.0.queued.fetch_sub(1, Ordering::AcqRel);
             for pick in queued.1 {
-                self.dropped(pick.key, "queue_full");
+                self.dropped(&pick.pair.key, "queue_full");
             }
             return;
         }
@@ -387,7 +388,7 @@ impl Mirror {
             );
             async move {
                 let started = Instant::now();
-                let call = this.call(&snap, &pick.key.shadow, &inputs, raw, &request_id);
+                let call = this.call(&snap, &pick.pair.key.shadow, &inputs, raw, &request_id);
                 let shadow = match tokio::time::timeout(timeout, call).await {
                     Ok(r) => r,
                     Err(_) => Err(format!("timed out after {} ms", timeout.as_millis())),
@@ -488,28 +489,14 @@ impl Mirror {
         shadow_latency: Duration,
         forced: bool,
     ) {
-        let Pick { key, _slot } = pick;
+        let Pick { pair, _slot } = pick;
+        let key = &pair.key;
         self.0.budget.done();
         self.0
             .breakers
             .report(&key.shadow, shadow.is_ok(), Instant::now());
         let m = &self.0.metrics;
-        let labels = [
-            key.route.as_str(),
-            key.primary_version.as_str(),
-            key.shadow_version.as_str(),
-        ];
-        m.shadow_requests.with_label_values(&labels).inc();
-        // Shadow answers count with the others, as variant "shadow" (5xx: failed or timed out).
-        let class = if shadow.is_ok() { "2xx" } else { "5xx" };
-        m.requests
-            .with_label_values(&[&key.route, "shadow", &key.shadow_version, class])
-            .inc();
-        if shadow.is_ok() {
-            m.inference
-                .with_label_values(&[&key.route, "shadow"])
-                .observe(shadow_latency.as_secs_f64());
-        }
+        pair.copied(m, shadow.is_ok(), shadow_latency);
         let comparison = match (&primary, &shadow) {
             (Ok(p), Ok(s)) => Some(compare::compare(p, s)),
             _ => None,
@@ -520,15 +507,7 @@ impl Mirror {
                     .rollouts
                     .observe_comparison(&key.route, &key.shadow, &key.primary_version, c.agrees());
             }
-            if c.agrees() {
-                m.shadow_agreements.with_label_values(&labels).inc();
-            } else {
-                m.shadow_disagreements.with_label_values(&labels).inc();
-            }
-            let hist = m.shadow_prob_delta.with_label_values(&labels);
-            for &d in &c.row_max_delta {
-                hist.observe(d);
-            }
+            pair.compared(m, c.agrees(), &c.row_max_delta);
         }
         if let Ok(outputs) = &shadow
             && self.0.quality.feedback_enabled()
@@ -551,7 +530,7 @@ impl Mirror {
         }
         let record = Record {
             at: SystemTime::now(),
-            key,
+            key: key.clone(),
             request_id,
             inputs: Some(inputs),
             primary,

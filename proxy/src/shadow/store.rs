@@ -189,14 +189,14 @@ impl Recorder {
             match open.get_mut(&r.key) {
                 Some((m, agg)) if *m == minute => agg.add(&r),
                 Some((m, agg)) => {
-                    closed.push((r.key.clone(), *m, std::mem::take(agg)));
+                    closed.push((PairKey::clone(&r.key), *m, std::mem::take(agg)));
                     *m = minute;
                     agg.add(&r);
                 }
                 None => {
                     let mut agg = Aggregate::default();
                     agg.add(&r);
-                    open.insert(r.key.clone(), (minute, agg));
+                    open.insert(PairKey::clone(&r.key), (minute, agg));
                 }
             }
         }
@@ -492,12 +492,12 @@ mod tests {
         let (p, s) = (out(label_p), out(label_s));
         Record {
             at: SystemTime::now(),
-            key: PairKey {
+            key: Arc::new(PairKey {
                 route: "r".into(),
                 primary_version: "1".into(),
                 shadow: "s".into(),
                 shadow_version: "2".into(),
-            },
+            }),
             request_id: format!("{label_p}-{label_s}"),
             inputs: None,
             comparison: Some(super::super::compare::compare(&p, &s)),
