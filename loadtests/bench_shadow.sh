@@ -108,7 +108,7 @@ G1_RUNS="$(awk '{ printf "%s%d", (NR > 1 ? " " : ""), $1 }' "$WORK/max-mirrored.
 G1_CMP=$(( $(compared) - c )); G1_DROP=$(( $(metric gateway_shadow_dropped_total) - d )); G1_ANS=$(( $(primaries) - r ))
 # The shadow store right after the maximum-rate runs: how old the oldest record of its last
 # commit was (what a crash then would have lost), and records it had to drop.
-G1_LAG="$(gauge gateway_shadow_store_lag_seconds)"; G1_LOST="$(metric gateway_shadow_records_lost_total)"
+G1_LAG="$(gauge gateway_shadow_store_lag_seconds | awk '{ printf "%.3f", $1 }')"; G1_LOST="$(metric gateway_shadow_records_lost_total)"
 stop_pid "$gw0"; stop_pid "$gw1"
 G1_SHARE="$(awk -v c="$G1_CMP" -v n="$G1_ANS" 'BEGIN { printf "%.1f", (n > 0 ? 100 * c / n : 0) }')"
 
