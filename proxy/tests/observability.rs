@@ -344,11 +344,17 @@ async fn a_canary_that_cannot_serve_hands_its_traffic_to_stable() {
         body["degraded"][0].as_str().unwrap().contains("canary pool g2"),
         "{body}"
     );
-    let routes: Value = serde_json::from_str(&admin_get(&g, "/admin/routes").await.1).unwrap();
-    let observed = &routes["routes"][0]["observed_last_minute"];
-    assert_eq!(routes["routes"][0]["canary"]["weight"], 100);
-    assert!(
-        observed["stable"].as_u64().unwrap() >= 1 && observed["canary"].as_u64().unwrap() >= 1,
-        "{routes}"
-    );
+    // The split is recorded after the answer is written (the record step), so the client can
+    // ask before the I/O thread has recorded it: wait for it, within a bound.
+    let start = Instant::now();
+    loop {
+        let routes: Value = serde_json::from_str(&admin_get(&g, "/admin/routes").await.1).unwrap();
+        let observed = &routes["routes"][0]["observed_last_minute"];
+        assert_eq!(routes["routes"][0]["canary"]["weight"], 100);
+        if observed["stable"].as_u64().unwrap() >= 1 && observed["canary"].as_u64().unwrap() >= 1 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "{routes}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
