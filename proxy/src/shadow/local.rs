@@ -34,6 +34,7 @@ use std::time::{Duration, Instant};
 
 use inference::Pool;
 
+use super::record::DropReason;
 use super::{Input, Job, Mirror, Pick, Primary, Queued};
 use crate::config::LocalCopies;
 use crate::routing::snapshot::{Backend, Snapshot};
@@ -144,7 +145,7 @@ impl Mirror {
             // Beyond `shadow.max_queued`, a copy is dropped and counted.
             if copies.len() >= snap.config.shadow.max_queued {
                 drop(copies);
-                self.dropped(&copy.pick.pair.key, "queue_full");
+                self.dropped(&copy.pick.pair, DropReason::QueueFull);
                 return;
             }
             copies.push_back(copy);

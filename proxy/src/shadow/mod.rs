@@ -50,7 +50,7 @@ use crate::config::Route;
 use crate::pools::remote;
 use crate::routing::snapshot::{Backend, Snapshot};
 use crate::telemetry::metrics::Metrics;
-use record::{Pair, PairKey, Pairs, Record};
+use record::{DropReason, Pair, PairKey, Pairs, Record};
 use store::{Event, Recorder};
 
 /// What the request looked like, in whichever form the client path already had it.
@@ -177,11 +177,31 @@ struct Inner {
     /// Copies dropped since the dispatcher last told the store, per pair and reason: one
     /// event per pair and reason per tick instead of one per copy, so that a flood of drops
     /// cannot crowd the store's queue.
-    drops: parking_lot::Mutex<std::collections::HashMap<(Arc<PairKey>, &'static str), u64>>,
+    drops: parking_lot::Mutex<hashbrown::HashMap<Dropped, u64, foldhash::fast::RandomState>>,
     /// Drops that found `drops` locked by the dispatcher: the client path never waits for a
     /// lock an idle-priority thread holds (one preempted there would stall the primary).
-    drops_contended: crossbeam_queue::ArrayQueue<(Arc<PairKey>, &'static str)>,
+    drops_contended: crossbeam_queue::ArrayQueue<Dropped>,
     pairs: Pairs,
+}
+
+/// A pair's copies dropped for one reason, counted by the pair's identity (its address: no
+/// string hashed per drop). A pair made again after [`Pairs`] started over counts apart, and
+/// the store adds both to the same minute.
+struct Dropped(Arc<Pair>, DropReason);
+
+impl PartialEq for Dropped {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) && self.1 == other.1
+    }
+}
+
+impl Eq for Dropped {}
+
+impl std::hash::Hash for Dropped {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        Arc::as_ptr(&self.0).hash(state);
+        self.1.hash(state);
+    }
 }
 
 /// Drops waiting in [`Inner::drops_contended`], at most (the dispatcher holds the lock for
@@ -273,14 +293,16 @@ impl Mirror {
             }
             let mut version = itoa::Buffer::new();
             let shadow_version = version.format(snap.config.pools[&s.pool].version());
-            let pair = (self.0.pairs).get(&route.model, primary_version, &s.pool, shadow_version);
-            let key = &pair.key;
+            let pair = self
+                .0
+                .pairs
+                .get(&route.model, primary_version, &s.pool, shadow_version);
             if body_len > settings.max_body_bytes {
-                self.dropped(key, "body_too_large");
+                self.dropped(&pair, DropReason::BodyTooLarge);
                 continue;
             }
             if !self.0.breakers.allow(&s.pool, now) {
-                self.dropped(key, "shadow_failing");
+                self.dropped(&pair, DropReason::ShadowFailing);
                 continue;
             }
             // The budget, or failing it an I/O thread that keeps up with its copies
@@ -293,7 +315,7 @@ impl Mirror {
                     && local::drainer_keeps_up(now)
             };
             if !self.0.budget.admit(settings.max_cpu_percent) && !keeping_up() {
-                self.dropped(key, "no_spare_cpu");
+                self.dropped(&pair, DropReason::NoSpareCpu);
                 continue;
             }
             let slots = snap
@@ -302,22 +324,23 @@ impl Mirror {
                 .expect("a semaphore per route");
             match slots.clone().try_acquire_owned() {
                 Ok(slot) => picks.push(Pick { pair, _slot: slot }),
-                Err(_) => self.dropped(key, "in_flight_cap"),
+                Err(_) => self.dropped(&pair, DropReason::InFlightCap),
             }
         }
         picks
     }
 
-    fn dropped(&self, key: &Arc<PairKey>, reason: &'static str) {
-        self.0
-            .metrics
-            .shadow_dropped
-            .with_label_values(&[&key.route, &key.shadow, reason])
-            .inc();
+    fn dropped(&self, pair: &Arc<Pair>, reason: DropReason) {
+        pair.dropped(&self.0.metrics, reason);
         match self.0.drops.try_lock() {
-            Some(mut drops) => *drops.entry((key.clone(), reason)).or_default() += 1,
+            Some(mut drops) => *drops.entry(Dropped(pair.clone(), reason)).or_default() += 1,
             None => {
-                if self.0.drops_contended.push((key.clone(), reason)).is_err() {
+                if self
+                    .0
+                    .drops_contended
+                    .push(Dropped(pair.clone(), reason))
+                    .is_err()
+                {
                     self.0.metrics.shadow_records_lost.inc();
                 }
             }
@@ -330,8 +353,8 @@ impl Mirror {
         while let Some(d) = self.0.drops_contended.pop() {
             *drops.entry(d).or_default() += 1;
         }
-        for ((key, reason), count) in drops {
-            let key = Arc::unwrap_or_clone(key);
+        for (Dropped(pair, reason), count) in drops {
+            let (key, reason) = (PairKey::clone(&pair.key), reason.as_str());
             if !self.0.recorder.send(Event::Dropped { key, reason, count }) {
                 self.0.metrics.shadow_records_lost.inc();
             }
@@ -351,7 +374,7 @@ impl Mirror {
         if self.0.queued.fetch_add(1, Ordering::AcqRel) >= max {
             self.0.queued.fetch_sub(1, Ordering::AcqRel);
             for pick in queued.1 {
-                self.dropped(&pick.pair.key, "queue_full");
+                self.dropped(&pick.pair, DropReason::QueueFull);
             }
             return;
         }

@@ -31,12 +31,36 @@ struct PairRef<'a> {
     shadow_version: &'a str,
 }
 
-impl hashbrown::Equivalent<PairKey> for PairRef<'_> {
-    fn equivalent(&self, k: &PairKey) -> bool {
+impl hashbrown::Equivalent<Arc<PairKey>> for PairRef<'_> {
+    fn equivalent(&self, k: &Arc<PairKey>) -> bool {
         self.route == k.route
             && self.primary_version == k.primary_version
             && self.shadow == k.shadow
             && self.shadow_version == k.shadow_version
+    }
+}
+
+/// Why a copy was not made: `gateway_shadow_dropped_total`'s `reason`, and the store's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DropReason {
+    BodyTooLarge,
+    ShadowFailing,
+    NoSpareCpu,
+    InFlightCap,
+    QueueFull,
+}
+
+impl DropReason {
+    const COUNT: usize = 5;
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::BodyTooLarge => "body_too_large",
+            DropReason::ShadowFailing => "shadow_failing",
+            DropReason::NoSpareCpu => "no_spare_cpu",
+            DropReason::InFlightCap => "in_flight_cap",
+            DropReason::QueueFull => "queue_full",
+        }
     }
 }
 
@@ -53,9 +77,23 @@ pub struct Pair {
     agreements: OnceLock<IntCounter>,
     disagreements: OnceLock<IntCounter>,
     prob_delta: OnceLock<Histogram>,
+    /// `gateway_shadow_dropped_total`, per [`DropReason`]: at the maximum rate nearly every
+    /// copy is dropped, and a lookup by label per drop was most of what a drop cost.
+    dropped: [OnceLock<IntCounter>; DropReason::COUNT],
 }
 
 impl Pair {
+    /// A copy not made.
+    pub fn dropped(&self, m: &Metrics, reason: DropReason) {
+        let k = &self.key;
+        self.dropped[reason as usize]
+            .get_or_init(|| {
+                m.shadow_dropped
+                    .with_label_values(&[&k.route, &k.shadow, reason.as_str()])
+            })
+            .inc();
+    }
+
     fn labels(&self) -> [&str; 3] {
         let k = &self.key;
         [&k.route, &k.primary_version, &k.shadow_version]
@@ -107,7 +145,9 @@ const MAX_PAIRS: usize = 1024;
 /// Every pair copies went to, with its series. Locked only on the client path (picking a
 /// request's shadows), never by an idle-priority thread.
 #[derive(Default)]
-pub struct Pairs(parking_lot::Mutex<hashbrown::HashMap<PairKey, Arc<Pair>, foldhash::fast::RandomState>>);
+pub struct Pairs(
+    parking_lot::Mutex<hashbrown::HashMap<Arc<PairKey>, Arc<Pair>, foldhash::fast::RandomState>>,
+);
 
 impl Pairs {
     pub fn get(&self, route: &str, primary_version: &str, shadow: &str, shadow_version: &str) -> Arc<Pair> {
@@ -124,20 +164,21 @@ impl Pairs {
         if pairs.len() >= MAX_PAIRS {
             pairs.clear();
         }
-        let key = PairKey {
+        let key = Arc::new(PairKey {
             route: route.to_string(),
             primary_version: primary_version.to_string(),
             shadow: shadow.to_string(),
             shadow_version: shadow_version.to_string(),
-        };
+        });
         let pair = Arc::new(Pair {
-            key: Arc::new(key.clone()),
+            key: key.clone(),
             copies: OnceLock::new(),
             answers: Default::default(),
             inference: OnceLock::new(),
             agreements: OnceLock::new(),
             disagreements: OnceLock::new(),
             prob_delta: OnceLock::new(),
+            dropped: Default::default(),
         });
         pairs.insert(key, pair.clone());
         pair

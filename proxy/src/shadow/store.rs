@@ -124,8 +124,10 @@ pub struct Recorder {
 /// writer's takes (every 50 ms).
 #[derive(Default)]
 struct Pending {
-    open: HashMap<PairKey, (i64, Aggregate)>,
-    closed: Vec<(PairKey, i64, Aggregate)>,
+    /// Keyed by the pair's shared key (a copy clones no string) and hashed with foldhash:
+    /// SipHash over four strings was most of what recording a copy cost under this lock.
+    open: hashbrown::HashMap<Arc<PairKey>, (i64, Aggregate), foldhash::fast::RandomState>,
+    closed: Vec<(Arc<PairKey>, i64, Aggregate)>,
 }
 
 /// Records sent and not yet written (or dropped by the writer), in bytes; and how old the
@@ -189,14 +191,14 @@ impl Recorder {
             match open.get_mut(&r.key) {
                 Some((m, agg)) if *m == minute => agg.add(&r),
                 Some((m, agg)) => {
-                    closed.push((PairKey::clone(&r.key), *m, std::mem::take(agg)));
+                    closed.push((r.key.clone(), *m, std::mem::take(agg)));
                     *m = minute;
                     agg.add(&r);
                 }
                 None => {
                     let mut agg = Aggregate::default();
                     agg.add(&r);
-                    open.insert(PairKey::clone(&r.key), (minute, agg));
+                    open.insert(r.key.clone(), (minute, agg));
                 }
             }
         }

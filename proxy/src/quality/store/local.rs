@@ -50,7 +50,7 @@ const PENDING: usize = 64;
 struct Shard {
     inner: Mutex<Inner>,
     /// Puts that found `inner` locked, filed by the next holder before anything else.
-    pending: crossbeam_queue::ArrayQueue<(String, Served)>,
+    pending: crossbeam_queue::ArrayQueue<(u64, String, Served)>,
 }
 
 #[derive(Default)]
@@ -157,8 +157,8 @@ impl Local {
     }
 
     fn file_pending(&self, shard: &Shard, g: &mut Inner) {
-        while let Some((id, served)) = shard.pending.pop() {
-            self.insert(g, self.hasher.hash_one(&*id), &id, served);
+        while let Some((hash, id, served)) = shard.pending.pop() {
+            self.insert(g, hash, &id, served);
         }
     }
 
@@ -178,9 +178,9 @@ impl Local {
         let (hash, shard) = self.shard(id);
         let mut g = match shard.inner.try_lock() {
             Some(g) => g,
-            None => match shard.pending.push((id.to_string(), served)) {
+            None => match shard.pending.push((hash, id.to_string(), served)) {
                 Ok(()) => return,
-                Err((_, served)) => {
+                Err((_, _, served)) => {
                     let mut g = shard.inner.lock();
                     self.file_pending(shard, &mut g);
                     self.insert(&mut g, hash, id, served);
