@@ -10,10 +10,11 @@ use std::path::Path;
 
 type Check = fn(&[u8]);
 
-const TARGETS: [(&str, Check); 4] = [
+const TARGETS: [(&str, Check); 5] = [
     ("rest_request", checks::rest_request),
     ("grpc_request", checks::grpc_request),
     ("answer_scan", checks::answer_scan),
+    ("h1_request", checks::h1_request),
     ("routes_yaml", checks::routes_yaml),
 ];
 
