@@ -4,6 +4,7 @@
 use inference::protocol::{codec, grpc};
 use inference::{NamedTensor, TensorData};
 use proxy::cache::key::canonical;
+use proxy::http::h1::agree;
 use proxy::predictions::{predictions, predictions_from_json};
 
 /// A REST inference body (JSON, or JSON followed by binary tensors), as the gateway and
@@ -77,76 +78,15 @@ pub fn h1_request(data: &[u8]) {
         .build()
         .expect("a runtime");
     runtime.block_on(async {
-        let Some(ours) = h1::ours(data).await else {
+        let Some(ours) = agree::ours(data).await else {
             return;
         };
         assert_eq!(
             Some(&ours),
-            h1::pingoras(data).await.as_ref(),
+            agree::pingoras(data).await.as_ref(),
             "served differently from pingora"
         );
     });
-}
-
-mod h1 {
-    use std::time::{Duration, Instant};
-
-    use pingora::http::RequestHeader;
-    use proxy::http::h1::{Conn, Next, Waits};
-    use tokio::io::AsyncWriteExt;
-
-    /// Method, target, header fields in order, body.
-    type Read = (String, String, Vec<(String, Vec<u8>)>, Vec<u8>);
-
-    fn fields(req: &RequestHeader) -> Vec<(String, Vec<u8>)> {
-        let each =
-            |(k, v): (&http::HeaderName, &http::HeaderValue)| (k.as_str().to_string(), v.as_bytes().to_vec());
-        req.headers.iter().map(each).collect()
-    }
-
-    /// The gateway's reader, or `None` when it does not serve these bytes.
-    pub async fn ours(bytes: &[u8]) -> Option<Read> {
-        // The client has sent everything and shut its side (a half-close): reads end after
-        // `bytes`, nothing waits, and what the reader writes (a `100 Continue`) is taken.
-        let (a, mut b) = tokio::io::duplex(1 << 16);
-        b.shutdown().await.ok()?;
-        let mut conn = Conn::with_buffer(Box::new(a), bytes);
-        let waits = Waits {
-            idle: Duration::from_millis(50),
-            header: Duration::from_millis(50),
-            max_header_bytes: 64 * 1024,
-        };
-        if conn.next_request(waits).await != Next::Request {
-            return None;
-        }
-        let req = conn.req_header();
-        let (method, target, fields) = (req.method.to_string(), req.uri.to_string(), fields(req));
-        let mut body = Vec::new();
-        while let Ok(Some(chunk)) = conn.read_body(Instant::now() + Duration::from_millis(50)).await {
-            body.extend_from_slice(&chunk);
-        }
-        drop(b);
-        Some((method, target, fields, body))
-    }
-
-    /// pingora's HTTP/1 session on the same bytes.
-    pub async fn pingoras(bytes: &[u8]) -> Option<Read> {
-        let (a, mut b) = tokio::io::duplex(1 << 16);
-        b.write_all(bytes).await.ok()?;
-        b.shutdown().await.ok()?;
-        let mut session = pingora::protocols::http::ServerSession::new_http1(Box::new(a));
-        if !matches!(session.read_request().await, Ok(true)) {
-            return None;
-        }
-        let req = session.req_header();
-        let (method, target, fields) = (req.method.to_string(), req.uri.to_string(), fields(req));
-        let mut body = Vec::new();
-        // A body that ends early: both readers see the bytes there were.
-        while let Ok(Some(chunk)) = session.read_request_body().await {
-            body.extend_from_slice(&chunk);
-        }
-        Some((method, target, fields, body))
-    }
 }
 
 /// Tensors written as REST JSON decode to the same canonical key, when every value is finite

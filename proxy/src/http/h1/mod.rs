@@ -509,5 +509,7 @@ fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
+#[doc(hidden)]
+pub mod agree;
 #[cfg(test)]
 mod tests;

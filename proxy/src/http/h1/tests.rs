@@ -241,58 +241,7 @@ async fn expect_100_continue_is_answered_when_the_body_is_wanted() {
     drop(reader.await.unwrap());
 }
 
-/// What a reader made of some bytes: the request it read (method, target, header fields
-/// in order, body), or `None` when it did not serve them.
-type Read = Option<(String, String, Vec<(String, Vec<u8>)>, Vec<u8>)>;
-
-fn fields(req: &RequestHeader) -> Vec<(String, Vec<u8>)> {
-    req.headers
-        .iter()
-        .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
-        .collect()
-}
-
-async fn ours(bytes: &[u8]) -> Read {
-    let (a, _b) = tokio::io::duplex(1 << 16);
-    let mut conn = Conn::with_buffer(Box::new(a), bytes);
-    let waits = Waits {
-        idle: Duration::from_millis(50),
-        header: Duration::from_millis(50),
-        max_header_bytes: 64 * 1024,
-    };
-    if conn.next_request(waits).await != Next::Request {
-        return None;
-    }
-    let req = conn.req_header();
-    let head = (req.method.to_string(), req.uri.to_string(), fields(req));
-    let mut body = Vec::new();
-    while let Ok(Some(chunk)) = conn.read_body(Instant::now() + Duration::from_millis(50)).await {
-        body.extend_from_slice(&chunk);
-    }
-    Some((head.0, head.1, head.2, body))
-}
-
-async fn pingoras(bytes: &[u8]) -> Read {
-    let (a, mut b) = tokio::io::duplex(1 << 16);
-    b.write_all(bytes).await.unwrap();
-    drop(b);
-    let mut session = pingora::protocols::http::ServerSession::new_http1(Box::new(a));
-    if !matches!(session.read_request().await, Ok(true)) {
-        return None;
-    }
-    let req = session.req_header();
-    let head = (req.method.to_string(), req.uri.to_string(), fields(req));
-    let mut body = Vec::new();
-    loop {
-        match session.read_request_body().await {
-            Ok(Some(chunk)) => body.extend_from_slice(&chunk),
-            Ok(None) => break,
-            // The body ended early: both readers see the bytes there were.
-            Err(_) => break,
-        }
-    }
-    Some((head.0, head.1, head.2, body))
-}
+use super::agree::{ours, pingoras};
 
 mod framing {
     use proptest::prelude::*;
