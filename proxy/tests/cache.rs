@@ -415,3 +415,93 @@ fn bad_cache_settings_are_refused_precisely() {
         assert!(text.contains(expected), "{cache}: wanted {expected:?} in\n{text}");
     }
 }
+
+/// A route without shadows answers a body it has seen from the answer it wrote (no decoding,
+/// no encoding): each request still gets its own id, the binary form its own JSON length,
+/// and the drift window and feedback still get the request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_seen_again_gets_the_written_answer_with_its_own_id() {
+    let g = start(
+        "pools:\n  cancer: {local: {model: breast-cancer, version: 1}}\nquality: {drift: {window: 200, min_rows: 1, interval_ms: 100}}\nroutes:\n  - model: breast-cancer\n    stable: cancer\n    cache: {ttl: 60s}\n",
+    );
+    let body = row_body(&row(3));
+    let mut answers = Vec::new();
+    for (id, cache) in [
+        ("first", "miss"),
+        ("second", "hit"),
+        ("a-third-and-longer-id", "hit"),
+    ] {
+        let r = ask(&g, &[("x-request-id", id)], body.clone()).await;
+        assert_eq!(r.header("x-cache"), Some(cache), "{id}");
+        assert_eq!(r.json()["id"], id, "the request's own id");
+        assert_eq!(r.header("content-type"), Some("application/json"));
+        answers.push(outputs(&r));
+    }
+    assert!(answers.iter().all(|a| *a == answers[0]), "{answers:?}");
+    // A body that names its answer's id: that id, on every hit.
+    let named = serde_json::json!({"id": "client-7", "inputs": [{"name": "input", "shape": [1, 30],
+        "datatype": "FP32", "data": row(3)}]})
+    .to_string();
+    for cache in ["hit", "hit"] {
+        let r = ask(&g, &[("x-request-id", "not-this")], named.clone()).await;
+        assert_eq!(r.header("x-cache"), Some(cache));
+        assert_eq!(r.json()["id"], "client-7");
+        assert_eq!(outputs(&r), answers[0]);
+    }
+    // Binary outputs: the JSON length follows the id written in.
+    let header = serde_json::json!({"inputs": [{"name": "input", "shape": [1, 30], "datatype": "FP32",
+        "parameters": {"binary_data_size": 120}}], "parameters": {"binary_data_output": true}})
+    .to_string();
+    let mut binary = header.clone().into_bytes();
+    binary.extend(row(3).iter().flat_map(|v| v.to_le_bytes()));
+    let length = header.len().to_string();
+    let mut tails = Vec::new();
+    for id in ["b", "a-much-longer-request-id"] {
+        let r = ask(
+            &g,
+            &[
+                ("content-type", "application/octet-stream"),
+                ("inference-header-content-length", &length),
+                ("x-request-id", id),
+            ],
+            binary.clone(),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        assert_eq!(r.header("x-cache"), Some("hit"), "the inputs were seen as JSON");
+        let n: usize = r
+            .header("inference-header-content-length")
+            .unwrap()
+            .parse()
+            .unwrap();
+        let json: Value = serde_json::from_slice(&r.body[..n]).unwrap();
+        assert_eq!(json["id"], id);
+        tails.push(r.body[n..].to_vec());
+    }
+    assert_eq!(tails[0], tails[1], "the same binary outputs");
+    assert!(!tails[0].is_empty());
+    // Every request's row is in the drift window, and a hit's id takes a label.
+    let until = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, q) = admin_get(&g, "/admin/quality").await;
+        let q: Value = serde_json::from_str(&q).unwrap();
+        if q["routes"]["breast-cancer"]["drift"]["stable"]["rows_seen"] == 7 {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "not every row is in the drift window: {q}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let fb = serde_json::json!({"request_id": "second", "labels": [1]}).to_string();
+    let r = post(&g, "/v2/models/breast-cancer/feedback", &[], fb).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.json()["joined"], 1, "{}", r.json());
+    let c = cache_of(&g).await;
+    assert_eq!(
+        (c["hits"].as_u64(), c["misses"].as_u64(), c["entries"].as_u64()),
+        (Some(6), Some(1), Some(1)),
+        "{c}"
+    );
+}

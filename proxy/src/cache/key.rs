@@ -50,6 +50,25 @@ pub fn canonical(pool: &str, version: &str, inputs: &[NamedTensor]) -> Vec<u8> {
     out
 }
 
+/// The key bytes of a REST request body to `pool` at `version`, with its
+/// `Inference-Header-Content-Length`: they begin with a length no string can have, so that
+/// they never equal a [`canonical`] key.
+pub fn body(pool: &str, version: &str, header_length: Option<&str>, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(24 + pool.len() + version.len() + body.len());
+    out.extend_from_slice(&u32::MAX.to_le_bytes());
+    text(&mut out, pool);
+    text(&mut out, version);
+    match header_length {
+        None => out.push(0),
+        Some(n) => {
+            out.push(1);
+            text(&mut out, n);
+        }
+    }
+    out.extend_from_slice(body);
+    out
+}
+
 /// A length-prefixed string (so that "ab" + "c" and "a" + "bc" differ).
 fn text(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(&(s.len() as u32).to_le_bytes());

@@ -28,6 +28,10 @@ fn answer(class: i64) -> Vec<Tensor> {
     vec![Tensor::new(vec![1], TensorData::I64(vec![class])).unwrap()]
 }
 
+fn get(c: &RouteCache, k: &Key) -> Option<Vec<Tensor>> {
+    c.get(k).map(|f| f.outputs)
+}
+
 fn cache(spec: CacheSpec) -> (RouteCache, Arc<FakeWallClock>) {
     let clock = Arc::new(FakeWallClock::default());
     clock.0.store(1_000_000, Ordering::Relaxed);
@@ -38,13 +42,13 @@ fn cache(spec: CacheSpec) -> (RouteCache, Arc<FakeWallClock>) {
 fn an_answer_is_found_only_for_its_pool_version_and_inputs() {
     let (c, _) = cache(spec(60, 1 << 20));
     let k = c.key("stable-pool", "1", &row(0.5));
-    assert_eq!(c.get(&k), None);
+    assert_eq!(get(&c, &k), None);
     c.put(k.clone(), "stable-pool", "1", &answer(1));
-    assert_eq!(c.get(&k), Some(answer(1)));
+    assert_eq!(get(&c, &k), Some(answer(1)));
     // The canary's pool, another version, other inputs: misses.
-    assert_eq!(c.get(&c.key("canary-pool", "1", &row(0.5))), None);
-    assert_eq!(c.get(&c.key("stable-pool", "2", &row(0.5))), None);
-    assert_eq!(c.get(&c.key("stable-pool", "1", &row(0.25))), None);
+    assert_eq!(get(&c, &c.key("canary-pool", "1", &row(0.5))), None);
+    assert_eq!(get(&c, &c.key("stable-pool", "2", &row(0.5))), None);
+    assert_eq!(get(&c, &c.key("stable-pool", "1", &row(0.25))), None);
     assert_eq!(c.totals(), (1, 4));
     let t = c.take_counts();
     assert_eq!((t.hits, t.misses), (1, 4));
@@ -57,9 +61,9 @@ fn an_entry_expires_exactly_at_its_ttl() {
     let k = c.key("p", "1", &row(0.5));
     c.put(k.clone(), "p", "1", &answer(1));
     clock.0.fetch_add(59_999, Ordering::Relaxed);
-    assert_eq!(c.get(&k), Some(answer(1)), "59.999 s: served");
+    assert_eq!(get(&c, &k), Some(answer(1)), "59.999 s: served");
     clock.0.fetch_add(1, Ordering::Relaxed);
-    assert_eq!(c.get(&k), None, "60 s: expired");
+    assert_eq!(get(&c, &k), None, "60 s: expired");
     assert_eq!(c.take_counts().expired, 1);
     // A pool with a TTL of its own; one of zero is never cached.
     let mut s = spec(60, 1 << 20);
@@ -69,13 +73,13 @@ fn an_entry_expires_exactly_at_its_ttl() {
     let k = c.key("short", "1", &row(0.5));
     c.put(k.clone(), "short", "1", &answer(1));
     clock.0.fetch_add(4_999, Ordering::Relaxed);
-    assert!(c.get(&k).is_some());
+    assert!(get(&c, &k).is_some());
     clock.0.fetch_add(1, Ordering::Relaxed);
-    assert!(c.get(&k).is_none());
+    assert!(get(&c, &k).is_none());
     assert!(!c.caches("never"));
     let k = c.key("never", "1", &row(0.5));
     c.put(k.clone(), "never", "1", &answer(1));
-    assert!(c.get(&k).is_none());
+    assert!(get(&c, &k).is_none());
 }
 
 #[test]
@@ -86,12 +90,12 @@ fn a_hash_collision_is_never_served() {
     let b = c.key("p", "1", &row(0.75));
     assert_eq!(a.hash, b.hash, "forced");
     c.put(a.clone(), "p", "1", &answer(1));
-    assert_eq!(c.get(&b), None, "same hash, other inputs: a miss");
-    assert_eq!(c.get(&a), Some(answer(1)));
+    assert_eq!(get(&c, &b), None, "same hash, other inputs: a miss");
+    assert_eq!(get(&c, &a), Some(answer(1)));
     // The other input's answer replaces it; the first is then a miss, not the wrong answer.
     c.put(b.clone(), "p", "1", &answer(0));
-    assert_eq!(c.get(&a), None);
-    assert_eq!(c.get(&b), Some(answer(0)));
+    assert_eq!(get(&c, &a), None);
+    assert_eq!(get(&c, &b), Some(answer(0)));
 }
 
 #[test]
@@ -124,5 +128,123 @@ fn a_new_version_frees_the_old_one_s_entries() {
     c.retain(vec![("p".into(), "2".into()), ("q".into(), "1".into())]);
     c.settle();
     assert_eq!(c.len(), 100, "p's version-1 entries went, q's stayed");
-    assert!(c.get(&c.key("q", "1", &row(3.0))).is_some());
+    assert!(get(&c, &c.key("q", "1", &row(3.0))).is_some());
+}
+
+fn answered(text: &str) -> Answered {
+    Answered {
+        body: Bytes::from(text.to_string()),
+        json_len: None,
+        id_at: None,
+        predictions: vec![(1, Some(0.75))],
+        rows: Some((2, vec![0.5, 1.0])),
+    }
+}
+
+#[test]
+fn a_body_s_answer_lives_as_long_as_the_answer_it_was_made_from() {
+    let (c, clock) = cache(spec(60, 1 << 20));
+    let k = c.key("p", "1", &row(0.5));
+    let stored = c.put(k.clone(), "p", "1", &answer(1)).expect("cached");
+    clock.0.fetch_add(30_000, Ordering::Relaxed);
+    let body = c.body_key("p", "1", None, b"{\"inputs\":[]}");
+    assert_eq!(c.answered(&body), None, "none kept yet: nothing counted");
+    assert_eq!(c.totals(), (0, 0));
+    c.keep_answered(body.clone(), "p", "1", stored, answered("{}"));
+    assert_eq!(c.answered(&body).as_deref(), Some(&answered("{}")));
+    assert_eq!(c.totals(), (1, 0), "a body's answer is a hit");
+    // Another pool, version, JSON length or body: not this answer.
+    for other in [
+        c.body_key("q", "1", None, b"{\"inputs\":[]}"),
+        c.body_key("p", "2", None, b"{\"inputs\":[]}"),
+        c.body_key("p", "1", Some("12"), b"{\"inputs\":[]}"),
+        c.body_key("p", "1", None, b"{\"inputs\": []}"),
+    ] {
+        assert_eq!(c.answered(&other), None);
+    }
+    // The answers held: one (the body's entry counts in the bytes only).
+    assert_eq!(c.len(), 1);
+    let one = c.bytes();
+    assert!(one > weight_of_answer(&c, &k), "{one}");
+    // Expires with the answer: 60 s after it was stored, not after the body was kept.
+    clock.0.fetch_add(29_999, Ordering::Relaxed);
+    assert!(c.answered(&body).is_some(), "59.999 s");
+    clock.0.fetch_add(1, Ordering::Relaxed);
+    assert_eq!(c.answered(&body), None, "60 s");
+    assert_eq!(get(&c, &k), None);
+    assert_eq!(
+        c.take_counts().expired,
+        1,
+        "one answer expired (its body is not counted)"
+    );
+    // An answer already as old as its TTL is not kept for a body.
+    c.keep_answered(body.clone(), "p", "1", stored, answered("{}"));
+    assert_eq!(c.answered(&body), None);
+}
+
+/// The bytes the cache holds with only `k`'s answer in it.
+fn weight_of_answer(c: &RouteCache, k: &Key) -> u64 {
+    let alone = RouteCache::new(c.spec().clone(), Arc::new(FakeWallClock::default()));
+    alone.put(k.clone(), "p", "1", &answer(1));
+    alone.bytes()
+}
+
+#[test]
+fn a_body_and_inputs_whose_hashes_collide_are_never_served_each_other() {
+    let clock = Arc::new(FakeWallClock::default());
+    let c = RouteCache::with_hash(spec(60, 1 << 20), clock, |_| 7);
+    let inputs = c.key("p", "1", &row(0.5));
+    let body = c.body_key("p", "1", None, b"{}");
+    assert_eq!(inputs.hash, body.hash, "forced");
+    let stored = c.put(inputs.clone(), "p", "1", &answer(1)).unwrap();
+    assert_eq!(c.answered(&body), None, "the inputs' entry is not the body's");
+    c.keep_answered(body.clone(), "p", "1", stored, answered("{}"));
+    assert_eq!(get(&c, &inputs), None, "the body's entry is not the inputs'");
+    assert!(c.answered(&body).is_some());
+    // Equal bytes can only come from equal requests: a body key never equals an inputs key.
+    assert_ne!(key::body("p", "1", None, &[]), key::canonical("p", "1", &[]));
+}
+
+#[test]
+fn a_new_version_frees_the_bodies_kept_for_the_old_one() {
+    let (c, _) = cache(spec(60, 1 << 20));
+    for i in 0..50 {
+        let k = c.key("p", "1", &row(i as f32));
+        let stored = c.put(k, "p", "1", &answer(1)).unwrap();
+        let body = format!("{{\"row\":{i}}}");
+        c.keep_answered(
+            c.body_key("p", "1", None, body.as_bytes()),
+            "p",
+            "1",
+            stored,
+            answered("{}"),
+        );
+    }
+    c.settle();
+    assert_eq!(c.len(), 50);
+    assert!(c.bytes() > 0);
+    c.retain(vec![("p".into(), "2".into())]);
+    c.settle();
+    assert_eq!((c.len(), c.bytes()), (0, 0), "answers and bodies freed");
+}
+
+#[test]
+fn a_flood_of_distinct_bodies_stays_within_the_bytes() {
+    let max = 256 << 10;
+    let (c, _) = cache(spec(60, max));
+    for i in 0..20_000 {
+        let k = c.key("p", "1", &row(i as f32));
+        let stored = c.put(k, "p", "1", &answer(i)).unwrap();
+        let body = format!("{{\"row\":{i}}}");
+        c.keep_answered(
+            c.body_key("p", "1", None, body.as_bytes()),
+            "p",
+            "1",
+            stored,
+            answered("{}"),
+        );
+    }
+    c.settle();
+    assert!(c.bytes() <= max, "{} bytes over {max}", c.bytes());
+    assert!(!c.is_empty());
 }

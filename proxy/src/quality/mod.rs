@@ -271,6 +271,25 @@ impl Quality {
         }
     }
 
+    /// [`Self::record_inputs`] from the first input's rows kept as `f32` (a request body
+    /// answered from the cache: `crate::cache::Answered`).
+    pub fn record_rows(&self, window: &Window, row_len: usize, rows: &[f32]) {
+        if window.profile.is_some() && row_len == window.width() {
+            window.record_rows(rows);
+        }
+    }
+
+    /// The first input's rows as [`Self::record_rows`] takes them (`f32` and `f64` inputs).
+    pub fn rows_of(inputs: &[NamedTensor]) -> Option<(usize, Vec<f32>)> {
+        let t = inputs.first()?;
+        let rows = match t.tensor.data() {
+            TensorData::F32(v) => v.clone(),
+            TensorData::F64(v) => v.iter().map(|&x| x as f32).collect(),
+            _ => return None,
+        };
+        Some((t.tensor.row_len(), rows))
+    }
+
     /// A sampled request to a remote pool: its body is decoded off the request path.
     pub fn record_body(&self, window: Arc<Window>, body: Bytes, header_length: Option<String>) {
         if window.profile.is_none() {

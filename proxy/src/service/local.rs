@@ -153,6 +153,22 @@ impl Gateway {
                     .headers
                     .get(INFERENCE_HEADER_LENGTH)
                     .map(|v| v.to_str().unwrap_or("?").to_string());
+                if let Some(seen) = self.answer_seen(snap, ctx, route, &body, header_length.as_deref()) {
+                    let (answer, json_len) = seen?;
+                    drop(held);
+                    let content_type = protocol::EncodedResponse {
+                        body: vec![],
+                        json_len,
+                    }
+                    .content_type();
+                    let extra: Vec<_> = json_len
+                        .map(|n| (protocol::HEADER_LENGTH, n.to_string()))
+                        .into_iter()
+                        .collect();
+                    self.respond(session, ctx, 200, content_type, answer, &extra)
+                        .await;
+                    return Ok(());
+                }
                 let json_len = header_length
                     .as_deref()
                     .and_then(|n| n.trim().parse().ok())
@@ -163,6 +179,10 @@ impl Gateway {
                 let request = protocol::decode_request(&body, header_length.as_deref())?;
                 held.shrink_to(body.len() + tensor_bytes(&request.inputs));
                 let selected = protocol::select_outputs(meta, &request)?;
+                let id_given = request.id.is_some();
+                let rows = Self::may_keep_seen(snap, ctx, route)
+                    .then(|| crate::quality::Quality::rows_of(&request.inputs))
+                    .flatten();
                 let id = request.id.clone().unwrap_or_else(|| ctx.request_id.clone());
                 let version = &meta.version;
                 let (outputs, shadows) = self
@@ -183,8 +203,19 @@ impl Gateway {
                 if let Some(n) = encoded.json_len {
                     extra.push((protocol::HEADER_LENGTH, n.to_string()));
                 }
-                self.respond(session, ctx, 200, content_type, Bytes::from(encoded.body), &extra)
+                let answer = Bytes::from(encoded.body);
+                self.respond(session, ctx, 200, content_type, answer.clone(), &extra)
                     .await;
+                self.keep_seen(
+                    snap,
+                    ctx,
+                    route,
+                    (&body, header_length.as_deref()),
+                    (&answer, encoded.json_len),
+                    (&id, id_given),
+                    (meta, &outputs),
+                    rows,
+                );
                 self.mirror(snap, ctx, shadows, || Self::named(meta, outputs));
             }
             Kind::Simple => {
@@ -269,9 +300,10 @@ impl Gateway {
         ctx.cache = cache
             .as_ref()
             .map(|_| if cached.is_some() { "hit" } else { "miss" });
+        ctx.cached_at = cached.as_ref().map(|found| found.stored_ms);
         let started = Instant::now();
         let result = match (cached, pool) {
-            (Some(outputs), _) => Ok(outputs),
+            (Some(found), _) => Ok(found.outputs),
             (None, Engine::Local(pool)) => {
                 within(ctx.deadline, async { Ok(pool.infer(inputs).await?) }).await
             }
@@ -301,7 +333,7 @@ impl Gateway {
             Ok(outputs) => {
                 if let (Some((c, served, key)), Some("miss")) = (cache, ctx.cache) {
                     let version = ctx.model_version.as_deref().unwrap_or_default();
-                    c.put(key, served, version, &outputs);
+                    ctx.cached_at = c.put(key, served, version, &outputs);
                 }
                 let named: Vec<(&str, &Tensor)> = pool
                     .metadata()
