@@ -12,13 +12,13 @@
 //! - Only answers are cached: errors never are.
 //! - Bounded by `max_bytes` through moka's weigher (key, outputs and bookkeeping); what goes
 //!   beyond is evicted (least recently and least frequently used first) and counted.
-//! - A REST answer is also kept as written under the request body it came in
-//!   ([`RouteCache::answered`]): a body seen again (byte for byte, with the same pool and
-//!   version) is answered without decoding its tensors or encoding the outputs again, only
-//!   its own request id written in (the first input's rows are kept for the drift window,
-//!   the predictions for the metrics and feedback). Such an entry carries the age and TTL of the answer it
-//!   was made from, counts in the bytes, and not in `len` or the evictions (those count
-//!   answers).
+//! - A REST answer served from the cache is also kept as written under the request body
+//!   it came in ([`RouteCache::answered`]): a body seen again (byte for byte, with the same
+//!   pool and version) is answered without decoding its tensors or encoding the outputs
+//!   again, only its own request id written in (the first input's rows are kept for the
+//!   drift window, the predictions for the metrics and feedback). Such an entry carries the
+//!   age and TTL of the answer it was made from, counts in the bytes, and not in `len` or
+//!   the evictions (those count answers).
 
 pub mod key;
 

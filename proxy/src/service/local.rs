@@ -180,9 +180,6 @@ impl Gateway {
                 held.shrink_to(body.len() + tensor_bytes(&request.inputs));
                 let selected = protocol::select_outputs(meta, &request)?;
                 let id_given = request.id.is_some();
-                let rows = Self::may_keep_seen(snap, ctx, route)
-                    .then(|| crate::quality::Quality::rows_of(&request.inputs))
-                    .flatten();
                 let id = request.id.clone().unwrap_or_else(|| ctx.request_id.clone());
                 let version = &meta.version;
                 let (outputs, shadows) = self
@@ -214,7 +211,6 @@ impl Gateway {
                     (&answer, encoded.json_len),
                     (&id, id_given),
                     (meta, &outputs),
-                    rows,
                 );
                 self.mirror(snap, ctx, shadows, || Self::named(meta, outputs));
             }
@@ -300,7 +296,14 @@ impl Gateway {
         ctx.cache = cache
             .as_ref()
             .map(|_| if cached.is_some() { "hit" } else { "miss" });
-        ctx.cached_at = cached.as_ref().map(|found| found.stored_ms);
+        // A hit on a route without shadows: the body may be kept with its answer (seen.rs).
+        ctx.seen = cached
+            .as_ref()
+            .filter(|_| route.shadows.is_empty())
+            .map(|found| super::seen::Seen {
+                stored_ms: found.stored_ms,
+                rows: crate::quality::Quality::rows_of(&inputs),
+            });
         let started = Instant::now();
         let result = match (cached, pool) {
             (Some(found), _) => Ok(found.outputs),
@@ -333,7 +336,7 @@ impl Gateway {
             Ok(outputs) => {
                 if let (Some((c, served, key)), Some("miss")) = (cache, ctx.cache) {
                     let version = ctx.model_version.as_deref().unwrap_or_default();
-                    ctx.cached_at = c.put(key, served, version, &outputs);
+                    c.put(key, served, version, &outputs);
                 }
                 let named: Vec<(&str, &Tensor)> = pool
                     .metadata()

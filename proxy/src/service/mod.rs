@@ -110,8 +110,8 @@ pub struct Ctx {
     /// The prediction cache's answer to this request ("hit", "miss"), when its route and
     /// pool cache: the `x-cache` field and the access log.
     cache: Option<&'static str>,
-    /// When the cached answer was stored (a hit), or this one (a miss that was cached).
-    cached_at: Option<u64>,
+    /// A cache hit whose answer may be kept for its request body (service/seen.rs).
+    seen: Option<seen::Seen>,
     /// The drift window this request's input and prediction go to (sampled requests only).
     drift: Option<Arc<crate::quality::drift::Window>>,
     /// Counts the request as in flight until it ends (graceful shutdown waits for zero).

@@ -2,7 +2,8 @@
 //! no tensors decoded, no outputs encoded, only the request's own id written in. Only on a
 //! route without shadows (they need the request's tensors). Such a hit still counts in the
 //! cache's and the request's metrics, and still feeds the drift window (the first input's
-//! rows are kept with the answer), the prediction metrics and feedback.
+//! rows are kept with the answer), the prediction metrics and feedback. A body is kept from
+//! a hit only ([`Gateway::keep_seen`]): a miss does no more work than without this.
 //!
 //! Why: decoding the JSON body and encoding the answer were 5.4% and 2.3% of a hit's
 //! samples at 2,000 requests/s (a one-off `perf` of the I/O thread, docs/performance.md),
@@ -16,6 +17,13 @@ use crate::cache::{Answered, Key, RouteCache};
 use crate::config::Route;
 use crate::errors::GatewayError;
 use crate::routing::snapshot::Snapshot;
+
+/// A cache hit on a route without shadows: when its answer was stored, and the first
+/// input's rows (for the drift window of later hits).
+pub(super) struct Seen {
+    pub(super) stored_ms: u64,
+    pub(super) rows: Option<(usize, Vec<f32>)>,
+}
 
 /// The route's cache, the pool that answers and the body's key, when that pool's answers
 /// are cached and the route has no shadows (they need the tensors).
@@ -62,32 +70,22 @@ impl Gateway {
         Some(Ok((answer, json_len)))
     }
 
-    /// Whether [`Self::keep_seen`] may keep this request's answer: its pool's answers are
-    /// cached and its route has no shadows (then the caller keeps its rows first).
-    pub(super) fn may_keep_seen(snap: &Snapshot, ctx: &Ctx, route: &Route) -> bool {
-        route.shadows.is_empty()
-            && ctx
-                .variant
-                .map(|v| route.pool(v))
-                .is_some_and(|served| snap.caches.get(&route.model).is_some_and(|c| c.caches(served)))
-    }
-
-    /// Keeps the answer just written for this body, when the answer came from or went into
-    /// the cache. `id_given`: the request body named the answer's id (then it is the same
+    /// Keeps the answer just written for this body, when it was a hit: bodies are kept
+    /// only once seen again (a miss does no more work than without them, and inputs that
+    /// never come back cost nothing more). `id_given`: the request body named the answer's id (then it is the same
     /// for the same body; otherwise it is the gateway's request id, rewritten per hit).
     #[allow(clippy::too_many_arguments)]
     pub(super) fn keep_seen(
         &self,
         snap: &Snapshot,
-        ctx: &Ctx,
+        ctx: &mut Ctx,
         route: &Route,
         (body, header_length): (&[u8], Option<&str>),
         (answer, json_len): (&Bytes, Option<usize>),
         (id, id_given): (&str, bool),
         (meta, outputs): (&ModelMetadata, &[Tensor]),
-        rows: Option<(usize, Vec<f32>)>,
     ) {
-        let Some(stored_ms) = ctx.cached_at else {
+        let Some(Seen { stored_ms, rows }) = ctx.seen.take() else {
             return;
         };
         let Some((c, served, key)) = body_cache(snap, ctx, route, body, header_length) else {
