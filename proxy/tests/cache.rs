@@ -64,6 +64,28 @@ async fn routes(g: &Gateway) -> Value {
     serde_json::from_str(&body).unwrap()
 }
 
+/// Waits (at most 5 s) until the stable variant's drift window has seen `rows` rows, then
+/// labels request "second" (a hit): feedback joins it.
+async fn drift_rows_and_a_label(g: &Gateway, rows: u64) {
+    let until = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, q) = admin_get(g, "/admin/quality").await;
+        let q: Value = serde_json::from_str(&q).unwrap();
+        if q["routes"]["breast-cancer"]["drift"]["stable"]["rows_seen"] == rows {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "not every hit's row is in the drift window: {q}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let fb = serde_json::json!({"request_id": "second", "labels": [1]}).to_string();
+    let r = post(g, "/v2/models/breast-cancer/feedback", &[], fb).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.json()["joined"], 1, "{}", r.json());
+}
+
 async fn cache_of(g: &Gateway) -> Value {
     routes(g).await["routes"]
         .as_array()
@@ -321,25 +343,8 @@ async fn a_hit_still_feeds_shadows_drift_and_feedback() {
         assert!(Instant::now() < until, "the hit was not mirrored");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // Both rows are in the drift window.
-    let until = Instant::now() + Duration::from_secs(5);
-    loop {
-        let (_, q) = admin_get(&g, "/admin/quality").await;
-        let q: Value = serde_json::from_str(&q).unwrap();
-        if q["routes"]["breast-cancer"]["drift"]["stable"]["rows_seen"] == 2 {
-            break;
-        }
-        assert!(
-            Instant::now() < until,
-            "the hit's row is not in the drift window: {q}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    // The hit's own request id takes a label.
-    let fb = serde_json::json!({"request_id": "second", "labels": [1]}).to_string();
-    let r = post(&g, "/v2/models/breast-cancer/feedback", &[], fb).await;
-    assert_eq!(r.status, 200, "{:?}", r.body);
-    assert_eq!(r.json()["joined"], 1, "{}", r.json());
+    // Both rows are in the drift window, and the hit's own request id takes a label.
+    drift_rows_and_a_label(&g, 2).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -481,23 +486,7 @@ async fn a_body_seen_again_gets_the_written_answer_with_its_own_id() {
     assert_eq!(tails[0], tails[1], "the same binary outputs");
     assert!(!tails[0].is_empty());
     // Every request's row is in the drift window, and a hit's id takes a label.
-    let until = Instant::now() + Duration::from_secs(5);
-    loop {
-        let (_, q) = admin_get(&g, "/admin/quality").await;
-        let q: Value = serde_json::from_str(&q).unwrap();
-        if q["routes"]["breast-cancer"]["drift"]["stable"]["rows_seen"] == 7 {
-            break;
-        }
-        assert!(
-            Instant::now() < until,
-            "not every row is in the drift window: {q}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let fb = serde_json::json!({"request_id": "second", "labels": [1]}).to_string();
-    let r = post(&g, "/v2/models/breast-cancer/feedback", &[], fb).await;
-    assert_eq!(r.status, 200, "{:?}", r.body);
-    assert_eq!(r.json()["joined"], 1, "{}", r.json());
+    drift_rows_and_a_label(&g, 7).await;
     let c = cache_of(&g).await;
     assert_eq!(
         (c["hits"].as_u64(), c["misses"].as_u64(), c["entries"].as_u64()),

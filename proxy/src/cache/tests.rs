@@ -205,20 +205,21 @@ fn a_body_and_inputs_whose_hashes_collide_are_never_served_each_other() {
     assert_ne!(key::body("p", "1", None, &[]), key::canonical("p", "1", &[]));
 }
 
+/// Row `i`'s answer at p/1, and a body's entry made from it.
+fn answer_and_body(c: &RouteCache, i: i64) {
+    let stored = c
+        .put(c.key("p", "1", &row(i as f32)), "p", "1", &answer(i))
+        .unwrap();
+    let body = format!("{{\"row\":{i}}}");
+    let key = c.body_key("p", "1", None, body.as_bytes());
+    c.keep_answered(key, "p", "1", stored, answered("{}"));
+}
+
 #[test]
 fn a_new_version_frees_the_bodies_kept_for_the_old_one() {
     let (c, _) = cache(spec(60, 1 << 20));
     for i in 0..50 {
-        let k = c.key("p", "1", &row(i as f32));
-        let stored = c.put(k, "p", "1", &answer(1)).unwrap();
-        let body = format!("{{\"row\":{i}}}");
-        c.keep_answered(
-            c.body_key("p", "1", None, body.as_bytes()),
-            "p",
-            "1",
-            stored,
-            answered("{}"),
-        );
+        answer_and_body(&c, i);
     }
     c.settle();
     assert_eq!(c.len(), 50);
@@ -233,16 +234,7 @@ fn a_flood_of_distinct_bodies_stays_within_the_bytes() {
     let max = 256 << 10;
     let (c, _) = cache(spec(60, max));
     for i in 0..20_000 {
-        let k = c.key("p", "1", &row(i as f32));
-        let stored = c.put(k, "p", "1", &answer(i)).unwrap();
-        let body = format!("{{\"row\":{i}}}");
-        c.keep_answered(
-            c.body_key("p", "1", None, body.as_bytes()),
-            "p",
-            "1",
-            stored,
-            answered("{}"),
-        );
+        answer_and_body(&c, i);
     }
     c.settle();
     assert!(c.bytes() <= max, "{} bytes over {max}", c.bytes());
