@@ -296,17 +296,18 @@ impl Gateway {
         ctx.cache = cache
             .as_ref()
             .map(|_| if cached.is_some() { "hit" } else { "miss" });
-        // A hit on a route without shadows: the body may be kept with its answer (seen.rs).
-        ctx.seen = cached
-            .as_ref()
-            .filter(|_| route.shadows.is_empty())
-            .map(|found| super::seen::Seen {
-                stored_ms: found.stored_ms,
-                rows: crate::quality::Quality::rows_of(&inputs),
-            });
         let started = Instant::now();
         let result = match (cached, pool) {
-            (Some(found), _) => Ok(found.outputs),
+            (Some(found), _) => {
+                // On a route without shadows, the body may be kept with its answer (seen.rs).
+                if route.shadows.is_empty() {
+                    ctx.seen = Some(super::seen::Seen {
+                        stored_ms: found.stored_ms,
+                        inputs,
+                    });
+                }
+                Ok(found.outputs)
+            }
             (None, Engine::Local(pool)) => {
                 within(ctx.deadline, async { Ok(pool.infer(inputs).await?) }).await
             }

@@ -10,7 +10,7 @@
 //! and the hit's share of a miss's CPU is a target of `loadtests/bench_cache.sh`.
 
 use bytes::Bytes;
-use inference::{InferError, ModelMetadata, Tensor};
+use inference::{InferError, ModelMetadata, NamedTensor, Tensor};
 
 use super::{Ctx, Gateway};
 use crate::cache::{Answered, Key, RouteCache};
@@ -18,11 +18,12 @@ use crate::config::Route;
 use crate::errors::GatewayError;
 use crate::routing::snapshot::Snapshot;
 
-/// A cache hit on a route without shadows: when its answer was stored, and the first
-/// input's rows (for the drift window of later hits).
+/// A cache hit on a route without shadows: when its answer was stored, and the request's
+/// inputs (the pool did not take them; the first one's rows go to the drift window of
+/// later hits).
 pub(super) struct Seen {
     pub(super) stored_ms: u64,
-    pub(super) rows: Option<(usize, Vec<f32>)>,
+    pub(super) inputs: Vec<NamedTensor>,
 }
 
 /// The route's cache, the pool that answers and the body's key, when that pool's answers
@@ -72,8 +73,9 @@ impl Gateway {
 
     /// Keeps the answer just written for this body, when it was a hit: bodies are kept
     /// only once seen again (a miss does no more work than without them, and inputs that
-    /// never come back cost nothing more). `id_given`: the request body named the answer's id (then it is the same
-    /// for the same body; otherwise it is the gateway's request id, rewritten per hit).
+    /// never come back cost nothing more). `id_given`: the request body named the answer's
+    /// id (then it is the same for the same body; otherwise it is the gateway's request id,
+    /// rewritten per hit).
     #[allow(clippy::too_many_arguments)]
     pub(super) fn keep_seen(
         &self,
@@ -85,7 +87,7 @@ impl Gateway {
         (id, id_given): (&str, bool),
         (meta, outputs): (&ModelMetadata, &[Tensor]),
     ) {
-        let Some(Seen { stored_ms, rows }) = ctx.seen.take() else {
+        let Some(Seen { stored_ms, inputs }) = ctx.seen.take() else {
             return;
         };
         let Some((c, served, key)) = body_cache(snap, ctx, route, body, header_length) else {
@@ -113,7 +115,7 @@ impl Gateway {
             json_len,
             id_at,
             predictions: crate::predictions::predictions(&named),
-            rows,
+            rows: crate::quality::Quality::rows_of(&inputs),
         };
         c.keep_answered(key, served, version, stored_ms, answered);
     }
