@@ -239,4 +239,14 @@ fn a_flood_of_distinct_bodies_stays_within_the_bytes() {
     c.settle();
     assert!(c.bytes() <= max, "{} bytes over {max}", c.bytes());
     assert!(!c.is_empty());
+    // The bodies counted (inserted less removed, rejected ones too) are the bodies held, so
+    // that `len` counts the answers.
+    let bodies = c
+        .entries
+        .iter()
+        .filter(|(_, e)| matches!(e.held, Held::Body(_)))
+        .count();
+    assert!(bodies > 0);
+    assert_eq!(c.counts.bodies.load(Ordering::Relaxed), bodies as i64);
+    assert_eq!(c.len(), c.entries.entry_count() - bodies as u64);
 }
