@@ -44,11 +44,17 @@ impl EncodedResponse {
     /// `application/json`, or `application/octet-stream` when raw tensors follow the JSON
     /// (then `Inference-Header-Content-Length` gives the JSON's length).
     pub fn content_type(&self) -> &'static str {
-        if self.json_len.is_some() {
-            "application/octet-stream"
-        } else {
-            "application/json"
-        }
+        content_type(self.json_len)
+    }
+}
+
+/// The content type of an answer whose JSON is `json_len` bytes long when raw tensors follow
+/// it ([`EncodedResponse::content_type`]).
+pub fn content_type(json_len: Option<usize>) -> &'static str {
+    if json_len.is_some() {
+        "application/octet-stream"
+    } else {
+        "application/json"
     }
 }
 

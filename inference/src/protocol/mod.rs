@@ -27,8 +27,8 @@ pub mod request_id;
 pub mod tensors;
 
 pub use codec::{
-    EncodedResponse, HEADER_LENGTH, InferRequest, InferResponse, decode_request, decode_response,
-    encode_request, encode_response, select_outputs,
+    EncodedResponse, HEADER_LENGTH, InferRequest, InferResponse, content_type, decode_request,
+    decode_response, encode_request, encode_response, select_outputs,
 };
 pub use endpoint::{Endpoint, ModelRef};
 

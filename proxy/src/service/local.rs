@@ -156,17 +156,7 @@ impl Gateway {
                 if let Some(seen) = self.answer_seen(snap, ctx, route, &body, header_length.as_deref()) {
                     let (answer, json_len) = seen?;
                     drop(held);
-                    let content_type = protocol::EncodedResponse {
-                        body: vec![],
-                        json_len,
-                    }
-                    .content_type();
-                    let extra: Vec<_> = json_len
-                        .map(|n| (protocol::HEADER_LENGTH, n.to_string()))
-                        .into_iter()
-                        .collect();
-                    self.respond(session, ctx, 200, content_type, answer, &extra)
-                        .await;
+                    self.respond_answer(session, ctx, answer, json_len).await;
                     return Ok(());
                 }
                 let json_len = header_length
@@ -195,13 +185,8 @@ impl Gateway {
                     limits.max_answer_bytes,
                 )?;
                 drop(held);
-                let content_type = encoded.content_type();
-                let mut extra = Vec::new();
-                if let Some(n) = encoded.json_len {
-                    extra.push((protocol::HEADER_LENGTH, n.to_string()));
-                }
                 let answer = Bytes::from(encoded.body);
-                self.respond(session, ctx, 200, content_type, answer.clone(), &extra)
+                self.respond_answer(session, ctx, answer.clone(), encoded.json_len)
                     .await;
                 self.keep_seen(
                     snap,
@@ -260,6 +245,30 @@ impl Gateway {
             }
         }
         Ok(())
+    }
+
+    /// An `/infer` answer: JSON, or JSON followed by raw tensors (`json_len` set, and sent
+    /// as `Inference-Header-Content-Length`).
+    async fn respond_answer(
+        &self,
+        session: &mut Exchange<'_>,
+        ctx: &mut Ctx,
+        answer: Bytes,
+        json_len: Option<usize>,
+    ) {
+        let extra: Vec<_> = json_len
+            .map(|n| (protocol::HEADER_LENGTH, n.to_string()))
+            .into_iter()
+            .collect();
+        self.respond(
+            session,
+            ctx,
+            200,
+            protocol::content_type(json_len),
+            answer,
+            &extra,
+        )
+        .await;
     }
 
     /// The request's holding in the in-flight budget (requests with a body have a key).
