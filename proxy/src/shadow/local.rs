@@ -56,6 +56,17 @@ const MAX_SLICE: usize = 32;
 /// 26–9,633 with 4.
 const SLICE_BUDGET: Duration = Duration::from_micros(20);
 
+/// Copies a slice takes even past [`SLICE_BUDGET`], while they stay within [`SLICE_CEILING`]:
+/// the model's run overhead is shared by the slice, so a copy alone costs more, and a cost
+/// per copy measured alone kept the slices alone. On a slow host (2026-12-05, 24,000
+/// requests/s, where the budget held one copy; a one-off, docs/performance.md) a copy cost
+/// 13.1 µs in slices of 1.3 on average, 8.6 µs in slices of 4 and 7.7 µs in slices of 5.
+const MIN_SLICE: usize = 4;
+
+/// The most a slice of up to [`MIN_SLICE`] copies may cost: a heavy model's copies (up to the
+/// pool's `inline_max` each) still run one at a time.
+const SLICE_CEILING: Duration = Duration::from_micros(60);
+
 /// Where the dispatcher sends a queued copy.
 pub(super) enum Way {
     /// Runs it itself, with the tick's other copies to the same pool.
@@ -286,19 +297,49 @@ struct Waiting {
 }
 
 /// How recently this thread's drainer must have run every copy it had for
-/// [`drainer_keeps_up`]: the tick its copies gather for, and as long again.
+/// [`drainer_keeps_up`]: the tick its copies gather for, and as long again. Also the most
+/// copy work (copies waiting times what one costs) a drainer that has not emptied its queue
+/// that recently may have waiting and still count as keeping up.
 const KEEPING_UP: Duration = Duration::from_millis(2);
 
 /// Whether this I/O thread's drainer keeps up: within the last [`KEEPING_UP`] it ran every
-/// copy it had, in quiet turns only, so the thread has had time to spare for copies whatever
-/// the CPU budget estimated. The admission takes that as room for one more copy to a
-/// shadow-only local pool. False on a thread whose copies run elsewhere.
+/// copy it had, or the copies waiting would take it less than that, in quiet turns only, so
+/// the thread has had time to spare for copies whatever the CPU budget estimated. The
+/// admission takes that as room for one more copy to a shadow-only local pool. False on a
+/// thread whose copies run elsewhere (its drainer never ran).
+///
+/// Why the backlog too: where a thread sleeps between requests, waking it costs more than
+/// the request (a one-off on a slow host, 2026-12-05: one I/O thread spent 122 µs per request
+/// at 2,000/s, 40 µs at 24,000/s, 21 µs at its maximum of 47,000/s), so the budget, which
+/// sees that cost as the foreground's, left room for 4,500 copies a second at 24,000/s,
+/// while a thread kept awake by its copies ran them all in some turns. A drainer busy most
+/// of a tick rarely empties its queue within 2 ms, but its backlog stays short while it
+/// keeps up; when it falls behind the backlog grows past the bound and the budget decides.
 pub(super) fn drainer_keeps_up(now: Instant) -> bool {
     WAITING.with(|w| {
-        w.emptied
-            .lock()
-            .is_some_and(|at| now.saturating_duration_since(at) < KEEPING_UP)
+        let emptied = *w.emptied.lock();
+        // The queue's length is read only when the drainer has not emptied it lately.
+        keeps_up(emptied, now, || {
+            (w.copies.lock().len(), w.per_copy_ns.load(Ordering::Relaxed))
+        })
     })
+}
+
+/// [`drainer_keeps_up`] from the time the queue was last emptied and, when that is not
+/// recent, the copies waiting and what one costs (ns; 0 before the first slice).
+fn keeps_up(emptied: Option<Instant>, now: Instant, backlog: impl FnOnce() -> (usize, u64)) -> bool {
+    let Some(at) = emptied else { return false };
+    if now.saturating_duration_since(at) < KEEPING_UP {
+        return true;
+    }
+    let (waiting, each_ns) = backlog();
+    // Unmeasured copies cost what a slice may (as in `Waiting::slice`).
+    let each = if each_ns == 0 {
+        SLICE_BUDGET.as_nanos()
+    } else {
+        u128::from(each_ns)
+    };
+    (waiting as u128) * each < KEEPING_UP.as_nanos()
 }
 
 impl Waiting {
@@ -329,12 +370,14 @@ impl Waiting {
 }
 
 /// How many of the copies (their expected costs, in order) make one slice: the first always,
-/// then while the sum stays within `budget`, [`MAX_SLICE`] at most.
+/// then while the sum stays within `budget` (up to [`MIN_SLICE`] copies, within
+/// [`SLICE_CEILING`]), [`MAX_SLICE`] at most.
 fn slice_len(costs: impl Iterator<Item = Duration>, budget: Duration) -> usize {
     let (mut n, mut cost) = (0, Duration::ZERO);
     for c in costs.take(MAX_SLICE) {
         cost += c;
-        if n > 0 && cost > budget {
+        let within = cost <= budget || (n < MIN_SLICE && cost <= SLICE_CEILING);
+        if n > 0 && !within {
             break;
         }
         n += 1;
@@ -391,15 +434,35 @@ mod tests {
         );
         w.measured(4, Duration::from_micros(36));
         assert_eq!(w.per_copy_ns.load(Ordering::Relaxed), 6_000, "(3 × 5 + 9) / 4 µs");
-        // At 6 µs a copy, a slice within 20 µs holds 3.
+        // At 6 µs a copy, 20 µs holds 3, but a slice takes MIN_SLICE while within 60 µs.
         assert_eq!(
             slice_len(std::iter::repeat_n(Duration::from_micros(6), 10), SLICE_BUDGET),
-            3
+            MIN_SLICE
         );
     }
 
     #[test]
-    fn a_drainer_keeps_up_only_while_it_recently_ran_every_copy() {
+    fn a_drainer_keeps_up_while_it_empties_its_queue_or_its_backlog_is_short() {
+        let now = Instant::now();
+        let queue = |waiting: usize, each_us: u64| move || (waiting, each_us * 1_000);
+        let stale = Some(now - KEEPING_UP);
+        assert!(!keeps_up(None, now, queue(0, 0)), "a drainer that never ran");
+        assert!(keeps_up(Some(now), now, || unreachable!(
+            "not read when recently emptied"
+        )));
+        // Not emptied lately: 2 ms of copy work waiting at most.
+        assert!(keeps_up(stale, now, queue(199, 10)), "1.99 ms waiting");
+        assert!(!keeps_up(stale, now, queue(200, 10)), "2 ms waiting");
+        assert!(
+            !keeps_up(stale, now, queue(100, 0)),
+            "unmeasured copies count 20 µs each"
+        );
+        assert!(keeps_up(stale, now, queue(99, 0)));
+        assert!(keeps_up(stale, now, queue(0, 500)), "nothing waiting");
+    }
+
+    #[test]
+    fn a_drainer_keeps_up_by_its_own_threads_state() {
         // On a thread of its own: the state is the thread's.
         std::thread::spawn(|| {
             let now = Instant::now();
@@ -407,8 +470,8 @@ mod tests {
             WAITING.with(|w| *w.emptied.lock() = Some(now));
             assert!(drainer_keeps_up(now + Duration::from_millis(1)));
             assert!(
-                !drainer_keeps_up(now + KEEPING_UP),
-                "2 ms without emptying its queue"
+                drainer_keeps_up(now + KEEPING_UP),
+                "2 ms without emptying its queue, but nothing waits in it"
             );
         })
         .join()
@@ -426,6 +489,10 @@ mod tests {
         assert_eq!(slice_len(costs(1, 50), us(100)), MAX_SLICE);
         // One copy over the budget still runs (alone), or it would never run.
         assert_eq!(slice_len(costs(500, 3), us(100)), 1);
+        // Over the budget, up to MIN_SLICE copies within SLICE_CEILING (60 µs): 4 of 13 µs,
+        // 2 of 25 µs (a third would cross 60 µs).
+        assert_eq!(slice_len(costs(13, 10), us(20)), 4);
+        assert_eq!(slice_len(costs(25, 10), us(20)), 2);
         assert_eq!(slice_len(costs(10, 0), us(100)), 0);
         // Mixed: 40 + 50 fit in 100, + 30 does not.
         assert_eq!(slice_len([us(40), us(50), us(30)].into_iter(), us(100)), 2);
