@@ -58,9 +58,9 @@ const SLICE_BUDGET: Duration = Duration::from_micros(20);
 
 /// Copies a slice takes even past [`SLICE_BUDGET`], while they stay within [`SLICE_CEILING`]:
 /// the model's run overhead is shared by the slice, so a copy alone costs more, and a cost
-/// per copy measured alone kept the slices alone. On a slow host (2026-12-05, 24,000
-/// requests/s, where the budget held one copy; a one-off, docs/performance.md) a copy cost
-/// 13.1 µs in slices of 1.3 on average, 8.6 µs in slices of 4 and 7.7 µs in slices of 5.
+/// per copy measured alone kept the slices alone. On a slow host (2026-12-05, where the
+/// budget held one copy), `loadtests/bench_shadow.sh` measured 13.5 µs a copy at half load
+/// with slices of about one and 8.0 µs with this (docs/performance.md).
 const MIN_SLICE: usize = 4;
 
 /// The most a slice of up to [`MIN_SLICE`] copies may cost: a heavy model's copies (up to the
