@@ -311,7 +311,7 @@ const KEEPING_UP: Duration = Duration::from_millis(2);
 /// Why the backlog too: where a thread sleeps between requests, waking it costs more than
 /// the request (a one-off on a slow host, 2026-12-05: one I/O thread spent 122 µs per request
 /// at 2,000/s, 40 µs at 24,000/s, 21 µs at its maximum of 47,000/s), so the budget, which
-/// sees that cost as the foreground's, left room for 4,500 copies a second at 24,000/s,
+/// sees that cost as the foreground's, left room for 5,000–10,500 copies a second at 24,000/s,
 /// while a thread kept awake by its copies ran them all in some turns. A drainer busy most
 /// of a tick rarely empties its queue within 2 ms, but its backlog stays short while it
 /// keeps up; when it falls behind the backlog grows past the bound and the budget decides.
