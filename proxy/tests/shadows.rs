@@ -53,7 +53,33 @@ async fn report_with(g: &Gateway, n: u64) -> Value {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!("the report never reached {n} mirrored requests");
+    let (_, metrics) = admin_get(g, "/metrics").await;
+    let shadow: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("gateway_shadow_"))
+        .collect();
+    panic!(
+        "the report never reached {n} mirrored requests\n{}",
+        shadow.join("\n")
+    );
+}
+
+/// Waits until `n` copies were compared or shed as `no_spare_cpu` (no other drop allowed);
+/// gives both counts.
+async fn compared_or_shed(g: &Gateway, n: u64) -> (u64, u64) {
+    for _ in 0..100 {
+        let (_, metrics) = admin_get(g, "/metrics").await;
+        let compared = series_in(&metrics, "gateway_shadow_requests_total{") as u64;
+        let shed = series_in(&metrics, "gateway_shadow_dropped_total{reason=\"no_spare_cpu\"") as u64;
+        let dropped = series_in(&metrics, "gateway_shadow_dropped_total{") as u64;
+        assert_eq!(dropped, shed, "copies dropped for another reason\n{metrics}");
+        if compared + shed >= n {
+            assert_eq!(compared + shed, n, "{metrics}");
+            return (compared, shed);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{n} copies were never all compared or shed");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -329,7 +355,10 @@ async fn local_copies_run_on_the_configured_thread_and_each_is_compared() {
     let n = rows.len() as u64;
     for (setting, thread, other) in [("io_threads", "io", "shadow"), ("shadow_thread", "shadow", "io")] {
         let g = start(&format!(
-            "{LOCAL_POOLS}shadow: {{sample_agreements: 0, flush_ms: 50, max_in_flight: 1024, local_copies: {setting}}}\nroutes:\n  - model: breast-cancer\n    stable: cancer-v1\n    shadows: [{{pool: cancer-v2, percent: 100}}]\n"
+            // The shadow pool's inline_max well above its run: which thread runs a copy must not
+            // depend on how long a run took while the other tests of this file load the CPU
+            // (on a slow host, pass 2 ran 48–65 of 324 copies on the shadow thread).
+            "pools:\n  cancer-v1: {{local: {{model: breast-cancer, version: 1}}}}\n  cancer-v2: {{local: {{model: breast-cancer, version: 2, inline_max_us: 10000}}}}\nshadow: {{sample_agreements: 0, flush_ms: 50, max_in_flight: 1024, local_copies: {setting}}}\nroutes:\n  - model: breast-cancer\n    stable: cancer-v1\n    shadows: [{{pool: cancer-v2, percent: 100}}]\n"
         ));
         let mut conn = connect(g.https, &g.tls, Proto::H1).await;
         let ran = |metrics: &str, thread: &str| {
@@ -352,24 +381,36 @@ async fn local_copies_run_on_the_configured_thread_and_each_is_compared() {
                 assert_eq!(r.status, 200, "{:?}", r.body);
                 assert_eq!(r.json()["outputs"][0]["data"][0], v1[i], "{setting}: row {i}");
             }
-            let p = &report_with(&g, pass * n).await["pairs"][0];
-            assert_eq!(
-                (p["compared"].as_u64(), p["disagreements"].as_u64()),
-                (Some(pass * n), Some(pass * expected)),
-                "{setting}, pass {pass}"
-            );
+            // Every copy is compared or shed by the CPU budget (counted), none lost. The tests
+            // of this file run as threads of one process, whose CPU the budget measures: on a
+            // slow 2-core host (2026-12-05) the others' load had it shed 11–309 of 648 copies
+            // here in most runs. Admission has its own tests (no_copies_without_spare_cpu).
+            let (compared, shed) = compared_or_shed(&g, pass * n).await;
+            let p = &report_with(&g, compared).await["pairs"][0];
+            assert_eq!(p["compared"].as_u64(), Some(compared), "{setting}, pass {pass}");
+            let disagreements = p["disagreements"].as_u64().unwrap();
+            if shed == 0 {
+                assert_eq!(disagreements, pass * expected, "{setting}, pass {pass}");
+            } else {
+                assert!(disagreements <= pass * expected, "{setting}, pass {pass}");
+            }
             let (_, metrics) = admin_get(&g, "/metrics").await;
             let now = (ran(&metrics, thread), ran(&metrics, other));
             assert_eq!(
                 now.0 + now.1,
-                pass * n,
-                "{setting}: every copy ran without a task\n{metrics}"
+                compared,
+                "{setting}: every compared copy ran without a task\n{metrics}"
             );
             if pass == 2 {
+                // The first pass may run a few on the shadow thread (a pool's lone run not
+                // yet measured); by the second every copy runs where configured.
                 assert_eq!(
-                    now.0 - before.0,
-                    n,
-                    "{setting}: the second pass ran on the {thread} thread\n{metrics}"
+                    now.1, before.1,
+                    "{setting}: the second pass ran on the {thread} thread"
+                );
+                assert!(
+                    now.0 > before.0,
+                    "{setting}: the second pass ran copies\n{metrics}"
                 );
             }
             before = now;
