@@ -333,13 +333,16 @@ fn keeps_up(emptied: Option<Instant>, now: Instant, backlog: impl FnOnce() -> (u
         return true;
     }
     let (waiting, each_ns) = backlog();
-    // Unmeasured copies cost what a slice may (as in `Waiting::slice`).
-    let each = if each_ns == 0 {
-        SLICE_BUDGET.as_nanos()
-    } else {
-        u128::from(each_ns)
-    };
-    (waiting as u128) * each < KEEPING_UP.as_nanos()
+    (waiting as u128) * expected_per_copy(each_ns).as_nanos() < KEEPING_UP.as_nanos()
+}
+
+/// What a copy is expected to cost this thread: the measured cost per copy (ns), or what a
+/// whole slice may cost before any was measured.
+fn expected_per_copy(measured_ns: u64) -> Duration {
+    match measured_ns {
+        0 => SLICE_BUDGET,
+        ns => Duration::from_nanos(ns),
+    }
 }
 
 impl Waiting {
@@ -348,10 +351,7 @@ impl Waiting {
     /// [`SLICE_BUDGET`].
     fn slice(&self) -> Vec<Here> {
         let mut copies = self.copies.lock();
-        let each = match self.per_copy_ns.load(Ordering::Relaxed) {
-            0 => SLICE_BUDGET,
-            ns => Duration::from_nanos(ns),
-        };
+        let each = expected_per_copy(self.per_copy_ns.load(Ordering::Relaxed));
         let n = slice_len(std::iter::repeat_n(each, copies.len()), SLICE_BUDGET);
         copies.drain(..n).collect()
     }
