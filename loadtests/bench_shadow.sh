@@ -6,7 +6,9 @@
 #    (breast-cancer/3) at 100%: max requests/s and CPU per request with wrk (closed loop,
 #    5 runs each), then p50/p99 at half the no-shadow maximum with loadgen (open loop), the
 #    two gateways side by side taking turns (medians: this machine's noise comes in bursts); how
-#    many copies were compared and how many dropped, from the gateway's own metrics;
+#    many copies were compared and how many dropped, from the gateway's own metrics; how much
+#    of the server core that rate leaves, found by an idle-priority spinner beside each
+#    gateway (loadtests/spare_cpu.py);
 #  - nginx proxying to an inference-server, without and with `mirror` at 100% to a second
 #    inference-server, measured the same way.
 #
@@ -152,6 +154,27 @@ read -r Q50 Q99 QERR < <(DURATION=$((FIXED * 2)) fixed_rate "gateway, 100% to a 
 sleep 1
 Q_CMP=$(( $(compared) - c1 )); Q_ANS=$(( $(primaries) - r1 ))
 Q_SHARE="$(awk -v c="$Q_CMP" -v n="$Q_ANS" 'BEGIN { printf "%.1f", (n > 0 ? 100 * c / n : 0) }')"
+# The room half load leaves: an idle-priority spinner on the server core, alone and during a
+# turn of each gateway (not counted above), its work beside a gateway against alone. A
+# figure of work done, where CPU time accounted can mislead (loadtests/spare_cpu.py).
+# Within the turn's measured seconds: from 0.25 s after its warm-up to 0.8 of the way.
+SPIN_S="$(awk -v f="$FIXED" 'BEGIN { printf "%.2f", 0.8 * f - 0.25 }')"
+spin() { python3 "$ROOT/loadtests/spare_cpu.py" --cpu "$SERVER_CPU" --delay "$1" --seconds "$SPIN_S"; }
+spin_beside() { # turn-function: the spinner's work per second during that turn
+  local out
+  out="$(mktemp)"
+  spin "$WARMUP.25" >"$out" &
+  "$1" >/dev/null
+  wait "$!"
+  cat "$out"; rm -f "$out"
+}
+# Alone before and after (the host's speed drifts; both are reported), beside each gateway
+# between them.
+SPIN_ALONE1="$(spin 0)"; round=room
+SPIN_PLAIN="$(spin_beside plain_turn)"; SPIN_MIRR="$(spin_beside mirrored_turn)"
+SPIN_ALONE2="$(spin 0)"
+spare() { awk -v a="$1" -v b="$SPIN_ALONE1" -v c="$SPIN_ALONE2" 'BEGIN { printf "%.0f", (b + c > 0 ? 200 * a / (b + c) : 0) }'; }
+SPARE_PLAIN="$(spare "$SPIN_PLAIN")"; SPARE_MIRR="$(spare "$SPIN_MIRR")"
 stop_pid "$gw0"; stop_pid "$gw1"
 # Per request of the plain gateway, per compared copy of the mirrored one's extra CPU.
 CPU_REQ="$(awk -v k="$K_PLAIN" -v n="$G1_FANS" -v hz="$CLK_TCK" 'BEGIN { printf "%.1f", (n > 0 ? k * 1e6 / hz / n : 0) }')"
@@ -222,6 +245,7 @@ REPORT="$RESULTS/shadow.md"
   echo "- gateway: requests/s loss with 100% mirroring ${G_LOSS}% (target ≤ 20%: $T_LOSS); p99 at $RATE/s ${G_P99}× without (target ≤ 1.15: $T_P99)"
   echo "- gateway copies at $RATE/s: ${G1_FSHARE}% of the $G1_FANS requests compared (target ≥ 95%: $T_SHARE), $G1_FDROP dropped (${REASONS:-none}); at the maximum rate: ${G1_SHARE}% of $G1_ANS compared, $G1_DROP dropped. Shadows run after the client path (here in the I/O thread's quiet turns, elsewhere at idle CPU priority): on a saturated core they wait and copies are shed (counted by reason) instead of slowing the primary."
   echo "- CPU at $RATE/s, over the whole phase: $CPU_REQ µs per request for the plain gateway; the mirrored one spent $CPU_COPY µs more per compared copy (a difference of two measurements: noise when few copies were compared); one copy costs $GAUGE_COPY µs as the gateway's admission measures shadow work (gateway_shadow_copy_cpu_seconds)"
+  echo "- room at $RATE/s on core $SERVER_CPU (an idle-priority spinner's work there during one more ${FIXED} s turn of each gateway, against the mean of the spinner alone before and after, $SPIN_ALONE1 and $SPIN_ALONE2 loops/s: loadtests/spare_cpu.py): ${SPARE_PLAIN}% of the core beside the plain gateway, ${SPARE_MIRR}% beside the mirrored one. The copies fit in what the plain gateway leaves only where that exceeds what they cost (a copy's µs above times the rate)"
   echo "- at a quarter of the maximum ($QRATE/s, one run of $((FIXED * 2)) s, mirrored gateway): ${Q_SHARE}% of $Q_ANS requests compared; primary p50 $(ms "$Q50"), p99 $(ms "$Q99"), $QERR failed"
   echo "- shadow store after the maximum-rate run: the oldest record of its last commit was ${G1_LAG} s old (what a crash then would have lost; shadow.flush_ms + 50 ms while the writer keeps up), $G1_LOST records lost to its bounded backlog"
   echo "- nginx mirror: requests/s loss ${N_LOSS}%; p99 at $N_RATE/s ${N_P99}× without (its mirror upstream runs on core $CLIENT_CPU)"
