@@ -161,12 +161,9 @@ Q_SHARE="$(awk -v c="$Q_CMP" -v n="$Q_ANS" 'BEGIN { printf "%.1f", (n > 0 ? 100 
 SPIN_S="$(awk -v f="$FIXED" 'BEGIN { printf "%.2f", 0.8 * f - 0.25 }')"
 spin() { python3 "$ROOT/loadtests/spare_cpu.py" --cpu "$SERVER_CPU" --delay "$1" --seconds "$SPIN_S"; }
 spin_beside() { # turn-function: the spinner's work per second during that turn
-  local out
-  out="$(mktemp)"
-  spin "$WARMUP.25" >"$out" &
+  spin "$WARMUP.25" &
   "$1" >/dev/null
   wait "$!"
-  cat "$out"; rm -f "$out"
 }
 # Alone before and after (the host's speed drifts; both are reported), beside each gateway
 # between them.
