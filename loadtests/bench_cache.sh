@@ -226,7 +226,7 @@ said() { if [ "$1" = "$COUNTED" ]; then echo "**$2**"; else echo "$2 (reference,
 
 OUT="$RESULTS/cache-$(date -u +%Y%m%dT%H%M%SZ).md"
 {
-  echo "# The prediction cache ($(git -C "$ROOT" rev-parse --short HEAD), $(date -u +%F), profile $PROFILE)"
+  echo "# The prediction cache ($(git -C "$ROOT" rev-parse --short HEAD), $(date -u +%F), $(host_line), profile $PROFILE)"
   echo
   echo "Command: \`loadtests/bench_cache.sh $ARGS\`. One row per request; server on core $SERVER_CPU, loadgen on core $CLIENT_CPU, $CONNS connections, HTTP/1.1 over TLS with a key. Two models: digits/2 (gradient-boosted trees, some 30 µs a row: the targets are counted on it) and breast-cancer/1 (a small MLP, a few µs of a batched request at most: a reference that shows the bound, not counted)."
   echo "CPU µs/request, p50, p99: medians of $ROUNDS rounds of ${DURATION} s at ${RATE}/s, the settings in turns. Hits: answers with \`x-cache: hit\`, as loadgen counted them."

@@ -246,7 +246,7 @@ REPORT="$RESULTS/gateway.md"
 {
   echo "## (a) gateway full path (HTTPS) vs inference-server (HTTP)"
   echo
-  echo "breast-cancer/1, one JSON row per request, $CONNS connections, ${DURATION} s per measurement, medians of $ROUNDS round(s) taken in turns, server on core $SERVER_CPU (1 I/O thread + 1 pool worker), wrk on core $CLIENT_CPU, binaries of cargo profile $PROFILE ($(date -u +%F), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs))."
+  echo "breast-cancer/1, one JSON row per request, $CONNS connections, ${DURATION} s per measurement, medians of $ROUNDS round(s) taken in turns, server on core $SERVER_CPU (1 I/O thread + 1 pool worker), wrk on core $CLIENT_CPU, binaries of cargo profile $PROFILE ($(date -u +%F), $(host_line))."
   echo
   echo "| server | requests/s | p50 | p99 | CPU µs/request | errors |"
   echo "| --- | ---: | ---: | ---: | ---: | ---: |"

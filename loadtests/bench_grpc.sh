@@ -134,7 +134,7 @@ stop_pid "$GW"
 
 OUT="$RESULTS/grpc-$(date -u +%Y%m%dT%H%M%SZ).md"
 {
-  echo "# gRPC against REST ($(git -C "$ROOT" rev-parse --short HEAD), $(date -u +%F), profile $PROFILE)"
+  echo "# gRPC against REST ($(git -C "$ROOT" rev-parse --short HEAD), $(date -u +%F), $(host_line), profile $PROFILE)"
   echo
   echo "Command: \`loadtests/bench_grpc.sh $*\`. breast-cancer/1; server on core $SERVER_CPU, loadgen on core $CLIENT_CPU, $CONNS connections."
   echo "CPU µs/request, p50 and p99: medians of $ROUNDS rounds of ${DURATION} s at a fixed rate (2,000/s for one row, 400/s for 64), REST and gRPC taking turns."

@@ -114,7 +114,7 @@ REPORT="$RESULTS/inference.md"
 {
   echo "## inference-server vs FastAPI + uvicorn + onnxruntime"
   echo
-  echo "Model $MODEL/$VERSION, one JSON row per request, $CONNS connections, ${DURATION} s, server on core $SERVER_CPU, wrk on core $CLIENT_CPU ($(date -u +%F), $(nproc) cores: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs))."
+  echo "Model $MODEL/$VERSION, one JSON row per request, $CONNS connections, ${DURATION} s, server on core $SERVER_CPU, wrk on core $CLIENT_CPU ($(date -u +%F), $(host_line))."
   echo
   echo "| server | requests/s | p50 | p99 | CPU µs/request | errors |"
   echo "| --- | ---: | ---: | ---: | ---: | ---: |"

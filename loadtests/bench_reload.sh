@@ -103,7 +103,7 @@ T_ERR="$(check "$G1_ERR" '<=' 0)"; T_LOSS="$(check "$G_LOSS" '<=' 10)"
 
 REPORT="$RESULTS/reload.md"
 {
-  echo "# Reloads under load ($(date -u +%Y-%m-%dT%H:%MZ), ${DURATION} s per run, $CONNS kept-alive connections, wrk)"
+  echo "# Reloads under load ($(date -u +%Y-%m-%dT%H:%MZ), $(host_line), ${DURATION} s per run, $CONNS kept-alive connections, wrk)"
   echo
   echo "| server | reloads | requests/s | p99 | failures |"
   echo "| --- | ---: | ---: | ---: | ---: |"

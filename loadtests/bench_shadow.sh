@@ -226,7 +226,7 @@ REPORT="$RESULTS/shadow.md"
 {
   echo "## Mirroring 100% of requests to a shadow: the primary's cost"
   echo
-  echo "breast-cancer/1 answers, breast-cancer/3 is the shadow (shadow.max_in_flight 4096); one JSON row per request, $CONNS connections, ${DURATION} s, server on core $SERVER_CPU, wrk/loadgen on core $CLIENT_CPU, binaries of cargo profile $PROFILE ($(date -u +%F), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs))."
+  echo "breast-cancer/1 answers, breast-cancer/3 is the shadow (shadow.max_in_flight 4096); one JSON row per request, $CONNS connections, ${DURATION} s, server on core $SERVER_CPU, wrk/loadgen on core $CLIENT_CPU, binaries of cargo profile $PROFILE ($(date -u +%F), $(host_line))."
   echo
   echo "| server | max requests/s | p99 | CPU µs/request | errors | fixed rate | p50 | p99 | errors |"
   echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"

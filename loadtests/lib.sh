@@ -267,6 +267,20 @@ loadgen_cpu() {
   }' | failures_of "$name" 5
 }
 
+# host_line: the machine for a report's header: cores, CPU model and, on a virtual machine,
+# the hypervisor and the guest's halt polling. Where the guest halts an idle vCPU at once
+# (polling 0 ns), waking it is a trip through the hypervisor: at a fixed rate a server pays
+# that once a request or so, and half of its maximum leaves far less room than where the
+# guest polls (docs/performance.md, "the guest's halt polling").
+host_line() {
+  local model hv poll
+  model="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+  hv="$(lscpu 2>/dev/null | awk -F: '/Hypervisor vendor/ { gsub(/ /, "", $2); print $2 }')"
+  if [ -z "$hv" ]; then echo "$(nproc) cores: $model"; return; fi
+  poll="$(cat /sys/module/haltpoll/parameters/guest_halt_poll_ns 2>/dev/null || echo unknown)"
+  echo "$(nproc) cores: $model, a $hv guest, guest halt polling ${poll} ns"
+}
+
 # Ratios, target checks and milliseconds for the reports.
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }'; }
 check() { awk -v v="$1" -v op="$2" -v t="$3" 'BEGIN { ok = (op == ">=" ? v >= t : v <= t); print (ok ? "met" : "MISSED") }'; }
