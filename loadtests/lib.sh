@@ -268,10 +268,9 @@ loadgen_cpu() {
 }
 
 # host_line: the machine for a report's header: cores, CPU model and, on a virtual machine,
-# the hypervisor and the guest's halt polling. Where the guest halts an idle vCPU at once
-# (polling 0 ns), waking it is a trip through the hypervisor: at a fixed rate a server pays
-# that once a request or so, and half of its maximum leaves far less room than where the
-# guest polls (docs/performance.md, "the guest's halt polling").
+# the hypervisor and the guest's halt polling (how long an idle vCPU polls before it halts).
+# On a guest that halts at once, a vCPU loses its caches while idle, and fixed-rate figures
+# have moved with the setting: docs/performance.md, "the host's idle".
 host_line() {
   local model hv poll
   model="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
