@@ -2,17 +2,21 @@
 # What reloading the config costs traffic, with `nginx -s reload` as the reference:
 #
 #  - the gateway (local pools breast-cancer/1 and /2, canary weight moving) under the same
-#    closed-loop load (wrk, kept-alive connections) twice: without reloads, then with 100
+#    closed-loop load (wrk, kept-alive connections): runs without reloads and runs with 100
 #    reloads spread over the run (each an edit of the weight in the config file, applied at
-#    once with POST /admin/reload; the file watcher would apply it ~0.1 s later anyway);
-#    requests/s, p99 and failures (socket errors on the kept-alive connections + non-2xx);
+#    once with POST /admin/reload; the file watcher would apply it ~0.1 s later anyway),
+#    taking turns for ROUNDS rounds, either first in turn; medians of requests/s and p99,
+#    failures summed (socket errors on the kept-alive connections + non-2xx). One run of
+#    each drew a loss from the host's drift between two runs (−10.5% and 15.8% in two
+#    full runs on one host, 2026-12-06);
 #  - nginx proxying to an inference-server under the same load: without reloads, then with
-#    20 `nginx -s reload`, measured the same way.
+#    20 `nginx -s reload`, one run each (a reference).
 #
-#   loadtests/bench_reload.sh            15 s per measurement
+#   loadtests/bench_reload.sh            15 s per measurement, 5 rounds
 #   loadtests/bench_reload.sh --short    6 s per measurement
-#   loadtests/bench_reload.sh --quick    3 s per measurement (proves the harness works)
+#   loadtests/bench_reload.sh --quick    3 s per measurement, 2 rounds (proves the harness works)
 #   loadtests/bench_reload.sh --strict   exit 1 when a target is missed
+#   ROUNDS=9 loadtests/bench_reload.sh   more rounds
 #
 # Targets (gateway): 0 failures during 100 reloads; requests/s within 10% of no reloads.
 # Cores: the gateway or nginx on core 0; wrk and nginx's upstream on core 1.
@@ -22,6 +26,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 parse_bench_args "$@"
 # 100 reloads need a little more room than the other benchmarks' short runs.
 if [ "$QUICK" = 1 ]; then DURATION=3; elif [ "$DURATION" -lt 6 ]; then DURATION=6; fi
+ROUNDS="${ROUNDS:-5}"; [ "$QUICK" = 1 ] && ROUNDS=2
 peer_bench_setup reload-bench wrk nginx curl
 
 P_GW=18643; P_ADMIN=18903; P_NGINX=18644; P_UP=18401
@@ -72,14 +77,28 @@ nginx_burst() {
 SPREAD="$(awk -v d="$DURATION" 'BEGIN { printf "%.2f", d * 0.6 }')"
 
 gw=$(start_gateway_on "$CONFIG" "127.0.0.1:$P_GW"); PIDS+=("$gw")
-read -r G0_RPS _ G0_P99 _ G0_ERR < <(measure "gateway, no reload" "$gw" "$URL_GW")
-GEN0="$(generation)"
-gateway_burst 100 "$SPREAD" & BURST=$!
-read -r G1_RPS _ G1_P99 _ G1_ERR < <(measure "gateway, 100 reloads" "$gw" "$URL_GW")
-# Counted when the measurement ends: reloads that landed after it do not count.
-G_RELOADS=$(( $(generation) - GEN0 ))
-wait "$BURST"
+: >"$WORK/plain.txt"; : >"$WORK/reloads.txt"; : >"$WORK/applied.txt"
+plain_run() { measure "gateway, no reload (round $round)" "$gw" "$URL_GW" >>"$WORK/plain.txt"; }
+reload_run() {
+  local gen0 burst; gen0="$(generation)"
+  gateway_burst 100 "$SPREAD" & burst=$!
+  measure "gateway, 100 reloads (round $round)" "$gw" "$URL_GW" >>"$WORK/reloads.txt"
+  # Counted when the measurement ends: reloads that landed after it do not count.
+  echo $(( $(generation) - gen0 )) >>"$WORK/applied.txt"
+  wait "$burst"
+}
+for round in $(seq "$ROUNDS"); do
+  if [ $((round % 2)) = 1 ]; then plain_run; reload_run; else reload_run; plain_run; fi
+done
 stop_pid "$gw"
+# measure prints "rps p50 p99 cpu errors": medians of the rounds, errors summed.
+col_median() { awk -v c="$2" '{ print $c }' "$1" | median | awk '{ printf "%.0f", $1 }'; }
+col_sum() { awk -v c="$2" '{ s += $c } END { print s + 0 }' "$1"; }
+col_list() { awk -v c="$2" '{ printf "%s%s", (NR > 1 ? ", " : ""), $c }' "$1"; }
+G0_RPS="$(col_median "$WORK/plain.txt" 1)"; G0_P99="$(col_median "$WORK/plain.txt" 3)"; G0_ERR="$(col_sum "$WORK/plain.txt" 5)"
+G1_RPS="$(col_median "$WORK/reloads.txt" 1)"; G1_P99="$(col_median "$WORK/reloads.txt" 3)"; G1_ERR="$(col_sum "$WORK/reloads.txt" 5)"
+# Every run with reloads must have applied its 100 within the measurement.
+G_RELOADS="$(sort -n "$WORK/applied.txt" | head -1)"
 
 # --- nginx: proxy to an inference-server on core 1 ---
 taskset -c "$CLIENT_CPU" "$BIN/inference-server" --models "$ROOT/models" --listen "127.0.0.1:$P_UP" --threads 1 >"$WORK/up.log" 2>&1 &
@@ -99,7 +118,7 @@ stop_pid "$ng"
 loss() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", (b > 0 ? (1 - a / b) * 100 : 0) }'; }
 G_LOSS="$(loss "$G1_RPS" "$G0_RPS")"; N_LOSS="$(loss "$N1_RPS" "$N0_RPS")"
 T_ERR="$(check "$G1_ERR" '<=' 0)"; T_LOSS="$(check "$G_LOSS" '<=' 10)"
-[ "$G_RELOADS" -ge 100 ] || T_ERR="MISSED (only $G_RELOADS reloads applied)"
+[ "$G_RELOADS" -ge 100 ] || T_ERR="MISSED (a run applied only $G_RELOADS reloads)"
 
 REPORT="$RESULTS/reload.md"
 {
@@ -107,12 +126,14 @@ REPORT="$RESULTS/reload.md"
   echo
   echo "| server | reloads | requests/s | p99 | failures |"
   echo "| --- | ---: | ---: | ---: | ---: |"
-  echo "| gateway | 0 | $G0_RPS | $(ms "$G0_P99") | $G0_ERR |"
-  echo "| gateway | $G_RELOADS | $G1_RPS | $(ms "$G1_P99") | $G1_ERR |"
+  echo "| gateway ¹ | 0 | $G0_RPS | $(ms "$G0_P99") | $G0_ERR |"
+  echo "| gateway ¹ | 100 a run | $G1_RPS | $(ms "$G1_P99") | $G1_ERR |"
   echo "| nginx | 0 | $N0_RPS | $(ms "$N0_P99") | $N0_ERR |"
   echo "| nginx | 20 | $N1_RPS | $(ms "$N1_P99") | $N1_ERR |"
   echo
-  echo "- gateway: failures during $G_RELOADS reloads: $G1_ERR (target 0: $T_ERR); requests/s loss $G_LOSS% (target ≤ 10%: $T_LOSS); p99 $(ratio "$G1_P99" "$G0_P99")× of no reloads"
+  echo "¹ Medians of $ROUNDS runs each (failures: their sum), the two kinds of run taking turns, either first in turn; requests/s per run: no reloads $(col_list "$WORK/plain.txt" 1), with reloads $(col_list "$WORK/reloads.txt" 1); reloads applied within each run: $(col_list "$WORK/applied.txt" 1). nginx's figures are one run each (a reference)."
+  echo
+  echo "- gateway: failures during $ROUNDS × 100 reloads: $G1_ERR (target 0: $T_ERR); requests/s loss $G_LOSS% (target ≤ 10%: $T_LOSS); p99 $(ratio "$G1_P99" "$G0_P99")× of no reloads"
   echo "- nginx: failures during 20 reloads: $N1_ERR; requests/s loss $N_LOSS%; p99 $(ratio "$N1_P99" "$N0_P99")×"
 } > "$REPORT"
 cat "$REPORT"
