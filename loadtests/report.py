@@ -137,8 +137,8 @@ def main():
                 break
     except OSError:
         pass
-    # A guest that halts an idle vCPU at once pays the hypervisor for every wake-up, which a
-    # server at a fixed rate meets once a request or so (lib.sh, host_line).
+    # On a guest that halts an idle vCPU at once, fixed-rate figures have moved with this
+    # setting (lib.sh, host_line; docs/performance.md, "the host's idle").
     try:
         poll = open("/sys/module/haltpoll/parameters/guest_halt_poll_ns").read().strip()
         cpu += f"; guest halt polling {poll} ns"
