@@ -37,7 +37,7 @@ for bench in inference gateway shadow reload; do
   # A missed target under --strict fails the run, after the other benchmarks have run.
   "$ROOT/loadtests/bench_$bench.sh" "$@" || FAILED+=("$bench")
 done
-"$ROOT/.venv/bin/python" "$ROOT/loadtests/report.py" --mode "$MODE" --seconds "$(($(date +%s) - START))"
+"$ROOT/.venv/bin/python" "$ROOT/loadtests/report.py" --mode "$MODE" --seconds "$(($(date +%s) - START))" --host "$(host_line)"
 if [ "$MODE" = full ]; then
   KEEP="$RESULTS/bench_all-$(git -C "$ROOT" rev-parse --short HEAD).md"
   sed "/^!\[/d" "$RESULTS/report/REPORT.md" > "$KEEP" # the charts stay beside REPORT.md

@@ -92,12 +92,9 @@ for round in $(seq "$ROUNDS"); do
   if [ $((round % 2)) = 1 ]; then plain_run; reload_run; else reload_run; plain_run; fi
 done
 stop_pid "$gw"
-# measure prints "rps p50 p99 cpu errors": medians of the rounds, errors summed.
-col_median() { awk -v c="$2" '{ print $c }' "$1" | median | awk '{ printf "%.0f", $1 }'; }
-col_sum() { awk -v c="$2" '{ s += $c } END { print s + 0 }' "$1"; }
-col_list() { awk -v c="$2" '{ printf "%s%s", (NR > 1 ? ", " : ""), $c }' "$1"; }
-G0_RPS="$(col_median "$WORK/plain.txt" 1)"; G0_P99="$(col_median "$WORK/plain.txt" 3)"; G0_ERR="$(col_sum "$WORK/plain.txt" 5)"
-G1_RPS="$(col_median "$WORK/reloads.txt" 1)"; G1_P99="$(col_median "$WORK/reloads.txt" 3)"; G1_ERR="$(col_sum "$WORK/reloads.txt" 5)"
+# Medians of the rounds, errors summed (lib.sh, round_figures).
+read -r G0_RPS _ G0_P99 _ G0_ERR < <(round_figures "$WORK/plain.txt")
+read -r G1_RPS _ G1_P99 _ G1_ERR < <(round_figures "$WORK/reloads.txt")
 # Every run with reloads must have applied its 100 within the measurement.
 G_RELOADS="$(sort -n "$WORK/applied.txt" | head -1)"
 
@@ -132,7 +129,7 @@ REPORT="$RESULTS/reload.md"
   echo "| nginx | 0 | $N0_RPS | $(ms "$N0_P99") | $N0_ERR |"
   echo "| nginx | 20 | $N1_RPS | $(ms "$N1_P99") | $N1_ERR |"
   echo
-  echo "¹ Medians of $ROUNDS runs each (failures: their sum), the two kinds of run taking turns, either first in turn; requests/s per run: no reloads $(col_list "$WORK/plain.txt" 1), with reloads $(col_list "$WORK/reloads.txt" 1); reloads applied within each run: $(col_list "$WORK/applied.txt" 1). nginx's figures are one run each (a reference)."
+  echo "¹ Medians of $ROUNDS runs each (failures: their sum), the two kinds of run taking turns, either first in turn; requests/s per run: no reloads $(round_list "$WORK/plain.txt" ", "), with reloads $(round_list "$WORK/reloads.txt" ", "); reloads applied within each run: $(round_list "$WORK/applied.txt" ", "). nginx's figures are one run each (a reference)."
   echo
   echo "- gateway: failures during $ROUNDS × 100 reloads: $G1_ERR (target 0: $T_ERR); requests/s loss $G_LOSS% (target ≤ 10%: $T_LOSS); p99 $(ratio "$G1_P99" "$G0_P99")× of no reloads"
   echo "- nginx: failures during 20 reloads: $N1_ERR; requests/s loss $N_LOSS%; p99 $(ratio "$N1_P99" "$N0_P99")×"

@@ -96,17 +96,10 @@ mirrored_max() {
 for round in $(seq "$MAX_ROUNDS"); do
   if [ $((round % 2)) = 1 ]; then plain_max; mirrored_max; else mirrored_max; plain_max; fi
 done
-# rps p50 p99 cpu: medians of the rounds (CPU keeps its decimal); errors: their sum.
-max_figures() {
-  local f
-  for f in 1 2 3; do awk -v f="$f" '{ print $f }' "$1" | median; done
-  awk '{ print $4 }' "$1" | sort -n | awk '{ a[NR] = $1 } END { print (NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2) }'
-  awk '{ s += $5 } END { print s + 0 }' "$1"
-}
-read -r G0_RPS G0_P50 G0_P99 G0_CPU G0_ERR < <(max_figures "$WORK/max-plain.txt" | xargs)
-read -r G1_RPS G1_P50 G1_P99 G1_CPU G1_ERR < <(max_figures "$WORK/max-mirrored.txt" | xargs)
-G0_RUNS="$(awk '{ printf "%s%d", (NR > 1 ? " " : ""), $1 }' "$WORK/max-plain.txt")"
-G1_RUNS="$(awk '{ printf "%s%d", (NR > 1 ? " " : ""), $1 }' "$WORK/max-mirrored.txt")"
+# Medians of the rounds, errors summed (lib.sh, round_figures).
+read -r G0_RPS G0_P50 G0_P99 G0_CPU G0_ERR < <(round_figures "$WORK/max-plain.txt")
+read -r G1_RPS G1_P50 G1_P99 G1_CPU G1_ERR < <(round_figures "$WORK/max-mirrored.txt")
+G0_RUNS="$(round_list "$WORK/max-plain.txt" " ")"; G1_RUNS="$(round_list "$WORK/max-mirrored.txt" " ")"
 G1_CMP=$(( $(compared) - c )); G1_DROP=$(( $(metric gateway_shadow_dropped_total) - d )); G1_ANS=$(( $(primaries) - r ))
 # The shadow store right after the maximum-rate runs: how old the oldest record of its last
 # commit was (what a crash then would have lost), and records it had to drop.

@@ -247,6 +247,17 @@ EOF
 
 # median: the median of the numbers on stdin, one per line.
 median() { sort -n | awk '{ a[NR] = $1 } END { print (NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2) }'; }
+# round_figures FILE: FILE holds measure's "rps p50 p99 cpu errors", one line per round;
+# prints the medians of the first four (requests/s whole, CPU with its decimal) and the sum of
+# the errors, on one line.
+round_figures() {
+  local f
+  printf '%.0f' "$(awk '{ print $1 }' "$1" | median)"
+  for f in 2 3 4; do printf ' %s' "$(awk -v f="$f" '{ print $f }' "$1" | median)"; done
+  awk '{ s += $5 } END { print " " s + 0 }' "$1"
+}
+# round_list FILE SEPARATOR: the first field of each line (each round's requests/s), in order.
+round_list() { awk -v sep="$2" '{ printf "%s%d", (NR > 1 ? sep : ""), $1 }' "$1"; }
 
 # loadgen_cpu NAME PID URL RATE [loadgen args...]: one loadgen run ($CONNS connections,
 # $DURATION s after $WARMUP s) on the client core, with the server PID's CPU over it.

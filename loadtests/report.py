@@ -126,29 +126,15 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mode", default="full", help="how long each measurement ran (for the header)")
     parser.add_argument("--seconds", type=float, default=0, help="how long the whole run took")
+    parser.add_argument("--host", default=f"{os.cpu_count()} cores", help="the machine (lib.sh, host_line)")
     args = parser.parse_args()
     out = RESULTS / "report"
     out.mkdir(parents=True, exist_ok=True)
-    cpu = "unknown CPU"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    # On a guest that halts an idle vCPU at once, fixed-rate figures have moved with this
-    # setting (lib.sh, host_line; docs/performance.md, "the host's idle").
-    try:
-        poll = open("/sys/module/haltpoll/parameters/guest_halt_poll_ns").read().strip()
-        cpu += f"; guest halt polling {poll} ns"
-    except OSError:
-        pass
     lines = [
         "# Benchmark report",
         "",
         f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, mode `{args.mode}`, "
-        f"{os.cpu_count()} cores ({cpu}), {platform.system()} {platform.release()}, {commit()}."
+        f"{args.host}, {platform.system()} {platform.release()}, {commit()}."
         + (f" The whole run took {args.seconds:.0f} s." if args.seconds else ""),
         "Servers pinned to core 0, load generators to core 1. Closed-loop figures come from wrk "
         "(64 connections); fixed-rate ones from loadgen, which measures from each request's "
