@@ -119,16 +119,26 @@ gw1=$(start_gateway_on "$WORK/mirrored.yaml" "127.0.0.1:$P_GW_M"); PIDS+=("$gw1"
 # The copies' CPU: both gateways get the same requests at the same rate, so what the mirrored
 # one spends beyond the plain one over the whole phase is the shadows' work.
 c0=$(compared); d0=$(metric gateway_shadow_dropped_total); r0=$(primaries)
-k0=$(tree_ticks "$gw0"); k1=$(tree_ticks "$gw1")
-P50S0=(); P99S0=(); P50S1=(); P99S1=(); G0_FERR=0; G1_FERR=0; ROUND_RATIOS=()
+k0=$(tree_ticks "$gw0"); k1=$(tree_ticks "$gw1"); s0=$(gauge gateway_shadow_cpu_seconds_total)
+P50S0=(); P99S0=(); P50S1=(); P99S1=(); G0_FERR=0; G1_FERR=0; ROUND_RATIOS=(); TURN_SHARES=()
+share() { awk -v c="$1" -v n="$2" 'BEGIN { printf "%.1f", (n > 0 ? 100 * c / n : 0) }'; }
 plain_turn() { DURATION=$FIXED BENCH_CSV="" fixed_rate "gateway, no shadow ($round/$ROUNDS)" "$URL_GW" "$RATE" "$WORK/ca.crt"; }
 mirrored_turn() { DURATION=$FIXED BENCH_CSV="" fixed_rate "gateway, 100% to a local shadow ($round/$ROUNDS)" "$URL_GW_M" "$RATE" "$WORK/ca.crt"; }
+# A mirrored turn, and the share of its requests whose copies were compared by its end (a
+# copy still queued then counts in the next turn): the host's slow spells show per turn.
+mirrored_counted() {
+  local tc tr
+  tc=$(compared); tr=$(primaries)
+  read -r b50 b99 berr < <(mirrored_turn)
+  TURN_SHARES+=("$(share $(( $(compared) - tc )) $(( $(primaries) - tr )))")
+  say "gateway, 100% to a local shadow ($round/$ROUNDS): ${TURN_SHARES[-1]}% of the turn's requests compared"
+}
 for round in $(seq "$ROUNDS"); do
   # Either goes first in turn (ABBA), so that neither always follows the other.
   if [ $((round % 2)) = 1 ]; then
-    read -r a50 a99 aerr < <(plain_turn); read -r b50 b99 berr < <(mirrored_turn)
+    read -r a50 a99 aerr < <(plain_turn); mirrored_counted
   else
-    read -r b50 b99 berr < <(mirrored_turn); read -r a50 a99 aerr < <(plain_turn)
+    mirrored_counted; read -r a50 a99 aerr < <(plain_turn)
   fi
   P50S0+=("$a50"); P99S0+=("$a99"); P50S1+=("$b50"); P99S1+=("$b99")
   G0_FERR=$((G0_FERR + aerr)); G1_FERR=$((G1_FERR + berr))
@@ -138,8 +148,11 @@ sleep 1 # copies still in flight finish (or time out) before the counters are re
 G1_FCMP=$(( $(compared) - c0 )); G1_FDROP=$(( $(metric gateway_shadow_dropped_total) - d0 )); G1_FANS=$(( $(primaries) - r0 ))
 K_PLAIN=$(( $(tree_ticks "$gw0") - k0 )); K_MIRR=$(( $(tree_ticks "$gw1") - k1 ))
 REASONS="$(drop_reasons)"
-# What one copy costs as the gateway's own admission measures it (the shadow work's CPU per
-# copy), and the share compared at a quarter of the maximum: where the client path leaves room.
+# What one copy costs as the gateway's own admission measures shadow work: its CPU over the
+# phase per copy compared then (gateway_shadow_cpu_seconds_total), and the admission's own
+# estimate at the end (a gauge smoothed over its last few windows: one moment's figure). Then
+# the share compared at a quarter of the maximum: where the client path leaves room.
+MEAN_COPY="$(awk -v a="$s0" -v b="$(gauge gateway_shadow_cpu_seconds_total)" -v n="$G1_FCMP" 'BEGIN { printf "%.1f", (n > 0 ? (b - a) * 1e6 / n : 0) }')"
 GAUGE_COPY="$(awk -v s="$(gauge gateway_shadow_copy_cpu_seconds)" 'BEGIN { printf "%.1f", s * 1e6 }')"
 QRATE=$((RATE / 2))
 c1=$(compared); r1=$(primaries)
@@ -228,13 +241,13 @@ REPORT="$RESULTS/shadow.md"
   echo "| nginx, no mirror | $N0_RPS | $(ms "$N0_P99") | $N0_CPU | $N0_ERR | $N_RATE/s | $(ms "$N0_F50") | $(ms "$N0_F99") | $N0_FERR |"
   echo "| nginx, mirror 100% | $N1_RPS | $(ms "$N1_P99") | $N1_CPU | $N1_ERR | $N_RATE/s | $(ms "$N1_F50") | $(ms "$N1_F99") | $N1_FERR |"
   echo
-  echo "¹ The gateway's fixed-rate figures are medians of $ROUNDS runs of ${FIXED} s each, the two gateways taking turns (side by side, one loaded at a time, either first in turn); p99 ratio per turn: ${ROUND_RATIOS[*]}. nginx's are one run each (a reference)."
+  echo "¹ The gateway's fixed-rate figures are medians of $ROUNDS runs of ${FIXED} s each, the two gateways taking turns (side by side, one loaded at a time, either first in turn); p99 ratio per turn: ${ROUND_RATIOS[*]}; share of the mirrored turn's requests compared by its end, per turn: ${TURN_SHARES[*]} (%). nginx's are one run each (a reference)."
   echo
   echo "² The gateway's maximum-rate figures are medians of $MAX_ROUNDS runs of ${DURATION} s each (wrk, $CONNS connections, after ${WARMUP} s of warm-up), the two gateways taking turns the same way; requests/s per run: no shadow $G0_RUNS, mirrored $G1_RUNS."
   echo
   echo "- gateway: requests/s loss with 100% mirroring ${G_LOSS}% (target ≤ 20%: $T_LOSS); p99 at $RATE/s ${G_P99}× without (target ≤ 1.15: $T_P99)"
   echo "- gateway copies at $RATE/s: ${G1_FSHARE}% of the $G1_FANS requests compared (target ≥ 95%: $T_SHARE), $G1_FDROP dropped (${REASONS:-none}); at the maximum rate: ${G1_SHARE}% of $G1_ANS compared, $G1_DROP dropped. Shadows run after the client path (here in the I/O thread's quiet turns, elsewhere at idle CPU priority): on a saturated core they wait and copies are shed (counted by reason) instead of slowing the primary."
-  echo "- CPU at $RATE/s, over the whole phase: $CPU_REQ µs per request for the plain gateway; the mirrored one spent $CPU_COPY µs more per compared copy (a difference of two measurements: noise when few copies were compared); one copy costs $GAUGE_COPY µs as the gateway's admission measures shadow work (gateway_shadow_copy_cpu_seconds)"
+  echo "- CPU at $RATE/s, over the whole phase: $CPU_REQ µs per request for the plain gateway; the mirrored one spent $CPU_COPY µs more per compared copy (a difference of two measurements: noise when few copies were compared); one copy cost $MEAN_COPY µs on average over the phase as the gateway's admission measures shadow work (gateway_shadow_cpu_seconds_total per compared copy; its estimate at the end, gateway_shadow_copy_cpu_seconds, $GAUGE_COPY µs)"
   echo "- room at $RATE/s on core $SERVER_CPU (an idle-priority spinner's work there during one more ${FIXED} s turn of each gateway, against the mean of the spinner alone before and after, $SPIN_ALONE1 and $SPIN_ALONE2 loops/s: loadtests/spare_cpu.py): ${SPARE_PLAIN}% of the core beside the plain gateway, ${SPARE_MIRR}% beside the mirrored one. The copies fit in what the plain gateway leaves only where that exceeds what they cost (a copy's µs above times the rate)"
   echo "- at a quarter of the maximum ($QRATE/s, one run of $((FIXED * 2)) s, mirrored gateway): ${Q_SHARE}% of $Q_ANS requests compared; primary p50 $(ms "$Q50"), p99 $(ms "$Q99"), $QERR failed"
   echo "- shadow store after the maximum-rate run: the oldest record of its last commit was ${G1_LAG} s old (what a crash then would have lost; shadow.flush_ms + 50 ms while the writer keeps up), $G1_LOST records lost to its bounded backlog"

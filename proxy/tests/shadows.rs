@@ -418,6 +418,22 @@ async fn local_copies_run_on_the_configured_thread_and_each_is_compared() {
         if setting == "shadow_thread" {
             assert_eq!(before.1, 0, "no copy ran on an I/O thread");
         }
+        // Wherever they ran, the copies' CPU reaches the counter of shadow work (added at
+        // the admission's next window, 50 ms on).
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let spent = loop {
+            let (_, metrics) = admin_get(&g, "/metrics").await;
+            let spent = series_in(&metrics, "gateway_shadow_cpu_seconds_total ");
+            if spent > 0.0 || std::time::Instant::now() > deadline {
+                break spent;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert!(
+            spent > 0.0,
+            "{setting}: {} copies ran, no shadow CPU counted",
+            before.0 + before.1
+        );
     }
 }
 

@@ -64,6 +64,8 @@ pub struct Sample {
     pub foreground: f64,
     pub per_copy: Duration,
     pub tokens: i64,
+    /// CPU spent on shadow work in the window.
+    pub shadow: Duration,
 }
 
 impl CpuBudget {
@@ -163,6 +165,7 @@ impl CpuBudget {
             foreground: foreground.as_secs_f64() / wall,
             per_copy,
             tokens,
+            shadow: shadow_spent,
         }
     }
 }
@@ -249,12 +252,14 @@ mod tests {
         // The first measurement replaces the guess of 50 µs: (0.9 - 0.2) × 50 ms / 30 µs.
         assert_eq!(s.per_copy, US(30));
         assert_eq!(s.tokens, 1166);
+        assert_eq!(s.shadow, MS(30), "the window's shadow work, for the counter");
         // Later ones are smoothed: 1,000 more at 70 µs, (3 × 30 + 70) / 4 = 40 µs.
         for _ in 0..1000 {
             b.done();
         }
         let s = b.refill_from(t0 + MS(100), MS(90), MS(100));
         assert_eq!(s.per_copy, US(40));
+        assert_eq!(s.shadow, MS(70));
     }
 
     #[test]

@@ -253,6 +253,9 @@ impl Mirror {
                 let s = self.0.budget.refill(inference::priority::thread_cpu());
                 self.0.metrics.shadow_copy_cpu.set(s.per_copy.as_secs_f64());
                 self.0.metrics.foreground_cpu.set(s.foreground);
+                // A counter as well: over a run, its increase per compared copy is the mean
+                // cost of a copy, where the gauge is one moment's smoothed estimate.
+                self.0.metrics.shadow_cpu.inc_by(s.shadow.as_secs_f64());
             }
             let mut any = false;
             let mut here = Vec::new();

@@ -220,6 +220,7 @@ pub struct Metrics {
     /// What the shadow admission measured last ([`crate::shadow::admission`]).
     pub shadow_copy_cpu: prometheus::Gauge,
     pub foreground_cpu: prometheus::Gauge,
+    pub shadow_cpu: prometheus::Counter,
 }
 
 fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -439,6 +440,11 @@ impl Metrics {
                 "Cores the process used for everything but shadows in the last admission window",
             )
             .expect("valid metric"),
+            shadow_cpu: prometheus::Counter::new(
+                "shadow_cpu_seconds_total",
+                "CPU time spent on shadow work (copies run, compared and recorded), as the shadow admission measures it",
+            )
+            .expect("valid metric"),
             variant_choice_ignored: counter(
                 "variant_choice_ignored_total",
                 "x-canary headers ignored because the key may not choose a variant (auth.may_choose_variant)",
@@ -497,6 +503,7 @@ impl Metrics {
             Box::new(m.shadow_store_lag.clone()),
             Box::new(m.shadow_copy_cpu.clone()),
             Box::new(m.foreground_cpu.clone()),
+            Box::new(m.shadow_cpu.clone()),
             Box::new(build),
         ];
         for c in collectors
