@@ -58,6 +58,8 @@ URL_GW_M="https://127.0.0.1:$P_GW_M/v2/models/breast-cancer/infer"
 metric() {
   { curl -s "http://127.0.0.1:$P_ADMIN_M/metrics" || true; } | awk -v name="$1" 'index($0, name) == 1 { s += $NF } END { printf "%d", s }'
 }
+# COMPARED ANSWERED: the share compared, in % (0 when nothing was answered).
+share() { awk -v c="$1" -v n="$2" 'BEGIN { printf "%.1f", (n > 0 ? 100 * c / n : 0) }'; }
 median() { tr ' ' '\n' | sort -n | awk '{ v[NR] = $1 } END { print (NR % 2 ? v[(NR + 1) / 2] : int((v[NR / 2] + v[NR / 2 + 1]) / 2)) }'; }
 # Copies compared (the shadow answered and the answers were compared) and requests the
 # mirrored gateway answered itself (not the shadows' own lines), from its counters.
@@ -105,7 +107,7 @@ G1_CMP=$(( $(compared) - c )); G1_DROP=$(( $(metric gateway_shadow_dropped_total
 # commit was (what a crash then would have lost), and records it had to drop.
 G1_LAG="$(gauge gateway_shadow_store_lag_seconds | awk '{ printf "%.3f", $1 }')"; G1_LOST="$(metric gateway_shadow_records_lost_total)"
 stop_pid "$gw0"; stop_pid "$gw1"
-G1_SHARE="$(awk -v c="$G1_CMP" -v n="$G1_ANS" 'BEGIN { printf "%.1f", (n > 0 ? 100 * c / n : 0) }')"
+G1_SHARE="$(share "$G1_CMP" "$G1_ANS")"
 
 # --- p50/p99 at half the no-shadow maximum (open loop). This machine's noise comes in
 # bursts, which one run of each cannot tell from a difference: both gateways run side by side
@@ -121,7 +123,6 @@ gw1=$(start_gateway_on "$WORK/mirrored.yaml" "127.0.0.1:$P_GW_M"); PIDS+=("$gw1"
 c0=$(compared); d0=$(metric gateway_shadow_dropped_total); r0=$(primaries)
 k0=$(tree_ticks "$gw0"); k1=$(tree_ticks "$gw1"); s0=$(gauge gateway_shadow_cpu_seconds_total)
 P50S0=(); P99S0=(); P50S1=(); P99S1=(); G0_FERR=0; G1_FERR=0; ROUND_RATIOS=(); TURN_SHARES=()
-share() { awk -v c="$1" -v n="$2" 'BEGIN { printf "%.1f", (n > 0 ? 100 * c / n : 0) }'; }
 plain_turn() { DURATION=$FIXED BENCH_CSV="" fixed_rate "gateway, no shadow ($round/$ROUNDS)" "$URL_GW" "$RATE" "$WORK/ca.crt"; }
 mirrored_turn() { DURATION=$FIXED BENCH_CSV="" fixed_rate "gateway, 100% to a local shadow ($round/$ROUNDS)" "$URL_GW_M" "$RATE" "$WORK/ca.crt"; }
 # A mirrored turn, and the share of its requests whose copies were compared by its end (a
@@ -159,7 +160,7 @@ c1=$(compared); r1=$(primaries)
 read -r Q50 Q99 QERR < <(DURATION=$((FIXED * 2)) fixed_rate "gateway, 100% to a local shadow, a quarter of the maximum" "$URL_GW_M" "$QRATE" "$WORK/ca.crt")
 sleep 1
 Q_CMP=$(( $(compared) - c1 )); Q_ANS=$(( $(primaries) - r1 ))
-Q_SHARE="$(awk -v c="$Q_CMP" -v n="$Q_ANS" 'BEGIN { printf "%.1f", (n > 0 ? 100 * c / n : 0) }')"
+Q_SHARE="$(share "$Q_CMP" "$Q_ANS")"
 # The room half load leaves: an idle-priority spinner on the server core, alone and during a
 # turn of each gateway (not counted above), its work beside a gateway against alone. A
 # figure of work done, where CPU time accounted can mislead (loadtests/spare_cpu.py).
@@ -182,7 +183,7 @@ stop_pid "$gw0"; stop_pid "$gw1"
 # Per request of the plain gateway, per compared copy of the mirrored one's extra CPU.
 CPU_REQ="$(awk -v k="$K_PLAIN" -v n="$G1_FANS" -v hz="$CLK_TCK" 'BEGIN { printf "%.1f", (n > 0 ? k * 1e6 / hz / n : 0) }')"
 CPU_COPY="$(awk -v k="$((K_MIRR - K_PLAIN))" -v n="$G1_FCMP" -v hz="$CLK_TCK" 'BEGIN { printf "%.1f", (n > 0 ? k * 1e6 / hz / n : 0) }')"
-G1_FSHARE="$(awk -v c="$G1_FCMP" -v n="$G1_FANS" 'BEGIN { printf "%.1f", (n > 0 ? 100 * c / n : 0) }')"
+G1_FSHARE="$(share "$G1_FCMP" "$G1_FANS")"
 G0_F50=$(echo "${P50S0[*]}" | median); G0_F99=$(echo "${P99S0[*]}" | median)
 G1_F50=$(echo "${P50S1[*]}" | median); G1_F99=$(echo "${P99S1[*]}" | median)
 for row in "gateway, no shadow|$G0_F50|$G0_F99|$G0_FERR" "gateway, 100% to a local shadow|$G1_F50|$G1_F99|$G1_FERR"; do

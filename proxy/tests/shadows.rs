@@ -422,8 +422,7 @@ async fn local_copies_run_on_the_configured_thread_and_each_is_compared() {
         // the admission's next window, 50 ms on).
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         let spent = loop {
-            let (_, metrics) = admin_get(&g, "/metrics").await;
-            let spent = series_in(&metrics, "gateway_shadow_cpu_seconds_total ");
+            let spent = metric(&g, "gateway_shadow_cpu_seconds_total ").await;
             if spent > 0.0 || std::time::Instant::now() > deadline {
                 break spent;
             }
