@@ -41,7 +41,8 @@ done
 if [ "$MODE" = full ]; then
   KEEP="$RESULTS/bench_all-$(git -C "$ROOT" rev-parse --short HEAD).md"
   sed "/^!\[/d" "$RESULTS/report/REPORT.md" > "$KEEP" # the charts stay beside REPORT.md
-  say "kept as ${KEEP#"$ROOT"/}, without the charts (commit it)"
+  say "kept as ${KEEP#"$ROOT"/}, without the charts (commit it, with the table that"
+  say "python3 loadtests/runs.py prints pasted into docs/performance.md: scripts/test.sh checks it)"
 fi
 say "took $(($(date +%s) - START)) s"
 [ "${#FAILED[@]}" = 0 ] || die "failed: ${FAILED[*]}"

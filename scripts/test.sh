@@ -61,6 +61,9 @@ target/release/gateway check $configs
 step "deploy/ validates offline (Dockerfile, compose, Kubernetes manifests and their configs)"
 .venv/bin/python deploy/validate.py
 
+step "docs/performance.md quotes every committed full benchmark run as its report states it (loadtests/runs.py)"
+python3 loadtests/runs.py --check docs/performance.md
+
 step "standard clients against inference-server and the gateway (tritonclient.http, tritonclient.grpc, KServe gRPC, curl)"
 scripts/client_compat.sh target/release/inference-server
 
