@@ -484,6 +484,12 @@ async fn copies_beyond_the_waiting_bound_are_dropped_and_counted() {
             seen.0, n,
             "{setting}: every request compared or counted as dropped: {p}"
         );
+        let compared = p["compared"].as_u64().unwrap();
+        let share = p["compared_share"].as_f64().unwrap();
+        assert!(
+            (share - compared as f64 / n as f64).abs() < 1e-9,
+            "{setting}: the report's compared share is compared over copies made: {p}"
+        );
         let full = p["dropped"]["queue_full"].as_u64().unwrap_or(0);
         eprintln!(
             "{setting}: {full} of {n} copies dropped as queue_full; {}",

@@ -269,12 +269,12 @@ fn pair(p: &PairReport) -> String {
         format!("{} – {}", pct(Some(lo)), pct(Some(hi)))
     });
     let dropped: u64 = p.dropped.values().sum();
-    let dropped_detail = p
+    // One reason a line: the card stays narrow enough for the five to share a row.
+    let dropped_detail: String = p
         .dropped
         .iter()
-        .map(|(k, v)| format!("{} {v}", esc(k)))
-        .collect::<Vec<_>>()
-        .join(", ");
+        .map(|(k, v)| format!("<br>{} {v}", esc(k)))
+        .collect();
     format!(
         r#"<section>
 <h2>{route}: primary v{pv} vs shadow <code>{shadow}</code> v{sv}</h2>
@@ -282,7 +282,8 @@ fn pair(p: &PairReport) -> String {
 <div class=card><b>{agree}</b>agreement<small>95% CI {ci}</small></div>
 <div class=card><b>{preds}</b>predictions compared<small>{requests} requests, {dis} disagree, {mism} with other outputs</small></div>
 <div class=card><b>{dmean}</b>mean max |Δp|<small>max {dmax}</small></div>
-<div class=card><b>{perr} / {serr}</b>errors primary / shadow<small>dropped {dropped} {dropped_detail}</small></div>
+<div class=card><b>{share}</b>of the copies compared<small>{dropped} dropped{dropped_detail}</small></div>
+<div class=card><b>{perr} / {serr}</b>errors primary / shadow</div>
 </div>
 <div class=grid>
 <figure><figcaption>Agreement over time (per minute)</figcaption>{agreement}</figure>
@@ -306,6 +307,7 @@ fn pair(p: &PairReport) -> String {
         dmax = num(p.prob_delta_max, 4),
         perr = p.primary_errors,
         serr = p.shadow_errors,
+        share = pct(p.compared_share),
         agreement = agreement_chart(p),
         hist = delta_histogram(p),
         latency = latency_chart(p),

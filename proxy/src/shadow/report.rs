@@ -146,6 +146,11 @@ pub struct PairReport {
     pub primary_errors: u64,
     pub shadow_errors: u64,
     pub dropped: BTreeMap<String, u64>,
+    /// Of the copies made for this pair (its shadow's `percent` of the route's requests), the
+    /// share compared: `compared` over `requests` and the `dropped` together. Below 1, the
+    /// report compares a sample of the mirrored traffic: copies are shed when the machine has
+    /// no room for them (docs/shadows.md), so its busiest moments are under-represented.
+    pub compared_share: Option<f64>,
     /// Class labels, and matrix[i][j]: predictions the primary put in labels[i] and the
     /// shadow in labels[j].
     pub confusion_labels: Vec<i64>,
@@ -352,6 +357,7 @@ fn pair_report(key: PairKey, a: &Aggregate, over_time: Vec<Minute>, latest: Vec<
         .collect();
     let mut hist = a.delta_hist.clone();
     hist.resize(DELTA_BOUNDS.len() + 1, 0);
+    let made = a.requests + a.dropped.values().sum::<u64>();
     PairReport {
         key,
         requests: a.requests,
@@ -380,6 +386,7 @@ fn pair_report(key: PairKey, a: &Aggregate, over_time: Vec<Minute>, latest: Vec<
         primary_errors: a.primary_errors,
         shadow_errors: a.shadow_errors,
         dropped: a.dropped.clone(),
+        compared_share: (made > 0).then(|| a.compared as f64 / made as f64),
         confusion_labels: labels,
         confusion,
         over_time,
@@ -434,6 +441,16 @@ pub fn table(r: &Report) -> String {
         });
         let rows = [
             ("requests mirrored", p.requests.to_string()),
+            (
+                "copies compared",
+                p.compared_share.map_or("-".into(), |r| {
+                    format!(
+                        "{:.2}% of those made ({} dropped)",
+                        r * 100.0,
+                        p.dropped.values().sum::<u64>()
+                    )
+                }),
+            ),
             ("predictions compared", p.predictions.to_string()),
             (
                 "agreement",
@@ -540,6 +557,40 @@ mod tests {
         );
         let [lo, hi] = wilson(10, 10).unwrap();
         assert!((hi - 1.0).abs() < 1e-9 && lo > 0.72 && lo < 0.73, "{lo} {hi}");
+    }
+
+    #[test]
+    fn the_compared_share_counts_every_copy_made() {
+        let key = || PairKey {
+            route: "r".into(),
+            primary_version: "1".into(),
+            shadow: "s".into(),
+            shadow_version: "2".into(),
+        };
+        let mut a = Aggregate {
+            requests: 6,
+            compared: 5, // one shadow failed
+            ..Aggregate::default()
+        };
+        a.dropped.insert("no_spare_cpu".into(), 3);
+        a.dropped.insert("queue_full".into(), 1);
+        let p = pair_report(key(), &a, vec![], vec![]);
+        assert_eq!(p.compared_share, Some(0.5), "5 compared of 6 run and 4 dropped");
+        assert!(
+            table(&Report {
+                generated_at: String::new(),
+                since: None,
+                route: None,
+                stores: vec![],
+                pairs: vec![p],
+            })
+            .contains("50.00% of those made (4 dropped)")
+        );
+        // Nothing made: no share, not a division by zero.
+        assert_eq!(
+            pair_report(key(), &Aggregate::default(), vec![], vec![]).compared_share,
+            None
+        );
     }
 
     #[test]
