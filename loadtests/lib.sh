@@ -195,10 +195,19 @@ peer_bench_setup() {
   trap 'for p in "${PIDS[@]:-}"; do [ -n "$p" ] && stop_pid "$p"; done' EXIT
 }
 
-# CPU ticks of a process and its children (nginx: master + worker).
+# CPU ticks of a process and its children (nginx: master + workers): the live ones' own, and
+# those of the children it has reaped (in its stat's cutime and cstime), since nginx's reloads
+# replace its workers during a run. A child that exits between the listing and the read
+# counts 0 here (its ticks join the parent's count once reaped): before, its missing stat
+# file made the sum a syntax error and stopped bench_reload.sh (CI, 2026-12-06).
 tree_ticks() {
-  local total=0 p
-  for p in "$1" $(pgrep -P "$1" || true); do total=$((total + $(cpu_ticks "$p"))); done
+  local total p t
+  total="$(awk '{ sub(/.*\) /, ""); print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || true)"
+  total="${total:-0}"
+  for p in "$1" $(pgrep -P "$1" || true); do
+    t="$(cpu_ticks "$p" 2>/dev/null || true)"
+    total=$((total + ${t:-0}))
+  done
   echo "$total"
 }
 # core_jiffies: "busy steal total" of the server core, then of the client core (/proc/stat).

@@ -65,18 +65,18 @@ def failed(text):
     """Requests to the gateway or inference-server that failed, summed over the report: its
     tables' `errors…` and `failures` columns in the rows of those servers, and the "N failed"
     its bullet lines state (the lone request's rounds, the quarter-rate shadow run)."""
-    total, wanted = 0, []
+    total, columns = 0, None  # the error columns of the table being read, once its header is
     for line in text.splitlines():
         if not line.startswith("|"):
-            wanted = []
+            columns = None
             if line.startswith("- "):
                 total += sum(int(n) for n in re.findall(r"\b(\d+) failed\b", line))
             continue
         cells = [c.strip() for c in line.strip("|").split("|")]
-        if not wanted:
-            wanted = [i for i, c in enumerate(cells) if c.startswith(("errors", "failures"))] or [-1]
+        if columns is None:
+            columns = [i for i, c in enumerate(cells) if c.startswith(("errors", "failures"))]
         elif cells[0].startswith(("gateway", "inference-server")):
-            total += sum(int(cells[i].split()[0]) for i in wanted if i >= 0 and cells[i][:1].isdigit())
+            total += sum(int(cells[i].split()[0]) for i in columns if cells[i][:1].isdigit())
     return total
 
 

@@ -444,11 +444,8 @@ pub fn table(r: &Report) -> String {
             (
                 "copies compared",
                 p.compared_share.map_or("-".into(), |r| {
-                    format!(
-                        "{:.2}% of those made ({} dropped)",
-                        r * 100.0,
-                        p.dropped.values().sum::<u64>()
-                    )
+                    let made = p.requests + p.dropped.values().sum::<u64>();
+                    format!("{:.2}% of the {made} made", r * 100.0)
                 }),
             ),
             ("predictions compared", p.predictions.to_string()),
@@ -584,7 +581,7 @@ mod tests {
                 stores: vec![],
                 pairs: vec![p],
             })
-            .contains("50.00% of those made (4 dropped)")
+            .contains("50.00% of the 10 made")
         );
         // Nothing made: no share, not a division by zero.
         assert_eq!(
