@@ -7,7 +7,7 @@ loadtests/results/bench_all-<commit>.md, each target's figure as that report sta
 `--check` fails when the table between the file's `<!-- runs:begin -->` and
 `<!-- runs:end -->` markers is not what this prints (scripts/test.sh runs it), so the page
 cannot quote a run other than as its committed report does. Nothing here is measured: a
-figure a report does not state is shown as "—".
+figure a report does not state is shown as "—". loadtests/test_runs.py tests the reading.
 """
 
 import argparse

@@ -62,6 +62,7 @@ step "deploy/ validates offline (Dockerfile, compose, Kubernetes manifests and t
 .venv/bin/python deploy/validate.py
 
 step "docs/performance.md quotes every committed full benchmark run as its report states it (loadtests/runs.py)"
+python3 -m unittest discover -s loadtests -p test_runs.py
 python3 loadtests/runs.py --check docs/performance.md
 
 step "standard clients against inference-server and the gateway (tritonclient.http, tritonclient.grpc, KServe gRPC, curl)"
