@@ -202,9 +202,9 @@ peer_bench_setup() {
 # file made the sum a syntax error and stopped bench_reload.sh (CI, 2026-12-06).
 tree_ticks() {
   local total p t
-  total="$(awk '{ sub(/.*\) /, ""); print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || true)"
+  total="$(awk '{ sub(/.*\) /, ""); print $12 + $13 + $14 + $15 }' "/proc/$1/stat" 2>/dev/null || true)"
   total="${total:-0}"
-  for p in "$1" $(pgrep -P "$1" || true); do
+  for p in $(pgrep -P "$1" || true); do
     t="$(cpu_ticks "$p" 2>/dev/null || true)"
     total=$((total + ${t:-0}))
   done

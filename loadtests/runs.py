@@ -53,6 +53,10 @@ TARGETS = [
 ]
 
 
+# The table's columns: the run's own, then one per target.
+COLUMNS = ["run (UTC, end)", "commit", "host", "no-shadow maximum", "failed (ours)"] + [t[0] for t in TARGETS]
+
+
 def host(header):
     """The CPU model the report's header names, shortened."""
     m = re.search(r"(AMD EPYC|Intel\(R\) Xeon\(R\) Processor(?: @ [\d.]+GHz)?)", header)
@@ -65,7 +69,7 @@ def failed(text):
     """Requests to the gateway or inference-server that failed, summed over the report: its
     tables' `errors…` and `failures` columns in the rows of those servers, and the "N failed"
     its bullet lines state (the lone request's rounds, the quarter-rate shadow run)."""
-    total, columns = 0, None  # the error columns of the table being read, once its header is
+    total, columns = 0, None  # the current table's error columns; None until its header row
     for line in text.splitlines():
         if not line.startswith("|"):
             columns = None
@@ -108,8 +112,7 @@ def row(path):
 
 def table():
     rows = sorted(row(p) for p in RESULTS.glob("bench_all-*.md"))
-    head = ["run (UTC, end)", "commit", "host", "no-shadow maximum", "failed (ours)"] + [t[0] for t in TARGETS]
-    lines = ["| " + " | ".join(head) + " |", "| " + " | ".join(["---"] * len(head)) + " |"]
+    lines = ["| " + " | ".join(COLUMNS) + " |", "| " + " | ".join(["---"] * len(COLUMNS)) + " |"]
     lines += ["| " + " | ".join(cells) + " |" for _, cells in rows]
     return "\n".join(lines)
 

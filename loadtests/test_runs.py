@@ -39,8 +39,7 @@ class ReadsAReport(unittest.TestCase):
         self.dir = tempfile.TemporaryDirectory()
         self.path = pathlib.Path(self.dir.name) / "bench_all-0123456.md"
         self.path.write_text(REPORT)
-        self.cells = dict(zip(runs.table().splitlines()[0].strip("| ").split(" | "),
-                              runs.row(self.path)[1]))
+        self.cells = dict(zip(runs.COLUMNS, runs.row(self.path)[1]))
 
     def tearDown(self):
         self.dir.cleanup()

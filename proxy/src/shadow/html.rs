@@ -268,7 +268,7 @@ fn pair(p: &PairReport) -> String {
     let ci = p.agreement.ci95.map_or("–".into(), |[lo, hi]| {
         format!("{} – {}", pct(Some(lo)), pct(Some(hi)))
     });
-    let dropped: u64 = p.dropped.values().sum();
+    let dropped = p.dropped_total();
     // One reason a line: the card stays narrow enough for the five to share a row.
     let dropped_detail: String = p
         .dropped

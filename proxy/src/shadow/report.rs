@@ -159,6 +159,13 @@ pub struct PairReport {
     pub latest_disagreements: Vec<Disagreement>,
 }
 
+impl PairReport {
+    /// Copies not made, whatever the reason.
+    pub fn dropped_total(&self) -> u64 {
+        self.dropped.values().sum()
+    }
+}
+
 /// Wilson score interval for k successes in n trials, 95%.
 pub fn wilson(k: u64, n: u64) -> Option<[f64; 2]> {
     if n == 0 {
@@ -444,7 +451,7 @@ pub fn table(r: &Report) -> String {
             (
                 "copies compared",
                 p.compared_share.map_or("-".into(), |r| {
-                    let made = p.requests + p.dropped.values().sum::<u64>();
+                    let made = p.requests + p.dropped_total();
                     format!("{:.2}% of the {made} made", r * 100.0)
                 }),
             ),
