@@ -30,6 +30,9 @@ for crate in proxy/src inference/src; do
   python3 scripts/module_cycles.py "$crate" 2
 done
 
+step "every integration test file is a test target or a module of one (scripts/test_files_run.py)"
+python3 scripts/test_files_run.py proxy inference
+
 step "build every target with clippy's lints (-D warnings)"
 # `cargo clippy` would compile every dependency a second time, in check mode (5 minutes on
 # 2 cores). Instead clippy-driver (a full rustc with clippy's lints) compiles the workspace's

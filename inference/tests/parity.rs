@@ -1,11 +1,9 @@
 //! The served models give what Python's onnxruntime gives for the same inputs, and dynamic
 //! batching never changes an answer.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use inference::{NamedTensor, Pool, PoolConfig, Tensor, TensorData};
 
 /// ONNX Runtime's CPU kernels pick a different GEMM path for one row than for many, so a

@@ -1,13 +1,11 @@
 //! Pool behaviour: batching with mixed row counts, models never mixing, overload shedding,
 //! failures confined to their batch, and a clean drain on shutdown.
 
-mod common;
-
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use inference::model::CheckedInputs;
 use inference::{InferError, NamedTensor, Pool, PoolConfig, Runner, Tensor, TensorData};
 

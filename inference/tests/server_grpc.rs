@@ -2,12 +2,10 @@
 //! `inference.GRPCInferenceService`, the health service, every error with its code and the
 //! same text REST answers, and answers equal to REST's and to Python onnxruntime's.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use inference::PoolConfig;
 use inference::grpc::GrpcServer;
 use inference::protocol::grpc::pb;

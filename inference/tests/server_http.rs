@@ -2,9 +2,7 @@
 //! its status and message, the binary tensor extension, HTTP/2. Its limits, overload and
 //! hostile clients: `server_limits.rs`.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::json;
 
 #[tokio::test]

@@ -1,11 +1,9 @@
 //! `inference-server`'s limits, over real sockets: bodies over the limit, overload, bodies
 //! that must never make it panic, and hostile clients (slow, silent, too many, too large).
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use inference::PoolConfig;
 use inference::server::ServerOptions;
 use serde_json::json;

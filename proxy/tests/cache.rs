@@ -3,12 +3,10 @@
 //! version change by reload, the byte bound, and the metrics. The clock, the hash collision
 //! and the key itself are tested in `proxy/src/cache/`.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::grpc::{channel, row_request, with_meta};
-use common::*;
+use crate::common::grpc::{channel, row_request, with_meta};
+use crate::common::*;
 use serde_json::Value;
 
 const BODY: &str = "pools:
@@ -98,6 +96,7 @@ async fn cache_of(g: &Gateway) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_variant_gets_its_own_answers_and_the_request_keeps_its_id() {
+    let _alone = one_at_a_time().await;
     let g = start(BODY);
     let body = row_body(&row(0));
     for (canary, version) in [("false", "1"), ("true", "2")] {
@@ -181,6 +180,7 @@ async fn each_variant_gets_its_own_answers_and_the_request_keeps_its_id() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sticky_clients_keep_their_variant_s_answers() {
+    let _alone = one_at_a_time().await;
     let g = start(&BODY.replace(
         "    cache: {ttl: 60s, max_bytes: 1MiB}",
         "    sticky: {header: x-user-id}\n    cache: {ttl: 60s, max_bytes: 1MiB}",
@@ -220,6 +220,7 @@ async fn sticky_clients_keep_their_variant_s_answers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_binary_predict_and_grpc_share_an_entry() {
+    let _alone = one_at_a_time().await;
     let g = start(&BODY.replace("weight: 50", "weight: 0"));
     let values = row(5);
     let json = ask(&g, &[], row_body(&values)).await;
@@ -254,7 +255,7 @@ async fn json_binary_predict_and_grpc_share_an_entry() {
     assert_eq!(predict.status, 200, "{:?}", predict.body);
     assert_eq!(predict.header("x-cache"), Some("hit"));
     // gRPC, raw tensors.
-    let mut client = common::grpc::Client::new(channel(&g).await);
+    let mut client = crate::common::grpc::Client::new(channel(&g).await);
     let answer = client
         .model_infer(with_meta(
             row_request("breast-cancer", &values),
@@ -269,6 +270,7 @@ async fn json_binary_predict_and_grpc_share_an_entry() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_that_changes_the_version_frees_the_old_answers() {
+    let _alone = one_at_a_time().await;
     let body = "pools:\n  cancer: {local: {model: breast-cancer, version: 1}}\nroutes:\n  - model: breast-cancer\n    stable: cancer\n    cache: {ttl: 60s}\n";
     let g = start(body);
     for i in 0..20 {
@@ -299,6 +301,7 @@ async fn a_reload_that_changes_the_version_frees_the_old_answers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_weight_change_keeps_every_answer_with_its_variant() {
+    let _alone = one_at_a_time().await;
     let g = start(BODY);
     let body = row_body(&row(11));
     let mut answers = Vec::new();
@@ -325,6 +328,7 @@ async fn a_weight_change_keeps_every_answer_with_its_variant() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hit_still_feeds_shadows_drift_and_feedback() {
+    let _alone = one_at_a_time().await;
     let g = start(
         "pools:\n  cancer-v1: {local: {model: breast-cancer, version: 1}}\n  cancer-v3: {local: {model: breast-cancer, version: 3}}\nquality: {drift: {window: 200, min_rows: 1, interval_ms: 100}}\nroutes:\n  - model: breast-cancer\n    stable: cancer-v1\n    shadows: [{pool: cancer-v3, percent: 100}]\n    cache: {ttl: 60s}\n",
     );
@@ -349,6 +353,7 @@ async fn a_hit_still_feeds_shadows_drift_and_feedback() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_distinct_inputs_stays_within_max_bytes() {
+    let _alone = one_at_a_time().await;
     let g = start(
         "rate_limits: {default: {per_second: 100000, burst: 100000}, tiers: {batch: {per_second: 10, burst: 10}}}\npools:\n  cancer: {local: {model: breast-cancer, version: 1}}\nroutes:\n  - model: breast-cancer\n    stable: cancer\n    cache: {ttl: 60s, max_bytes: 64KiB}\n",
     );
@@ -426,6 +431,7 @@ fn bad_cache_settings_are_refused_precisely() {
 /// and the drift window and feedback still get the request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_seen_again_gets_the_written_answer_with_its_own_id() {
+    let _alone = one_at_a_time().await;
     let g = start(
         "pools:\n  cancer: {local: {model: breast-cancer, version: 1}}\nquality: {drift: {window: 200, min_rows: 1, interval_ms: 100}}\nroutes:\n  - model: breast-cancer\n    stable: cancer\n    cache: {ttl: 60s}\n",
     );

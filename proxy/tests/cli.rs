@@ -1,9 +1,7 @@
 //! The `gateway` binary as operators use it: check, keys add, and the first run of the
 //! default config (dev certificate and key made, printed once; clear errors, never panics).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 #[test]
 fn help_names_every_command() {

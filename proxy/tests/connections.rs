@@ -3,12 +3,10 @@
 //! configured network, and `X-Forwarded-For` from trusted proxies, both seen by the per-IP
 //! limit.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const POOLS: &str = "\

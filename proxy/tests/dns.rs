@@ -11,8 +11,6 @@
 //!
 //! Needs root (unshare, mount), as CI has; it fails, not skips, without it.
 
-mod common;
-
 use std::io::Write;
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
@@ -20,7 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use common::*;
+use crate::common::*;
 
 const NAME: &str = "models.gateway-test";
 

@@ -4,13 +4,11 @@
 //! `retry-after`, a remote `http` pool reached by transcoding, and shadows fed by gRPC calls
 //! reported exactly as REST's.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::grpc::*;
-use common::*;
+use crate::common::grpc::*;
+use crate::common::*;
 use inference::protocol::grpc::pb;
 use serde_json::Value;
 use tonic::Code;
@@ -30,6 +28,7 @@ routes:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_method_keys_split_and_refusals() {
+    let _alone = one_at_a_time().await;
     let g = start(&format!(
         "rate_limits:\n  default: {{per_second: 1000, burst: 1000}}\n  tiers: {{batch: {{per_second: 1, burst: 2}}}}\n{LOCAL_POOLS}shadow: {{sample_agreements: 0, flush_ms: 50}}\n{ROUTES}"
     ));
@@ -296,6 +295,7 @@ async fn every_method_keys_split_and_refusals() {
 /// gRPC callers: their tensors are sent as REST JSON and the answer transcoded back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_remote_http_pool_serves_grpc_callers() {
+    let _alone = one_at_a_time().await;
     let upstream = inference_upstream().await;
     let g = start(&format!(
         "pools:\n  remote: {{http: {{endpoints: [\"{upstream}\"], model: breast-cancer, version: 1, health_check: {{interval_ms: 100}}}}}}\nroutes:\n  - model: breast-cancer\n    stable: remote\n"

@@ -4,12 +4,10 @@
 //! endpoint only when a call cannot have reached a server, and keeps the pool's timeout and
 //! the gRPC client's deadline.
 
-mod common;
-
 use std::time::Duration;
 
-use common::grpc::*;
-use common::*;
+use crate::common::grpc::*;
+use crate::common::*;
 use serde_json::{Value, json};
 use tonic::Code;
 
@@ -50,6 +48,7 @@ async fn rest(g: &Gateway, path: &str, body: String) -> Reply {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grpc_pool_answers_every_caller_as_a_local_pool_does() {
+    let _alone = one_at_a_time().await;
     let upstream = Upstream::start_grpc();
     let g = start(&format!(
         "pools:
@@ -162,6 +161,7 @@ routes:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_pools_check_health_retry_only_undelivered_calls_and_keep_deadlines() {
+    let _alone = one_at_a_time().await;
     let (a, b) = (Upstream::start_grpc(), Upstream::start_grpc());
     let single_port = free_port();
     let single = Upstream::start_grpc_on(single_port);

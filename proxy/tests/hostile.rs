@@ -5,13 +5,11 @@
 //! or a connection closed by a deadline), nothing panics anywhere in the process, and a good
 //! request on a fresh connection after each still gets 200.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Short deadlines and small limits, so that crossing each takes little time and data.

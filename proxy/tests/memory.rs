@@ -4,13 +4,11 @@
 //! budget turns the flood's excess into 503s instead of growth — and answers the other key
 //! all the while.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 /// Above its resident memory before the flood, the gateway may grow by at most this: the one
 /// key's share of the in-flight budget (64 MiB by default), what the allocator keeps around

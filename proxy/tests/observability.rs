@@ -4,15 +4,13 @@
 //! reflects a broken model (never a client's input that breaks it), and a canary that cannot
 //! serve hands its traffic to stable.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 fn promtool() -> Command {
@@ -60,6 +58,7 @@ routes:\n  - model: breast-cancer\n    stable: cancer-v1\n    canary: {pool: can
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_pass_promtool_under_load_stay_bounded_and_cover_the_dashboard_and_alerts() {
+    let _alone = one_at_a_time().await;
     let g = start(BODY);
     // Traffic of every kind: both variants, shadows, an unknown key, a disabled key, a
     // refused reload.
@@ -281,6 +280,7 @@ fn start_breakable(route_extra: &str, pool: &str) -> (Gateway, Arc<AtomicBool>) 
 /// 400, and the pool stays ready however many come.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_inputs_do_not_make_a_pool_unready() {
+    let _alone = one_at_a_time().await;
     let g = start(&gather_body(""));
     for _ in 0..3 * inference::pool::UNHEALTHY_AFTER {
         let r = gather(&g, 50, &[]).await;
@@ -293,6 +293,7 @@ async fn failing_inputs_do_not_make_a_pool_unready() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_reflects_a_model_that_keeps_failing_and_recovers() {
+    let _alone = one_at_a_time().await;
     let (g, broken) = start_breakable("", "g1");
     assert_eq!(ready(&g).await.0, 200);
     assert_eq!(admin_get(&g, "/health/live").await.0, 200);
@@ -323,6 +324,7 @@ async fn readiness_reflects_a_model_that_keeps_failing_and_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_canary_that_cannot_serve_hands_its_traffic_to_stable() {
+    let _alone = one_at_a_time().await;
     let (g, broken) = start_breakable("    canary: {pool: g2, weight: 100}\n", "g2");
     assert_eq!(gather(&g, 3, &[]).await.header("x-model-variant"), Some("canary"));
     broken.store(true, Ordering::Relaxed);

@@ -6,12 +6,10 @@
 //! feedback joins across two gateways sharing a real Redis. The figures themselves (requests
 //! to detect, false-alarm rate, cost) come from `loadtests/bench_quality.sh`.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 
 const POOLS: &str = "pools:\n  cancer-v1: {local: {model: breast-cancer, version: 1}}\n  cancer-v2: {local: {model: breast-cancer, version: 2}}\n  cancer-v3: {local: {model: breast-cancer, version: 3}}\n";
@@ -93,6 +91,7 @@ async fn drift_after(g: &Gateway, variant: &str, rows: u64) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drift_stays_low_on_heldout_rows_and_rises_on_shifted_ones() {
+    let _alone = one_at_a_time().await;
     // The window holds exactly two copies of the 143 held-out rows, so its figure is the
     // held-out set's own PSI against the training profile (0.174 on "mean symmetry").
     // A models folder with breast-cancer/1 and its profile, and the same model as "plain"
@@ -212,6 +211,7 @@ async fn drift_stays_low_on_heldout_rows_and_rises_on_shifted_ones() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn feedback_gives_exactly_the_accuracy_of_the_answers_and_refuses_what_it_cannot_join() {
+    let _alone = one_at_a_time().await;
     let g = start(&format!(
         "{POOLS}routes:\n  - model: breast-cancer\n    stable: cancer-v1\n    canary: {{pool: cancer-v2, weight: 50}}\n    shadows: [{{pool: cancer-v3, percent: 100}}]\n"
     ));
@@ -347,6 +347,7 @@ async fn feedback_gives_exactly_the_accuracy_of_the_answers_and_refuses_what_it_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_canary_worse_on_labelled_traffic_is_rolled_back_by_the_accuracy_gate() {
+    let _alone = one_at_a_time().await;
     // Traffic made of rows stable (the logistic regression) gets right and the canary (the
     // random forest) gets wrong, mixed with rows both get right: the canary is worse on it.
     let policy = "{steps: [50, 100], interval: 2s, min_requests: 10, gates: {min_accuracy_delta: -0.02, min_labels: 20}, on_failure: rollback}";
@@ -401,6 +402,7 @@ async fn a_canary_worse_on_labelled_traffic_is_rolled_back_by_the_accuracy_gate(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn feedback_joins_across_two_gateways_sharing_redis() {
+    let _alone = one_at_a_time().await;
     let redis = Redis::start();
     let conf = format!(
         "quality: {{feedback: {{redis: {{url: \"{}\", prefix: fleet}}}}}}\n{POOLS}routes:\n  - model: breast-cancer\n    stable: cancer-v1\n    shadows: [{{pool: cancer-v3, percent: 100}}]\n",

@@ -3,13 +3,11 @@
 //! swaps, key revocations and certificates are picked up; a slow request finishes on the
 //! config it started with.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use parking_lot::Mutex;
 use serde_json::Value;
 

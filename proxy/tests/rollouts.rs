@@ -4,11 +4,9 @@
 //! disagrees with stable is held, a restart resumes, an edit of the weight takes precedence,
 //! and the operator's commands work through the CLI.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 const LOCAL: &str = "pools:\n  cancer-v1: {local: {model: breast-cancer, version: 1}}\n  cancer-v2: {local: {model: breast-cancer, version: 2}}\n  cancer-v3: {local: {model: breast-cancer, version: 3}}\n";
@@ -99,6 +97,7 @@ async fn served_weight_after_decision(g: &Gateway, want: u64) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_good_canary_is_promoted_through_every_step() {
+    let _alone = one_at_a_time().await;
     let policy = "{steps: [20, 50, 100], interval: 1s, min_requests: 15, gates: {max_error_rate_delta: 0.01, max_p99_ratio: 50}}";
     let g = start(&format!("{LOCAL}{}", route("cancer-v2", 0, policy, "")));
     let first = rollout(&g).await;
@@ -158,6 +157,7 @@ async fn a_good_canary_is_promoted_through_every_step() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_canary_that_fails_is_rolled_back_within_one_interval() {
+    let _alone = one_at_a_time().await;
     let failing = FakeUpstream::start(Misbehaviour::Fail).await;
     let body = format!(
         "{LOCAL}  broken: {{http: {{endpoints: [\"{}\"], model: breast-cancer, version: 9}}}}\n{}",
@@ -202,6 +202,7 @@ async fn a_canary_that_fails_is_rolled_back_within_one_interval() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_canary_that_disagrees_with_stable_is_held() {
+    let _alone = one_at_a_time().await;
     // The random forest (v3) against the MLP (v1), on rows near the decision boundary.
     let policy = "{steps: [30, 100], interval: 1s, min_requests: 10, gates: {min_shadow_agreement: 0.999, min_comparisons: 30}, on_failure: hold}";
     let g = start(&format!(
@@ -228,6 +229,7 @@ async fn a_canary_that_disagrees_with_stable_is_held() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_resumes_an_edit_takes_precedence_and_the_cli_commands() {
+    let _alone = one_at_a_time().await;
     let policy =
         "{steps: [10, 40, 70, 100], interval: 1s, min_requests: 10, gates: {max_error_rate_delta: 0.01}}";
     let body = format!("{LOCAL}{}", route("cancer-v2", 0, policy, ""));
@@ -324,6 +326,7 @@ async fn a_restart_resumes_an_edit_takes_precedence_and_the_cli_commands() {
 /// split serves: they never enter a rollout's window, nor do their shadows' comparisons.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forced_requests_never_feed_the_gates() {
+    let _alone = one_at_a_time().await;
     let g = start(&format!(
         "{LOCAL}{}",
         route(

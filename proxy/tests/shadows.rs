@@ -2,12 +2,10 @@
 //! (admin JSON, HTML, metrics, `gateway report`) shows exactly the disagreements that the
 //! two models' own outputs predict. Plus the in-flight cap and the body cap.
 
-mod common;
-
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use inference::{NamedTensor, Pool, PoolConfig, Tensor, TensorData};
 use serde_json::{Value, json};
 
@@ -84,6 +82,7 @@ async fn compared_or_shed(g: &Gateway, n: u64) -> (u64, u64) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_disagreeing_shadow_yields_exactly_its_disagreements() {
+    let _alone = one_at_a_time().await;
     let rows = boundary_rows();
     let (v1, v2) = (labels(1, &rows).await, labels(2, &rows).await);
     let expected: HashSet<String> = (0..rows.len())
@@ -349,6 +348,7 @@ async fn a_disagreeing_shadow_yields_exactly_its_disagreements() {
 /// ONNX Runtime's first (the first copies may go to the shadow thread and measure it there).
 #[tokio::test(flavor = "multi_thread")]
 async fn local_copies_run_on_the_configured_thread_and_each_is_compared() {
+    let _alone = one_at_a_time().await;
     let rows = boundary_rows();
     let (v1, v2) = (labels(1, &rows).await, labels(2, &rows).await);
     let expected = (0..rows.len()).filter(|&i| v1[i] != v2[i]).count() as u64;
@@ -443,6 +443,7 @@ async fn local_copies_run_on_the_configured_thread_and_each_is_compared() {
 /// every request is either in the report or counted as dropped.
 #[tokio::test(flavor = "multi_thread")]
 async fn copies_beyond_the_waiting_bound_are_dropped_and_counted() {
+    let _alone = one_at_a_time().await;
     const CONNS: usize = 8;
     const EACH: u64 = 50;
     for setting in ["io_threads", "shadow_thread"] {
@@ -518,6 +519,7 @@ async fn copies_beyond_the_waiting_bound_are_dropped_and_counted() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn copies_beyond_the_caps_are_dropped_and_counted() {
+    let _alone = one_at_a_time().await;
     // A shadow that takes 2 s, one slot per route: while one copy waits, the rest are dropped.
     let slow = FakeUpstream::start(Misbehaviour::Sleep(Duration::from_secs(2))).await;
     let g = start(&format!(
@@ -580,6 +582,7 @@ async fn copies_beyond_the_caps_are_dropped_and_counted() {
 /// makes no copies (dropped as `no_spare_cpu`), and every client request is still answered.
 #[tokio::test(flavor = "multi_thread")]
 async fn no_copies_without_spare_cpu() {
+    let _alone = one_at_a_time().await;
     let g = start(
         "shadow: {max_cpu_percent: 1}\n\
          rate_limits: {tiers: {batch: {per_second: 10000000, burst: 10000000}}}\n\

@@ -3,11 +3,9 @@
 //! stops mid-test the configured policy holds — fail open (each replica's local limits) or
 //! fail closed (503) — and shared limiting resumes when it is back.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 fn body(redis: &Redis, prefix: &str, per_second: u32, burst: u32, policy: &str) -> String {
     format!(

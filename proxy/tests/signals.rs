@@ -2,14 +2,12 @@
 //! within the configured grace, exit), SIGQUIT with a new process waiting (binary upgrade:
 //! the listening sockets change hands with no failed request), SIGHUP (reload).
 
-mod common;
-
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 /// A config for the binary: one route to a remote pool at `upstream`.
 fn config(upstream: std::net::SocketAddr, grace_s: u64) -> (std::path::PathBuf, u16) {
