@@ -4,6 +4,7 @@
 #
 #   scripts/setup.sh            ONNX Runtime library + build and test tools (cmake, promtool)
 #   scripts/setup.sh --python   also the Python virtualenv in .venv (model training, peers)
+#   scripts/setup.sh --python-only   only the virtualenv (scripts/test.sh makes it while cargo builds)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -88,6 +89,7 @@ ensure_python() {
   echo "$want" > "$stamp"
 }
 
+if [ "${1:-}" = "--python-only" ]; then ensure_python; exit 0; fi
 ensure_toolchain
 ensure_ort
 if [ "${1:-}" = "--python" ]; then ensure_python; fi
