@@ -49,6 +49,9 @@ done
 step "every integration test file is a test target or a module of one (scripts/test_files_run.py)"
 python3 scripts/test_files_run.py proxy inference
 
+step "the fuzz crate patches the crates the workspace patches (scripts/patches_match.py)"
+python3 scripts/patches_match.py
+
 step "build every target with clippy's lints (-D warnings)"
 # `cargo clippy` would compile every dependency a second time, in check mode (5 minutes on
 # 2 cores). Instead clippy-driver (a full rustc with clippy's lints) compiles the workspace's
