@@ -8,7 +8,9 @@
 #    two gateways side by side taking turns (medians: this machine's noise comes in bursts); how
 #    many copies were compared and how many dropped, from the gateway's own metrics; how much
 #    of the server core that rate leaves, found by an idle-priority spinner beside each
-#    gateway (loadtests/spare_cpu.py);
+#    gateway (loadtests/spare_cpu.py); then the same turns at 3/8 of the maximum, and how
+#    busy each gateway kept the server core in its turns (at half load on some hosts the
+#    plain gateway alone keeps it about 80% busy: docs/performance.md);
 #  - nginx proxying to an inference-server, without and with `mirror` at 100% to a second
 #    inference-server, measured the same way.
 #
@@ -122,9 +124,8 @@ gw1=$(start_gateway_on "$WORK/mirrored.yaml" "127.0.0.1:$P_GW_M"); PIDS+=("$gw1"
 # one spends beyond the plain one over the whole phase is the shadows' work.
 c0=$(compared); d0=$(metric gateway_shadow_dropped_total); r0=$(primaries)
 k0=$(tree_ticks "$gw0"); k1=$(tree_ticks "$gw1"); s0=$(gauge gateway_shadow_cpu_seconds_total)
-P50S0=(); P99S0=(); P50S1=(); P99S1=(); G0_FERR=0; G1_FERR=0; ROUND_RATIOS=(); TURN_SHARES=()
-plain_turn() { DURATION=$FIXED BENCH_CSV="" fixed_rate "gateway, no shadow ($round/$ROUNDS)" "$URL_GW" "$RATE" "$WORK/ca.crt"; }
-mirrored_turn() { DURATION=$FIXED BENCH_CSV="" fixed_rate "gateway, 100% to a local shadow ($round/$ROUNDS)" "$URL_GW_M" "$RATE" "$WORK/ca.crt"; }
+plain_turn() { DURATION=$FIXED BENCH_CSV="" fixed_rate "gateway, no shadow ($round/$ROUNDS)" "$URL_GW" "$TURN_RATE" "$WORK/ca.crt"; }
+mirrored_turn() { DURATION=$FIXED BENCH_CSV="" fixed_rate "gateway, 100% to a local shadow ($round/$ROUNDS)" "$URL_GW_M" "$TURN_RATE" "$WORK/ca.crt"; }
 # A mirrored turn, and the share of its requests whose copies were compared by its end (a
 # copy still queued then counts in the next turn): the host's slow spells show per turn.
 mirrored_counted() {
@@ -134,20 +135,41 @@ mirrored_counted() {
   TURN_SHARES+=("$(share $(( $(compared) - tc )) $(( $(primaries) - tr )))")
   say "gateway, 100% to a local shadow ($round/$ROUNDS): ${TURN_SHARES[-1]}% of the turn's requests compared"
 }
-for round in $(seq "$ROUNDS"); do
-  # Either goes first in turn (ABBA), so that neither always follows the other.
-  if [ $((round % 2)) = 1 ]; then
-    read -r a50 a99 aerr < <(plain_turn); mirrored_counted
-  else
-    mirrored_counted; read -r a50 a99 aerr < <(plain_turn)
-  fi
-  P50S0+=("$a50"); P99S0+=("$a99"); P50S1+=("$b50"); P99S1+=("$b99")
-  G0_FERR=$((G0_FERR + aerr)); G1_FERR=$((G1_FERR + berr))
-  ROUND_RATIOS+=("$(ratio "$b99" "$a99")")
-done
+# busy PID TICKS NS: PID's CPU since TICKS (its process tree's) over the wall time since NS
+# (date +%s%N), in % of one core: how busy a turn kept the server core, warm-up included.
+busy() {
+  awk -v k="$(( $(tree_ticks "$1") - $2 ))" -v hz="$CLK_TCK" -v ns="$(( $(date +%s%N) - $3 ))" \
+    'BEGIN { printf "%.0f", (ns > 0 ? 100 * k / hz / (ns / 1e9) : 0) }'
+}
+# alternate RATE: ROUNDS turns of each gateway at RATE, either first in turn (ABBA, so that
+# neither always follows the other); fills P50S0 P99S0 BUSY0 (plain), P50S1 P99S1 BUSY1
+# (mirrored), ROUND_RATIOS, TURN_SHARES and the failed requests G0_FERR, G1_FERR.
+alternate() {
+  TURN_RATE="$1"
+  P50S0=(); P99S0=(); P50S1=(); P99S1=(); BUSY0=(); BUSY1=(); G0_FERR=0; G1_FERR=0; ROUND_RATIOS=(); TURN_SHARES=()
+  local t k turn
+  for round in $(seq "$ROUNDS"); do
+    for turn in $( [ $((round % 2)) = 1 ] && echo plain mirrored || echo mirrored plain ); do
+      t=$(date +%s%N)
+      if [ "$turn" = plain ]; then
+        k=$(tree_ticks "$gw0"); read -r a50 a99 aerr < <(plain_turn); BUSY0+=("$(busy "$gw0" "$k" "$t")")
+      else
+        k=$(tree_ticks "$gw1"); mirrored_counted; BUSY1+=("$(busy "$gw1" "$k" "$t")")
+      fi
+    done
+    P50S0+=("$a50"); P99S0+=("$a99"); P50S1+=("$b50"); P99S1+=("$b99")
+    G0_FERR=$((G0_FERR + aerr)); G1_FERR=$((G1_FERR + berr))
+    ROUND_RATIOS+=("$(ratio "$b99" "$a99")")
+  done
+}
+alternate "$RATE"
 sleep 1 # copies still in flight finish (or time out) before the counters are read
 G1_FCMP=$(( $(compared) - c0 )); G1_FDROP=$(( $(metric gateway_shadow_dropped_total) - d0 )); G1_FANS=$(( $(primaries) - r0 ))
 K_PLAIN=$(( $(tree_ticks "$gw0") - k0 )); K_MIRR=$(( $(tree_ticks "$gw1") - k1 ))
+G0_F50=$(echo "${P50S0[*]}" | median); G0_F99=$(echo "${P99S0[*]}" | median)
+G1_F50=$(echo "${P50S1[*]}" | median); G1_F99=$(echo "${P99S1[*]}" | median)
+G0_BUSY=$(echo "${BUSY0[*]}" | median); G1_BUSY=$(echo "${BUSY1[*]}" | median)
+HALF_RATIOS="${ROUND_RATIOS[*]}"; HALF_SHARES="${TURN_SHARES[*]}"; H0_FERR=$G0_FERR; H1_FERR=$G1_FERR
 REASONS="$(drop_reasons)"
 # What one copy costs as the gateway's own admission measures shadow work: its CPU over the
 # phase per copy compared then (gateway_shadow_cpu_seconds_total), and the admission's own
@@ -179,13 +201,22 @@ SPIN_PLAIN="$(spin_beside plain_turn)"; SPIN_MIRR="$(spin_beside mirrored_turn)"
 SPIN_ALONE2="$(spin 0)"
 spare() { awk -v a="$1" -v b="$SPIN_ALONE1" -v c="$SPIN_ALONE2" 'BEGIN { printf "%.0f", (b + c > 0 ? 200 * a / (b + c) : 0) }'; }
 SPARE_PLAIN="$(spare "$SPIN_PLAIN")"; SPARE_MIRR="$(spare "$SPIN_MIRR")"
+# The same turns at 3/8 of the maximum, where the plain gateway leaves the copies more room:
+# how the primary's p99 with the copies depends on how busy they keep the core (not a target).
+R38=$((G0_RPS * 3 / 8))
+c2=$(compared); r2=$(primaries)
+alternate "$R38"
+sleep 1
+R38_SHARE="$(share $(( $(compared) - c2 )) $(( $(primaries) - r2 )))"
+R38_P99_0=$(echo "${P99S0[*]}" | median); R38_P99_1=$(echo "${P99S1[*]}" | median)
+R38_BUSY0=$(echo "${BUSY0[*]}" | median); R38_BUSY1=$(echo "${BUSY1[*]}" | median)
+R38_RATIO="$(ratio "$R38_P99_1" "$R38_P99_0")"; R38_RATIOS="${ROUND_RATIOS[*]}"; R38_FERR=$((G0_FERR + G1_FERR))
+G0_FERR=$H0_FERR; G1_FERR=$H1_FERR # the half-load turns' failures feed the targets
 stop_pid "$gw0"; stop_pid "$gw1"
 # Per request of the plain gateway, per compared copy of the mirrored one's extra CPU.
 CPU_REQ="$(awk -v k="$K_PLAIN" -v n="$G1_FANS" -v hz="$CLK_TCK" 'BEGIN { printf "%.1f", (n > 0 ? k * 1e6 / hz / n : 0) }')"
 CPU_COPY="$(awk -v k="$((K_MIRR - K_PLAIN))" -v n="$G1_FCMP" -v hz="$CLK_TCK" 'BEGIN { printf "%.1f", (n > 0 ? k * 1e6 / hz / n : 0) }')"
 G1_FSHARE="$(share "$G1_FCMP" "$G1_FANS")"
-G0_F50=$(echo "${P50S0[*]}" | median); G0_F99=$(echo "${P99S0[*]}" | median)
-G1_F50=$(echo "${P50S1[*]}" | median); G1_F99=$(echo "${P99S1[*]}" | median)
 for row in "gateway, no shadow|$G0_F50|$G0_F99|$G0_FERR" "gateway, 100% to a local shadow|$G1_F50|$G1_F99|$G1_FERR"; do
   IFS='|' read -r n f50 f99 ferr <<<"$row"
   echo "shadow,\"$n @ $RATE/s (median of $ROUNDS runs)\",fixed,$RATE,$f50,,,,$f99,,,$ferr" >> "$BENCH_CSV"
@@ -242,13 +273,15 @@ REPORT="$RESULTS/shadow.md"
   echo "| nginx, no mirror | $N0_RPS | $(ms "$N0_P99") | $N0_CPU | $N0_ERR | $N_RATE/s | $(ms "$N0_F50") | $(ms "$N0_F99") | $N0_FERR |"
   echo "| nginx, mirror 100% | $N1_RPS | $(ms "$N1_P99") | $N1_CPU | $N1_ERR | $N_RATE/s | $(ms "$N1_F50") | $(ms "$N1_F99") | $N1_FERR |"
   echo
-  echo "¹ The gateway's fixed-rate figures are medians of $ROUNDS runs of ${FIXED} s each, the two gateways taking turns (side by side, one loaded at a time, either first in turn); p99 ratio per turn: ${ROUND_RATIOS[*]}; share of the mirrored turn's requests compared by its end, per turn: ${TURN_SHARES[*]} (%). nginx's are one run each (a reference)."
+  echo "¹ The gateway's fixed-rate figures are medians of $ROUNDS runs of ${FIXED} s each, the two gateways taking turns (side by side, one loaded at a time, either first in turn); p99 ratio per turn: ${HALF_RATIOS}; share of the mirrored turn's requests compared by its end, per turn: ${HALF_SHARES} (%). nginx's are one run each (a reference)."
   echo
   echo "² The gateway's maximum-rate figures are medians of $MAX_ROUNDS runs of ${DURATION} s each (wrk, $CONNS connections, after ${WARMUP} s of warm-up), the two gateways taking turns the same way; requests/s per run: no shadow $G0_RUNS, mirrored $G1_RUNS."
   echo
   echo "- gateway: requests/s loss with 100% mirroring ${G_LOSS}% (target ≤ 20%: $T_LOSS); p99 at $RATE/s ${G_P99}× without (target ≤ 1.15: $T_P99)"
   echo "- gateway copies at $RATE/s: ${G1_FSHARE}% of the $G1_FANS requests compared (target ≥ 95%: $T_SHARE), $G1_FDROP dropped (${REASONS:-none}); at the maximum rate: ${G1_SHARE}% of $G1_ANS compared, $G1_DROP dropped. Shadows run after the client path (here in the I/O thread's quiet turns, elsewhere at idle CPU priority): on a saturated core they wait and copies are shed (counted by reason) instead of slowing the primary."
   echo "- CPU at $RATE/s, over the whole phase: $CPU_REQ µs per request for the plain gateway; the mirrored one spent $CPU_COPY µs more per compared copy (a difference of two measurements: noise when few copies were compared); one copy cost $MEAN_COPY µs on average over the phase as the gateway's admission measures shadow work (gateway_shadow_cpu_seconds_total per compared copy; its estimate at the end, gateway_shadow_copy_cpu_seconds, $GAUGE_COPY µs)"
+  echo "- core $SERVER_CPU busy at $RATE/s (each gateway's CPU over its turns, warm-up included; medians): ${G0_BUSY}% with the plain gateway, ${G1_BUSY}% with the mirrored one"
+  echo "- at 3/8 of the maximum ($R38/s; $ROUNDS turns of each, as at half; not a target): primary p99 $(ms "$R38_P99_1") with the copies, $(ms "$R38_P99_0") without (${R38_RATIO}×; per turn: $R38_RATIOS); core $SERVER_CPU busy ${R38_BUSY0}% plain, ${R38_BUSY1}% mirrored; ${R38_SHARE}% of the mirrored turns' requests compared; $R38_FERR failed"
   echo "- room at $RATE/s on core $SERVER_CPU (an idle-priority spinner's work there during one more ${FIXED} s turn of each gateway, against the mean of the spinner alone before and after, $SPIN_ALONE1 and $SPIN_ALONE2 loops/s: loadtests/spare_cpu.py): ${SPARE_PLAIN}% of the core beside the plain gateway, ${SPARE_MIRR}% beside the mirrored one. The copies fit in what the plain gateway leaves only where that exceeds what they cost (a copy's µs above times the rate)"
   echo "- at a quarter of the maximum ($QRATE/s, one run of $((FIXED * 2)) s, mirrored gateway): ${Q_SHARE}% of $Q_ANS requests compared; primary p50 $(ms "$Q50"), p99 $(ms "$Q99"), $QERR failed"
   echo "- shadow store after the maximum-rate run: the oldest record of its last commit was ${G1_LAG} s old (what a crash then would have lost; shadow.flush_ms + 50 ms while the writer keeps up), $G1_LOST records lost to its bounded backlog"
