@@ -135,26 +135,23 @@ mirrored_counted() {
   TURN_SHARES+=("$(share $(( $(compared) - tc )) $(( $(primaries) - tr )))")
   say "gateway, 100% to a local shadow ($round/$ROUNDS): ${TURN_SHARES[-1]}% of the turn's requests compared"
 }
-# busy PID TICKS NS: PID's CPU since TICKS (its process tree's) over the wall time since NS
-# (date +%s%N), in % of one core: how busy a turn kept the server core, warm-up included.
-busy() {
-  awk -v k="$(( $(tree_ticks "$1") - $2 ))" -v hz="$CLK_TCK" -v ns="$(( $(date +%s%N) - $3 ))" \
-    'BEGIN { printf "%.0f", (ns > 0 ? 100 * k / hz / (ns / 1e9) : 0) }'
-}
+# busy SINCE: the server core's busy share since a core_jiffies reading (lib.sh), in %: how
+# busy a turn kept that core, warm-up included.
+busy() { core_busy "$1" "$(core_jiffies)" | awk '{ print $1 }'; }
 # alternate RATE: ROUNDS turns of each gateway at RATE, either first in turn (ABBA, so that
 # neither always follows the other); fills P50S0 P99S0 BUSY0 (plain), P50S1 P99S1 BUSY1
 # (mirrored), ROUND_RATIOS, TURN_SHARES and the failed requests G0_FERR, G1_FERR.
 alternate() {
   TURN_RATE="$1"
   P50S0=(); P99S0=(); P50S1=(); P99S1=(); BUSY0=(); BUSY1=(); G0_FERR=0; G1_FERR=0; ROUND_RATIOS=(); TURN_SHARES=()
-  local t k turn
+  local since turn
   for round in $(seq "$ROUNDS"); do
     for turn in $( [ $((round % 2)) = 1 ] && echo plain mirrored || echo mirrored plain ); do
-      t=$(date +%s%N)
+      since=$(core_jiffies)
       if [ "$turn" = plain ]; then
-        k=$(tree_ticks "$gw0"); read -r a50 a99 aerr < <(plain_turn); BUSY0+=("$(busy "$gw0" "$k" "$t")")
+        read -r a50 a99 aerr < <(plain_turn); BUSY0+=("$(busy "$since")")
       else
-        k=$(tree_ticks "$gw1"); mirrored_counted; BUSY1+=("$(busy "$gw1" "$k" "$t")")
+        mirrored_counted; BUSY1+=("$(busy "$since")")
       fi
     done
     P50S0+=("$a50"); P99S0+=("$a99"); P50S1+=("$b50"); P99S1+=("$b99")
@@ -280,7 +277,7 @@ REPORT="$RESULTS/shadow.md"
   echo "- gateway: requests/s loss with 100% mirroring ${G_LOSS}% (target ≤ 20%: $T_LOSS); p99 at $RATE/s ${G_P99}× without (target ≤ 1.15: $T_P99)"
   echo "- gateway copies at $RATE/s: ${G1_FSHARE}% of the $G1_FANS requests compared (target ≥ 95%: $T_SHARE), $G1_FDROP dropped (${REASONS:-none}); at the maximum rate: ${G1_SHARE}% of $G1_ANS compared, $G1_DROP dropped. Shadows run after the client path (here in the I/O thread's quiet turns, elsewhere at idle CPU priority): on a saturated core they wait and copies are shed (counted by reason) instead of slowing the primary."
   echo "- CPU at $RATE/s, over the whole phase: $CPU_REQ µs per request for the plain gateway; the mirrored one spent $CPU_COPY µs more per compared copy (a difference of two measurements: noise when few copies were compared); one copy cost $MEAN_COPY µs on average over the phase as the gateway's admission measures shadow work (gateway_shadow_cpu_seconds_total per compared copy; its estimate at the end, gateway_shadow_copy_cpu_seconds, $GAUGE_COPY µs)"
-  echo "- core $SERVER_CPU busy at $RATE/s (each gateway's CPU over its turns, warm-up included; medians): ${G0_BUSY}% with the plain gateway, ${G1_BUSY}% with the mirrored one"
+  echo "- core $SERVER_CPU busy at $RATE/s (/proc/stat over each gateway's turns, warm-up included; medians): ${G0_BUSY}% with the plain gateway, ${G1_BUSY}% with the mirrored one"
   echo "- at 3/8 of the maximum ($R38/s; $ROUNDS turns of each, as at half; not a target): primary p99 $(ms "$R38_P99_1") with the copies, $(ms "$R38_P99_0") without (${R38_RATIO}×; per turn: $R38_RATIOS); core $SERVER_CPU busy ${R38_BUSY0}% plain, ${R38_BUSY1}% mirrored; ${R38_SHARE}% of the mirrored turns' requests compared; $R38_FERR failed"
   echo "- room at $RATE/s on core $SERVER_CPU (an idle-priority spinner's work there during one more ${FIXED} s turn of each gateway, against the mean of the spinner alone before and after, $SPIN_ALONE1 and $SPIN_ALONE2 loops/s: loadtests/spare_cpu.py): ${SPARE_PLAIN}% of the core beside the plain gateway, ${SPARE_MIRR}% beside the mirrored one. The copies fit in what the plain gateway leaves only where that exceeds what they cost (a copy's µs above times the rate)"
   echo "- at a quarter of the maximum ($QRATE/s, one run of $((FIXED * 2)) s, mirrored gateway): ${Q_SHARE}% of $Q_ANS requests compared; primary p50 $(ms "$Q50"), p99 $(ms "$Q99"), $QERR failed"
