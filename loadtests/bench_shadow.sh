@@ -140,7 +140,9 @@ mirrored_counted() {
 busy() { core_busy "$1" "$(core_jiffies)" | awk '{ print $1 }'; }
 # alternate RATE: ROUNDS turns of each gateway at RATE, either first in turn (ABBA, so that
 # neither always follows the other); fills P50S0 P99S0 BUSY0 (plain), P50S1 P99S1 BUSY1
-# (mirrored), ROUND_RATIOS, TURN_SHARES and the failed requests G0_FERR, G1_FERR.
+# (mirrored), ROUND_RATIOS, TURN_SHARES and the failed requests G0_FERR, G1_FERR. It sets
+# TURN_RATE, the rate of plain_turn and mirrored_turn: the spinner's turns below run at the
+# half-load rate because they come before the turns at 3/8.
 alternate() {
   TURN_RATE="$1"
   P50S0=(); P99S0=(); P50S1=(); P99S1=(); BUSY0=(); BUSY1=(); G0_FERR=0; G1_FERR=0; ROUND_RATIOS=(); TURN_SHARES=()
