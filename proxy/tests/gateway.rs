@@ -461,6 +461,11 @@ async fn weight_10_end_to_end() {
                 if res.headers().get("x-model-variant").unwrap() == "canary" {
                     canary += 1;
                 }
+                // Read to the end: a body dropped unread makes the client reset the stream
+                // (CANCEL), and the answer's DATA frame arriving after that counts toward
+                // h2's limit of local error resets per connection (1,024), which a busy
+                // machine crossed: the client then closed the connection (ENHANCE_YOUR_CALM).
+                http_body_util::BodyExt::collect(res.into_body()).await.unwrap();
             }
             canary
         }));
