@@ -446,7 +446,7 @@ class Chrooted:
         return self.proc.wait(timeout=timeout)
 
     def stderr(self) -> str:
-        return (self.dir / "stderr.log").read_text(errors="replace")[-4000:]
+        return last_log(self.dir / "stderr.log")
 
     def cleanup(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -513,13 +513,22 @@ class Container:
         return int(r.stdout.split()[0])
 
     def stderr(self) -> str:
-        return (self.dir / "stderr.log").read_text(errors="replace")[-4000:]
+        return last_log(self.dir / "stderr.log")
 
     def cleanup(self) -> None:
         quiet([self.engine, "rm", "-f", "-v", self.name])
         if self.proc:
             self.proc.kill()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def last_log(path: Path) -> str:
+    """The end of the gateway's stderr; a check that failed before it started left none (and
+    must not be hidden by this reading it)."""
+    try:
+        return path.read_text(errors="replace")[-4000:]
+    except FileNotFoundError:
+        return "(none: the gateway was not started)"
 
 
 def _q(s: str) -> str:

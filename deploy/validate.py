@@ -82,6 +82,11 @@ def dockerfile() -> None:
         name, _, tag = b.partition(":")
         check(name in {"debian", "python", "rust"} and "bookworm" in tag, where,
               f"image-smoke.sh has no stand-in recipe for {b}")
+    # A check that fails before the gateway starts (its ports in use) reports its own reason,
+    # not a missing log's (2026-12-07: "No such file or directory: …/stderr.log" hid it).
+    with tempfile.TemporaryDirectory() as empty:
+        missing = Path(empty) / "stderr.log"
+        check(image_smoke.last_log(missing).startswith("(none"), where, "image_smoke.last_log must read a missing log as none")
     gw = image_smoke.compose_gateway()
     check(any(v.endswith(":/opt/gateway/data") for v in gw.get("volumes", [])) and gw.get("read_only"),
           "deploy/compose.yaml", "the gateway service must mount /opt/gateway/data and be read_only (image-smoke.sh checks it so)")
