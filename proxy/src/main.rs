@@ -79,6 +79,9 @@ enum Command {
         /// Admin token, when the gateway has one
         #[arg(long, env = "GATEWAY_ADMIN_TOKEN", hide_env_values = true)]
         token: Option<String>,
+        /// table: for a terminal; json: `GET /admin/rollouts` as it is (every decision kept)
+        #[arg(long, value_enum, default_value = "table")]
+        format: StatusFormat,
     },
     /// Manage API keys.
     Keys {
@@ -125,6 +128,12 @@ enum Command {
         #[arg(long, env = "GATEWAY_ADMIN_TOKEN", hide_env_values = true)]
         token: Option<String>,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum StatusFormat {
+    Table,
+    Json,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -239,7 +248,8 @@ fn main() -> ExitCode {
             route,
             admin,
             token,
-        } => rollout(&action, route.as_deref(), &admin, token.as_deref()),
+            format,
+        } => rollout(&action, route.as_deref(), &admin, token.as_deref(), format),
         Command::Keys {
             command:
                 KeysCommand::Add {
@@ -410,7 +420,13 @@ fn health(admin: &str, probe: &str) -> Result<(), String> {
     }
 }
 
-fn rollout(action: &str, route: Option<&str>, admin: &str, token: Option<&str>) -> Result<(), String> {
+fn rollout(
+    action: &str,
+    route: Option<&str>,
+    admin: &str,
+    token: Option<&str>,
+    format: StatusFormat,
+) -> Result<(), String> {
     let (method, path) = match (action, route) {
         ("status", None) => ("GET", "/admin/rollouts".to_string()),
         ("status", Some(_)) => ("GET", "/admin/rollouts".to_string()),
@@ -433,6 +449,7 @@ fn rollout(action: &str, route: Option<&str>, admin: &str, token: Option<&str>) 
         let message = value["error"].as_str().map_or(body.clone(), str::to_string);
         return Err(format!("{admin} answered {status}: {message}"));
     }
+    use proxy::rollout::view;
     let shown = match (action, route) {
         ("status", Some(r)) => value["rollouts"]
             .get(r)
@@ -440,7 +457,13 @@ fn rollout(action: &str, route: Option<&str>, admin: &str, token: Option<&str>) 
             .ok_or_else(|| format!("route {r:?} has no rollout"))?,
         _ => value,
     };
-    println!("{}", serde_json::to_string_pretty(&shown).expect("JSON prints"));
+    match (format, action, route) {
+        (StatusFormat::Json, ..) => {
+            println!("{}", serde_json::to_string_pretty(&shown).expect("JSON prints"))
+        }
+        (StatusFormat::Table, "status", None) => print!("{}", view::text(&shown)),
+        (StatusFormat::Table, _, r) => print!("{}", view::route(r.unwrap_or("?"), &shown)),
+    }
     Ok(())
 }
 

@@ -110,6 +110,12 @@ async fn a_good_canary_is_promoted_through_every_step() {
         20,
         "the first step is served, not the file's 0"
     );
+    // Before any request, the open window says what it waits for.
+    assert_eq!(
+        first["window"]["so_far"],
+        serde_json::json!({"result": "inconclusive", "reason": "0 canary requests in the window, 15 needed"}),
+        "{first:#}"
+    );
     let (rows, _) = testdata_rows();
     let started = Instant::now();
     let state = drive(&g, &rows, Duration::from_secs(30), |s| s["status"] == "promoted").await;
@@ -292,7 +298,15 @@ async fn a_restart_resumes_an_edit_takes_precedence_and_the_cli_commands() {
     assert_eq!(results(&state).last().map(String::as_str), Some("edit"));
     // resume: the first step at or above 55 is 70.
     let out = gateway()
-        .args(["rollout", "resume", "breast-cancer", "--admin", &admin])
+        .args([
+            "rollout",
+            "resume",
+            "breast-cancer",
+            "--admin",
+            &admin,
+            "--format",
+            "json",
+        ])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -310,11 +324,24 @@ async fn a_restart_resumes_an_edit_takes_precedence_and_the_cli_commands() {
     assert!(out.status.success());
     assert_eq!(served_weight(&g).await, 0);
     let status = gateway()
-        .args(["rollout", "status", "--admin", &admin])
+        .args(["rollout", "status", "--admin", &admin, "--format", "json"])
         .output()
         .unwrap();
     let shown: Value = serde_json::from_slice(&status.stdout).unwrap();
     assert_eq!(shown["rollouts"]["breast-cancer"]["status"], "aborted");
+    // For a terminal (the default): where it stands and the operator's decisions, latest last.
+    let table = gateway()
+        .args(["rollout", "status", "--admin", &admin])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.contains("breast-cancer: aborted, step"), "{table}");
+    let last_three: Vec<&str> = table
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .filter(|r| ["edit", "resume", "abort"].contains(r))
+        .collect();
+    assert_eq!(last_three, ["edit", "resume", "abort"], "{table}");
     let unknown = gateway()
         .args(["rollout", "promote", "digits", "--admin", &admin])
         .output()

@@ -21,6 +21,7 @@
 
 pub mod gates;
 pub mod state_file;
+pub mod view;
 pub mod window;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -600,48 +601,6 @@ impl Rollouts {
         let state = s.clone();
         self.persist(&routes);
         Ok(state)
-    }
-
-    /// Every rollout, for `GET /admin/rollouts`.
-    pub fn view(&self) -> serde_json::Value {
-        let now = self.clock.now();
-        let routes = self.routes.lock();
-        let policies = self.policies.lock();
-        let slots = self.slots.load();
-        let list: serde_json::Map<String, serde_json::Value> = routes
-            .iter()
-            .map(|(name, s)| {
-                let policy = policies.get(name);
-                let window = slots.get(name).map(|slot| {
-                    serde_json::json!({
-                        "elapsed_s": now.saturating_sub(s.window_started).as_secs_f64(),
-                        "figures": slot.window.load().figures(),
-                    })
-                });
-                (
-                    name.clone(),
-                    serde_json::json!({
-                        "status": s.status,
-                        "steps": s.steps,
-                        "step": s.step + 1,
-                        "weight": s.weight,
-                        "weight_in_routes_yaml": s.file_weight,
-                        "interval_s": policy.map(|p| p.interval.as_secs_f64()),
-                        "min_requests": policy.map(|p| p.min_requests),
-                        "gates": policy.map(|p| serde_json::json!({
-                            "max_error_rate_delta": p.max_error_rate_delta,
-                            "max_p99_ratio": p.max_p99_ratio,
-                            "min_shadow_agreement": p.min_shadow_agreement,
-                            "min_comparisons": p.min_comparisons,
-                        })),
-                        "on_failure": policy.map(|p| p.on_failure),
-                        "window": window,
-                        "history": s.history,
-                    }),
-                )
-            })
-            .collect();
-        serde_json::json!({"state_file": self.file.as_ref().map(|f| f.path().display().to_string()), "leader": self.leads(), "rollouts": list})
     }
 
     /// The state of one route (tests, CLI).
