@@ -9,10 +9,13 @@ import http.client
 import json
 import ssl
 import subprocess
+import textwrap
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# quality.drift.threshold's default, which the demo's config keeps.
+THRESHOLD = 0.25
 
 
 def main():
@@ -57,6 +60,7 @@ def main():
 
     phases = [("in-distribution", 1.0), ("drift: features x1.3", 1.3), ("back to normal", 1.0)]
     sent, joined, detected = 0, 0, None
+    calm = []  # the stable window's PSI read during the in-distribution phase
     for name, scale in phases:
         for i in range(a.per_phase):
             j = (sent + i) % len(rows)
@@ -72,17 +76,25 @@ def main():
                 time.sleep(1.1)  # the drift figures are computed every second here
                 status_line(name, i + 1)
                 psi = quality().get("drift", {}).get("stable", {}).get("input_psi")
-                if scale != 1.0 and detected is None and psi is not None and psi > 0.25:
+                if scale != 1.0 and detected is None and psi is not None and psi > THRESHOLD:
                     detected = i + 1
+                if name == "in-distribution" and psi is not None:
+                    calm.append(psi)
         sent += a.per_phase
     time.sleep(1.5)
     print(f"\n{sent} predictions, {joined} labels joined.")
-    print(
-        "In distribution, this model's windows sit near PSI 0.2: its 143 held-out rows differ by chance\n"
-        "from its 426 training rows (loadtests/bench_quality.sh measures the noise; docs/quality.md)."
-    )
+    if calm:
+        over = sum(p > THRESHOLD for p in calm)
+        print(textwrap.fill(
+            f"In distribution, the stable window's PSI read {min(calm):.3f} to {max(calm):.3f}"
+            f" ({over} of {len(calm)} readings over the threshold, {THRESHOLD}): its 143 held-out rows"
+            " differ by chance from its 426 training rows, and this demo's windows (500 rows to move"
+            " quickly, read from 100) are noisier than the default's 1000 (loadtests/bench_quality.sh"
+            " measures the noise; docs/quality.md).", 95))
     if detected:
-        print(f"The drift episode was over the threshold (PSI 0.25) within {detected} requests of it starting.")
+        print(f"The drift episode was over the threshold ({THRESHOLD}) within {detected} requests of it starting.")
+    else:
+        print(f"The drift episode did not cross the threshold ({THRESHOLD}) in this run.")
     report = subprocess.run(
         [a.gateway, "report", "--quality", "--admin", a.admin], capture_output=True, text=True, check=True
     )

@@ -6,7 +6,7 @@
 # label back as feedback, and prints the drift and accuracy as they move and, at the end,
 # the A/B verdict and where to look.
 #
-#   scripts/quality_demo.sh              about 1 minute once built
+#   scripts/quality_demo.sh              about a minute and a half once built
 #   scripts/quality_demo.sh --keep       leave the gateway running afterwards (Ctrl-C stops it)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
