@@ -226,12 +226,31 @@ async fn a_disagreeing_shadow_yields_exactly_its_disagreements() {
     ] {
         assert!(html.contains(part), "{part} missing from the page");
     }
-    for external in ["<script", "src=", "href=", "@import", "url("] {
+    for external in ["<script", "src=", "@import", "url("] {
         assert!(
             !html.contains(external),
             "the page must render offline: {external}"
         );
     }
+    // Links only within the page: its contents line, to each pair and to model quality.
+    let links: Vec<&str> = html.split("href=\"").skip(1).collect();
+    assert!(
+        links.iter().all(|l| l.starts_with('#')),
+        "the page must render offline: {links:?}"
+    );
+    assert!(
+        html.contains("<a href=\"#quality\">"),
+        "no link to the quality section"
+    );
+    for l in &links {
+        let id = &l[1..l.find('"').unwrap()];
+        assert!(
+            html.contains(&format!("id=\"{id}\"")) || html.contains(&format!("id={id}>")),
+            "no section {id}"
+        );
+    }
+    // The latest disagreements come folded, with their count.
+    assert!(html.contains("<details class=latest><summary><h3>Latest disagreements and errors: "));
     let (status, filtered) = admin_get(&g, "/admin/shadow/report?route=digits").await;
     assert_eq!(status, 200);
     assert_eq!(

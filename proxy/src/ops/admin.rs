@@ -118,11 +118,13 @@ impl Admin {
         let built = tokio::task::spawn_blocking(move || report::read(&path, &q)).await;
         match built {
             Ok(Ok(r)) if as_html => {
-                let quality = crate::shadow::quality_html::section(&self.quality_json());
+                use crate::shadow::quality_html;
+                let quality = quality_html::section(&self.quality_json());
+                let sections = [(quality_html::ID, quality_html::TITLE)];
                 reply(
                     200,
                     "text/html; charset=utf-8",
-                    html::page_with(&r, &quality).into_bytes(),
+                    html::page_with(&r, &quality, &sections).into_bytes(),
                 )
             }
             Ok(Ok(r)) => reply(

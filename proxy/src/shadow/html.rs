@@ -202,7 +202,7 @@ fn confusion(p: &PairReport) -> String {
         }
         t.push_str("</tr>");
     }
-    t.push_str("</table>");
+    t.push_str("</table></details>");
     t
 }
 
@@ -234,11 +234,19 @@ fn json_cell(v: &serde_json::Value) -> String {
     )
 }
 
+/// The latest disagreements and errors, folded: forty rows of them put the other pairs and
+/// the model-quality section (the verdict) screens below the cards a model owner reads first.
 fn disagreements(p: &PairReport) -> String {
     if p.latest_disagreements.is_empty() {
-        return "<p class=none>no disagreements or errors in this window</p>".into();
+        return "<h3>Latest disagreements and errors</h3><p class=none>no disagreements or errors in this window</p>".into();
     }
-    let mut t = String::from(
+    let mut t = format!(
+        "<details class=latest><summary><h3>Latest disagreements and errors: {} shown, of {} disagreeing and {} with errors</h3></summary>",
+        p.latest_disagreements.len(),
+        p.disagreements,
+        p.primary_errors + p.shadow_errors
+    );
+    t.push_str(
         "<table class=list><tr><th>time (UTC)</th><th>request id</th><th>max |Δp|</th><th>primary</th><th>shadow</th><th>inputs</th></tr>",
     );
     for d in &p.latest_disagreements {
@@ -259,7 +267,7 @@ fn disagreements(p: &PairReport) -> String {
             json_cell(&d.inputs)
         );
     }
-    t.push_str("</table>");
+    t.push_str("</table></details>");
     t
 }
 
@@ -276,7 +284,7 @@ fn pair(p: &PairReport) -> String {
         .map(|(k, v)| format!("<br>{} {v}", esc(k)))
         .collect();
     format!(
-        r#"<section>
+        r#"<section id="{anchor}">
 <h2>{route}: primary v{pv} vs shadow <code>{shadow}</code> v{sv}</h2>
 <div class=cards>
 <div class=card><b>{agree}</b>agreement<small>95% CI {ci}</small></div>
@@ -291,9 +299,9 @@ fn pair(p: &PairReport) -> String {
 <figure><figcaption>Latency, milliseconds</figcaption>{latency}</figure>
 <figure><figcaption>Confusion matrix</figcaption>{confusion}</figure>
 </div>
-<h3>Latest disagreements and errors</h3>
 {list}
 </section>"#,
+        anchor = esc(&anchor(p)),
         route = esc(&k.route),
         pv = esc(&k.primary_version),
         shadow = esc(&k.shadow),
@@ -316,6 +324,51 @@ fn pair(p: &PairReport) -> String {
     )
 }
 
+/// The pair's section id, for the contents line.
+fn anchor(p: &PairReport) -> String {
+    let k = &p.key;
+    format!(
+        "{}-v{}-{}-v{}",
+        k.route, k.primary_version, k.shadow, k.shadow_version
+    )
+    .chars()
+    .map(|c| {
+        if c.is_ascii_alphanumeric() || c == '-' {
+            c
+        } else {
+            '_'
+        }
+    })
+    .collect()
+}
+
+/// Links to each section, when there is more than one.
+fn contents(r: &Report, more: &[(&str, &str)]) -> String {
+    let mut links: Vec<String> = r
+        .pairs
+        .iter()
+        .map(|p| {
+            let k = &p.key;
+            format!(
+                "<a href=\"#{}\">{}: v{} vs {} v{}</a>",
+                esc(&anchor(p)),
+                esc(&k.route),
+                esc(&k.primary_version),
+                esc(&k.shadow),
+                esc(&k.shadow_version)
+            )
+        })
+        .collect();
+    links.extend(
+        more.iter()
+            .map(|(id, title)| format!("<a href=\"#{}\">{}</a>", esc(id), esc(title))),
+    );
+    if links.len() < 2 {
+        return String::new();
+    }
+    format!("<nav>On this page: {}</nav>", links.join(" · "))
+}
+
 const STYLE: &str = "
 body{font:14px/1.45 system-ui,-apple-system,'Segoe UI',sans-serif;margin:24px;color:#222;background:#fafafa}
 h1{font-size:20px;margin:0 0 4px}h2{font-size:17px;margin:0 0 12px}h3{font-size:15px;margin:18px 0 8px}
@@ -332,17 +385,20 @@ svg .grid{stroke:#e5e5e5}
 table{border-collapse:collapse}th,td{border:1px solid #e3e3e3;padding:3px 8px;text-align:right;vertical-align:top}
 table.list{width:100%;table-layout:fixed}table.list th:nth-child(-n+3){width:11em}table.list td{text-align:left;font-size:12px;overflow-wrap:anywhere}
 pre{margin:4px 0;max-height:240px;overflow:auto;white-space:pre-wrap}
+details.latest>summary{cursor:pointer;margin:18px 0 8px}details.latest>summary h3{display:inline;margin:0}
+nav{margin:0 0 16px}nav a{color:#2a6fdb}
 .err{color:#b3261e}.none{color:#888}code{font-size:12px}
 ";
 
 /// The whole page.
 pub fn page(r: &Report) -> String {
-    page_with(r, "")
+    page_with(r, "", &[])
 }
 
-/// The page with more sections after the comparisons (the gateway adds model quality).
-pub fn page_with(r: &Report, more: &str) -> String {
-    let mut body = String::new();
+/// The page with more sections after the comparisons (the gateway adds model quality), each
+/// listed in the contents line by its id and title.
+pub fn page_with(r: &Report, more: &str, more_sections: &[(&str, &str)]) -> String {
+    let mut body = contents(r, more_sections);
     if r.pairs.is_empty() {
         body.push_str(
             "<section><p class=none>No mirrored requests in this window. Routes with <code>shadows</code> in the config mirror their traffic; send some and reload.</p></section>",

@@ -74,8 +74,12 @@ fn accuracy_row(out: &mut String, who: &str, version: &str, t: &Value, over_time
 }
 
 /// The section, from `/admin/quality`'s JSON.
+/// The section's id and title, for the page's contents line.
+pub const ID: &str = "quality";
+pub const TITLE: &str = "Model quality: accuracy from feedback, input drift";
+
 pub fn section(summary: &Value) -> String {
-    let mut out = String::from("<section><h2>Model quality: accuracy from feedback, input drift</h2>");
+    let mut out = format!("<section id={ID}><h2>{TITLE}</h2>");
     let Some(routes) = summary["routes"].as_object().filter(|r| !r.is_empty()) else {
         out.push_str("<p class=none>No predictions recorded yet. Drift needs traffic; accuracy needs labels: <code>POST /v2/models/{model}/feedback</code> (docs/quality.md).</p></section>");
         return out;
