@@ -78,6 +78,32 @@ pub fn yaml_error(file: &FsPath, e: &yaml_serde::Error) -> ConfigError {
     }
 }
 
+/// The top-level sections a config cannot do without (`FileConfig`'s fields without a default).
+const REQUIRED_SECTIONS: [&str; 4] = ["tls", "auth", "pools", "routes"];
+
+/// Every required section the text lacks, as one error, when it lacks more than one: the
+/// decoder stops at the first, and a file written from scratch would then take one
+/// `gateway check` per missing section.
+pub fn missing_sections(file: &FsPath, source: &str) -> Option<ConfigError> {
+    let value: yaml_serde::Value = yaml_serde::from_str(source).ok()?;
+    let map = value.as_mapping()?;
+    let missing: Vec<String> = REQUIRED_SECTIONS
+        .iter()
+        .filter(|k| !map.contains_key(**k))
+        .map(|k| format!("`{k}`"))
+        .collect();
+    (missing.len() > 1).then(|| ConfigError {
+        file: file.to_path_buf(),
+        line: Some(1),
+        column: Some(1),
+        path: String::new(),
+        message: format!(
+            "missing fields {}: each of these sections is required (the repository's routes.yaml has them all; docs/configuration.md)",
+            missing.join(", ")
+        ),
+    })
+}
+
 /// Every problem of a refused file, one per line with its place (logs, `gateway check`).
 pub fn format_errors(errors: &[ConfigError]) -> String {
     let lines: Vec<String> = errors.iter().map(|e| format!("  {e}")).collect();

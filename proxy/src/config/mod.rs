@@ -53,7 +53,8 @@ pub fn parse_with_keys(
     source: &str,
     in_force: Option<KeysInForce<'_>>,
 ) -> Result<Config, Vec<ConfigError>> {
-    let parsed: FileConfig = yaml_serde::from_str(source).map_err(|e| vec![yaml_error(file, &e)])?;
+    let parsed: FileConfig = yaml_serde::from_str(source)
+        .map_err(|e| vec![errors::missing_sections(file, source).unwrap_or_else(|| yaml_error(file, &e))])?;
     let base = Base::of(file);
     let mut errors = Errors::new(file, source);
     let FileConfig {

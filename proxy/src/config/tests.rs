@@ -336,3 +336,26 @@ fn redis_passwords_are_never_shown() {
     assert_eq!(redact_url("redis://cache:6379"), "redis://cache:6379");
     assert_eq!(redact_url("rediss://:pw@cache/0"), "rediss://:***@cache/0");
 }
+
+#[test]
+fn every_missing_section_is_named_at_once() {
+    // A file written from scratch: three required sections absent, one error naming them all.
+    let e = errors("routes:\n  - model: x\n    stable: nope\n");
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].message
+            .starts_with("missing fields `tls`, `auth`, `pools`: "),
+        "{}",
+        e[0].message
+    );
+    assert_eq!((e[0].line, e[0].column), (Some(1), Some(1)));
+    // One absent: the decoder's own message, as before.
+    let without_pools: String = base()
+        .lines()
+        .filter(|l| !l.starts_with("pools:") && !l.starts_with("  a:") && !l.starts_with("  b:"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let e = errors(&without_pools);
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(e[0].message.contains("missing field `pools`"), "{}", e[0].message);
+}
