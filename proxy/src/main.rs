@@ -629,11 +629,20 @@ fn set_disabled(args: &KeysFileArgs, id: &str, disabled: bool) -> Result<(), Str
 
 fn list_keys(args: &KeysFileArgs) -> Result<(), String> {
     let file = keys_file_of(&args.config, &loose_config(&args.config), args.keys_file.clone())?;
+    if !file.exists() {
+        eprintln!(
+            "no keys file at {} yet: `gateway run` makes it (with a development key, unless \
+             auth.create_dev_key is false) and `gateway keys add --tenant NAME` adds a key to it",
+            file.display()
+        );
+        return Ok(());
+    }
     let keys = proxy::config::keys::list(&file)?;
-    println!("{:<14} {:<20} {:<12} state", "id", "tenant", "tier");
+    // Ids are `key_` and 24 hex digits.
+    println!("{:<28} {:<20} {:<12} state", "id", "tenant", "tier");
     for (id, tenant, tier, disabled) in keys {
         let state = if disabled { "revoked" } else { "active" };
-        println!("{id:<14} {tenant:<20} {tier:<12} {state}");
+        println!("{id:<28} {tenant:<20} {tier:<12} {state}");
     }
     Ok(())
 }

@@ -83,6 +83,17 @@ fn keys_add_prints_the_key_once_and_stores_its_digest() {
         "auth: {keys_file: keys.yaml}\nrate_limits: {tiers: {batch: {per_second: 1, burst: 1}}}\n",
     )
     .unwrap();
+    let none = gateway()
+        .args(["keys", "list", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(none.status.success());
+    assert!(
+        String::from_utf8_lossy(&none.stderr).contains("no keys file at") && none.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&none.stderr)
+    );
     let out = gateway()
         .args(["keys", "add", "--tenant", "acme", "--tier", "batch", "--config"])
         .arg(&config)
@@ -98,6 +109,16 @@ fn keys_add_prints_the_key_once_and_stores_its_digest() {
         stored.contains("tenant: acme") && stored.contains("tier: batch"),
         "{stored}"
     );
+    let listed = gateway()
+        .args(["keys", "list", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    let lines: Vec<&str> = listed.lines().collect();
+    assert_eq!(lines.len(), 2, "{listed}");
+    // The columns line up: the tenant starts where its header does.
+    assert_eq!(lines[1].find("acme"), lines[0].find("tenant"), "{listed}");
 
     let bad = gateway()
         .args(["keys", "add", "--tenant", "acme", "--tier", "gold", "--config"])
@@ -373,9 +394,11 @@ async fn health_probes_the_admin_listener() {
     g.stop();
     let down = gateway().args(["health", "--admin", &admin]).output().unwrap();
     assert_eq!(down.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&down.stderr);
     assert!(
-        String::from_utf8_lossy(&down.stderr).contains("cannot connect"),
-        "{}",
-        String::from_utf8_lossy(&down.stderr)
+        said.contains("cannot connect")
+            && said.contains("refused")
+            && said.contains("is the gateway running?"),
+        "{said}"
     );
 }

@@ -38,7 +38,11 @@ pub fn call(
         let exchange = async {
             let response = client.request(request).await.map_err(|e| {
                 if e.is_connect() {
-                    format!("cannot connect to the admin listener {admin}: {e}")
+                    format!(
+                        "cannot connect to the admin listener {admin} ({}): is the gateway running? \
+                         `gateway run` (or scripts/run.sh) starts it; --admin names another address",
+                        root_cause(&e)
+                    )
                 } else {
                     format!("the admin listener {admin} gave no HTTP answer: {e}")
                 }
@@ -59,6 +63,15 @@ pub fn call(
             )
         })?
     })
+}
+
+/// The innermost error of a chain: hyper's own says only "client error (Connect)".
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut inner = e;
+    while let Some(source) = inner.source() {
+        inner = source;
+    }
+    inner.to_string()
 }
 
 /// Whether `GET /healthz` on the admin listener answers 200 (an unspecified address is
