@@ -474,3 +474,29 @@ async fn bad_binary_requests() {
         );
     }
 }
+
+/// The binary on an address in use: it loads the models, says why it cannot listen and what
+/// to do, exits 1, and its log is plain text when it goes to a pipe (no terminal colours in a
+/// log file or a collector).
+#[test]
+fn the_binary_explains_an_address_in_use_in_plain_text() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_inference-server"))
+        .arg("--models")
+        .arg(models_dir())
+        .arg("--listen")
+        .arg(taken.local_addr().unwrap().to_string())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("INFO") && said.contains("loaded breast-cancer/1"),
+        "{said}"
+    );
+    assert!(
+        said.contains("the address is in use") && said.contains("--listen"),
+        "{said}"
+    );
+    assert!(!said.contains('\x1b'), "escape codes in a piped log: {said:?}");
+}
