@@ -500,3 +500,23 @@ fn the_binary_explains_an_address_in_use_in_plain_text() {
     );
     assert!(!said.contains('\x1b'), "escape codes in a piped log: {said:?}");
 }
+
+/// A models folder that is not there: the binary names the flag and the folder, and does not
+/// speak of models that failed to load (none was tried).
+#[test]
+fn the_binary_names_a_missing_models_folder() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_inference-server"))
+        .args(["--models", "/nonexistent/models", "--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("--models /nonexistent/models: cannot read model repository"),
+        "{said}"
+    );
+    assert!(
+        !said.contains("failed to load") && !said.contains("model *"),
+        "{said}"
+    );
+}

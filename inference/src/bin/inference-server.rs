@@ -143,9 +143,13 @@ fn run(args: Args) -> Result<(), String> {
     }
     inference::runtime::environment()?;
 
-    let repo = ModelRepository::load(&args.models, &config).map_err(|errors| {
-        let lines: Vec<String> = errors.iter().map(|e| format!("  {e}")).collect();
-        format!("{} model(s) failed to load:\n{}", errors.len(), lines.join("\n"))
+    let repo = ModelRepository::load(&args.models, &config).map_err(|errors| match errors.as_slice() {
+        // The folder itself (missing, unreadable, empty): no model was tried.
+        [e] if e.model == "*" => format!("--models {}: {}", args.models.display(), e.reason),
+        _ => {
+            let lines: Vec<String> = errors.iter().map(|e| format!("  {e}")).collect();
+            format!("{} model(s) failed to load:\n{}", errors.len(), lines.join("\n"))
+        }
     })?;
     for (name, version, pool) in repo.iter() {
         let meta = pool.metadata();

@@ -153,14 +153,16 @@ pub fn route(name: &str, r: &Value) -> String {
         } else {
             out.push_str("  decisions:\n");
         }
+        // Numbers as text first: a JSON value's Display ignores widths.
+        let weight = |v: &Value| v.as_u64().map_or("?".into(), |w| w.to_string());
         for d in shown {
             let _ = writeln!(
                 out,
                 "    {}  {:<12} {:>3} -> {:<3}  {}",
                 d["at"].as_str().unwrap_or("?"),
                 d["result"].as_str().unwrap_or("?"),
-                d["weight_from"],
-                d["weight_to"],
+                weight(&d["weight_from"]),
+                weight(&d["weight_to"]),
                 d["reason"].as_str().unwrap_or("")
             );
         }
@@ -180,7 +182,7 @@ fn gate_table(r: &Value, f: &Value) -> Table {
         "requests".into(),
         f["canary_requests"].to_string(),
         f["stable_requests"].to_string(),
-        format!("canary at least {}", r["min_requests"]),
+        gate(r["min_requests"].as_u64().map(|n| format!("canary at least {n}"))),
     ]);
     t.add_row(vec![
         "error rate".into(),
@@ -327,6 +329,8 @@ mod tests {
         }
         // Gates not set and figures not there: no row.
         assert!(!text.contains("accuracy") && !text.contains("drift"), "{text}");
+        // Decisions line up: the weights in columns of three.
+        assert!(text.contains("inconclusive  25 -> 25   decision 11\n"), "{text}");
         // The two oldest decisions are left to the JSON.
         assert!(
             !text.contains("decision 1\n") && !text.contains("decision 0"),
