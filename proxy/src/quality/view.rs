@@ -7,7 +7,7 @@ use std::fmt::Write;
 use comfy_table::{ContentArrangement, Table};
 use serde_json::Value;
 
-fn table(header: &[&str]) -> Table {
+pub(crate) fn table(header: &[&str]) -> Table {
     let mut t = Table::new();
     t.load_style(comfy_table::presets::ASCII_BORDERS_ONLY_CONDENSED)
         .set_content_arrangement(ContentArrangement::Disabled)
@@ -15,7 +15,7 @@ fn table(header: &[&str]) -> Table {
     t
 }
 
-fn pct(v: &Value) -> String {
+pub(crate) fn pct(v: &Value) -> String {
     v.as_f64().map_or("-".into(), |x| format!("{:.2}%", 100.0 * x))
 }
 
@@ -31,7 +31,7 @@ fn interval(v: &Value) -> String {
 }
 
 /// Indents a table under its title.
-fn indented(t: &Table) -> String {
+pub(crate) fn indented(t: &Table) -> String {
     t.to_string().lines().map(|l| format!("  {l}\n")).collect()
 }
 

@@ -4,10 +4,12 @@
 
 use std::fmt::Write;
 
-use comfy_table::{ContentArrangement, Table};
+use comfy_table::Table;
 use serde_json::{Value, json};
 
 use super::{Rollouts, Status, Verdict, evaluate};
+// The terminal tables of `gateway report --quality`: the same style and percentages.
+use crate::quality::view::{indented, pct, table};
 
 /// Decisions the text shows per route, latest last (the JSON has every kept one).
 const SHOWN_DECISIONS: usize = 10;
@@ -173,10 +175,7 @@ pub fn route(name: &str, r: &Value) -> String {
 /// The window's figures beside the gates: a row per gate, and the requests.
 fn gate_table(r: &Value, f: &Value) -> Table {
     let g = &r["gates"];
-    let mut t = Table::new();
-    t.load_style(comfy_table::presets::ASCII_BORDERS_ONLY_CONDENSED)
-        .set_content_arrangement(ContentArrangement::Disabled)
-        .set_header(vec!["this window", "canary", "stable", "gate"]);
+    let mut t = table(&["this window", "canary", "stable", "gate"]);
     let gate = |text: Option<String>| text.unwrap_or_else(|| "-".into());
     t.add_row(vec![
         "requests".into(),
@@ -188,18 +187,21 @@ fn gate_table(r: &Value, f: &Value) -> Table {
         "error rate".into(),
         pct(&f["canary_error_rate"]),
         pct(&f["stable_error_rate"]),
-        gate(num(&g["max_error_rate_delta"]).map(|_| {
-            format!(
-                "canary - stable at most {} points",
-                points(&g["max_error_rate_delta"])
-            )
-        })),
+        gate(
+            g["max_error_rate_delta"]
+                .as_f64()
+                .map(|m| format!("canary - stable at most {:.2} points", 100.0 * m)),
+        ),
     ]);
     t.add_row(vec![
         "p99".into(),
         ms(&f["canary_p99_ms"]),
         ms(&f["stable_p99_ms"]),
-        gate(num(&g["max_p99_ratio"]).map(|m| format!("canary / stable at most {m:.2}"))),
+        gate(
+            g["max_p99_ratio"]
+                .as_f64()
+                .map(|m| format!("canary / stable at most {m:.2}")),
+        ),
     ]);
     if g["min_shadow_agreement"].is_number() || f["comparisons"].as_u64().unwrap_or(0) > 0 {
         t.add_row(vec![
@@ -209,13 +211,11 @@ fn gate_table(r: &Value, f: &Value) -> Table {
                 n => format!("{} of {n}", pct(&f["agreement"])),
             },
             "-".into(),
-            gate(num(&g["min_shadow_agreement"]).map(|_| {
-                format!(
-                    "at least {} over {} or more",
-                    pct(&g["min_shadow_agreement"]),
-                    g["min_comparisons"]
-                )
-            })),
+            gate(
+                g["min_shadow_agreement"]
+                    .as_f64()
+                    .map(|m| format!("at least {:.2}% over {} or more", 100.0 * m, g["min_comparisons"])),
+            ),
         ]);
     }
     let labelled = |v: &str| f[format!("{v}_labelled")].as_u64().unwrap_or(0);
@@ -231,10 +231,10 @@ fn gate_table(r: &Value, f: &Value) -> Table {
             "accuracy".into(),
             accuracy("canary"),
             accuracy("stable"),
-            gate(num(&g["min_accuracy_delta"]).map(|_| {
+            gate(g["min_accuracy_delta"].as_f64().map(|m| {
                 format!(
-                    "canary - stable at least {} points, {} labels each",
-                    points(&g["min_accuracy_delta"]),
+                    "canary - stable at least {:.2} points, {} labels each",
+                    100.0 * m,
                     g["min_labels"]
                 )
             })),
@@ -243,45 +243,38 @@ fn gate_table(r: &Value, f: &Value) -> Table {
     if g["max_input_drift_psi"].is_number() || f["input_drift_psi"].is_number() {
         t.add_row(vec![
             "input drift (PSI)".into(),
-            num(&f["input_drift_psi"]).map_or("-".into(), |x| format!("{x:.3}")),
+            f["input_drift_psi"]
+                .as_f64()
+                .map_or("-".into(), |x| format!("{x:.3}")),
             "-".into(),
-            gate(num(&g["max_input_drift_psi"]).map(|m| format!("canary's at most {m:.3}"))),
+            gate(
+                g["max_input_drift_psi"]
+                    .as_f64()
+                    .map(|m| format!("canary's at most {m:.3}")),
+            ),
         ]);
     }
     t
 }
 
-fn num(v: &Value) -> Option<f64> {
-    v.as_f64()
-}
-
-fn pct(v: &Value) -> String {
-    num(v).map_or("-".into(), |x| format!("{:.2}%", 100.0 * x))
-}
-
-/// A fraction as percentage points, signed when negative.
-fn points(v: &Value) -> String {
-    num(v).map_or("-".into(), |x| format!("{:.2}", 100.0 * x))
-}
-
 fn ms(v: &Value) -> String {
-    num(v).map_or("-".into(), |x| format!("{x:.2} ms"))
+    v.as_f64().map_or("-".into(), |x| format!("{x:.2} ms"))
 }
 
 fn seconds(v: &Value) -> String {
-    num(v).map_or("-".into(), |x| {
-        let d = std::time::Duration::from_secs(x as u64);
-        humantime::format_duration(d).to_string()
+    v.as_f64().map_or("-".into(), |x| {
+        humantime::format_duration(std::time::Duration::from_secs(x as u64)).to_string()
     })
-}
-
-fn indented(t: &Table) -> String {
-    t.to_string().lines().map(|l| format!("  {l}\n")).collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The text with every run of white space made one space: the tables' widths vary.
+    fn squeezed(s: &str) -> String {
+        s.split_whitespace().collect::<Vec<_>>().join(" ")
+    }
 
     fn running() -> Value {
         json!({
@@ -321,7 +314,6 @@ mod tests {
             "decisions, latest 10 of 12 (all: --format json):",
             "2026-12-07T02:11:00Z  inconclusive  25 -> 25   decision 11",
         ] {
-            let squeezed = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
             assert!(
                 squeezed(&text).contains(&squeezed(want)),
                 "{want:?} not in:\n{text}"
@@ -350,7 +342,6 @@ mod tests {
             "accuracy 95.00% of 40 no labels canary - stable at least -1.00 points, 50 labels each",
             "input drift (PSI) - - canary's at most 0.200",
         ] {
-            let squeezed = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
             assert!(squeezed(&text).contains(want), "{want:?} not in:\n{text}");
         }
         r["window"]["so_far"] = json!({"result": "pass", "reason": "error rate … (the table's figures)"});
@@ -358,9 +349,8 @@ mod tests {
         let text = route("breast-cancer", &r);
         assert!(text.contains("so far: pass, every gate\n"), "{text}");
         assert!(!text.contains("the table's figures"), "{text}");
-        let squeezed = text.split_whitespace().collect::<Vec<_>>().join(" ");
         assert!(
-            squeezed.contains("| shadow agreement no comparisons - at least"),
+            squeezed(&text).contains("| shadow agreement no comparisons - at least"),
             "{text}"
         );
         r["status"] = json!("rolled_back");

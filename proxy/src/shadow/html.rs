@@ -202,7 +202,7 @@ fn confusion(p: &PairReport) -> String {
         }
         t.push_str("</tr>");
     }
-    t.push_str("</table></details>");
+    t.push_str("</table>");
     t
 }
 
