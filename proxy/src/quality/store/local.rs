@@ -1,22 +1,35 @@
 //! This replica's feedback store: predictions kept in memory, oldest first out, within
 //! `quality.feedback.max_bytes` as the process's memory counts them.
 //!
-//! Per shard, the predictions wait in a ring in the order they came (a slot of 32 bytes each,
-//! the record boxed), and a hash table of 16-byte entries (the id's hash, the slot's sequence
-//! number) finds them by id. Why not a map from id to record: its buckets held the records
-//! themselves (some 230 bytes, at most 7/8 full, so up to twice that per prediction) and the
-//! eviction queue a second copy of every id, so a store that counted 63 MiB took 175 MiB
-//! (`VmRSS` of a gateway before and after 360,000 requests, a one-off in `docs/limits.md`;
-//! 63 MiB now); and every eviction read the evicted id twice, from memory no cache
-//! held (the map's entry lookups were 3.2% of the I/O thread at 35,000 requests/s, `perf`).
-//! Here eviction finds its table entry by hash and sequence number, reading no id.
+//! Per shard, the predictions wait in a ring in the order they came, each record whole in its
+//! slot, and a hash table of 16-byte entries (the id's hash, the slot's sequence number) finds
+//! them by id. Why not a map from id to record: its buckets held the records themselves (some
+//! 230 bytes, at most 7/8 full, so up to twice that per prediction) and the eviction queue a
+//! second copy of every id, so a store that counted 63 MiB took 175 MiB (`VmRSS` of a gateway
+//! before and after 360,000 requests, a one-off in `docs/limits.md`; 63 MiB now); and every
+//! eviction read the evicted id twice, from memory no cache held. Here eviction finds its
+//! table entry by hash and sequence number, reading no id.
+//!
+//! Why the record lives in its slot, its strings shared: a full store evicts one prediction
+//! for every one it keeps, from memory written a few hundred thousand requests before, which
+//! no cache holds. With the record boxed and its id, tenant, route, variant, version and
+//! classes each on the heap, an eviction read (and freed) seven such places, and keeping
+//! predictions cost the gateway about 2.7 µs per request proxied at its maximum rate
+//! (20.3 µs against 17.6 with `feedback.enabled: false`; 18.6–19.1 with a 1 MiB store that
+//! the caches held: a one-off with wrk, docs/performance.md). Now a record is one slot: the
+//! id inline when it is at most [`INLINE_ID`] bytes (the gateway's own ids are 32), the
+//! classes inline for up to two rows, the strings interned per shard ([`Strings`]), and
+//! what a join adds (shadows, labels) boxed, only for the predictions that get them.
 
 use std::collections::VecDeque;
-use std::hash::BuildHasher;
+use std::hash::{BuildHasher, Hasher as _};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use hashbrown::HashTable;
 use parking_lot::Mutex;
+use smallvec::SmallVec;
 
 use super::{Found, MAX_SHADOWS, Served, ShadowServed};
 
@@ -39,7 +52,7 @@ pub struct Local {
     keep: Duration,
 }
 
-/// The bound of one shard, at most: about 2,400 one-row predictions.
+/// The bound of one shard, at most: about 3,800 one-row predictions.
 const SHARD_BYTES: usize = 1 << 20;
 const MAX_SHARDS: usize = 256;
 
@@ -47,7 +60,18 @@ const MAX_SHARDS: usize = 256;
 /// microseconds; beyond this the put waits for it).
 const PENDING: usize = 64;
 
+/// Ids up to this long are kept in the slot; longer ones (clients' own, up to 128 bytes) on
+/// the heap.
+const INLINE_ID: usize = 32;
+
+/// Distinct origins a shard's [`Strings`] shares, at most.
+const MAX_STRINGS: usize = 256;
+
 struct Shard {
+    /// Whether `pending` may hold puts: read on every put, beside the lock it takes, where
+    /// the queue's own ends are two cache lines a put rarely finds warm (its pop was 0.6% of
+    /// the I/O thread's samples at 40,000 requests/s, `perf`).
+    queued: AtomicBool,
     inner: Mutex<Inner>,
     /// Puts that found `inner` locked, filed by the next holder before anything else.
     pending: crossbeam_queue::ArrayQueue<(u64, String, Served)>,
@@ -60,25 +84,131 @@ struct Inner {
     /// Oldest first; sequence numbers follow each other, so a slot's place is its number
     /// less the front's.
     ring: VecDeque<Slot>,
+    strings: Strings,
     bytes: usize,
     seq: u64,
+}
+
+/// What a shard's records share, one copy each: a prediction's tenant, route, variant and
+/// version (its origin), a shadow's pool and version. A record holds a count on its origin
+/// instead of strings of its own, so that evicting it frees nothing cold and its slot stays
+/// small. An origin is one of a few per gateway. The table is weighed with the shard (its
+/// origins stay while the process runs) and holds at most [`MAX_STRINGS`] of them within an
+/// eighth of the shard's bytes; past that (a gateway with that many tenants) a record gets an
+/// origin of its own, weighed with it.
+#[derive(Default)]
+struct Strings {
+    table: HashTable<Arc<[Box<str>]>>,
+    hasher: foldhash::fast::FixedState,
+    /// What the table's origins weigh.
+    bytes: usize,
+}
+
+impl Strings {
+    fn hash<'a>(hasher: &foldhash::fast::FixedState, parts: impl Iterator<Item = &'a str>) -> u64 {
+        let mut h = hasher.build_hasher();
+        for p in parts {
+            h.write(p.as_bytes());
+            h.write_u8(0xff); // not UTF-8: ("ab", "c") and ("a", "bc") differ
+        }
+        h.finish()
+    }
+
+    /// The origin of these parts, and what it adds to the record that takes it: nothing when
+    /// shared, its weight when the record's own. `room`: the bytes the table may hold.
+    fn get(&mut self, parts: &[&str], room: usize) -> (Arc<[Box<str>]>, usize) {
+        let hash = Strings::hash(&self.hasher, parts.iter().copied());
+        let same =
+            |t: &Arc<[Box<str>]>| t.len() == parts.len() && t.iter().zip(parts).all(|(a, b)| **a == **b);
+        if let Some(found) = self.table.find(hash, same) {
+            return (found.clone(), 0);
+        }
+        let new: Arc<[Box<str>]> = parts.iter().map(|p| Box::from(*p)).collect();
+        // The Arc's counts and the boxes' pointers, then the strings.
+        let weight = heap(16 + 16 * parts.len()) + parts.iter().map(|p| heap(p.len())).sum::<usize>();
+        if self.table.len() >= MAX_STRINGS || self.bytes + weight > room {
+            return (new, weight);
+        }
+        self.bytes += weight;
+        let hasher = &self.hasher;
+        self.table.insert_unique(hash, new.clone(), |t| {
+            Strings::hash(hasher, t.iter().map(|p| &**p))
+        });
+        (new, 0)
+    }
 }
 
 struct Slot {
     hash: u64,
     seq: u64,
-    /// When it was put (Unix ms): the eviction reads no further than the slot.
-    at_ms: u64,
-    kept: Box<Kept>,
+    kept: Kept,
 }
 
+/// One prediction, whole in its slot but for what joins add.
 struct Kept {
-    id: Box<str>,
-    served: Served,
-    shadows: Vec<ShadowServed>,
-    labels: Option<Vec<i64>>,
+    /// When it was put (Unix ms): the eviction reads no further than the slot.
+    at_ms: u64,
+    /// Tenant, route, variant and version.
+    origin: Arc<[Box<str>]>,
+    id: SmallVec<[u8; INLINE_ID]>,
+    classes: SmallVec<[i64; 2]>,
+    /// The shadows' classes and the labels, once either came.
+    joined: Option<Box<Joined>>,
+    forced: bool,
     ambiguous: bool,
-    bytes: usize,
+    bytes: u32,
+}
+
+#[derive(Default)]
+struct Joined {
+    shadows: SmallVec<[ShadowKept; 1]>,
+    labels: Option<Vec<i64>>,
+}
+
+/// A shadow's classes, as [`ShadowServed`] with its strings interned.
+struct ShadowKept {
+    /// Pool and version.
+    origin: Arc<[Box<str>]>,
+    classes: SmallVec<[i64; 2]>,
+}
+
+impl ShadowKept {
+    fn served(&self) -> ShadowServed {
+        let [pool, version] = &*self.origin else {
+            unreachable!("a shadow's origin has two parts")
+        };
+        ShadowServed {
+            pool: pool.to_string(),
+            version: version.to_string(),
+            classes: self.classes.to_vec(),
+        }
+    }
+}
+
+impl Kept {
+    fn served(&self) -> Served {
+        let [tenant, route, variant, version] = &*self.origin else {
+            unreachable!("an origin has four parts")
+        };
+        Served {
+            tenant: tenant.to_string(),
+            route: route.to_string(),
+            variant: variant.to_string(),
+            version: version.to_string(),
+            forced: self.forced,
+            classes: self.classes.to_vec(),
+            at_ms: self.at_ms,
+        }
+    }
+
+    fn labels(&self) -> Option<&Vec<i64>> {
+        self.joined.as_ref()?.labels.as_ref()
+    }
+
+    /// Adds `extra` bytes to the record's weight.
+    fn grow(&mut self, extra: usize) {
+        self.bytes = self.bytes.saturating_add(extra as u32);
+    }
 }
 
 /// Bytes of a heap allocation of `n` bytes, about: rounded up to 16 (mimalloc's size classes
@@ -88,23 +218,30 @@ fn heap(n: usize) -> usize {
 }
 
 /// What keeping one prediction costs: its slot in the ring and its entry in the table, each
-/// twice (both grow by doubling: at most half empty), the boxed record, and the heap of the
-/// id, the strings and the classes.
+/// twice (both grow by doubling: at most half empty), and the heap of an id or classes too
+/// long for the slot (its origin: [`Strings::get`]).
 fn weight(id: &str, s: &Served) -> usize {
+    let spilled = |len: usize, inline: usize| if len > inline { heap(len) } else { 0 };
     2 * size_of::<Slot>()
         + 2 * (size_of::<(u64, u64)>() + 1)
-        + heap(size_of::<Kept>())
-        + heap(id.len())
-        + heap(s.tenant.len())
-        + heap(s.route.len())
-        + heap(s.variant.len())
-        + heap(s.version.len())
-        + heap(8 * s.classes.len())
+        + spilled(id.len(), INLINE_ID)
+        + spilled(8 * s.classes.len(), 16)
 }
 
-/// What a shadow's record adds (the vector of shadows grows one at a time).
-fn shadow_weight(s: &ShadowServed) -> usize {
-    size_of::<ShadowServed>() + heap(s.pool.len()) + heap(s.version.len()) + heap(8 * s.classes.len())
+/// What a shadow's record adds: the box of joins with the first, a place in its list for
+/// each after the first (which grows by doubling), and classes too long for the place.
+fn shadow_weight(first: bool, s: &ShadowServed) -> usize {
+    let place = if first {
+        heap(size_of::<Joined>())
+    } else {
+        2 * size_of::<ShadowKept>()
+    };
+    place
+        + if s.classes.len() > 2 {
+            heap(8 * s.classes.len())
+        } else {
+            0
+        }
 }
 
 impl Inner {
@@ -114,7 +251,7 @@ impl Inner {
         let place = |seq: u64| (seq - base) as usize;
         self.table
             .find(hash, |&(h, seq)| {
-                h == hash && *self.ring[place(seq)].kept.id == *id
+                h == hash && *self.ring[place(seq)].kept.id == *id.as_bytes()
             })
             .map(|&(_, seq)| place(seq))
     }
@@ -131,6 +268,7 @@ impl Local {
         Local {
             shards: (0..n)
                 .map(|_| Shard {
+                    queued: AtomicBool::new(false),
                     inner: Mutex::default(),
                     pending: crossbeam_queue::ArrayQueue::new(PENDING),
                 })
@@ -157,6 +295,11 @@ impl Local {
     }
 
     fn file_pending(&self, shard: &Shard, g: &mut Inner) {
+        // A put that queues sets the flag after its record is in: one whose flag this misses
+        // is filed by the next holder, and its own put has not returned yet.
+        if !shard.queued.load(Ordering::Acquire) || !shard.queued.swap(false, Ordering::AcqRel) {
+            return;
+        }
         while let Some((hash, id, served)) = shard.pending.pop() {
             self.insert(g, hash, &id, served);
         }
@@ -179,7 +322,10 @@ impl Local {
         let mut g = match shard.inner.try_lock() {
             Some(g) => g,
             None => match shard.pending.push((hash, id.to_string(), served)) {
-                Ok(()) => return,
+                Ok(()) => {
+                    shard.queued.store(true, Ordering::Release);
+                    return;
+                }
                 Err((_, _, served)) => {
                     let mut g = shard.inner.lock();
                     self.file_pending(shard, &mut g);
@@ -198,35 +344,40 @@ impl Local {
             return;
         }
         let now = served.at_ms;
-        let bytes = weight(id, &served);
+        let room = self.shard_bytes / 8;
+        let before = g.strings.bytes;
+        let (origin, own) = g.strings.get(
+            &[&served.tenant, &served.route, &served.variant, &served.version],
+            room,
+        );
+        g.bytes += g.strings.bytes - before;
+        let bytes = weight(id, &served) + own;
         let seq = g.seq + 1;
         g.seq = seq;
         g.table.insert_unique(hash, (hash, seq), |&(h, _)| h);
-        g.ring.push_back(Slot {
-            hash,
-            seq,
+        let kept = Kept {
             at_ms: now,
-            kept: Box::new(Kept {
-                id: id.into(),
-                served,
-                shadows: Vec::new(),
-                labels: None,
-                ambiguous: false,
-                bytes,
-            }),
-        });
+            origin,
+            id: SmallVec::from_slice(id.as_bytes()),
+            classes: SmallVec::from_vec(served.classes),
+            joined: None,
+            forced: served.forced,
+            ambiguous: false,
+            bytes: bytes as u32,
+        };
+        g.ring.push_back(Slot { hash, seq, kept });
         g.bytes += bytes;
         // The oldest go while over the bound or kept for long enough.
         let keep_ms = self.keep.as_millis() as u64;
         while let Some(front) = g.ring.front() {
-            if g.bytes <= self.shard_bytes && front.at_ms + keep_ms >= now {
+            if g.bytes <= self.shard_bytes && front.kept.at_ms + keep_ms >= now {
                 break;
             }
             let old = g.ring.pop_front().expect("the front was just read");
             if let Ok(entry) = g.table.find_entry(old.hash, |&(_, seq)| seq == old.seq) {
                 entry.remove();
             }
-            g.bytes -= old.kept.bytes;
+            g.bytes -= old.kept.bytes as usize;
         }
     }
 
@@ -234,19 +385,37 @@ impl Local {
     /// back with the labels and the primary's record, so the caller counts the shadow now.
     pub fn add_shadow(&self, id: &str, shadow: ShadowServed) -> Option<(Served, Vec<i64>, ShadowServed)> {
         let (hash, mut g) = self.lock(id);
-        let kept = g.get_mut(hash, id)?;
+        let Inner {
+            table,
+            ring,
+            strings,
+            bytes,
+            ..
+        } = &mut *g;
+        let base = ring.front()?.seq;
+        let &(_, seq) = table.find(hash, |&(h, seq)| {
+            h == hash && *ring[(seq - base) as usize].kept.id == *id.as_bytes()
+        })?;
+        let kept = &mut ring[(seq - base) as usize].kept;
         if kept.ambiguous {
             return None;
         }
-        if let Some(labels) = &kept.labels {
-            return Some((kept.served.clone(), labels.clone(), shadow));
+        if let Some(labels) = kept.labels() {
+            return Some((kept.served(), labels.clone(), shadow));
         }
-        if kept.shadows.len() < MAX_SHADOWS {
-            let extra = shadow_weight(&shadow);
-            kept.shadows.reserve_exact(1);
-            kept.shadows.push(shadow);
-            kept.bytes += extra;
-            g.bytes += extra;
+        let first = kept.joined.is_none();
+        let joined = kept.joined.get_or_insert_with(Box::default);
+        if joined.shadows.len() < MAX_SHADOWS {
+            let before = strings.bytes;
+            let (origin, own) = strings.get(&[&shadow.pool, &shadow.version], self.shard_bytes / 8);
+            *bytes += strings.bytes - before;
+            let extra = shadow_weight(first, &shadow) + own;
+            joined.shadows.push(ShadowKept {
+                origin,
+                classes: SmallVec::from_vec(shadow.classes),
+            });
+            kept.grow(extra);
+            *bytes += extra;
         }
         None
     }
@@ -256,8 +425,8 @@ impl Local {
         match g.find(hash, id).map(|i| &g.ring[i].kept) {
             None => Found::Unknown,
             Some(k) if k.ambiguous => Found::Ambiguous,
-            Some(k) if k.labels.is_some() => Found::Duplicate,
-            Some(k) => Found::Open(k.served.clone()),
+            Some(k) if k.labels().is_some() => Found::Duplicate,
+            Some(k) => Found::Open(k.served()),
         }
     }
 
@@ -266,15 +435,19 @@ impl Local {
     pub fn mark(&self, id: &str, labels: &[i64]) -> Option<Vec<ShadowServed>> {
         let (hash, mut g) = self.lock(id);
         let kept = g.get_mut(hash, id)?;
-        if kept.labels.is_some() || kept.ambiguous {
+        if kept.labels().is_some() || kept.ambiguous {
             return None;
         }
-        kept.labels = Some(labels.to_vec());
-        let extra = heap(8 * labels.len());
-        kept.bytes += extra;
-        let shadows = std::mem::take(&mut kept.shadows);
+        let mut extra = heap(8 * labels.len());
+        if kept.joined.is_none() {
+            extra += heap(size_of::<Joined>());
+        }
+        let joined = kept.joined.get_or_insert_with(Box::default);
+        joined.labels = Some(labels.to_vec());
+        let shadows = std::mem::take(&mut joined.shadows);
+        kept.grow(extra);
         g.bytes += extra;
-        Some(shadows)
+        Some(shadows.iter().map(ShadowKept::served).collect())
     }
 }
 #[cfg(test)]
@@ -376,20 +549,77 @@ mod tests {
     #[test]
     fn the_bytes_count_what_is_held() {
         let s = Local::new(1 << 20, Duration::from_secs(60));
-        let one = served(1, vec![1]);
-        s.put("0123456789abcdef0123456789abcdef", one.clone());
-        let b = s.bytes();
-        // The slot, the table entry (twice each: both grow by doubling), the boxed record
-        // and six heap allocations.
-        let least = 2 * size_of::<Slot>() + 2 * 16 + size_of::<Kept>() + 32 + 5 * 16;
-        assert!(b >= least, "{b} < {least}");
+        // The slot and the table entry, twice each (both grow by doubling); a 32-byte id and
+        // one class fit in the slot. The first record's origin ("t", "r", "stable", "1": the
+        // Arc and four boxes, then four strings) is the shard's, once.
+        let slot = 2 * size_of::<Slot>() + 2 * 17;
+        let origin = 80 + 4 * 16;
+        s.put("0123456789abcdef0123456789abcdef", served(1, vec![1]));
+        assert_eq!(s.bytes(), slot + origin);
+        // A client's longer id and three classes spill to the heap, and count.
+        let long = "x".repeat(100);
+        s.put(&long, served(1, vec![1, 0, 1]));
+        assert_eq!(s.bytes(), 2 * slot + origin + 112 + 32);
         let shadow = ShadowServed {
             pool: "p".into(),
             version: "3".into(),
             classes: vec![1],
         };
+        // The first shadow brings the box of joins and its origin ("p", "3").
+        s.add_shadow("0123456789abcdef0123456789abcdef", shadow.clone());
+        let joined = heap(size_of::<Joined>());
+        let shadow_origin = 48 + 2 * 16;
+        let so_far = 2 * slot + origin + 144 + joined + shadow_origin;
+        assert_eq!(s.bytes(), so_far);
         s.add_shadow("0123456789abcdef0123456789abcdef", shadow);
-        assert!(s.bytes() >= b + size_of::<ShadowServed>() + 3 * 16);
+        assert_eq!(s.bytes(), so_far + 2 * size_of::<ShadowKept>());
+        // A slot stays within two cache lines: what a full store's eviction reads.
+        assert!(size_of::<Slot>() <= 128, "{}", size_of::<Slot>());
+    }
+
+    #[test]
+    fn records_share_their_origins_and_past_the_shared_ones_pay_for_their_own() {
+        let s = Local::new(1 << 20, Duration::from_secs(60));
+        s.put("a", served(1, vec![1]));
+        s.put("b", served(2, vec![0]));
+        {
+            let g = s.shards[0].inner.lock();
+            assert!(Arc::ptr_eq(&g.ring[0].kept.origin, &g.ring[1].kept.origin));
+        }
+        let with_tenant = |i: usize| {
+            let mut one = served(3, vec![1]);
+            one.tenant = format!("tenant{i:04}");
+            one
+        };
+        for i in 1..MAX_STRINGS {
+            s.put(&format!("t{i}"), with_tenant(i));
+        }
+        let full = s.bytes();
+        assert_eq!(s.shards[0].inner.lock().strings.table.len(), MAX_STRINGS);
+        // One more tenant: its origin is the record's own, weighed with it.
+        s.put("past", with_tenant(MAX_STRINGS));
+        let slot = 2 * size_of::<Slot>() + 2 * 17;
+        assert_eq!(s.bytes(), full + slot + 80 + 16 + 16 + 16 + 16);
+        assert_eq!(s.shards[0].inner.lock().strings.table.len(), MAX_STRINGS);
+        assert_eq!(s.lookup("a"), Found::Open(served(1, vec![1])));
+        let Found::Open(past) = s.lookup("past") else {
+            panic!("the newest record is kept")
+        };
+        assert_eq!(past.tenant, format!("tenant{MAX_STRINGS:04}"));
+    }
+
+    #[test]
+    fn shared_origins_stay_within_an_eighth_of_a_shard() {
+        let s = Local::new(64 << 10, Duration::from_secs(60));
+        for i in 0..MAX_STRINGS {
+            let mut one = served(1, vec![1]);
+            one.tenant = format!("{i:0100}");
+            s.put(&format!("t{i}"), one);
+            let g = s.shards[0].inner.lock();
+            assert!(g.strings.bytes <= (64 << 10) / 8, "{}", g.strings.bytes);
+            assert!(g.bytes <= 64 << 10, "{}", g.bytes);
+        }
+        assert!(s.shards[0].inner.lock().strings.table.len() < MAX_STRINGS);
     }
 
     #[test]
