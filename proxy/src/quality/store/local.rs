@@ -260,6 +260,15 @@ impl Inner {
         let i = self.find(hash, id)?;
         Some(&mut self.ring[i].kept)
     }
+
+    /// The shared or own origin of these parts ([`Strings::get`]), the table's growth counted
+    /// with the shard; also what it adds to the record that takes it.
+    fn origin(&mut self, parts: &[&str], shard_bytes: usize) -> (Arc<[Box<str>]>, usize) {
+        let before = self.strings.bytes;
+        let got = self.strings.get(parts, shard_bytes / 8);
+        self.bytes += self.strings.bytes - before;
+        got
+    }
 }
 
 impl Local {
@@ -344,13 +353,13 @@ impl Local {
             return;
         }
         let now = served.at_ms;
-        let room = self.shard_bytes / 8;
-        let before = g.strings.bytes;
-        let (origin, own) = g.strings.get(
-            &[&served.tenant, &served.route, &served.variant, &served.version],
-            room,
-        );
-        g.bytes += g.strings.bytes - before;
+        let parts = [
+            &*served.tenant,
+            &*served.route,
+            &*served.variant,
+            &*served.version,
+        ];
+        let (origin, own) = g.origin(&parts, self.shard_bytes);
         let bytes = weight(id, &served) + own;
         let seq = g.seq + 1;
         g.seq = seq;
@@ -385,18 +394,8 @@ impl Local {
     /// back with the labels and the primary's record, so the caller counts the shadow now.
     pub fn add_shadow(&self, id: &str, shadow: ShadowServed) -> Option<(Served, Vec<i64>, ShadowServed)> {
         let (hash, mut g) = self.lock(id);
-        let Inner {
-            table,
-            ring,
-            strings,
-            bytes,
-            ..
-        } = &mut *g;
-        let base = ring.front()?.seq;
-        let &(_, seq) = table.find(hash, |&(h, seq)| {
-            h == hash && *ring[(seq - base) as usize].kept.id == *id.as_bytes()
-        })?;
-        let kept = &mut ring[(seq - base) as usize].kept;
+        let i = g.find(hash, id)?;
+        let kept = &g.ring[i].kept;
         if kept.ambiguous {
             return None;
         }
@@ -404,19 +403,25 @@ impl Local {
             return Some((kept.served(), labels.clone(), shadow));
         }
         let first = kept.joined.is_none();
-        let joined = kept.joined.get_or_insert_with(Box::default);
-        if joined.shadows.len() < MAX_SHADOWS {
-            let before = strings.bytes;
-            let (origin, own) = strings.get(&[&shadow.pool, &shadow.version], self.shard_bytes / 8);
-            *bytes += strings.bytes - before;
-            let extra = shadow_weight(first, &shadow) + own;
-            joined.shadows.push(ShadowKept {
+        if kept
+            .joined
+            .as_ref()
+            .is_some_and(|j| j.shadows.len() >= MAX_SHADOWS)
+        {
+            return None;
+        }
+        let (origin, own) = g.origin(&[&shadow.pool, &shadow.version], self.shard_bytes);
+        let extra = shadow_weight(first, &shadow) + own;
+        let kept = &mut g.ring[i].kept;
+        kept.joined
+            .get_or_insert_with(Box::default)
+            .shadows
+            .push(ShadowKept {
                 origin,
                 classes: SmallVec::from_vec(shadow.classes),
             });
-            kept.grow(extra);
-            *bytes += extra;
-        }
+        kept.grow(extra);
+        g.bytes += extra;
         None
     }
 
