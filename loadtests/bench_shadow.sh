@@ -200,6 +200,27 @@ SPIN_PLAIN="$(spin_beside plain_turn)"; SPIN_MIRR="$(spin_beside mirrored_turn)"
 SPIN_ALONE2="$(spin 0)"
 spare() { awk -v a="$1" -v b="$SPIN_ALONE1" -v c="$SPIN_ALONE2" 'BEGIN { printf "%.0f", (b + c > 0 ? 200 * a / (b + c) : 0) }'; }
 SPARE_PLAIN="$(spare "$SPIN_PLAIN")"; SPARE_MIRR="$(spare "$SPIN_MIRR")"
+# The host's own tail with the core kept busy (not a target): turns of the plain gateway with
+# an idle-priority spinner on its core taking whatever it leaves, against plain turns, either
+# first in turn. The spinner yields the core to the gateway at once (SCHED_IDLE), so what it
+# adds to the p99 is not work the gateway waits behind in the guest: on a virtual machine whose
+# idle core halts, it is what a core that never idles costs there, and copies that fill the
+# idle time pay it whatever their priority (docs/performance.md, "A busy core's tail").
+spun_turn() {
+  python3 "$ROOT/loadtests/spare_cpu.py" --cpu "$SERVER_CPU" --delay "$WARMUP" --seconds "$FIXED" >/dev/null &
+  local s=$!
+  DURATION=$FIXED BENCH_CSV="" fixed_rate "gateway, no shadow, an idle-priority spinner beside it ($round/$ROUNDS)" "$URL_GW" "$TURN_RATE" "$WORK/ca.crt"
+  wait "$s"
+}
+TURN_RATE="$RATE"; P99_ALONE=(); P99_SPUN=(); SPUN_RATIOS=()
+for round in $(seq "$ROUNDS"); do
+  for turn in $( [ $((round % 2)) = 1 ] && echo plain spun || echo spun plain ); do
+    if [ "$turn" = plain ]; then read -r _ x99 _ < <(plain_turn); else read -r _ s99 _ < <(spun_turn); fi
+  done
+  P99_ALONE+=("$x99"); P99_SPUN+=("$s99"); SPUN_RATIOS+=("$(ratio "$s99" "$x99")")
+done
+SPUN_P99_0=$(echo "${P99_ALONE[*]}" | median); SPUN_P99_1=$(echo "${P99_SPUN[*]}" | median)
+SPUN_RATIO="$(ratio "$SPUN_P99_1" "$SPUN_P99_0")"
 # The same turns at 3/8 of the maximum, where the plain gateway leaves the copies more room:
 # how the primary's p99 with the copies depends on how busy they keep the core (not a target).
 R38=$((G0_RPS * 3 / 8))
@@ -282,6 +303,7 @@ REPORT="$RESULTS/shadow.md"
   echo "- core $SERVER_CPU busy at $RATE/s (/proc/stat over each gateway's turns, warm-up included; medians): ${G0_BUSY}% with the plain gateway, ${G1_BUSY}% with the mirrored one"
   echo "- at 3/8 of the maximum ($R38/s; $ROUNDS turns of each, as at half; not a target): primary p99 $(ms "$R38_P99_1") with the copies, $(ms "$R38_P99_0") without (${R38_RATIO}×; per turn: $R38_RATIOS); core $SERVER_CPU busy ${R38_BUSY0}% plain, ${R38_BUSY1}% mirrored; ${R38_SHARE}% of the mirrored turns' requests compared; $R38_FERR failed"
   echo "- room at $RATE/s on core $SERVER_CPU (an idle-priority spinner's work there during one more ${FIXED} s turn of each gateway, against the mean of the spinner alone before and after, $SPIN_ALONE1 and $SPIN_ALONE2 loops/s: loadtests/spare_cpu.py): ${SPARE_PLAIN}% of the core beside the plain gateway, ${SPARE_MIRR}% beside the mirrored one. The copies fit in what the plain gateway leaves only where that exceeds what they cost (a copy's µs above times the rate)"
+  echo "- the host's tail with the core kept busy ($RATE/s; $ROUNDS turns of each, in turns; not a target): the plain gateway's p99 $(ms "$SPUN_P99_1") with an idle-priority spinner on core $SERVER_CPU taking what it leaves, $(ms "$SPUN_P99_0") without (${SPUN_RATIO}×; per turn: ${SPUN_RATIOS[*]}). The spinner yields the core at once, so the ratio is what a core that never idles costs the tail on this host, not work the gateway waits behind: the copies fill the same idle time"
   echo "- at a quarter of the maximum ($QRATE/s, one run of $((FIXED * 2)) s, mirrored gateway): ${Q_SHARE}% of $Q_ANS requests compared; primary p50 $(ms "$Q50"), p99 $(ms "$Q99"), $QERR failed"
   echo "- shadow store after the maximum-rate run: the oldest record of its last commit was ${G1_LAG} s old (what a crash then would have lost; shadow.flush_ms + 50 ms while the writer keeps up), $G1_LOST records lost to its bounded backlog"
   echo "- nginx mirror: requests/s loss ${N_LOSS}%; p99 at $N_RATE/s ${N_P99}× without (its mirror upstream runs on core $CLIENT_CPU)"
