@@ -187,7 +187,8 @@ Q_SHARE="$(share "$Q_CMP" "$Q_ANS")"
 # figure of work done, where CPU time accounted can mislead (loadtests/spare_cpu.py).
 # Within the turn's measured seconds: from 0.25 s after its warm-up to 0.8 of the way.
 SPIN_S="$(awk -v f="$FIXED" 'BEGIN { printf "%.2f", 0.8 * f - 0.25 }')"
-spin() { python3 "$ROOT/loadtests/spare_cpu.py" --cpu "$SERVER_CPU" --delay "$1" --seconds "$SPIN_S"; }
+# spin DELAY [SECONDS]: the spinner's loops per second (SECONDS: SPIN_S unless given).
+spin() { python3 "$ROOT/loadtests/spare_cpu.py" --cpu "$SERVER_CPU" --delay "$1" --seconds "${2:-$SPIN_S}"; }
 spin_beside() { # turn-function: the spinner's work per second during that turn
   spin "$WARMUP.25" &
   "$1" >/dev/null
@@ -207,7 +208,7 @@ SPARE_PLAIN="$(spare "$SPIN_PLAIN")"; SPARE_MIRR="$(spare "$SPIN_MIRR")"
 # idle core halts, it is what a core that never idles costs there, and copies that fill the
 # idle time pay it whatever their priority (docs/performance.md, "A busy core's tail").
 spun_turn() {
-  python3 "$ROOT/loadtests/spare_cpu.py" --cpu "$SERVER_CPU" --delay "$WARMUP" --seconds "$FIXED" >/dev/null &
+  spin "$WARMUP" "$FIXED" >/dev/null &
   local s=$!
   DURATION=$FIXED BENCH_CSV="" fixed_rate "gateway, no shadow, an idle-priority spinner beside it ($round/$ROUNDS)" "$URL_GW" "$TURN_RATE" "$WORK/ca.crt"
   wait "$s"
