@@ -1,21 +1,31 @@
-//! Reload triggers besides the admin API: a `notify` watcher on the directories that hold the
-//! config, keys and certificate files, and `SIGHUP`.
+//! Reload triggers besides the admin API: a watch on the directories that hold the config,
+//! keys and certificate files, and `SIGHUP`.
 //!
 //! Directories, not files: editors save by writing a temporary file and renaming it over the
 //! old one, and Kubernetes updates a ConfigMap volume by swapping its `..data` symlink; a
 //! watch on the file itself would follow the old inode and miss both. Events are debounced
 //! (a burst of writes becomes one reload) and the reload itself compares content hashes, so a
 //! touch or an unrelated file in the same directory changes nothing.
+//!
+//! inotify itself, not the `notify` crate: its watcher asks the kernel for every write and
+//! every open in the directory, and that cannot be turned off. A SQLite store beside the
+//! config (as in loadtests/bench_shadow.sh) then woke the watcher's thread, on the client
+//! path's core, for each of its writes (1,551 times in a 6 s mirrored turn, each ignored by
+//! name), and a profile written there made it run 50 ms in 3 s (docs/performance.md). Here
+//! the kernel reports only the ends of changes ([`MASK`]): a file written in place is seen
+//! when it is closed, whole.
+
+// Off Linux only `start` and the signals are left.
+#![cfg_attr(not(target_os = "linux"), allow(dead_code))]
 
 use std::collections::BTreeSet;
 use std::ffi::OsString;
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use notify::event::{AccessKind, AccessMode};
-use notify::{EventKind, RecursiveMode, Watcher};
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
@@ -28,7 +38,8 @@ const MAX_WAIT: Duration = Duration::from_millis(1000);
 
 /// Watches until dropped.
 pub struct FileWatch {
-    stop: Option<crossbeam_channel::Sender<()>>,
+    /// Closed on drop: the watcher's thread sees its end hang up and returns.
+    stop: Option<UnixStream>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -48,65 +59,47 @@ fn dir_of(file: &Path) -> PathBuf {
     }
 }
 
+fn names_of(files: &[PathBuf]) -> BTreeSet<OsString> {
+    files
+        .iter()
+        .filter_map(|f| f.file_name().map(OsString::from))
+        .collect()
+}
+
 /// Starts watching the reloader's files; each settled burst of changes runs one reload.
+#[cfg(target_os = "linux")]
 pub fn start(reloader: Arc<Reloader>) -> Result<FileWatch, String> {
-    let (events, rx) = crossbeam_channel::unbounded::<()>();
-    let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
-    let names = move |files: &[PathBuf]| -> BTreeSet<OsString> {
-        files
-            .iter()
-            .filter_map(|f| f.file_name().map(OsString::from))
-            .collect()
-    };
-    let interesting = Arc::new(parking_lot::RwLock::new(names(&reloader.watched_files())));
-    let filter = interesting.clone();
-    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        let Ok(event) = res else { return };
-        let writes = match event.kind {
-            EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_) => true,
-            EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
-            // Reads (ours included) and anything else change nothing.
-            _ => false,
-        };
-        let names = filter.read();
-        let ours = event.paths.iter().any(|p| {
-            p.file_name().is_some_and(|n| {
-                // `..data` and friends: a Kubernetes ConfigMap or Secret volume being swapped.
-                names.contains(n) || n.to_string_lossy().starts_with("..")
-            })
-        });
-        if writes && ours {
-            let _ = events.send(());
-        }
-    })
-    .map_err(|e| format!("cannot watch config files: {e}"))?;
-    let mut dirs = BTreeSet::new();
-    for file in reloader.watched_files() {
-        let dir = dir_of(&file);
-        if dirs.insert(dir.clone()) {
-            watcher
-                .watch(&dir, RecursiveMode::NonRecursive)
+    let (stop, stopped) = UnixStream::pair().map_err(|e| format!("cannot start the config watcher: {e}"))?;
+    let mut dirs = Dirs::new(stopped).map_err(|e| format!("cannot watch config files: {e}"))?;
+    let mut watched = BTreeSet::new();
+    let files = reloader.watched_files();
+    for file in &files {
+        let dir = dir_of(file);
+        if watched.insert(dir.clone()) {
+            dirs.add(&dir)
                 .map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
         }
     }
     tracing::info!(
-        dirs = %dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", "),
+        dirs = %watched.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", "),
         "watching config, keys and certificate files for changes"
     );
+    let mut names = names_of(&files);
     let thread = std::thread::Builder::new()
         .name("config-watch".into())
         .spawn(move || {
-            loop {
-                crossbeam_channel::select! {
-                    recv(stopped) -> _ => return,
-                    recv(rx) -> msg => if msg.is_err() { return },
+            'watch: loop {
+                match dirs.wait(&names, None) {
+                    Wait::Stop => break,
+                    Wait::Quiet => continue,
+                    Wait::Changed => {}
                 }
                 let first = Instant::now();
                 loop {
-                    match rx.recv_timeout(QUIET) {
-                        Ok(()) if first.elapsed() < MAX_WAIT => {}
-                        Ok(()) | Err(crossbeam_channel::RecvTimeoutError::Timeout) => break,
-                        Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+                    match dirs.wait(&names, Some(QUIET)) {
+                        Wait::Stop => break 'watch,
+                        Wait::Changed if first.elapsed() < MAX_WAIT => {}
+                        Wait::Changed | Wait::Quiet => break,
                     }
                 }
                 // The keys first, on their own: a revocation never waits for another file.
@@ -114,23 +107,141 @@ pub fn start(reloader: Arc<Reloader>) -> Result<FileWatch, String> {
                 if let Outcome::Applied(_) = reloader.reload(Trigger::File) {
                     // A reload may name files elsewhere (a new keys file): follow them too.
                     let files = reloader.watched_files();
-                    *interesting.write() = names(&files);
+                    names = names_of(&files);
                     for file in files {
                         let dir = dir_of(&file);
-                        if dirs.insert(dir.clone())
-                            && let Err(e) = watcher.watch(&dir, RecursiveMode::NonRecursive)
+                        if watched.insert(dir.clone())
+                            && let Err(e) = dirs.add(&dir)
                         {
                             tracing::warn!("cannot watch {}: {e}", dir.display());
                         }
                     }
                 }
             }
+            tracing::debug!(events = dirs.events, "config watcher stopped");
         })
         .map_err(|e| format!("cannot start the config watcher: {e}"))?;
     Ok(FileWatch {
         stop: Some(stop),
         thread: Some(thread),
     })
+}
+
+/// Without inotify, no watch: the other two triggers remain.
+#[cfg(not(target_os = "linux"))]
+pub fn start(_reloader: Arc<Reloader>) -> Result<FileWatch, String> {
+    tracing::warn!(
+        "watching files needs Linux's inotify: reload with SIGHUP or POST /admin/reload \
+         (server.watch: false silences this)"
+    );
+    Ok(FileWatch {
+        stop: None,
+        thread: None,
+    })
+}
+
+/// What the kernel reports from a watched directory: a file written and closed, renamed in or
+/// out, created or deleted. Not writes as they happen, opens or attribute changes (a touch).
+#[cfg(target_os = "linux")]
+const MASK: inotify::WatchMask = inotify::WatchMask::CLOSE_WRITE
+    .union(inotify::WatchMask::MOVED_TO)
+    .union(inotify::WatchMask::MOVED_FROM)
+    .union(inotify::WatchMask::CREATE)
+    .union(inotify::WatchMask::DELETE);
+
+/// How a wait for the watched files ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Wait {
+    /// One of the files changed (or the kernel dropped events, which might have been ours).
+    Changed,
+    /// Nothing of ours within the time allowed.
+    Quiet,
+    /// The watch was dropped.
+    Stop,
+}
+
+/// The watched directories' events, read on the watcher's own thread.
+#[cfg(target_os = "linux")]
+struct Dirs {
+    inotify: inotify::Inotify,
+    /// The other end of [`FileWatch::stop`].
+    stopped: UnixStream,
+    buffer: Vec<u8>,
+    /// Events read, ours or not.
+    events: u64,
+}
+
+#[cfg(target_os = "linux")]
+impl Dirs {
+    fn new(stopped: UnixStream) -> std::io::Result<Dirs> {
+        Ok(Dirs {
+            inotify: inotify::Inotify::init()?,
+            stopped,
+            buffer: vec![0; 4096],
+            events: 0,
+        })
+    }
+
+    fn add(&mut self, dir: &Path) -> std::io::Result<()> {
+        self.inotify.watches().add(dir, MASK).map(drop)
+    }
+
+    /// Waits, at most `limit` (None: for ever), for a change to a file of these `names` or to
+    /// a Kubernetes volume's `..data` and friends; other files' events are read and ignored.
+    fn wait(&mut self, names: &BTreeSet<OsString>, limit: Option<Duration>) -> Wait {
+        use std::os::fd::AsRawFd;
+        let deadline = limit.map(|l| Instant::now() + l);
+        loop {
+            let timeout = match deadline {
+                None => -1,
+                Some(d) => d
+                    .saturating_duration_since(Instant::now())
+                    .as_millis()
+                    .min(i32::MAX as u128) as i32,
+            };
+            let mut fds = [self.inotify.as_raw_fd(), self.stopped.as_raw_fd()].map(|fd| libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            });
+            // SAFETY: two valid pollfd entries, owned here for the call's length.
+            let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
+            if ready < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                tracing::error!("the config watcher stopped: {e}");
+                return Wait::Stop;
+            }
+            if fds[1].revents != 0 {
+                return Wait::Stop;
+            }
+            if ready == 0 {
+                return Wait::Quiet;
+            }
+            let events = match self.inotify.read_events(&mut self.buffer) {
+                Ok(events) => events,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => {
+                    tracing::error!("the config watcher stopped: {e}");
+                    return Wait::Stop;
+                }
+            };
+            let mut ours = false;
+            for event in events {
+                self.events += 1;
+                ours |= event.mask.contains(inotify::EventMask::Q_OVERFLOW)
+                    || event.name.is_some_and(|n| {
+                        // `..data` and friends: a Kubernetes ConfigMap or Secret volume being swapped.
+                        names.contains(n) || n.as_encoded_bytes().starts_with(b"..")
+                    });
+            }
+            if ours {
+                return Wait::Changed;
+            }
+        }
+    }
 }
 
 /// A Unix signal caught from the moment [`SignalPipe::catch`] returns (its handler writes a
@@ -212,5 +323,57 @@ impl BackgroundService for HangupReload {
             })
             .await;
         }
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    /// A store written beside the config wakes no one until it closes, and then is not ours;
+    /// renames, writes in place and ConfigMap swaps of our files are; dropping the watch
+    /// stops the wait.
+    #[test]
+    fn only_finished_changes_wake_the_watcher_and_only_ours_count() {
+        let dir = std::env::temp_dir().join(format!("gw-watch-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("routes.yaml"), "a").unwrap();
+        let mut store = std::fs::File::create(dir.join("shadows.sqlite3")).unwrap();
+        let (stop, stopped) = UnixStream::pair().unwrap();
+        let mut dirs = Dirs::new(stopped).unwrap();
+        dirs.add(&dir).unwrap();
+        let names = names_of(&[dir.join("routes.yaml")]);
+        let short = Some(Duration::from_millis(50));
+
+        // Written as SQLite writes its store and WAL: the file stays open.
+        for _ in 0..500 {
+            std::io::Write::write_all(&mut store, &[0; 512]).unwrap();
+            store.sync_data().unwrap();
+        }
+        std::fs::read(dir.join("routes.yaml")).unwrap(); // a read (an open) of ours
+        assert_eq!(dirs.wait(&names, short), Wait::Quiet);
+        assert_eq!(dirs.events, 0, "the kernel reported writes in progress or opens");
+        drop(store);
+        assert_eq!(dirs.wait(&names, short), Wait::Quiet);
+        assert_eq!(dirs.events, 1, "the store's close, not ours");
+
+        // An editor's save: a temporary file renamed over ours.
+        std::fs::write(dir.join("routes.yaml.tmp"), "b").unwrap();
+        std::fs::rename(dir.join("routes.yaml.tmp"), dir.join("routes.yaml")).unwrap();
+        assert_eq!(dirs.wait(&names, short), Wait::Changed);
+        assert_eq!(dirs.wait(&names, short), Wait::Quiet);
+        // Written in place: seen once closed.
+        std::fs::write(dir.join("routes.yaml"), "c").unwrap();
+        assert_eq!(dirs.wait(&names, short), Wait::Changed);
+        assert_eq!(dirs.wait(&names, short), Wait::Quiet);
+        // A Kubernetes volume's swap: a new `..data` symlink renamed over the old one.
+        std::os::unix::fs::symlink(".", dir.join("..data_tmp")).unwrap();
+        std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
+        assert_eq!(dirs.wait(&names, short), Wait::Changed);
+
+        drop(stop);
+        assert_eq!(dirs.wait(&names, None), Wait::Stop);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
