@@ -34,6 +34,7 @@ bench_csv inference
 PIDS=()
 cleanup() { for p in "${PIDS[@]:-}"; do [ -n "$p" ] && stop_pid "$p"; done; }
 trap cleanup EXIT
+watch_pauses
 
 measure() { # name pid url
   local name="$1" pid="$2" url="$3"

@@ -103,6 +103,17 @@ failures_of() {
   done
 }
 
+# watch_pauses: from here to the benchmark's end, loadtests/pauses.py notes each stop of the
+# whole machine (a virtual machine paused by its host stops the load generator too, and wrk
+# counts each request in flight across a stop of over 2 s as failed); finish_bench reports
+# them beside the failed requests. The failures still count: this only says when.
+PAUSES=""
+watch_pauses() {
+  PAUSES="$(mktemp "${TMPDIR:-/tmp}/bench-pauses.XXXXXX")"
+  python3 "$ROOT/loadtests/pauses.py" "$PAUSES" &
+  PIDS+=("$!")
+}
+
 # finish_bench TARGET...: the end of every benchmark. Lists the failed requests of every
 # measurement; with --strict, exits 1 when a target is not "met" or when any request failed
 # (a non-2xx answer or a socket error, in any measurement, ours or a peer's).
@@ -111,6 +122,16 @@ finish_bench() {
   if [ -s "$FAILURES" ]; then
     say "failed requests:"; sed 's/^/[bench]   /' "$FAILURES" >&2
   fi
+  if [ -n "$PAUSES" ] && [ -s "$PAUSES" ]; then
+    local stops report="${OUT:-${REPORT:-}}"
+    stops="$(awk '{ sub(/T/, " ", $1); sub(/Z$/, "", $1); printf "%s%s UTC for %s s (%s clock)", (NR > 1 ? "; " : ""), $1, $2, $3 }' "$PAUSES")"
+    say "the machine was stopped while this benchmark ran (loadtests/pauses.py): $stops"
+    # The benchmark's own report says it too, beside its figures.
+    if [ -n "$report" ] && [ -f "$report" ]; then
+      printf '\n- the machine was stopped while this benchmark ran, its load generators with it (loadtests/pauses.py: a process sleeping 100 ms at a time saw its clocks jump): %s. Requests in flight across a stop count as they ended: wrk counts each one older than its 2 s timeout as failed\n' "$stops" >> "$report"
+    fi
+  fi
+  [ -z "$PAUSES" ] || rm -f "$PAUSES"
   for t in "$@"; do [ "$t" = met ] || missed=1; done
   if [ "$STRICT" = 1 ]; then
     [ "$missed" = 0 ] || die "a target was missed (see above)"
@@ -193,6 +214,7 @@ peer_bench_setup() {
   bench_csv "${name%-bench}"
   PIDS=()
   trap 'for p in "${PIDS[@]:-}"; do [ -n "$p" ] && stop_pid "$p"; done' EXIT
+  watch_pauses
 }
 
 # CPU ticks of a process and its children (nginx: master + workers): the live ones' own, and

@@ -1,7 +1,7 @@
 """How loadtests/runs.py reads a report: a made-up one, so that the figures it must find (and
 the ones it must leave out) are known. scripts/test.sh runs it:
 
-    python3 -m unittest discover -s loadtests -p test_runs.py
+    python3 -m unittest discover -s loadtests -p 'test_*.py'
 """
 
 import pathlib

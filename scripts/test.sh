@@ -84,8 +84,8 @@ python_ready
 step "deploy/ validates offline (Dockerfile, compose, Kubernetes manifests and their configs)"
 .venv/bin/python deploy/validate.py
 
-step "docs/performance.md quotes every committed full benchmark run as its report states it (loadtests/runs.py)"
-python3 -m unittest discover -s loadtests -p test_runs.py
+step "docs/performance.md quotes every committed full benchmark run as its report states it (loadtests/runs.py); the benchmarks' pause watcher (loadtests/pauses.py)"
+python3 -m unittest discover -s loadtests -p 'test_*.py'
 python3 loadtests/runs.py --check docs/performance.md
 
 step "standard clients against inference-server and the gateway (tritonclient.http, tritonclient.grpc, KServe gRPC, curl)"
