@@ -106,12 +106,12 @@ failures_of() {
 # watch_pauses: from here to the benchmark's end, loadtests/pauses.py notes each stop of the
 # whole machine (a virtual machine paused by its host stops the load generator too, and wrk
 # counts each request in flight across a stop of over 2 s as failed); finish_bench reports
-# them beside the failed requests. The failures still count: this only says when.
+# them beside the failed requests. The failures still count: this only says when. Not in
+# PIDS (which a benchmark may stop between phases): the watcher ends when this script does.
 PAUSES=""
 watch_pauses() {
   PAUSES="$(mktemp "${TMPDIR:-/tmp}/bench-pauses.XXXXXX")"
   python3 "$ROOT/loadtests/pauses.py" "$PAUSES" &
-  PIDS+=("$!")
 }
 
 # finish_bench TARGET...: the end of every benchmark. Lists the failed requests of every

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Notes when the whole machine was stopped during a benchmark, so its report can say so.
 
-    pauses.py OUT            runs until stopped (SIGTERM), appending one line per stop to OUT
+    pauses.py OUT            appends one line per stop to OUT until its parent (the benchmark
+                             script that started it) exits, or SIGTERM
 
 It sleeps 100 ms at a time and reads the monotonic and the wall clock around each sleep; a
 sleep that took half a second or more longer than asked is a stop of the machine, not of a
@@ -15,6 +16,7 @@ and the report says beside them when the machine was stopped.
 """
 
 import datetime
+import os
 import signal
 import sys
 import time
@@ -25,11 +27,11 @@ TICK = 0.1
 THRESHOLD = 0.5
 
 
-def watch(out, sleep=time.sleep, monotonic=time.monotonic, wall=time.time, ticks=None):
-    """Sleeps TICK at a time and writes a line to `out` (a file) for each stop; `ticks` bounds
-    the loop (None: until the process is stopped). The clocks are parameters for the tests."""
+def watch(out, sleep=time.sleep, monotonic=time.monotonic, wall=time.time, ticks=None, alive=lambda: True):
+    """Sleeps TICK at a time and writes a line to `out` (a file) for each stop, while `alive()`;
+    `ticks` bounds the loop (None: no bound). The clocks are parameters for the tests."""
     n = 0
-    while ticks is None or n < ticks:
+    while (ticks is None or n < ticks) and alive():
         n += 1
         m0, w0 = monotonic(), wall()
         sleep(TICK)
@@ -45,8 +47,11 @@ def main():
     if len(sys.argv) != 2:
         raise SystemExit(__doc__.strip().splitlines()[2].strip())
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    # Ends with the script that started it, whatever that script stops on its way (a
+    # benchmark may stop all its helpers between phases): no watcher outlives its benchmark.
+    parent = os.getppid()
     with open(sys.argv[1], "a", encoding="utf-8") as out:
-        watch(out)
+        watch(out, alive=lambda: os.getppid() == parent)
 
 
 if __name__ == "__main__":

@@ -51,6 +51,15 @@ class Pauses(unittest.TestCase):
         lines = run(FakeClocks([0.0, 2.5], wall_only=True), ticks=2)
         self.assertEqual(lines, ["2026-12-07T13:55:18.200Z 2.5 wall"])
 
+    def test_it_stops_when_its_parent_is_gone(self):
+        clocks, calls = FakeClocks([]), []
+        out = io.StringIO()
+        pauses.watch(out, sleep=clocks.sleep, monotonic=clocks.monotonic, wall=clocks.wall,
+                     alive=lambda: calls.append(1) or len(calls) <= 3)
+        # Three ticks slept, then the fourth check found the parent gone.
+        self.assertEqual(len(calls), 4)
+        self.assertAlmostEqual(clocks.mono, 100.0 + 3 * pauses.TICK)
+
 
 if __name__ == "__main__":
     unittest.main()
