@@ -4,6 +4,7 @@
 //!
 //! - [`alloc`]: the binaries' global allocator (mimalloc).
 //! - [`runtime`]: finds and loads the ONNX Runtime library, once per process.
+//! - [`shapes`]: output shapes an exporter left out, given to ONNX Runtime so that it fuses.
 //! - [`model`]: a model's signature from its graph; request checks against it.
 //! - [`engine`]: runs one batch, sorts out its failures, counts it.
 //! - [`pool`]: per-model-version worker threads, bounded queue, dynamic batching.
@@ -17,6 +18,7 @@
 // (scripts/module_cycles.py inference/src 1 --layers).
 pub mod alloc;
 pub mod runtime;
+pub mod shapes;
 pub mod tensor;
 pub mod error;
 pub mod priority;
