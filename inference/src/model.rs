@@ -203,14 +203,20 @@ fn commit(mut builder: SessionBuilder, path: &Path) -> Result<Session, String> {
         true => std::fs::read(path).ok().and_then(|b| shapes::with_ml_shapes(&b)),
         false => None,
     };
-    match bytes {
-        Some((bytes, added)) => {
-            tracing::debug!(model = %path.display(), added, "shapes of ai.onnx.ml outputs given to ONNX Runtime");
-            builder.commit_from_memory(&bytes)
+    if let Some((bytes, added)) = bytes {
+        match builder.commit_from_memory(&bytes) {
+            Ok(session) => {
+                tracing::debug!(model = %path.display(), added, "shapes of ai.onnx.ml outputs given to ONNX Runtime");
+                return Ok(session);
+            }
+            // Not expected (the shapes are their inputs'), but the model as written still
+            // serves: opened from its file below, with ONNX Runtime's own error if it fails.
+            Err(e) => {
+                tracing::warn!(model = %path.display(), error = %e, "the model with its scalers' shapes did not load; opened as written")
+            }
         }
-        None => builder.commit_from_file(path),
     }
-    .map_err(|e| e.to_string())
+    builder.commit_from_file(path).map_err(|e| e.to_string())
 }
 
 /// Reads a model's signature from an open session.
