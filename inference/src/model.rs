@@ -198,12 +198,22 @@ fn builder(intra_threads: usize) -> Result<SessionBuilder, String> {
 
 /// Opens the model, with the output shapes its exporter left out ([`shapes`]) so that ONNX
 /// Runtime fuses the nodes after them. Only `.onnx` files: an `.ort` file is not a protobuf.
-fn commit(mut builder: SessionBuilder, path: &Path) -> Result<Session, String> {
+fn commit(builder: SessionBuilder, path: &Path) -> Result<Session, String> {
     let bytes = match path.extension().is_some_and(|e| e == "onnx") {
         true => std::fs::read(path).ok().and_then(|b| shapes::with_ml_shapes(&b)),
         false => None,
     };
-    if let Some((bytes, added)) = bytes {
+    commit_shaped(builder, path, bytes)
+}
+
+/// Opens the model from `shaped` (its bytes with the shapes added, and how many), or from its
+/// file when there are none or ONNX Runtime refuses them.
+fn commit_shaped(
+    mut builder: SessionBuilder,
+    path: &Path,
+    shaped: Option<(Vec<u8>, usize)>,
+) -> Result<Session, String> {
+    if let Some((bytes, added)) = shaped {
         match builder.commit_from_memory(&bytes) {
             Ok(session) => {
                 tracing::debug!(model = %path.display(), added, "shapes of ai.onnx.ml outputs given to ONNX Runtime");
@@ -336,6 +346,16 @@ mod tests {
         // A model with nothing to add is opened from its file as before.
         let forest = optimized("breast-cancer/3/model.onnx", true);
         assert_eq!(forest, ["TreeEnsembleClassifier"]);
+    }
+
+    #[test]
+    fn a_model_whose_shaped_bytes_are_refused_opens_from_its_file() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/breast-cancer/1/model.onnx");
+        // Bytes ONNX Runtime cannot parse stand for a refusal of the shaped model.
+        let refused = Some((b"\x3a\xff\xff\xff".to_vec(), 1));
+        let session = commit_shaped(builder(1).unwrap(), &path, refused).unwrap();
+        let inputs: Vec<_> = session.inputs().iter().map(|i| i.name().to_string()).collect();
+        assert_eq!(inputs, ["input"]);
     }
 
     #[test]
