@@ -128,16 +128,17 @@ pub fn with_ml_shapes(model: &[u8]) -> Option<(Vec<u8>, usize)> {
     if added.is_empty() {
         return None;
     }
+    let n = added.len();
     let suffix = ModelProto {
         graph: Some(GraphProto {
-            value_info: added.clone(),
+            value_info: added,
             ..GraphProto::default()
         }),
     };
     let mut bytes = Vec::with_capacity(model.len() + suffix.encoded_len());
     bytes.extend_from_slice(model);
     suffix.encode(&mut bytes).ok()?;
-    Some((bytes, added.len()))
+    Some((bytes, n))
 }
 
 /// The `value_info` entries the graph lacks for its same-shape `ai.onnx.ml` outputs whose
@@ -145,7 +146,7 @@ pub fn with_ml_shapes(model: &[u8]) -> Option<(Vec<u8>, usize)> {
 fn missing_shapes(graph: &GraphProto) -> Vec<ValueInfoProto> {
     let mut known: HashMap<&str, &TensorType> = HashMap::new();
     for v in graph.input.iter().chain(&graph.output).chain(&graph.value_info) {
-        if let Some(t) = v.r#type.as_ref().and_then(|t| t.tensor_type.as_ref()) {
+        if let Some(t) = tensor_type(v) {
             known.entry(v.name.as_str()).or_insert(t);
         }
     }
