@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use proxy::telemetry::handshakes;
 use tracing_subscriber::Layer;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -232,12 +233,13 @@ fn main() -> ExitCode {
         fmt.boxed()
     };
     // pingora reports failed TLS handshakes only in its log: counted for /metrics whatever
-    // RUST_LOG says.
+    // RUST_LOG says, and written as a summary, not a line each (telemetry::handshakes).
     let handshakes = tracing_subscriber::filter::Targets::new()
         .with_target("pingora_core::services::listening", tracing::Level::ERROR);
+    let filter = tracing_subscriber::filter::FilterExt::and(filter, handshakes::PerConnectionNoise);
     tracing_subscriber::registry()
         .with(fmt.with_filter(filter))
-        .with(proxy::telemetry::metrics::HandshakeFailures.with_filter(handshakes))
+        .with(handshakes::HandshakeFailures.with_filter(handshakes))
         .init();
     let result = match cli.command {
         Command::Run { config, upgrade } => run(&config, upgrade),

@@ -402,3 +402,118 @@ async fn health_probes_the_admin_listener() {
         "{said}"
     );
 }
+
+/// A TLS ClientHello naming an IP address in SNI (as `wrk` and OpenSSL's clients do, which
+/// rustls warns about) and offering nothing this server can agree to: the handshake fails.
+fn client_hello_with_ip_sni() -> Vec<u8> {
+    let name = b"127.0.0.1";
+    let mut sni = vec![0u8];
+    sni.extend((name.len() as u16).to_be_bytes());
+    sni.extend(name);
+    let mut list = (sni.len() as u16).to_be_bytes().to_vec();
+    list.extend(sni);
+    let mut ext = vec![0, 0]; // server_name
+    ext.extend((list.len() as u16).to_be_bytes());
+    ext.extend(list);
+    let mut body = vec![3, 3]; // TLS 1.2
+    body.extend([0u8; 32]); // random
+    body.push(0); // no session id
+    body.extend([0, 4, 0x13, 0x01, 0xc0, 0x2f]); // two cipher suites
+    body.extend([1, 0]); // no compression
+    body.extend((ext.len() as u16).to_be_bytes());
+    body.extend(ext);
+    let mut handshake = vec![1]; // ClientHello
+    handshake.extend(&(body.len() as u32).to_be_bytes()[1..]);
+    handshake.extend(body);
+    let mut record = vec![0x16, 3, 1];
+    record.extend((handshake.len() as u16).to_be_bytes());
+    record.extend(handshake);
+    record
+}
+
+/// Scanners and hostile clients fail TLS handshakes as fast as they connect. Each is counted,
+/// but the log gets a summary (the first at once, then at most one line every 10 s, the rest
+/// at shutdown), not a line per connection from pingora or rustls.
+#[tokio::test(flavor = "multi_thread")]
+async fn failed_handshakes_are_counted_and_summed_up_in_the_log_not_logged_one_by_one() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = temp_dir("handshake-flood");
+    let (config, https, admin) = binary_config(
+        &dir,
+        "access_log: false",
+        "pools:\n  v1: {local: {model: breast-cancer, version: 1}}\nroutes:\n  - {model: breast-cancer, stable: v1}\n",
+    );
+    let log_file = dir.join("gateway.log");
+    let (child, printed) =
+        run_until_serving_with(&config, &[], std::fs::File::create(&log_file).unwrap().into());
+    let key = printed
+        .split_whitespace()
+        .find(|w| w.starts_with("gwk_"))
+        .unwrap()
+        .to_string();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{https}").parse().unwrap();
+    const FLOOD: usize = 300;
+    for i in 0..FLOOD {
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let hello: &[u8] = if i % 2 == 0 {
+            &client_hello_with_ip_sni()
+        } else {
+            b"GET / HTTP/1.1\r\nhost: x\r\n\r\n"
+        };
+        tcp.write_all(hello).await.unwrap();
+        let mut sink = Vec::new();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), tcp.read_to_end(&mut sink)).await;
+    }
+    // A good client still gets its answer.
+    let mut conn = connect(addr, &client_tls(&dir.join("certs/ca.crt")), Proto::H1).await;
+    let r = conn
+        .send(
+            "POST",
+            "/v2/models/breast-cancer/infer",
+            &[("x-api-key", key.as_str())],
+            example(),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let (status, metrics) = admin_get_at(&format!("127.0.0.1:{admin}"), "/metrics").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        series_in(&metrics, "gateway_tls_handshake_failures_total"),
+        FLOOD as f64,
+        "{metrics}"
+    );
+    assert!(terminate(child).success());
+
+    let log = std::fs::read_to_string(&log_file).unwrap();
+    assert!(
+        !log.contains("Illegal SNI"),
+        "rustls's warning per client:\n{log}"
+    );
+    assert!(
+        !log.contains("ERROR"),
+        "pingora's error per failed handshake:\n{log}"
+    );
+    let summaries: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("client TLS handshake"))
+        .collect();
+    assert!(
+        (1..=3).contains(&summaries.len()),
+        "the first at once, the rest at shutdown (one more if 10 s passed):\n{log}"
+    );
+    let summed: usize = summaries
+        .iter()
+        .map(|l| {
+            let text = &l[l.find("WARN").unwrap() + 4..];
+            let n = text.split_whitespace().find_map(|w| w.parse::<usize>().ok());
+            n.unwrap_or_else(|| panic!("no count in {l}"))
+        })
+        .sum();
+    assert_eq!(summed, FLOOD, "every failure is in a summary:\n{log}");
+    assert!(
+        summaries[0]
+            .contains(" failed since the start; the last: Downstream handshake error from 127.0.0.1:"),
+        "{}",
+        summaries[0]
+    );
+}

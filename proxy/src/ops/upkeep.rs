@@ -1,7 +1,8 @@
 //! Background upkeep, following whatever snapshot is current: health checks of remote pools
 //! (each at its own interval), probes of local pools whose model keeps failing, eviction of
-//! idle rate-limiter state and of routes the config dropped, the TLS handshake deadline, and
-//! the input drift figures (every `quality.drift.interval_ms`), which rollouts' drift gates read.
+//! idle rate-limiter state and of routes the config dropped, the TLS handshake deadline, the
+//! log's summary of failed handshakes, and the input drift figures (every
+//! `quality.drift.interval_ms`), which rollouts' drift gates read.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -66,6 +67,13 @@ impl Maintenance {
     }
 }
 
+/// The summary of failed client TLS handshakes, when one is due (`flush`: at shutdown).
+fn log_handshake_failures(flush: bool) {
+    if let Some(line) = crate::telemetry::handshakes::summary_due(Instant::now(), flush) {
+        tracing::warn!("{line}");
+    }
+}
+
 #[async_trait]
 impl BackgroundService for Maintenance {
     async fn start(&self, mut shutdown: ShutdownWatch) {
@@ -76,9 +84,13 @@ impl BackgroundService for Maintenance {
         self.start_drift();
         loop {
             tokio::select! {
-                _ = shutdown.changed() => return,
+                _ = shutdown.changed() => {
+                    log_handshake_failures(true);
+                    return;
+                }
                 _ = tick.tick() => {}
             }
+            log_handshake_failures(false);
             let snap = self.state.load_full();
             self.connections.sweep(snap.config.limits.handshake_timeout);
             for backend in snap.pools.values() {

@@ -39,39 +39,6 @@ pub fn class_label(class: i64) -> &'static str {
         .map_or("other", String::as_str)
 }
 
-/// TLS handshake failures of the client listener. pingora reports them only in its log, so
-/// [`HandshakeFailures`] (a tracing layer the binary installs) counts them here; one process
-/// has one client listener, so the count is process-wide.
-pub static TLS_HANDSHAKE_FAILURES: std::sync::LazyLock<IntCounter> = std::sync::LazyLock::new(|| {
-    IntCounter::new(
-        "tls_handshake_failures_total",
-        "Client connections whose TLS handshake failed or timed out",
-    )
-    .expect("valid metric")
-});
-
-/// Counts pingora's "Downstream handshake error/timeout" log events into
-/// [`TLS_HANDSHAKE_FAILURES`]. Install it with a filter on pingora's listening target.
-pub struct HandshakeFailures;
-
-impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for HandshakeFailures {
-    fn on_event(&self, event: &tracing::Event<'_>, _ctx: tracing_subscriber::layer::Context<'_, S>) {
-        struct Message(bool);
-        impl tracing::field::Visit for Message {
-            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-                if field.name() == "message" {
-                    self.0 |= format!("{value:?}").contains("handshake");
-                }
-            }
-        }
-        let mut m = Message(false);
-        event.record(&mut m);
-        if m.0 {
-            TLS_HANDSHAKE_FAILURES.inc();
-        }
-    }
-}
-
 /// The status classes of `requests_total`, in the order [`VariantSeries`] keeps them.
 const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "none"];
 
@@ -312,7 +279,7 @@ impl Metrics {
                 "1 when the last shared-limit call reached Redis, 0 when it failed (absent without rate_limits.redis)",
             ),
             redis_up_registered: Default::default(),
-            tls_handshake_failures: TLS_HANDSHAKE_FAILURES.clone(),
+            tls_handshake_failures: super::handshakes::TLS_HANDSHAKE_FAILURES.clone(),
             queue_depth: gauge(
                 "pool_queue_depth",
                 "Requests waiting in a local pool's queue",

@@ -494,9 +494,14 @@ pools:
 
 /// `GET` on the admin listener: status and body.
 pub async fn admin_get(g: &Gateway, path: &str) -> (u16, String) {
+    admin_get_at(&g.admin.to_string(), path).await
+}
+
+/// [`admin_get`] for an admin listener at `admin` ("host:port"), such as the binary's.
+pub async fn admin_get_at(admin: &str, path: &str) -> (u16, String) {
     let client: hyper_util::client::legacy::Client<_, http_body_util::Empty<Bytes>> =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
-    let uri: hyper::Uri = format!("http://{}{path}", g.admin).parse().unwrap();
+    let uri: hyper::Uri = format!("http://{admin}{path}").parse().unwrap();
     let r = client.get(uri).await.unwrap();
     let status = r.status().as_u16();
     let body = r.into_body().collect().await.unwrap().to_bytes();
