@@ -196,14 +196,30 @@ fn builder(intra_threads: usize) -> Result<SessionBuilder, String> {
         .map_err(|e| e.to_string())
 }
 
+/// Model files larger than this are opened as written, without [`shapes`]' pass: the pass
+/// holds the file's bytes (and ONNX Runtime its parsed copy) while the session is made, where
+/// ONNX Runtime alone reads the file as it parses. The pipelines the pass helps (a scaler
+/// before small dense layers) are far smaller: the bundled MLPs are under 100 KiB.
+pub const SHAPES_MAX_BYTES: u64 = 64 << 20;
+
 /// Opens the model, with the output shapes its exporter left out ([`shapes`]) so that ONNX
-/// Runtime fuses the nodes after them. Only `.onnx` files: an `.ort` file is not a protobuf.
+/// Runtime fuses the nodes after them.
 fn commit(builder: SessionBuilder, path: &Path) -> Result<Session, String> {
-    let bytes = match path.extension().is_some_and(|e| e == "onnx") {
-        true => std::fs::read(path).ok().and_then(|b| shapes::with_ml_shapes(&b)),
-        false => None,
-    };
-    commit_shaped(builder, path, bytes)
+    commit_shaped(builder, path, shaped_bytes(path, SHAPES_MAX_BYTES))
+}
+
+/// The model's bytes with the shapes added ([`shapes::with_ml_shapes`]), for `.onnx` files of
+/// at most `max_bytes` (an `.ort` file is not a protobuf); `None` otherwise.
+fn shaped_bytes(path: &Path, max_bytes: u64) -> Option<(Vec<u8>, usize)> {
+    if path.extension().is_none_or(|e| e != "onnx") {
+        return None;
+    }
+    let size = std::fs::metadata(path).ok()?.len();
+    if size > max_bytes {
+        tracing::debug!(model = %path.display(), size, max_bytes, "large model: opened as written, no shapes added");
+        return None;
+    }
+    std::fs::read(path).ok().and_then(|b| shapes::with_ml_shapes(&b))
 }
 
 /// Opens the model from `shaped` (its bytes with the shapes added, and how many), or from its
@@ -346,6 +362,22 @@ mod tests {
         // A model with nothing to add is opened from its file as before.
         let forest = optimized("breast-cancer/3/model.onnx", true);
         assert_eq!(forest, ["TreeEnsembleClassifier"]);
+    }
+
+    #[test]
+    fn only_models_up_to_the_size_limit_get_the_shapes_pass() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/breast-cancer/1/model.onnx");
+        let size = std::fs::metadata(&path).unwrap().len();
+        assert!(size < SHAPES_MAX_BYTES);
+        let (bytes, added) = shaped_bytes(&path, size).expect("at the limit: shapes added");
+        assert!(added > 0 && bytes.len() as u64 > size);
+        assert_eq!(
+            shaped_bytes(&path, size - 1),
+            None,
+            "one byte over: opened as written"
+        );
+        let session = commit_shaped(builder(1).unwrap(), &path, shaped_bytes(&path, size - 1)).unwrap();
+        assert_eq!(session.outputs().len(), 2);
     }
 
     #[test]
