@@ -14,6 +14,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use prometheus::IntCounter;
+use tracing::level_filters::LevelFilter;
+use tracing::subscriber::Interest;
 use tracing::{Event, Level, Metadata};
 use tracing_log::NormalizeEvent;
 use tracing_subscriber::layer::{Context, Filter, Layer};
@@ -84,13 +86,17 @@ pub struct HandshakeFailures;
 
 impl<S: tracing::Subscriber> Layer<S> for HandshakeFailures {
     fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
-        if !is_handshake_failure(event) {
+        if level_from(event, LISTENING).is_none() {
+            return;
+        }
+        let text = message(event);
+        if !text.contains("handshake") {
             return;
         }
         TLS_HANDSHAKE_FAILURES.inc();
         let mut tally = TALLY.lock().unwrap_or_else(|e| e.into_inner());
         tally.unreported += 1;
-        tally.last = message(event);
+        tally.last = text;
     }
 }
 
@@ -102,6 +108,24 @@ pub struct PerConnectionNoise;
 impl<S> Filter<S> for PerConnectionNoise {
     fn enabled(&self, _meta: &Metadata<'_>, _cx: &Context<'_, S>) -> bool {
         true
+    }
+
+    /// Only events of `log`'s callsites (where pingora's and rustls's land) and of the two
+    /// targets are looked at one by one; every other callsite keeps the other filter's cached
+    /// answer.
+    fn callsite_enabled(&self, meta: &'static Metadata<'static>) -> Interest {
+        match meta.target() {
+            "log" | LISTENING | RUSTLS_PARSE => Interest::sometimes(),
+            _ => Interest::always(),
+        }
+    }
+
+    /// This filter lets every level through, so the other one's hint stands. Without a hint
+    /// the combination has none, and the process's maximum level becomes TRACE: then every
+    /// `log::debug!` and `trace!` in pingora and rustls builds its record and asks the
+    /// subscriber (`tracing_subscriber`'s `init` sets `log`'s maximum level from the hint).
+    fn max_level_hint(&self) -> Option<LevelFilter> {
+        Some(LevelFilter::TRACE)
     }
 
     fn event_enabled(&self, event: &Event<'_>, _cx: &Context<'_, S>) -> bool {
@@ -140,6 +164,14 @@ pub fn summary_due(now: Instant, flush: bool) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_filter_keeps_the_log_levels_maximum() {
+        use tracing_subscriber::filter::{EnvFilter, FilterExt};
+        let combined = EnvFilter::new("info,pingora=warn").and(PerConnectionNoise);
+        let hint = <_ as Filter<tracing_subscriber::Registry>>::max_level_hint(&combined);
+        assert_eq!(hint, Some(LevelFilter::INFO));
+    }
 
     #[test]
     fn a_summary_comes_at_once_then_at_most_every_interval_and_at_shutdown() {
