@@ -66,17 +66,20 @@ fn message(event: &Event<'_>) -> String {
     m.0
 }
 
-/// The event's level when it comes from `target`. pingora and rustls log through `log`, whose
+/// The event's target and level, read once. pingora and rustls log through `log`, whose
 /// events reach tracing with the target "log" and their own in fields (the filters see the
 /// same).
-fn level_from(event: &Event<'_>, target: &str) -> Option<Level> {
+fn origin<R>(event: &Event<'_>, f: impl FnOnce(&str, Level) -> R) -> R {
     let normalized = event.normalized_metadata();
     let meta = normalized.as_ref().unwrap_or(event.metadata());
-    (meta.target() == target).then(|| *meta.level())
+    f(meta.target(), *meta.level())
 }
 
-fn is_handshake_failure(event: &Event<'_>) -> bool {
-    level_from(event, LISTENING).is_some() && message(event).contains("handshake")
+/// A pingora listener event about a handshake: the text is formatted only for that target.
+fn handshake_failure(target: &str, event: &Event<'_>) -> Option<String> {
+    (target == LISTENING)
+        .then(|| message(event))
+        .filter(|text| text.contains("handshake"))
 }
 
 /// Counts pingora's "Downstream handshake error/timeout" events into
@@ -86,13 +89,9 @@ pub struct HandshakeFailures;
 
 impl<S: tracing::Subscriber> Layer<S> for HandshakeFailures {
     fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
-        if level_from(event, LISTENING).is_none() {
+        let Some(text) = origin(event, |target, _| handshake_failure(target, event)) else {
             return;
-        }
-        let text = message(event);
-        if !text.contains("handshake") {
-            return;
-        }
+        };
         TLS_HANDSHAKE_FAILURES.inc();
         let mut tally = TALLY.lock().unwrap_or_else(|e| e.into_inner());
         tally.unreported += 1;
@@ -129,8 +128,10 @@ impl<S> Filter<S> for PerConnectionNoise {
     }
 
     fn event_enabled(&self, event: &Event<'_>, _cx: &Context<'_, S>) -> bool {
-        let rustls_warning = level_from(event, RUSTLS_PARSE).is_some_and(|l| l <= Level::WARN);
-        !(rustls_warning || is_handshake_failure(event))
+        origin(event, |target, level| match target {
+            RUSTLS_PARSE => level > Level::WARN,
+            _ => handshake_failure(target, event).is_none(),
+        })
     }
 }
 
