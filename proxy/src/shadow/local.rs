@@ -57,15 +57,19 @@ const MAX_SLICE: usize = 32;
 const SLICE_BUDGET: Duration = Duration::from_micros(20);
 
 /// Copies a slice takes even past [`SLICE_BUDGET`], while they stay within [`SLICE_CEILING`]:
-/// the model's run overhead is shared by the slice, so a copy alone costs more, and a cost
-/// per copy measured alone kept the slices alone. On a slow host (2026-12-05, where the
-/// budget held one copy), `loadtests/bench_shadow.sh` measured 13.5 µs a copy at half load
-/// with slices of about one and 8.0 µs with this (docs/performance.md).
-const MIN_SLICE: usize = 4;
+/// a slice pays a fixed cost (its model run's overhead, and code that went cold since the
+/// thread last ran copies) that its copies share, so a copy in a small slice costs more. On a
+/// slow host (2026-12-05, where the budget held one copy), `loadtests/bench_shadow.sh`
+/// measured 13.5 µs a copy at half load with slices of about one and 8.0 µs with four. On
+/// the AMD host of 2026-12-07 (a one-off, docs/performance.md: 18,000/s, eight rounds of
+/// 6 s turns, plain, four and eight in turn) slices of four cost 10.2–12.1 µs a copy and
+/// eight 7.4–8.8 µs; 27–71% against 44–96% of the copies compared (medians 47% and 74%),
+/// the primary's p99 against the plain gateway's a median of 1.47× against 1.05×.
+const MIN_SLICE: usize = 8;
 
 /// The most a slice of up to [`MIN_SLICE`] copies may cost: a heavy model's copies (up to the
 /// pool's `inline_max` each) still run one at a time.
-const SLICE_CEILING: Duration = Duration::from_micros(60);
+const SLICE_CEILING: Duration = Duration::from_micros(120);
 
 /// Where the dispatcher sends a queued copy.
 pub(super) enum Way {
@@ -434,7 +438,7 @@ mod tests {
         );
         w.measured(4, Duration::from_micros(36));
         assert_eq!(w.per_copy_ns.load(Ordering::Relaxed), 6_000, "(3 × 5 + 9) / 4 µs");
-        // At 6 µs a copy, 20 µs holds 3, but a slice takes MIN_SLICE while within 60 µs.
+        // At 6 µs a copy, 20 µs holds 3, but a slice takes MIN_SLICE while within 120 µs.
         assert_eq!(
             slice_len(std::iter::repeat_n(Duration::from_micros(6), 10), SLICE_BUDGET),
             MIN_SLICE
@@ -489,12 +493,15 @@ mod tests {
         assert_eq!(slice_len(costs(1, 50), us(100)), MAX_SLICE);
         // One copy over the budget still runs (alone), or it would never run.
         assert_eq!(slice_len(costs(500, 3), us(100)), 1);
-        // Over the budget, up to MIN_SLICE copies within SLICE_CEILING (60 µs): 4 of 13 µs,
-        // 2 of 25 µs (a third would cross 60 µs).
-        assert_eq!(slice_len(costs(13, 10), us(20)), 4);
-        assert_eq!(slice_len(costs(25, 10), us(20)), 2);
+        // Over the budget, up to MIN_SLICE copies within SLICE_CEILING (120 µs): 8 of 13 µs,
+        // 4 of 25 µs (a fifth would cross 120 µs), and MIN_SLICE at most.
+        assert_eq!(slice_len(costs(13, 10), us(20)), 8);
+        assert_eq!(slice_len(costs(25, 10), us(20)), 4);
+        assert_eq!(slice_len(costs(5, 40), us(20)), MIN_SLICE);
         assert_eq!(slice_len(costs(10, 0), us(100)), 0);
-        // Mixed: 40 + 50 fit in 100, + 30 does not.
-        assert_eq!(slice_len([us(40), us(50), us(30)].into_iter(), us(100)), 2);
+        // Mixed: 40 + 50 fit in 100; + 40 crosses it and SLICE_CEILING (120 µs).
+        assert_eq!(slice_len([us(40), us(50), us(40)].into_iter(), us(100)), 2);
+        // + 30 crosses the budget but not the ceiling: still within MIN_SLICE.
+        assert_eq!(slice_len([us(40), us(50), us(30)].into_iter(), us(100)), 3);
     }
 }
