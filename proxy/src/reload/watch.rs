@@ -73,12 +73,8 @@ pub fn start(reloader: Arc<Reloader>) -> Result<FileWatch, String> {
     let mut dirs = Dirs::new(stopped).map_err(|e| format!("cannot watch config files: {e}"))?;
     let mut watched = BTreeSet::new();
     let files = reloader.watched_files();
-    for file in &files {
-        let dir = dir_of(file);
-        if watched.insert(dir.clone()) {
-            dirs.add(&dir)
-                .map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
-        }
+    if let Some((dir, e)) = dirs.follow(&files, &mut watched).into_iter().next() {
+        return Err(format!("cannot watch {}: {e}", dir.display()));
     }
     tracing::info!(
         dirs = %watched.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", "),
@@ -108,13 +104,8 @@ pub fn start(reloader: Arc<Reloader>) -> Result<FileWatch, String> {
                     // A reload may name files elsewhere (a new keys file): follow them too.
                     let files = reloader.watched_files();
                     names = names_of(&files);
-                    for file in files {
-                        let dir = dir_of(&file);
-                        if watched.insert(dir.clone())
-                            && let Err(e) = dirs.add(&dir)
-                        {
-                            tracing::warn!("cannot watch {}: {e}", dir.display());
-                        }
+                    for (dir, e) in dirs.follow(&files, &mut watched) {
+                        tracing::warn!("cannot watch {}: {e}", dir.display());
                     }
                 }
             }
@@ -182,8 +173,23 @@ impl Dirs {
         })
     }
 
-    fn add(&mut self, dir: &Path) -> std::io::Result<()> {
-        self.inotify.watches().add(dir, MASK).map(drop)
+    /// Watches the directories of `files` not in `watched` yet; gives back those it could not
+    /// watch, with why (at start, the first fails the watcher; after a reload, each is a
+    /// warning). A directory is tried once: `watched` keeps it either way.
+    fn follow(
+        &mut self,
+        files: &[PathBuf],
+        watched: &mut BTreeSet<PathBuf>,
+    ) -> Vec<(PathBuf, std::io::Error)> {
+        let mut failed = Vec::new();
+        for dir in files.iter().map(|f| dir_of(f)) {
+            if watched.insert(dir.clone())
+                && let Err(e) = self.inotify.watches().add(&dir, MASK)
+            {
+                failed.push((dir, e));
+            }
+        }
+        failed
     }
 
     /// Waits, at most `limit` (None: for ever), for a change to a file of these `names` or to
@@ -342,8 +348,9 @@ mod tests {
         let mut store = std::fs::File::create(dir.join("shadows.sqlite3")).unwrap();
         let (stop, stopped) = UnixStream::pair().unwrap();
         let mut dirs = Dirs::new(stopped).unwrap();
-        dirs.add(&dir).unwrap();
-        let names = names_of(&[dir.join("routes.yaml")]);
+        let files = [dir.join("routes.yaml")];
+        assert!(dirs.follow(&files, &mut BTreeSet::new()).is_empty());
+        let names = names_of(&files);
         let short = Some(Duration::from_millis(50));
 
         // Written as SQLite writes its store and WAL: the file stays open.
@@ -374,6 +381,35 @@ mod tests {
 
         drop(stop);
         assert_eq!(dirs.wait(&names, None), Wait::Stop);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Each directory is watched once, whatever number of files it holds or reloads name it;
+    /// one that cannot be watched is given back with why, and not tried again.
+    #[test]
+    fn follow_watches_each_directory_once_and_gives_back_the_ones_it_cannot() {
+        let dir = std::env::temp_dir().join(format!("gw-follow-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (_stop, stopped) = UnixStream::pair().unwrap();
+        let mut dirs = Dirs::new(stopped).unwrap();
+        let mut watched = BTreeSet::new();
+        let missing = dir.join("gone").join("api-keys.yaml");
+        let files = [
+            dir.join("routes.yaml"),
+            dir.join("api-keys.yaml"),
+            missing.clone(),
+        ];
+        let failed = dirs.follow(&files, &mut watched);
+        assert_eq!(failed.len(), 1, "only the missing directory fails: {failed:?}");
+        assert_eq!(failed[0].0, dir.join("gone"));
+        assert_eq!(failed[0].1.kind(), std::io::ErrorKind::NotFound);
+        assert_eq!(watched, BTreeSet::from([dir.clone(), dir.join("gone")]));
+        // A reload naming the same files adds no watch and reports nothing again.
+        assert!(dirs.follow(&files, &mut watched).is_empty());
+        std::fs::write(dir.join("routes.yaml"), "a").unwrap();
+        let names = names_of(&files);
+        assert_eq!(dirs.wait(&names, Some(Duration::from_millis(50))), Wait::Changed);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
