@@ -394,11 +394,10 @@ mod tests {
         let (_stop, stopped) = UnixStream::pair().unwrap();
         let mut dirs = Dirs::new(stopped).unwrap();
         let mut watched = BTreeSet::new();
-        let missing = dir.join("gone").join("api-keys.yaml");
         let files = [
             dir.join("routes.yaml"),
             dir.join("api-keys.yaml"),
-            missing.clone(),
+            dir.join("gone").join("api-keys.yaml"),
         ];
         let failed = dirs.follow(&files, &mut watched);
         assert_eq!(failed.len(), 1, "only the missing directory fails: {failed:?}");

@@ -15,8 +15,9 @@
 //!   task of that thread wakes every [`TICK`] and runs a slice of the copies only in a quiet
 //!   turn: one that started no client request since its last yield, the client path's ready
 //!   work done first. A slice costs about [`SLICE_BUDGET`] (what one copy costs the thread is
-//!   measured), so a request that arrives during one waits about as long as behind one more
-//!   request; a pool whose model run costs more than its `inline_max`
+//!   measured) but takes at least [`MIN_SLICE`] copies within [`SLICE_CEILING`], so a request
+//!   that arrives during one waits about as long as behind one or a few more requests; a pool
+//!   whose model run costs more than its `inline_max`
 //!   ([`inference::Pool::here_cost`]) runs its copies on the shadow thread. Why: on a core the
 //!   shadow thread shares with an I/O thread, every wake-up of the I/O thread while the shadow
 //!   thread runs is a preemption. In `loadtests/bench_shadow.sh`'s setting (one core, 27,800–32,000
