@@ -16,13 +16,14 @@
 //! `GET /admin/config`.
 
 pub mod diff;
+mod retire;
 pub mod ticker;
 pub mod watch;
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
@@ -209,7 +210,7 @@ impl Reloader {
         let (tx, rx) = crossbeam_channel::unbounded();
         std::thread::Builder::new()
             .name("config-retire".into())
-            .spawn(move || retire_loop(rx))
+            .spawn(move || retire::retire_loop(rx))
             .expect("spawning the retire thread");
         Arc::new(Reloader {
             path: running.file.clone(),
@@ -638,30 +639,4 @@ fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
-}
-
-/// Drops replaced snapshots once no request holds them any more, here rather than on an
-/// async thread: dropping the last reference to a local pool joins its worker threads after
-/// they finish what was queued.
-fn retire_loop(rx: crossbeam_channel::Receiver<(Arc<Snapshot>, Vec<String>)>) {
-    let mut waiting: Vec<(Arc<Snapshot>, Vec<String>)> = Vec::new();
-    loop {
-        match rx.recv_timeout(Duration::from_millis(50)) {
-            Ok(item) => waiting.push(item),
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
-            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
-                // The gateway is stopping: what is left goes with it.
-                return;
-            }
-        }
-        waiting.retain(|(snap, pools)| {
-            if Arc::strong_count(snap) > 1 {
-                return true;
-            }
-            if !pools.is_empty() {
-                tracing::info!(pools = %pools.join(", "), "retired pools: their last request finished");
-            }
-            false
-        });
-    }
 }
